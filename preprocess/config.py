@@ -1,0 +1,108 @@
+"""The one config system: typed dataclasses, filled from YAML files and ``key.sub=value`` overrides.
+
+Every job (preprocess, train, dub, evaluate) describes its settings as a dataclass tree; this
+module turns a YAML mapping into that tree with unknown keys rejected (a typo is an error, not a
+silently ignored setting), and back into a plain dict for checkpoints and run summaries.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+import fsspec
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}. Got {value!r}.")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(a, value, where)
+            except (ConfigError, TypeError, ValueError):
+                continue
+        raise ConfigError(f"{where}: {value!r} does not fit {tp}.")
+    if origin in (list, tuple):
+        (inner, *_rest) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list. Got {value!r}.")
+        out = [_convert(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict or tp is Any or tp is dict:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true/false. Got {value!r}.")
+    if tp in (int, float, str):
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where}: expected an integer. Got {value!r}.")
+        try:
+            return tp(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: expected {tp.__name__}. Got {value!r}.") from e
+    return value
+
+
+def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
+    """Build dataclass ``cls`` from a (nested) mapping, rejecting unknown keys."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}.")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict:
+    """Plain nested dict (safe for YAML, JSON and ``torch.save`` with ``weights_only`` loading)."""
+    return dataclasses.asdict(obj)
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section.")
+    cur[keys[-1]] = value
+
+
+def load(cls: type[T], path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Load ``cls`` from a YAML file (any fsspec URI) plus ``a.b=value`` overrides (YAML-parsed)."""
+    data: dict = {}
+    if path:
+        with fsspec.open(path, "rt") as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a YAML mapping at the top level.")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value.")
+        key, raw = item.split("=", 1)
+        _set_path(data, key.strip(), yaml.safe_load(raw))
+    return from_dict(cls, data, where=path or "config")

@@ -1,0 +1,81 @@
+"""fsspec URI helpers: safe joins, atomic writes, local materialisation for ffmpeg/decord."""
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import shutil
+import tempfile
+import uuid
+from typing import Iterator
+
+import fsspec
+
+
+class UnsafePathError(ValueError):
+    """A user-supplied name would escape the directory it is joined to."""
+
+
+def is_local(uri: str) -> bool:
+    proto = fsspec.core.url_to_fs(uri)[0].protocol
+    return "file" in (proto if isinstance(proto, tuple) else (proto,))
+
+
+def join(base: str, *names: str) -> str:
+    """Join ``names`` under ``base`` refusing absolute parts, '..', empty or control characters."""
+    out = base.rstrip("/")
+    for name in names:
+        if not name or name.startswith("/") or "\x00" in name or any(ord(c) < 32 for c in name):
+            raise UnsafePathError(f"Expected a relative name. Got {name!r}.")
+        parts = name.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise UnsafePathError(f"Expected a name without '', '.' or '..' parts. Got {name!r}.")
+        out = out + "/" + name
+    return out
+
+
+def exists(uri: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs.exists(path)
+
+
+def makedirs(uri: str) -> None:
+    fs, path = fsspec.core.url_to_fs(uri)
+    fs.makedirs(path, exist_ok=True)
+
+
+def read_bytes(uri: str) -> bytes:
+    with fsspec.open(uri, "rb") as f:
+        return f.read()
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write to a temporary sibling, then move into place: readers never see a partial file.
+
+    On local disks the move is an atomic rename. Object stores (gs://) have no rename, but a
+    single-object upload is itself all-or-nothing, so the temp object is copied and removed.
+    """
+    fs, path = fsspec.core.url_to_fs(uri)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)
+
+
+@contextlib.contextmanager
+def local_copy(uri: str, suffix: str = "") -> Iterator[str]:
+    """Yield a local file path for ``uri`` (the file itself when local, a temp copy otherwise)."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if is_local(uri):
+        yield path
+        return
+    d = tempfile.mkdtemp(prefix="radio-")
+    try:
+        local = os.path.join(d, "media" + (suffix or os.path.splitext(path)[1][:16]))
+        fs.get(path, local)
+        yield local
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

