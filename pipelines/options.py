@@ -1,0 +1,79 @@
+"""The one place Beam options are built for every radio pipeline.
+
+Job arguments (``--input``, ``--output``, …) are parsed by the ``radio`` CLI; everything else on
+the command line passes through unchanged to Beam (``--runner``, ``--project``, ``--region``,
+``--temp_location``, ``--setup_file``, ``--sdk_container_image``, …).
+
+Local default: Beam's portable FnApiRunner in multi-process mode, one worker per core. We build
+that runner ourselves rather than naming ``DirectRunner``: in Beam 2.6x+ ``DirectRunner`` first
+tries the Prism runner, which downloads a Go binary from GitHub on every run (and fails offline
+after a long wait) before falling back.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions, GoogleCloudOptions,
+                                                  PipelineOptions, SetupOptions, StandardOptions,
+                                                  WorkerOptions)
+
+REMOTE_RUNNERS = {"DataflowRunner", "dataflowrunner", "dataflow"}
+LOCAL_RUNNERS = {None, "", "DirectRunner", "directrunner", "direct", "FnApiRunner", "local"}
+
+
+class OptionsError(ValueError):
+    pass
+
+
+@dataclass
+class BeamJob:
+    options: PipelineOptions
+    runner: object  # a runner instance (local) or the runner name (remote)
+    is_local: bool
+
+
+def build(pipeline_args: Sequence[str], *, job_name: str, workers: int | None = None) -> BeamJob:
+    """Pipeline options + runner for ``pipeline_args`` (the CLI's unparsed arguments)."""
+    opts = PipelineOptions(list(pipeline_args))
+    std = opts.view_as(StandardOptions)
+    runner_name = std.runner
+    if runner_name in LOCAL_RUNNERS:
+        direct = opts.view_as(DirectOptions)
+        if not any(a.startswith("--direct_num_workers") for a in pipeline_args):
+            direct.direct_num_workers = workers or os.cpu_count() or 1
+        if direct.direct_running_mode in (None, "in_memory") and direct.direct_num_workers > 1:
+            direct.direct_running_mode = "multi_processing"
+        if direct.direct_num_workers <= 1:
+            direct.direct_running_mode = "in_memory"
+        # workers are separate processes: the main session is not pickled, our code is importable
+        opts.view_as(SetupOptions).save_main_session = False
+        from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+        return BeamJob(options=opts, runner=fn_runner.FnApiRunner(), is_local=True)
+    if runner_name in REMOTE_RUNNERS:
+        check_dataflow(opts, job_name)
+    return BeamJob(options=opts, runner=runner_name, is_local=False)
+
+
+def check_dataflow(opts: PipelineOptions, job_name: str) -> None:
+    """Fail early, with the fix, on the Dataflow options people forget."""
+    gcp = opts.view_as(GoogleCloudOptions)
+    setup = opts.view_as(SetupOptions)
+    worker = opts.view_as(WorkerOptions)
+    missing = []
+    if not gcp.project:
+        missing.append("--project")
+    if not gcp.region:
+        missing.append("--region")
+    if not gcp.temp_location:
+        missing.append("--temp_location gs://BUCKET/tmp")
+    if not (setup.setup_file or worker.sdk_container_image):
+        missing.append("--setup_file ./setup.py or --sdk_container_image IMAGE (see infra/)")
+    if missing:
+        raise OptionsError("DataflowRunner needs " + ", ".join(missing) + ".")
+    if not gcp.job_name:
+        gcp.job_name = job_name
+    debug = opts.view_as(DebugOptions)
+    debug.add_experiment("use_runner_v2")
