@@ -1,0 +1,257 @@
+"""One source video -> its dataset files. The per-clip work of ``radio preprocess``, no Beam.
+
+    probe -> audio + mel -> decode (25 fps, chunks) -> track main face -> align (streaming)
+          -> segments -> rows/<source_id>.parquet, rejects/<source_id>.parquet, done/<source_id>.json
+
+Every failure becomes a typed reject record with the stage it happened in; the caller (a Beam
+DoFn, a test, a script) gets one result dict per source whose counts add up.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from preprocess import align, schema, shards
+from preprocess import uri as uri_mod
+from preprocess.assemble import AlignedSegment, SegmentAssembler, TrackedFrame
+from preprocess.writer import AtomicParquetWriter, write_table_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodeConfig:
+    fps: int = 25
+    chunk: int = 64              # frames per decoded chunk (memory: chunk × H × W × 3 bytes)
+    backend: str = "auto"        # auto | decord | ffmpeg
+    min_side: int = 64           # smaller videos are rejected at probe (no usable face)
+
+
+@dataclass
+class FacesConfig:
+    backend: str = "dlib"        # dlib (offline default) | face_alignment
+    backend_args: dict = field(default_factory=dict)  # weight URIs + sha256, see preprocess.landmarks
+    tracker: dict = field(default_factory=dict)       # preprocess.track.TrackerConfig fields
+
+
+@dataclass
+class AlignConfig:
+    crop_size: int = align.CROP_SIZE
+    smooth_window: int = 5       # frames; centred moving average of the FFHQ quad
+
+
+@dataclass
+class OutputConfig:
+    frame_format: str = "jpeg"   # jpeg | png
+    jpeg_quality: int = 95
+    min_segment_frames: int = 25  # shorter face tracks become segment rejects
+
+
+@dataclass
+class PreprocessConfig:
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    faces: FacesConfig = field(default_factory=FacesConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def source_id_of(item: dict) -> str:
+    return schema.source_id(item["uri"])
+
+
+def load_backend(cfg: PreprocessConfig):
+    """The landmark backend, built once per worker (its models load here)."""
+    from preprocess.landmarks import get_backend
+
+    return get_backend(cfg.faces.backend, **cfg.faces.backend_args)
+
+
+class _Stages:
+    """Wall time per stage, and the stage a failure happened in."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.current = "probe"
+
+    @contextmanager
+    def __call__(self, name: str):
+        prev, self.current = self.current, name
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            self.current = prev if prev != name else name
+
+
+def _timed_iter(it: Iterator, stages: _Stages, name: str) -> Iterator:
+    while True:
+        with stages(name):
+            try:
+                x = next(it)
+            except StopIteration:
+                return
+        yield x
+
+
+def segment_quality(seg: AlignedSegment, size: int) -> dict[str, float]:
+    aff = np.stack(seg.affines)
+    scale = np.sqrt(np.abs(np.linalg.det(aff[:, :, :2].astype(np.float64))))
+    return {
+        "det_score_min": float(np.min(seg.scores)),
+        "det_score_mean": float(np.mean(seg.scores)),
+        "landmark_jitter": align.eye_jitter(np.stack(seg.landmarks)),
+        "crop_shake": align.crop_shake(aff, size),
+        "face_size": float(np.median(size / scale)),
+        "outside_frac": float(np.mean(seg.outside)),
+    }
+
+
+def segment_mel(mel: np.ndarray, start: int, n: int) -> np.ndarray:
+    """Rows [4·start, 4·(start+n)) of the source's mel, edge-padded past its end."""
+    from preprocess.audio import align_mel_to_frames
+
+    rows = mel[4 * start: 4 * (start + n)]
+    if len(rows) == 0:
+        rows = mel[-1:]
+    return align_mel_to_frames(rows, n)
+
+
+def tracked_frames(path: str, info, cfg: PreprocessConfig, backend, stages: _Stages) -> Iterator[TrackedFrame]:
+    """Decode at 25 fps in chunks and track the main face; yields frames that have one."""
+    from preprocess import track, video
+
+    tracker = track.FaceTracker(backend, track.tracker_config(cfg.faces.tracker))
+    chunks = _timed_iter(video.iter_frames(path, info=info, fps=cfg.decode.fps, chunk=cfg.decode.chunk,
+                                           backend=cfg.decode.backend), stages, "decode")
+    for chunk in chunks:
+        with stages("track"):
+            results = tracker.update(chunk)
+        yield from results
+    with stages("track"):
+        results = tracker.finish()
+    yield from results
+
+
+def _remove(uri: str) -> None:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict[str, Any]:
+    """Process one source; write its rows, rejects and done marker; return its counts.
+
+    Never raises for a bad input: every failure is a reject record. The done marker is written
+    last, so a source without one is redone by ``--resume``.
+    """
+    from preprocess import audio, media
+
+    src = item["uri"]
+    sid = schema.source_id(src)
+    stages = _Stages()
+    rejects: list[schema.Reject] = []
+    writer = AtomicParquetWriter(shards.rows_uri(dataset, sid), schema.SEGMENT_SCHEMA,
+                                 schema.file_metadata({"source_uri": src}))
+    n_segments = n_frames = 0
+    try:
+        with uri_mod.local_copy(src) as path:
+            with stages("probe"):
+                info = media.probe(path)
+                if not info.has_video:
+                    raise media.MediaError("probe", "no_video_stream", "the file has no video stream")
+                if not info.has_audio:
+                    raise media.MediaError("probe", "no_audio_stream", "the file has no audio stream")
+                if min(info.width, info.height) < cfg.decode.min_side:
+                    raise media.MediaError("probe", "too_small",
+                                           f"{info.width}x{info.height} is below the minimum side "
+                                           f"{cfg.decode.min_side} px")
+            with stages("audio"):
+                wav = audio.load_audio(path)
+                mel = audio.log_mel(wav)
+                audio_frames = int(len(wav) * cfg.decode.fps // audio.SAMPLE_RATE)
+            assembler = SegmentAssembler(cfg.align.crop_size, cfg.align.smooth_window)
+
+            def finished(segs):
+                nonlocal n_segments, n_frames
+                for seg in segs:
+                    n = min(len(seg), max(0, audio_frames - seg.start_frame))
+                    if n < cfg.output.min_segment_frames:
+                        rejects.append(schema.Reject(src, "faces", "segment_too_short" if n == len(seg) else "no_audio",
+                                                     "SegmentTooShort",
+                                                     f"segment at frame {seg.start_frame}: {n} frames with face and "
+                                                     f"audio < {cfg.output.min_segment_frames}",
+                                                     segment_index=seg.segment))
+                        continue
+                    with stages("encode"):
+                        s = schema.Segment(
+                            source_uri=src, segment_index=seg.segment, start_frame=seg.start_frame,
+                            frames=np.stack(seg.crops[:n]), landmarks=np.stack(seg.landmarks[:n]),
+                            affine=np.stack(seg.affines[:n]), detector_score=np.asarray(seg.scores[:n]),
+                            mel=segment_mel(mel, seg.start_frame, n), fps=float(cfg.decode.fps),
+                            speaker_id=item.get("speaker_id"), split=item.get("split"),
+                            source_width=info.width, source_height=info.height,
+                            quality=segment_quality(seg, cfg.align.crop_size))
+                        writer.write_rows([schema.segment_to_row(s, cfg.output.frame_format,
+                                                                 cfg.output.jpeg_quality)])
+                    n_segments += 1
+                    n_frames += n
+
+            for tf in tracked_frames(path, info, cfg, backend, stages):
+                with stages("align"):
+                    done = list(assembler.push(tf))
+                finished(done)
+            with stages("align"):
+                done = list(assembler.flush())
+            finished(done)
+            if n_segments == 0 and not rejects:
+                rejects.append(schema.Reject(src, "faces", "no_face", "NoFace",
+                                             "no face track found in any frame"))
+    except Exception as e:  # the per-source boundary: everything becomes a reject record
+        from preprocess.media import MediaError
+
+        if isinstance(e, MediaError):
+            rejects.append(schema.Reject(src, e.stage, e.reason, type(e).__name__, str(e)))
+        else:
+            log.exception("internal error on %s", src)
+            tb = traceback.format_exception_only(type(e), e)[-1].strip()
+            rejects.append(schema.Reject(src, stages.current, "internal_error", type(e).__name__, tb))
+        n_segments = n_frames = 0
+        writer.abort()
+        writer = None
+    status = "rows" if n_segments else "rejected"
+    if status == "rejected" and not any(r.segment_index is None for r in rejects):
+        reasons = sorted({r.reason for r in rejects})
+        rejects.append(schema.Reject(src, "faces", "no_usable_segment", "NoUsableSegment",
+                                     f"no segment became a row (segment rejects: {', '.join(reasons)})"))
+    with stages("write"):
+        # a re-run replaces what an earlier run of this source wrote, never leaves a stale file
+        if not rejects:
+            _remove(shards.rejects_uri(dataset, sid))
+        if not n_segments:
+            _remove(shards.rows_uri(dataset, sid))
+        if rejects:
+            write_table_atomic(shards.rejects_uri(dataset, sid), [r.to_row() for r in rejects],
+                               schema.REJECT_SCHEMA, schema.file_metadata({"kind": "rejects"}))
+        if writer is not None:
+            if n_segments:
+                writer.commit()
+            else:
+                writer.abort()
+    result = {
+        "source_uri": src, "source_id": sid, "status": status, "segments": n_segments, "frames": n_frames,
+        "segment_rejects": sum(r.segment_index is not None for r in rejects),
+        "reject_reasons": [r.reason for r in rejects],
+        "seconds": {k: round(v, 4) for k, v in stages.seconds.items()},
+    }
+    uri_mod.write_bytes_atomic(shards.done_uri(dataset, sid), json.dumps(result, sort_keys=True).encode())
+    return result
