@@ -1,0 +1,182 @@
+"""16 kHz mono audio from any media file, and the log-mel features of SPEC "Media conventions".
+
+Timing rules (100 mel rows per second, 25 video frames per second):
+
+- Mel row r is the STFT frame centred on sample 160·r (``center=True``), i.e. audio time r/100 s.
+- Video frame i spans [i/25, (i+1)/25) s and owns rows 4i..4i+3 (centres at +0, 10, 20, 30 ms).
+- ``align_mel_to_frames`` keeps rows [0, 4N): a longer mel is trimmed at the end, a shorter one
+  is padded at the end by repeating its last row (edge padding).
+- ``mel_window(mel, i)`` = rows [4i-8, 4i+12) — 20 rows, 0.2 s, the 5 frames i-2..i+2 — with
+  row indexes clamped to [0, n_rows-1] (edge padding at both clip ends).
+
+``load_audio`` puts sample 0 at the first video frame (when the file has video), so these rules
+hold for files whose audio and video streams start at different times.
+"""
+from __future__ import annotations
+
+import functools
+import subprocess
+import tempfile
+from typing import Optional
+
+import numpy as np
+
+from preprocess.media import (MediaError, MediaInfo, ffmpeg_bin, ffmpeg_input, probe,
+                              _check_file, _stderr_tail)
+
+__all__ = ["SAMPLE_RATE", "MEL_PARAMS", "load_audio", "log_mel", "align_mel_to_frames",
+           "mel_window", "mel_windows", "model_input", "ROWS_PER_FRAME", "WINDOW_ROWS"]
+
+SAMPLE_RATE = 16000
+ROWS_PER_FRAME = 4
+WINDOW_ROWS = (-8, 12)  # frame i's window: rows [4i-8, 4i+12)
+AUDIO_TIMEOUT_S = 600.0
+
+#: Everything that defines the stored mel; written into the Parquet schema metadata.
+MEL_PARAMS = {
+    "sr": SAMPLE_RATE,
+    "preemphasis": 0.97,
+    "n_fft": 1280,
+    "win_length": 1280,
+    "hop_length": 160,
+    "window": "hann",
+    "center": True,
+    "pad_mode": "reflect",
+    "n_mels": 80,
+    "fmin": 55.0,
+    "fmax": 7600.0,
+    "htk": False,
+    "norm": "slaney",
+    "power": 1.0,
+    "log": "log10",
+    "floor": 1e-5,
+    "layout": "time_major",  # (n_rows, n_mels)
+    "rows_per_frame": ROWS_PER_FRAME,
+    "fps": 25,
+    "window_rows": list(WINDOW_ROWS),
+    "model_input": "clip(1.6*L+2.4,-4,4)",
+}
+
+
+def load_audio(path, sr: int = SAMPLE_RATE, info: Optional[MediaInfo] = None,
+               align_to_video: bool = True) -> np.ndarray:
+    """Decode the first audio stream to mono float32 ``(n_samples,)`` in [-1, 1] at ``sr`` Hz.
+
+    Any container/rate/channel count ffmpeg reads (wav, mp4, audio-only, ...). Channels are
+    averaged. Timestamp gaps are filled with silence (``aresample`` ``min_comp``/``first_pts``),
+    and with ``align_to_video`` sample 0 is the first video frame's time: audio that starts
+    before the video is trimmed, audio that starts after it is preceded by silence.
+
+    Raises:
+        MediaError(stage='probe'): from probing (not found, empty, unparseable).
+        MediaError(stage='audio'): reason 'no_audio_stream' or 'undecodable'.
+    """
+    p = _check_file(path, "probe")
+    if sr <= 0:
+        raise ValueError(f"Expected sr > 0. Got {sr!r}.")
+    info = info if info is not None else probe(p)
+    if not info.has_audio:
+        raise MediaError("audio", "no_audio_stream", "no audio stream", p)
+    channels = max(1, info.audio_channels or 1)
+    cmd = [ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
+           "-i", ffmpeg_input(p), "-map", f"0:{info.audio_index}", "-vn", "-sn", "-dn",
+           "-af", f"aresample={sr}:min_comp=0.001:first_pts=0", "-ac", str(channels),
+           "-ar", str(sr), "-c:a", "pcm_f32le", "-f", "f32le", "pipe:1"]
+    with tempfile.TemporaryFile() as errf:
+        try:
+            res = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=errf, timeout=AUDIO_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired as e:
+            raise MediaError("audio", "timeout", f"ffmpeg ran over {AUDIO_TIMEOUT_S:.0f} s", p) from e
+        errf.seek(0)
+        err = _stderr_tail(errf.read().decode("utf-8", "replace"))
+    raw = res.stdout
+    usable = len(raw) // (4 * channels) * 4 * channels
+    if res.returncode != 0 or usable == 0:
+        raise MediaError("audio", "undecodable", err or f"ffmpeg exited with {res.returncode}", p)
+    wav = np.frombuffer(raw[:usable], dtype="<f4").reshape(-1, channels)
+    wav = wav[:, 0].copy() if channels == 1 else wav.mean(axis=1, dtype=np.float32)
+    if align_to_video and info.has_video:
+        offset = int(round(info.video_start_s * sr))  # container time of the first video frame
+        wav = wav[offset:]
+    np.clip(wav, -1.0, 1.0, out=wav)
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _mel_basis(sr: int) -> np.ndarray:
+    import librosa
+
+    m = MEL_PARAMS
+    return librosa.filters.mel(sr=sr, n_fft=m["n_fft"], n_mels=m["n_mels"], fmin=m["fmin"],
+                               fmax=m["fmax"], htk=m["htk"], norm=m["norm"]).astype(np.float32)
+
+
+def log_mel(wav: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Log10 magnitude mel of a mono clip: ``(n_samples,)`` → ``(1 + n_samples // 160, 80)`` float32.
+
+    Pre-emphasis 0.97, STFT (n_fft = win = 1280, hop 160, hann, centred, reflect padding),
+    |STFT| through an 80-band slaney mel filterbank (55–7600 Hz), ``log10(max(mel, 1e-5))``.
+    Row r is centred at r/100 s. See ``MEL_PARAMS``.
+    """
+    import librosa
+    from scipy.signal import lfilter
+
+    if sr != MEL_PARAMS["sr"]:
+        raise ValueError(f"Expected sr={MEL_PARAMS['sr']} (the mel parameters assume it). Got {sr}.")
+    wav = np.asarray(wav)
+    if wav.ndim != 1:
+        raise ValueError(f"Expected mono audio (n_samples,). Got shape {wav.shape}.")
+    m = MEL_PARAMS
+    if len(wav) <= m["n_fft"] // 2:
+        raise MediaError("audio", "too_short",
+                         f"Expected more than {m['n_fft'] // 2} samples. Got {len(wav)}.")
+    y = lfilter([1.0, -m["preemphasis"]], [1.0], wav.astype(np.float64)).astype(np.float32)
+    spec = np.abs(librosa.stft(y=y, n_fft=m["n_fft"], hop_length=m["hop_length"],
+                               win_length=m["win_length"], window=m["window"],
+                               center=m["center"], pad_mode=m["pad_mode"]))
+    mel = _mel_basis(sr) @ spec  # (80, n_rows)
+    return np.ascontiguousarray(np.log10(np.maximum(mel, m["floor"])).T, dtype=np.float32)
+
+
+def align_mel_to_frames(mel: np.ndarray, n_frames: int) -> np.ndarray:
+    """``(n_rows, 80)`` → ``(4·n_frames, 80)``: trim the end, or edge-pad it with the last row."""
+    mel = _check_mel(mel)
+    rows = ROWS_PER_FRAME * int(n_frames)
+    if n_frames < 0:
+        raise ValueError(f"Expected n_frames >= 0. Got {n_frames}.")
+    if len(mel) >= rows:
+        return mel[:rows]
+    if len(mel) == 0:
+        raise ValueError(f"Expected a non-empty mel to pad to {rows} rows. Got 0 rows.")
+    return np.pad(mel, ((0, rows - len(mel)), (0, 0)), mode="edge")
+
+
+def mel_window(mel: np.ndarray, i: int) -> np.ndarray:
+    """Frame i's audio window ``(20, 80)``: rows [4i-8, 4i+12), indexes clamped to the clip."""
+    return mel_windows(mel, np.asarray([i]))[0]
+
+
+def mel_windows(mel: np.ndarray, idx) -> np.ndarray:
+    """Windows of frames ``idx`` (k,) → ``(k, 20, 80)``; same rule as ``mel_window``."""
+    mel = _check_mel(mel)
+    if len(mel) == 0:
+        raise ValueError("Expected a non-empty mel. Got 0 rows.")
+    idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+    rows = ROWS_PER_FRAME * idx[:, None] + np.arange(*WINDOW_ROWS)[None, :]
+    return mel[np.clip(rows, 0, len(mel) - 1)]
+
+
+def model_input(L):
+    """The model's view of stored log-mel: ``clip(1.6·L + 2.4, -4, 4)`` (numpy or torch, any shape)."""
+    y = 1.6 * L + 2.4
+    if hasattr(y, "clamp"):
+        return y.clamp(-4.0, 4.0)
+    return np.clip(y, -4.0, 4.0)
+
+
+def _check_mel(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel)
+    if mel.ndim != 2 or mel.shape[1] != MEL_PARAMS["n_mels"]:
+        raise ValueError(f"Expected mel (n_rows, {MEL_PARAMS['n_mels']}). Got shape {mel.shape}.")
+    return mel

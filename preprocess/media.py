@@ -1,0 +1,303 @@
+"""Probe media files with ffprobe, and the typed error every media stage raises.
+
+``probe(path)`` reads container/stream headers only (no decoding, ~40 ms) and returns a frozen
+:class:`MediaInfo`. Decoding lives in ``preprocess.video`` and ``preprocess.audio``.
+
+Conventions (see SPEC "Media conventions"):
+
+- ``width``/``height`` are the *display* size: the coded size with the rotation applied
+  (a 1920×1080 phone clip with ``rotation == 90`` probes as 1080×1920).
+- ``rotation`` is the clockwise rotation, in degrees (0/90/180/270), that a player applies to the
+  coded frames, i.e. the legacy ``rotate`` tag convention. It is read from the display matrix
+  (ffprobe's ``side_data_list[].rotation``, which is counter-clockwise, hence negated), or from the
+  ``rotate`` tag when there is no display matrix.
+- ``is_vfr`` compares the stream headers: ``r_frame_rate`` (the base rate ffmpeg guesses from the
+  timestamps) against ``avg_frame_rate`` (frames / duration); they differ by more than 1 % for
+  variable frame rate streams (dropped frames, phone recordings). Header-only, so cheap; it misses
+  VFR streams whose average happens to equal the base rate. Both decoders in ``preprocess.video``
+  map timestamps to 25 fps themselves, so a missed VFR flag costs speed, never correctness.
+- ``duration_s`` is the video stream's duration (first frame to the end of the last frame), and
+  ``n_frames_25`` = round(duration_s × 25) (ties up), the count ffmpeg's ``fps`` filter produces.
+  Without video, ``duration_s`` is the audio duration and ``n_frames_25`` is 0.
+- ``video_start_s``/``audio_start_s`` are the streams' start times on the container timeline
+  (which starts at 0); ``preprocess.audio.load_audio`` uses them to put audio sample 0 at the
+  first video frame.
+
+File names are handed to ffmpeg as ``file:<absolute path>``, so no name (leading '-', quotes,
+``$(...)``, unicode, ':') is ever read as an option or a protocol.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Optional
+
+__all__ = [
+    "MediaError",
+    "MediaInfo",
+    "probe",
+    "validate",
+    "ffmpeg_input",
+    "ffmpeg_bin",
+    "frames_at",
+]
+
+PROBE_TIMEOUT_S = 120.0
+STAGES = ("probe", "decode", "audio")
+_VFR_TOLERANCE = 0.01
+
+
+class MediaError(Exception):
+    """A media file that cannot become training data, with a machine-readable cause.
+
+    Attributes:
+        stage: 'probe' | 'decode' | 'audio' — which step refused the file.
+        reason: short slug, e.g. 'zero_bytes', 'not_found', 'undecodable', 'no_video_stream',
+            'no_audio_stream', 'truncated', 'too_short', 'too_small', 'timeout'.
+        message: human-readable detail (ffmpeg's last stderr lines where there are some).
+        path: the file concerned, or None.
+    """
+
+    def __init__(self, stage: str, reason: str, message: str = "", path: Optional[str] = None):
+        if stage not in STAGES:
+            raise ValueError(f"Expected stage in {STAGES}. Got {stage!r}.")
+        self.stage = stage
+        self.reason = reason
+        self.message = message
+        self.path = None if path is None else os.fspath(path)
+        super().__init__(stage, reason, message, self.path)
+
+    def __str__(self) -> str:
+        where = f" [{self.path}]" if self.path else ""
+        return f"{self.stage}/{self.reason}: {self.message}{where}"
+
+    def __reduce__(self):  # keeps stage/reason through pickling (Beam, multiprocessing)
+        return (type(self), (self.stage, self.reason, self.message, self.path))
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What ffprobe says about a file (see the module docstring for each convention)."""
+
+    path: str
+    has_video: bool
+    has_audio: bool
+    width: int = 0  # display width (after rotation); 0 without video
+    height: int = 0  # display height (after rotation)
+    rotation: int = 0  # clockwise degrees, 0/90/180/270
+    fps: float = 0.0  # avg_frame_rate
+    is_vfr: bool = False  # r_frame_rate vs avg_frame_rate differ by > 1 %
+    duration_s: float = 0.0  # video stream duration (audio's when there is no video)
+    n_frames_25: int = 0  # frames after resampling to 25 fps CFR
+    video_codec: Optional[str] = None
+    pix_fmt: Optional[str] = None
+    audio_rate: Optional[int] = None
+    audio_channels: Optional[int] = None
+    audio_codec: Optional[str] = None
+    audio_duration_s: Optional[float] = None
+    r_frame_rate: str = "0/0"  # ffprobe's rational strings, exact
+    avg_frame_rate: str = "0/0"
+    nb_frames: Optional[int] = None  # from the header, when the container stores it
+    video_start_s: float = 0.0  # on the container timeline (which starts at 0)
+    audio_start_s: float = 0.0
+    video_index: Optional[int] = None  # absolute stream indexes (for -map 0:<index>)
+    audio_index: Optional[int] = None
+    video_streams: int = 0  # video streams that are not cover art
+    container: str = ""
+    size_bytes: int = 0
+
+
+def ffmpeg_bin(name: str) -> str:
+    """Absolute path of ``ffmpeg``/``ffprobe`` (env ``RADIO_FFMPEG``/``RADIO_FFPROBE`` overrides)."""
+    env = os.environ.get("RADIO_" + name.upper())
+    found = env or shutil.which(name)
+    if not found:
+        raise FileNotFoundError(
+            f"Expected the {name} executable on PATH (apt-get install ffmpeg). Got none.")
+    return found
+
+
+def ffmpeg_input(path) -> str:
+    """``file:<absolute path>`` for ffmpeg's ``-i``: never an option, never another protocol."""
+    return "file:" + os.path.abspath(os.fspath(path))
+
+
+def _check_file(path, stage: str) -> str:
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise MediaError(stage, "not_found", "no such file", p)
+    if os.path.getsize(p) == 0:
+        raise MediaError(stage, "zero_bytes", "file is empty", p)
+    return p
+
+
+def _stderr_tail(text: str, n: int = 5) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])[-600:]
+
+
+def _rate(s: Optional[str]) -> Fraction:
+    try:
+        num, _, den = (s or "0/0").partition("/")
+        den_i = int(den or 1)
+        return Fraction(int(num), den_i) if den_i else Fraction(0)
+    except ValueError:
+        return Fraction(0)
+
+
+def _float(x) -> Optional[float]:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _int(x) -> Optional[int]:
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def _tag_duration(stream: dict) -> Optional[float]:
+    """Matroska/WebM keep the stream duration in a ``DURATION`` tag, 'HH:MM:SS.fffffffff'."""
+    tags = {k.upper(): v for k, v in (stream.get("tags") or {}).items()}
+    value = tags.get("DURATION")
+    if not value:
+        return None
+    try:
+        h, m, s = value.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+    except ValueError:
+        return None
+
+
+def _rotation(stream: dict) -> int:
+    """Clockwise display rotation in degrees, snapped to a multiple of 90."""
+    ccw = None
+    for sd in stream.get("side_data_list") or []:
+        if "rotation" in sd:
+            ccw = _float(sd["rotation"])
+            break
+    if ccw is not None:
+        cw = -ccw
+    else:
+        cw = _float((stream.get("tags") or {}).get("rotate")) or 0.0
+    return int(round(cw / 90.0)) * 90 % 360
+
+
+def frames_at(duration_s: float, fps=25) -> int:
+    """Frames of a ``duration_s`` stream resampled to ``fps`` CFR: round(duration·fps), ties up."""
+    return int(math.floor(duration_s * float(fps) + 0.5 + 1e-9)) if duration_s > 0 else 0
+
+
+def _is_cover(stream: dict) -> bool:
+    return bool((stream.get("disposition") or {}).get("attached_pic"))
+
+
+def probe(path) -> MediaInfo:
+    """Probe a local file with ffprobe (headers only).
+
+    Raises:
+        MediaError(stage='probe'): reason 'not_found', 'zero_bytes', 'undecodable' (ffprobe
+            cannot parse the container), 'no_streams' or 'timeout'.
+    """
+    p = _check_file(path, "probe")
+    cmd = [ffmpeg_bin("ffprobe"), "-v", "error", "-hide_banner", "-print_format", "json",
+           "-show_format", "-show_streams", ffmpeg_input(p)]
+    try:
+        res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                             timeout=PROBE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise MediaError("probe", "timeout", f"ffprobe ran over {PROBE_TIMEOUT_S:.0f} s", p) from e
+    err = res.stderr.decode("utf-8", "replace")
+    if res.returncode != 0:
+        raise MediaError("probe", "undecodable", _stderr_tail(err) or "ffprobe failed", p)
+    try:
+        data = json.loads(res.stdout.decode("utf-8", "replace") or "{}")
+    except json.JSONDecodeError as e:
+        raise MediaError("probe", "undecodable", f"unreadable ffprobe output: {e}", p) from e
+    return _info_from_probe(p, data)
+
+
+def _info_from_probe(path: str, data: dict) -> MediaInfo:
+    streams = data.get("streams") or []
+    fmt = data.get("format") or {}
+    if not streams:
+        raise MediaError("probe", "no_streams", "no audio or video stream", path)
+    videos = [s for s in streams if s.get("codec_type") == "video" and not _is_cover(s)]
+    audios = [s for s in streams if s.get("codec_type") == "audio"]
+    fmt_start = _float(fmt.get("start_time")) or 0.0
+    fmt_duration = _float(fmt.get("duration"))
+
+    def start_of(s: dict) -> float:
+        st = _float(s.get("start_time"))
+        return max(0.0, (st if st is not None else fmt_start) - fmt_start)
+
+    def duration_of(s: dict) -> Optional[float]:
+        d = _float(s.get("duration"))
+        if d is None:
+            d = _tag_duration(s)
+        if d is None and fmt_duration is not None:
+            d = fmt_duration - start_of(s)
+        return d if d is not None and d > 0 else None
+
+    kw: dict = dict(path=path, has_video=bool(videos), has_audio=bool(audios),
+                    container=str(fmt.get("format_name", "")),
+                    size_bytes=_int(fmt.get("size")) or os.path.getsize(path),
+                    video_streams=len(videos))
+    if audios:
+        a = audios[0]
+        kw.update(audio_rate=_int(a.get("sample_rate")), audio_channels=_int(a.get("channels")),
+                  audio_codec=a.get("codec_name"), audio_duration_s=duration_of(a),
+                  audio_start_s=start_of(a), audio_index=_int(a.get("index")))
+    if videos:
+        v = videos[0]
+        rotation = _rotation(v)
+        w, h = _int(v.get("width")) or 0, _int(v.get("height")) or 0
+        if rotation in (90, 270):
+            w, h = h, w
+        r, avg = _rate(v.get("r_frame_rate")), _rate(v.get("avg_frame_rate"))
+        fps = float(avg or r)
+        is_vfr = bool(r and avg and abs(float(avg - r)) > _VFR_TOLERANCE * float(r))
+        duration = duration_of(v) or 0.0
+        kw.update(width=w, height=h, rotation=rotation, fps=fps, is_vfr=is_vfr,
+                  duration_s=duration, n_frames_25=frames_at(duration, 25),
+                  video_codec=v.get("codec_name"), pix_fmt=v.get("pix_fmt"),
+                  r_frame_rate=str(v.get("r_frame_rate", "0/0")),
+                  avg_frame_rate=str(v.get("avg_frame_rate", "0/0")),
+                  nb_frames=_int(v.get("nb_frames")), video_start_s=start_of(v),
+                  video_index=_int(v.get("index")))
+    else:
+        kw.update(duration_s=kw.get("audio_duration_s") or fmt_duration or 0.0)
+    return MediaInfo(**kw)
+
+
+def validate(info: MediaInfo, *, need_video: bool = True, need_audio: bool = False,
+             min_duration_s: float = 0.0, min_side: int = 0) -> MediaInfo:
+    """Refuse a probed file that cannot become a training clip; return ``info`` unchanged.
+
+    Raises:
+        MediaError(stage='probe'): reason 'no_video_stream', 'no_audio_stream', 'too_short'
+            (duration < ``min_duration_s`` or no whole 25 fps frame) or 'too_small'
+            (display min(width, height) < ``min_side``).
+    """
+    if need_video and not info.has_video:
+        raise MediaError("probe", "no_video_stream", "no video stream", info.path)
+    if need_audio and not info.has_audio:
+        raise MediaError("probe", "no_audio_stream", "no audio stream", info.path)
+    if info.duration_s < min_duration_s or (need_video and info.n_frames_25 < 1):
+        raise MediaError("probe", "too_short",
+                         f"Expected at least {min_duration_s:g} s and one 25 fps frame. "
+                         f"Got {info.duration_s:.3f} s ({info.n_frames_25} frames).", info.path)
+    if need_video and min(info.width, info.height) < min_side:
+        raise MediaError("probe", "too_small",
+                         f"Expected min side >= {min_side} px. Got {info.width}x{info.height}.",
+                         info.path)
+    return info

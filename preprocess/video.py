@@ -1,0 +1,288 @@
+"""Decode video to uint8 RGB frames at a constant frame rate (25 fps), in bounded chunks.
+
+``iter_frames`` yields ``(n, H, W, 3)`` chunks (n ≤ ``chunk``), so memory stays constant for any
+length. Frame timing follows ffmpeg's ``fps`` filter exactly (``round=near``), on a timeline that
+starts at the first video frame: output frame k shows the last source frame j whose timestamp
+rounds to ≤ k, i.e. ``round((pts_j - pts_0)·fps) ≤ k`` (ties up). The total is
+``frame_count(info, fps)`` = round(duration·fps): for a CFR 30 fps clip of 2.0 s, 50 frames;
+VFR input is normalised the same way.
+
+Two backends give the same frames (tested to be pixel-identical on H.264/HEVC CFR):
+
+- ``'decord'``: fastest for plain files. Source frame indexes come from the exact rational
+  mapping above using ``r_frame_rate`` (CFR), or from decord's own float timestamps when the file
+  turns out to be VFR (explicit ``backend='decord'`` only; exact except at rounding ties).
+- ``'ffmpeg'``: an ffmpeg rawvideo pipe, ``-vf setpts=PTS-STARTPTS,fps=25[,scale]`` with ffmpeg's
+  autorotation and any pixel format (10-bit, AV1, VP9, ffv1, ...).
+- ``'auto'``: decord when ``choose_backend(info) == 'decord'`` (H.264/HEVC, 8-bit 4:2:0, no
+  rotation, CFR, one video stream), and ffmpeg otherwise or as soon as decord fails; a fallback
+  mid-file resumes ffmpeg after the frames already yielded.
+
+Frame-count contract: exactly ``frame_count(info, fps)`` frames. A decoder that stops short by at
+most ``PAD_TOLERANCE`` (2) frames — last-frame duration rounding, a damaged final GOP — is padded
+by repeating its last frame; shorter than that raises ``MediaError('decode', 'truncated')``.
+When the container gives no duration the count is whatever ffmpeg produces.
+"""
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+from fractions import Fraction
+from typing import Iterator, Optional
+
+import numpy as np
+
+from preprocess.media import (MediaError, MediaInfo, ffmpeg_bin, ffmpeg_input, frames_at,
+                              probe, _check_file, _rate, _stderr_tail)
+
+__all__ = ["iter_frames", "read_frames", "frame_count", "frame_count_25", "output_size",
+           "choose_backend", "BACKENDS", "PAD_TOLERANCE"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "decord", "ffmpeg")
+PAD_TOLERANCE = 2
+DECORD_CODECS = frozenset({"h264", "hevc"})
+DECORD_PIX_FMTS = frozenset({"yuv420p", "yuvj420p"})
+
+
+class _DecordFailed(Exception):
+    """decord cannot (or should not) decode this file; 'auto' falls back to ffmpeg."""
+
+
+def frame_count(info: MediaInfo, fps=25) -> int:
+    """Frames after resampling ``info``'s video to ``fps`` CFR: round(duration_s·fps), ties up."""
+    if not info.has_video:
+        return 0
+    return info.n_frames_25 if Fraction(fps) == 25 else frames_at(info.duration_s, fps)
+
+
+def frame_count_25(info: MediaInfo) -> int:
+    """``frame_count(info, 25)``."""
+    return frame_count(info, 25)
+
+
+def output_size(info: MediaInfo, max_side: Optional[int] = None) -> tuple[int, int]:
+    """(H, W) of decoded frames: display size, shrunk (aspect kept, rounded) to fit ``max_side``."""
+    h, w = info.height, info.width
+    if max_side is not None and max(h, w) > max_side:
+        s = max_side / max(h, w)
+        h, w = max(1, int(round(h * s))), max(1, int(round(w * s)))
+    return h, w
+
+
+def choose_backend(info: MediaInfo, max_side: Optional[int] = None) -> str:
+    """'decord' for plain files (H.264/HEVC, yuv420p, no rotation, CFR, one stream), else 'ffmpeg'."""
+    plain = (info.video_codec in DECORD_CODECS and info.pix_fmt in DECORD_PIX_FMTS
+             and info.rotation == 0 and not info.is_vfr and info.video_streams == 1
+             and _rate(info.r_frame_rate) > 0 and info.duration_s > 0)
+    return "decord" if plain else "ffmpeg"
+
+
+def iter_frames(path, info: Optional[MediaInfo] = None, fps=25, chunk: int = 64,
+                backend: str = "auto", max_side: Optional[int] = None) -> Iterator[np.ndarray]:
+    """Yield the video as uint8 RGB chunks ``(n, H, W, 3)``, n ≤ ``chunk``, at ``fps`` CFR.
+
+    Args:
+        path: local file (use ``preprocess.uri`` to materialise remote URIs first).
+        info: ``probe(path)`` if already known.
+        fps: output frame rate (int or Fraction).
+        chunk: frames per yielded array; memory use is O(chunk · H · W).
+        backend: 'auto' | 'decord' | 'ffmpeg' (see module docstring).
+        max_side: shrink so that max(H, W) ≤ max_side (aspect kept); None keeps the display size.
+
+    Rotation is applied (H, W are the display size, ``output_size(info, max_side)``).
+    Raises MediaError: stage 'probe' (from probing), or stage 'decode' with reason
+    'no_video_stream', 'undecodable' or 'truncated'.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"Expected backend in {BACKENDS}. Got {backend!r}.")
+    if not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"Expected chunk >= 1. Got {chunk!r}.")
+    if Fraction(fps) <= 0:
+        raise ValueError(f"Expected fps > 0. Got {fps!r}.")
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"Expected max_side >= 1 or None. Got {max_side!r}.")
+    p = _check_file(path, "probe")
+    info = info if info is not None else probe(p)
+    if not info.has_video:
+        raise MediaError("decode", "no_video_stream", "no video stream", p)
+    size = output_size(info, max_side)
+    if backend == "ffmpeg":
+        yield from _ffmpeg_frames(p, info, fps, chunk, size)
+        return
+    if backend == "decord":
+        try:
+            yield from _decord_frames(p, info, fps, chunk, size, strict=True)
+        except _DecordFailed as e:
+            raise MediaError("decode", "undecodable", f"decord: {e}", p) from e
+        return
+    done = 0
+    if choose_backend(info, max_side) == "decord":
+        gen = _decord_frames(p, info, fps, chunk, size, strict=False)
+        try:
+            while True:
+                try:
+                    block = next(gen)
+                except StopIteration:
+                    return
+                except _DecordFailed as e:
+                    log.info("decord failed on %s after %d frames (%s); using ffmpeg", p, done, e)
+                    break
+                yield block
+                done += len(block)
+        finally:
+            gen.close()
+    yield from _ffmpeg_frames(p, info, fps, chunk, size, skip=done)
+
+
+def read_frames(path, info: Optional[MediaInfo] = None, fps=25, backend: str = "auto",
+                max_side: Optional[int] = None, chunk: int = 64) -> np.ndarray:
+    """The whole video as one uint8 array ``(N, H, W, 3)``, N = ``frame_count(info, fps)``."""
+    info = info if info is not None else probe(path)
+    blocks = list(iter_frames(path, info, fps=fps, chunk=chunk, backend=backend,
+                              max_side=max_side))
+    if not blocks:
+        h, w = output_size(info, max_side)
+        return np.empty((0, h, w, 3), np.uint8)
+    return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+
+
+# --------------------------------------------------------------------------------------- decord
+def _cfr_source_index(k: np.ndarray, src_fps: Fraction, fps: Fraction) -> np.ndarray:
+    """Last source frame j with floor(j·fps/src_fps + 1/2) ≤ k, in exact integer arithmetic."""
+    p, q = (src_fps / fps).numerator, (src_fps / fps).denominator  # src/out = p/q
+    k = k.astype(np.int64)
+    return ((2 * k + 1) * p + 2 * q - 1) // (2 * q) - 1
+
+
+def _ts_source_index(k: np.ndarray, rel_ts: np.ndarray, fps: Fraction) -> np.ndarray:
+    slots = np.floor(rel_ts * float(fps) + 0.5 + 1e-6)
+    return np.searchsorted(slots, k, side="right") - 1
+
+
+def _decord_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int],
+                   strict: bool) -> Iterator[np.ndarray]:
+    import decord  # lazy: heavy, and optional for the ffmpeg path
+
+    errors = (RuntimeError, decord.DECORDError)
+    fps = Fraction(fps)
+    h, w = size
+    if info.rotation and (h, w) != (info.height, info.width):
+        raise _DecordFailed("decord resizes rotated video wrongly")
+    resize = (h, w) != (info.height, info.width)
+    try:
+        vr = decord.VideoReader(p, ctx=decord.cpu(0), width=w if resize else -1,
+                                height=h if resize else -1)
+        n_src = len(vr)
+        ts = vr.get_frame_timestamp(np.arange(n_src))[:, 0].astype(np.float64) if n_src else None
+    except errors as e:
+        raise _DecordFailed(_last_line(e)) from e
+    try:
+        n_out = frame_count(info, fps)
+        if n_src == 0 or n_out == 0:
+            raise _DecordFailed(f"{n_src} source frames, {n_out} expected")
+        rel = ts - ts[0]
+        src_fps = _rate(info.r_frame_rate)
+        cfr = src_fps > 0 and np.abs(rel - np.arange(n_src) / float(src_fps)).max() < 0.25 / float(src_fps)
+        if cfr:
+            covered = int((2 * n_src * fps.numerator * src_fps.denominator
+                           + src_fps.numerator * fps.denominator)
+                          // (2 * src_fps.numerator * fps.denominator))  # floor(n_src·R + 1/2)
+        elif strict:
+            covered = int(np.floor(rel[-1] * float(fps) + 0.5)) + 1
+        else:
+            raise _DecordFailed("timestamps are not on a constant frame-rate grid")
+        if covered < n_out - PAD_TOLERANCE:
+            if strict:
+                raise MediaError("decode", "truncated",
+                                 f"Expected {n_out} frames. Got {covered} (decord).", p)
+            raise _DecordFailed(f"only {covered} of {n_out} frames")
+        for k0 in range(0, n_out, chunk):
+            k = np.arange(k0, min(k0 + chunk, n_out))
+            idx = _cfr_source_index(k, src_fps, fps) if cfr else _ts_source_index(k, rel, fps)
+            idx = np.clip(idx, 0, n_src - 1)
+            uniq, inverse = np.unique(idx, return_inverse=True)
+            try:
+                batch = vr.get_batch(uniq.tolist()).asnumpy()
+            except errors as e:
+                raise _DecordFailed(_last_line(e)) from e
+            if batch.shape[1:] != (h, w, 3) or batch.dtype != np.uint8:
+                raise _DecordFailed(f"Expected frames ({h}, {w}, 3) uint8. Got {batch.shape[1:]} "
+                                    f"{batch.dtype}.")
+            yield batch if len(uniq) == len(idx) else batch[inverse]
+    finally:
+        del vr
+
+
+def _last_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[-1][-300:] if lines else repr(e)
+
+
+# --------------------------------------------------------------------------------------- ffmpeg
+def _ffmpeg_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int],
+                   skip: int = 0) -> Iterator[np.ndarray]:
+    fps = Fraction(fps)
+    h, w = size
+    n_out = frame_count(info, fps) if info.duration_s > 0 else None
+    filters = ["setpts=PTS-STARTPTS", f"fps=fps={fps.numerator}/{fps.denominator}:round=near"]
+    if (h, w) != (info.height, info.width):
+        filters.append(f"scale={w}:{h}:flags=area")
+    cmd = [ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
+           "-i", ffmpeg_input(p), "-map", f"0:{info.video_index}", "-an", "-sn", "-dn",
+           "-vf", ",".join(filters), "-vsync", "passthrough"]
+    if n_out is not None:
+        cmd += ["-frames:v", str(n_out)]
+    cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+    with tempfile.TemporaryFile() as errf:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=errf, bufsize=0)
+        produced, last = 0, None
+        try:
+            while True:
+                block = _read_frames(proc.stdout, chunk, h, w)
+                if block is None:
+                    break
+                start = produced
+                produced += len(block)
+                last = block[-1]
+                if produced <= skip:
+                    continue
+                yield block[max(0, skip - start):]
+            rc = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        errf.seek(0)
+        err = _stderr_tail(errf.read().decode("utf-8", "replace"))
+    if rc != 0 or produced == 0 and (n_out or 0) > 0:
+        raise MediaError("decode", "undecodable", err or f"ffmpeg exited with {rc}", p)
+    if n_out is None or produced >= n_out:
+        return
+    if produced < n_out - PAD_TOLERANCE:
+        raise MediaError("decode", "truncated",
+                         f"Expected {n_out} frames. Got {produced}. {err}".strip(), p)
+    log.debug("%s: padding %d frame(s) with the last one", p, n_out - produced)
+    pad_from = max(produced, skip)
+    if n_out > pad_from:
+        yield np.repeat(last[None], n_out - pad_from, axis=0)
+
+
+def _read_frames(stream, n: int, h: int, w: int) -> Optional[np.ndarray]:
+    """Read up to n whole frames from a raw rgb24 pipe; None at EOF."""
+    buf = np.empty((n, h, w, 3), np.uint8)
+    view = memoryview(buf).cast("B")
+    got = 0
+    while got < len(view):
+        k = stream.readinto(view[got:])
+        if not k:
+            break
+        got += k
+    whole = got // (h * w * 3)
+    if whole == 0:
+        return None
+    return buf[:whole] if whole < n else buf
