@@ -15,6 +15,14 @@ import cv2
 import numpy as np
 
 CROP_SIZE = 192
+# Where FFHQ alignment puts the eye midpoint and the mouth-corner midpoint in a 192 crop, in pixel-
+# centre coordinates (the SPEC's ≈ (96, 91) and (96, 142)): the quad is centred on
+# eye_avg + 0.1·eye_to_mouth and its half-side is 1.8·|eye_to_mouth| whenever that beats
+# 2·|eye_to_eye| (frontal faces), so the eyes sit 0.1/3.6 of the side above the centre (95.5) and
+# the mouth 0.9/3.6 below it. Wider eye spacing (a face turned up or down) moves both towards the
+# centre by a few px.
+CANONICAL_EYE_MID = (95.5, 95.5 - CROP_SIZE * 0.1 / 3.6)     # (95.5, 90.17)
+CANONICAL_MOUTH_MID = (95.5, 95.5 + CROP_SIZE * 0.9 / 3.6)   # (95.5, 143.5)
 
 
 def ffhq_quad(landmarks: np.ndarray) -> np.ndarray:
@@ -41,22 +49,46 @@ def ffhq_quads(landmarks: np.ndarray) -> np.ndarray:
     return np.stack([ffhq_quad(lm) for lm in np.asarray(landmarks)])
 
 
-def smooth_quads(quads: np.ndarray, window: int = 5) -> np.ndarray:
-    """Centred moving average of the quads over time, shrinking the window at the ends.
+def smooth_quads(quads: np.ndarray, window: int = 5, follow_px: float | None = None,
+                 size: int = CROP_SIZE) -> np.ndarray:
+    """Temporal smoothing of the quads: a ``window``-frame moving average, made exact for
+    constant-velocity motion at the segment ends.
 
-    Averaging the corners averages centre, scale and rotation together (the quad is a similarity
-    image of the unit square, and the mean of similarities of one square stays a square up to the
-    tiny rotation spread within the window). ``window`` 1 returns the input unchanged.
+    Each frame takes the least-squares line through the corners of ``window`` consecutive frames
+    (clipped to the segment) and evaluates it at that frame. In the interior the window is centred
+    and this is the plain centred moving average; in the first and last ``window // 2`` frames it
+    extrapolates instead of pulling the crop towards the interior (a shrinking average lags moving
+    heads there). Averaging the corners averages centre, scale and rotation together (the quad is a
+    similarity image of the unit square). ``window`` 1 returns the input unchanged.
+
+    ``follow_px`` (optional): where the smoothed quad strays from the frame's own quad by more
+    than ``follow_px`` crop pixels (largest corner distance, at ``size``), blend towards the frame's
+    own quad, fully at twice that. Landmark noise stays below ~2 px, so steady clips are smoothed
+    as before, while fast head motion (which a moving average lags by up to 20 px) stays centred.
     """
     q = np.asarray(quads, dtype=np.float64)
-    if window <= 1 or len(q) <= 1:
+    n = len(q)
+    if window <= 1 or n <= 2:
         return q.copy()
-    half = window // 2
-    csum = np.concatenate([np.zeros((1,) + q.shape[1:]), np.cumsum(q, axis=0)])
-    t = np.arange(len(q))
-    lo = np.clip(t - half, 0, len(q))
-    hi = np.clip(t + half + 1, 0, len(q))
-    return (csum[hi] - csum[lo]) / (hi - lo)[:, None, None]
+    w = min(window, n)
+    t = np.arange(n, dtype=np.float64)
+    lo = np.clip(np.arange(n) - window // 2, 0, n - w)
+    hi = lo + w
+    tt = t[:, None, None]
+    cq = np.concatenate([np.zeros((1,) + q.shape[1:]), np.cumsum(q, axis=0)])
+    ctq = np.concatenate([np.zeros((1,) + q.shape[1:]), np.cumsum(q * tt, axis=0)])
+    mean_q = (cq[hi] - cq[lo]) / w
+    mean_tq = (ctq[hi] - ctq[lo]) / w
+    mean_t = (lo + hi - 1) / 2.0                  # mean of lo..hi-1
+    var_t = (w * w - 1) / 12.0                    # variance of w consecutive integers
+    slope = (mean_tq - mean_t[:, None, None] * mean_q) / var_t
+    out = mean_q + slope * (t - mean_t)[:, None, None]
+    if follow_px:
+        side = np.linalg.norm(q[:, 3] - q[:, 0], axis=-1)
+        dev = np.linalg.norm(out - q, axis=-1).max(axis=-1) / side * size
+        w = np.clip(dev / follow_px - 1.0, 0.0, 1.0)[:, None, None]
+        out = out + w * (q - out)
+    return out
 
 
 def quad_to_affine(quad: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
@@ -133,3 +165,29 @@ def eye_jitter(crop_landmarks: np.ndarray) -> float:
         return 0.0
     eyes = (lm[:, 36:42].mean(axis=1) + lm[:, 42:48].mean(axis=1)) * 0.5
     return float(np.linalg.norm(np.diff(eyes, axis=0), axis=-1).mean())
+
+
+def segment_affines(landmarks: np.ndarray, window: int = 5, follow_px: float | None = 4.0,
+                    size: int = CROP_SIZE) -> np.ndarray:
+    """Per-frame source→crop affines of one face segment: FFHQ quads, smoothed over ``window``
+    frames (see :func:`smooth_quads`; ``follow_px`` 4 leaves steady clips exactly as the plain
+    moving average and keeps fast-moving faces centred), then one affine each.
+    (T, 68, 2) -> (T, 2, 3) float32."""
+    quads = smooth_quads(ffhq_quads(landmarks), window, follow_px, size)
+    return np.stack([quad_to_affine(q, size) for q in quads]).astype(np.float32)
+
+
+def alignment_stats(landmarks: np.ndarray, affines: np.ndarray, size: int = CROP_SIZE) -> dict:
+    """The SPEC's alignment figures for one segment: crop shake, eye jitter, and where the eye and
+    mouth midpoints land in the crop (mean and worst distance from the canonical points)."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    crop = np.stack([apply_affine(a, p) for a, p in zip(np.asarray(affines, dtype=np.float64), lm)])
+    eyes = (crop[:, 36:42].mean(axis=1) + crop[:, 42:48].mean(axis=1)) * 0.5
+    mouth = (crop[:, 48] + crop[:, 54]) * 0.5
+    c = (size - 1) / 2.0
+    eye_err = np.linalg.norm(eyes - [c, c - size * 0.1 / 3.6], axis=1)
+    mouth_err = np.linalg.norm(mouth - [c, c + size * 0.9 / 3.6], axis=1)
+    return {"crop_shake": crop_shake(affines, size), "eye_jitter": eye_jitter(crop),
+            "eye_mean": eyes.mean(axis=0).tolist(), "mouth_mean": mouth.mean(axis=0).tolist(),
+            "eye_err_mean": float(eye_err.mean()), "eye_err_max": float(eye_err.max()),
+            "mouth_err_mean": float(mouth_err.mean()), "mouth_err_max": float(mouth_err.max())}

@@ -1,0 +1,387 @@
+"""Face detection + tracking over a video stream: one main face, 68 landmarks per frame, segments.
+
+How it works (one :class:`FaceTracker` per video; feed it decoded RGB chunks in order)
+
+* **Search** (no face tracked): the backend's detector runs on the whole frame shrunk to a
+  *working size* chosen from the frame size: ``scale = min(1, min_face_px / (min_face_frac ·
+  short_side))``, so that any face at least ``min_face_frac`` of the short side keeps at least the
+  detector's ``min_face_px`` (80 px for dlib's HOG window). With the defaults (0.2, dlib): 224² and
+  400² frames are searched at full size, 512² at 0.78, 1080p at 0.37 (short side 400). The largest
+  face found becomes the main face. Without a face, the search repeats every ``search_every`` frames.
+* **Tracking**: each frame is fitted from a box in the *detector's* convention, predicted from the
+  previous frame's landmarks through a per-track mapping (landmark centre/size of the rigid points
+  27–47 -> detector box), fitted on the track's detections and updated by EMA at each re-detection.
+  Boxes drawn from landmark extents (a different convention) make dlib drift (SPEC pitfall).
+* **Re-detection**, every ``redetect_every`` frames or at once when the fit jumps (centre moves
+  > ``motion_redetect`` box sides or the size changes > ``scale_redetect`` in one frame): the
+  detector runs on a region around the tracked box (grown by ``roi_margin`` per side), shrunk so
+  the face is ``roi_face_px`` (1.5 × min_face_px by default); the full-frame search is the
+  fallback. A detection overlapping the tracked box (IoU >= ``iou_min``) confirms the track; after
+  a jump the frame is re-fitted from the detection box. After a failed re-detection it retries on
+  every frame; none for more than ``lost_patience`` frames: the face is lost, and the frames
+  after the track's last successful detection are dropped. Only detections elsewhere: the track
+  ends the same way (``jump``) and a new search starts on that frame.
+* **Segments** end at a scene cut (Bhattacharyya distance between HSV histograms of consecutive
+  frames shrunk to ``cut_size``² > ``cut_threshold``; within a shot the test clips stay < 0.16,
+  across clips > 0.74), when the face is lost, and after ``max_segment_frames`` (250 = 10 s at
+  25 fps; the track continues into the next segment). Segments shorter than
+  ``min_segment_frames`` are dropped (counted in :attr:`FaceTracker.stats`).
+
+Per frame a segment holds: landmarks (68, 2) in source pixels, the tracked box (detector
+convention, source pixels) and a score: **the score of the track's latest successful detection**
+(dlib: HOG SVM margin; SFD: probability), carried forward between detections. Memory stays flat:
+the tracker keeps no frames, only the current segment's landmarks (at most ``max_segment_frames``
++ ``redetect_every`` + ``lost_patience`` frames) and one small histogram.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from preprocess.landmarks.base import Detection, LandmarkBackend, LandmarkError, box_iou
+
+RIGID = slice(27, 48)  # nose bridge, nose, eyes: the points that move with the head only
+
+END_CUT, END_LOST, END_JUMP, END_MAX, END_STREAM = "cut", "lost", "jump", "max_length", "end"
+
+
+@dataclass
+class TrackerConfig:
+    min_face_frac: float = 0.2       # search working size keeps faces of this × short side >= min_face_px
+    search_every: int = 5            # frames between searches while no face is tracked
+    redetect_every: int = 5          # frames between re-detections while tracking (0: only on jumps)
+    roi_margin: float = 0.5          # re-detection region: tracked box grown by this × side per side
+    roi_face_px: float | None = None  # face side at re-detection working size (None: 1.5 × min_face_px)
+    motion_redetect: float = 0.15    # centre motion per frame, in box sides, that forces re-detection
+    scale_redetect: float = 0.08     # |log size ratio| per frame that forces re-detection
+    iou_min: float = 0.4             # a re-detection must overlap the tracked box this much
+    map_update: float = 0.3          # EMA weight of a re-detection in the box mapping (1: snap)
+    lost_patience: int = 5           # failed re-detections in a row before the face is lost
+    cut_threshold: float = 0.4       # HSV-histogram Bhattacharyya distance marking a scene cut
+    cut_size: int = 64               # side of the shrunk frame the cut detector compares
+    max_segment_frames: int = 250    # segment cap (10 s at 25 fps)
+    min_segment_frames: int = 25     # shorter segments are dropped
+
+    def __post_init__(self) -> None:
+        if self.max_segment_frames < 1 or self.min_segment_frames < 1:
+            raise ValueError("max_segment_frames and min_segment_frames must be >= 1.")
+        if self.min_segment_frames > self.max_segment_frames:
+            raise ValueError(f"min_segment_frames ({self.min_segment_frames}) exceeds "
+                             f"max_segment_frames ({self.max_segment_frames}).")
+        if not 0 < self.min_face_frac <= 1:
+            raise ValueError(f"min_face_frac must be in (0, 1]. Got {self.min_face_frac}.")
+        if not 0 < self.map_update <= 1:
+            raise ValueError(f"map_update must be in (0, 1]. Got {self.map_update}.")
+        if self.search_every < 1 or self.lost_patience < 0 or self.redetect_every < 0:
+            raise ValueError("search_every >= 1, lost_patience >= 0 and redetect_every >= 0 expected.")
+
+
+@dataclass
+class FaceSegment:
+    """A continuous track of the main face: frames ``[start, stop)`` of the video."""
+    start: int                 # index of the first frame (0-based, in the decoded 25 fps stream)
+    landmarks: np.ndarray      # (n, 68, 2) float32, source pixels
+    boxes: np.ndarray          # (n, 4) float32, x0 y0 x1 y1, detector convention, source pixels
+    scores: np.ndarray         # (n,) float32, score of the track's latest detection
+    end_reason: str            # cut | lost | jump | max_length | end
+    frame_size: tuple[int, int]  # (height, width) of the source frames
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.landmarks)
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.n_frames
+
+
+@dataclass
+class TrackerStats:
+    frames: int = 0
+    frames_with_face: int = 0   # frames emitted in segments
+    searches: int = 0           # full-frame detections at the search working size
+    redetections: int = 0       # region detections while tracking
+    fits: int = 0               # backend.fit calls
+    cuts: int = 0
+    tracks: int = 0
+    segments: int = 0
+    short_segments_dropped: int = 0
+    frames_dropped: int = 0     # tracked frames discarded (lost face, short segment)
+
+
+def _lm_frame(lm: np.ndarray) -> tuple[np.ndarray, float]:
+    p = np.asarray(lm, dtype=np.float64)[RIGID]
+    c = p.mean(axis=0)
+    return c, float(np.sqrt(((p - c) ** 2).sum(axis=1).mean()))
+
+
+def _mapping(lm: np.ndarray, box) -> np.ndarray:
+    """Per-track box convention: box centre offset and size in units of the rigid-point radius."""
+    c, s = _lm_frame(lm)
+    x0, y0, x1, y1 = box
+    return np.array([((x0 + x1) / 2 - c[0]) / s, ((y0 + y1) / 2 - c[1]) / s, (x1 - x0) / s, (y1 - y0) / s])
+
+
+def _box_from(mapping: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    c, s = _lm_frame(lm)
+    cx, cy = c + mapping[:2] * s
+    hw, hh = mapping[2] * s / 2, mapping[3] * s / 2
+    return np.array([cx - hw, cy - hh, cx + hw, cy + hh])
+
+
+def _side(box) -> float:
+    return float(np.sqrt(max(box[2] - box[0], 1e-6) * max(box[3] - box[1], 1e-6)))
+
+
+def search_scale(height: int, width: int, min_face_px: float, min_face_frac: float) -> float:
+    """Detection working scale for a full-frame search (never above 1)."""
+    return float(min(1.0, min_face_px / (min_face_frac * min(height, width))))
+
+
+def _shrink(img: np.ndarray, scale: float) -> np.ndarray:
+    if scale >= 1.0:
+        return np.ascontiguousarray(img)
+    h, w = img.shape[:2]
+    return cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+@dataclass
+class _Track:
+    mapping: np.ndarray
+    landmarks: np.ndarray
+    box: np.ndarray
+    score: float
+    since_detection: int = 0
+    misses: int = 0
+
+
+@dataclass
+class _Segment:
+    start: int
+    landmarks: list = field(default_factory=list)
+    boxes: list = field(default_factory=list)
+    scores: list = field(default_factory=list)
+    confirmed: int = 0  # frames up to the track's latest successful detection
+    clean: int = 0      # frames before the current run of failed re-detections (when misses > 0)
+
+
+class FaceTracker:
+    """Streaming main-face tracker. ``update(chunk)`` -> segments finished so far; ``finish()``
+    flushes at the end of the video. One instance per video; the backend can be shared."""
+
+    def __init__(self, backend: LandmarkBackend, config: TrackerConfig | None = None) -> None:
+        self.backend = backend
+        self.config = config or TrackerConfig()
+        self.stats = TrackerStats()
+        self._t = 0
+        self._size: tuple[int, int] | None = None
+        self._prev_hist: np.ndarray | None = None
+        self._track: _Track | None = None
+        self._seg: _Segment | None = None
+        self._search_wait = 0
+        self._out: list[FaceSegment] = []
+        self._finished = False
+
+    # ---- public -----------------------------------------------------------------------------
+    def update(self, frames: np.ndarray) -> list[FaceSegment]:
+        """Consume a chunk of RGB uint8 frames (n, H, W, 3); return the segments it completed."""
+        if self._finished:
+            raise LandmarkError("FaceTracker.update() after finish().")
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise LandmarkError(f"Expected RGB uint8 frames of shape (n, H, W, 3). "
+                                f"Got {frames.shape} {frames.dtype}.")
+        size = frames.shape[1:3]
+        if self._size is None:
+            self._size = (int(size[0]), int(size[1]))
+        elif tuple(size) != self._size:
+            raise LandmarkError(f"Frame size changed within a video: {self._size} then {tuple(size)}.")
+        for frame in frames:
+            self._step(np.ascontiguousarray(frame))
+        out, self._out = self._out, []
+        return out
+
+    def finish(self) -> list[FaceSegment]:
+        """End of the video: emit the open segment (without any frames awaiting re-detection)."""
+        if not self._finished:
+            self._finished = True
+            if self._track is not None:
+                self._end_track(END_STREAM)
+        out, self._out = self._out, []
+        return out
+
+    @property
+    def frames_seen(self) -> int:
+        return self._t
+
+    # ---- per frame ----------------------------------------------------------------------------
+    def _step(self, frame: np.ndarray) -> None:
+        cfg = self.config
+        hist = self._histogram(frame)
+        if self._prev_hist is not None and \
+                cv2.compareHist(self._prev_hist, hist, cv2.HISTCMP_BHATTACHARYYA) > cfg.cut_threshold:
+            self.stats.cuts += 1
+            if self._track is not None:
+                self._end_track(END_CUT)
+            self._search_wait = 0
+        self._prev_hist = hist
+
+        if self._track is not None:
+            self._follow(frame)
+        if self._track is None:  # not tracking, or the track just ended with a jump
+            if self._search_wait <= 0:
+                dets = self._search(frame)
+                if dets:
+                    self._start_track(frame, max(dets, key=lambda d: (d.side, d.score)))
+                else:
+                    self._search_wait = cfg.search_every - 1
+            else:
+                self._search_wait -= 1
+        self._t += 1
+        self.stats.frames += 1
+
+    def _follow(self, frame: np.ndarray) -> None:
+        cfg, tr = self.config, self._track
+        box_pred = _box_from(tr.mapping, tr.landmarks)
+        lm = self._fit(frame, box_pred)
+        box = _box_from(tr.mapping, lm)
+        (c0, s0), (c1, s1) = _lm_frame(tr.landmarks), _lm_frame(lm)
+        jumped = (np.hypot(*(c1 - c0)) / _side(box_pred) > cfg.motion_redetect
+                  or abs(np.log(max(s1, 1e-6) / max(s0, 1e-6))) > cfg.scale_redetect)
+        tr.since_detection += 1
+        confirmed = False
+        due = cfg.redetect_every > 0 and tr.since_detection >= cfg.redetect_every
+        if jumped or due or tr.misses > 0:
+            dets = self._redetect(frame, box)
+            best, iou = None, 0.0
+            for d in dets:
+                o = max(box_iou(d.box, box), box_iou(d.box, box_pred))
+                if o > iou:
+                    best, iou = d, o
+            if best is not None and iou >= cfg.iou_min:
+                det_box = np.asarray(best.box, dtype=np.float64)
+                lm_det = self._fit(frame, det_box)
+                if jumped or tr.misses > 0:  # the tracked fit is suspect: restart from the detection
+                    lm, box, tr.mapping = lm_det, det_box, _mapping(lm_det, det_box)
+                else:
+                    a = cfg.map_update
+                    tr.mapping = (1 - a) * tr.mapping + a * _mapping(lm_det, det_box)
+                    box = _box_from(tr.mapping, lm)
+                tr.score, tr.since_detection, tr.misses = best.score, 0, 0
+                confirmed = True
+            elif dets:
+                self._end_track(END_JUMP)  # faces, none where we were: a jump cut or a lost fit
+                self._search_wait = 0
+                return
+            else:
+                tr.misses += 1
+                if tr.misses == 1:
+                    self._seg.clean = len(self._seg.landmarks)
+                if tr.misses > cfg.lost_patience:
+                    self._end_track(END_LOST)
+                    self._search_wait = cfg.search_every - 1
+                    return
+        tr.landmarks, tr.box = lm, box
+        self._append(lm, box, tr.score, confirmed)
+
+    def _start_track(self, frame: np.ndarray, det: Detection) -> None:
+        box = np.asarray(det.box, dtype=np.float64)
+        lm = self._fit(frame, box)
+        self._track = _Track(mapping=_mapping(lm, box), landmarks=lm, box=box, score=det.score)
+        self._seg = _Segment(start=self._t)
+        self.stats.tracks += 1
+        self._append(lm, box, det.score, confirmed=True)
+
+    def _append(self, lm: np.ndarray, box: np.ndarray, score: float, confirmed: bool) -> None:
+        seg = self._seg
+        seg.landmarks.append(np.asarray(lm, dtype=np.float32))
+        seg.boxes.append(np.asarray(box, dtype=np.float32))
+        seg.scores.append(np.float32(score))
+        if confirmed:
+            seg.confirmed = len(seg.landmarks)
+        cap = self.config.max_segment_frames
+        while seg.confirmed >= cap:  # split: the first `cap` confirmed frames go out, the track goes on
+            self._emit(seg, cap, END_MAX)
+            seg = self._seg = _Segment(start=seg.start + cap, landmarks=seg.landmarks[cap:],
+                                       boxes=seg.boxes[cap:], scores=seg.scores[cap:],
+                                       confirmed=seg.confirmed - cap)
+
+    def _end_track(self, reason: str) -> None:
+        """Close the track. Lost or jumped: keep the frames up to its last successful detection.
+        Cut or end of stream: keep all frames, unless re-detection was failing (then up to the
+        first failure)."""
+        seg, tr = self._seg, self._track
+        if reason in (END_LOST, END_JUMP):
+            keep = seg.confirmed
+        else:
+            keep = seg.clean if tr.misses > 0 else len(seg.landmarks)
+        self.stats.frames_dropped += len(seg.landmarks) - keep
+        self._emit(seg, keep, reason)
+        self._track, self._seg = None, None
+
+    def _emit(self, seg: _Segment, n: int, reason: str) -> None:
+        if n < self.config.min_segment_frames:
+            if n > 0:
+                self.stats.short_segments_dropped += 1
+                self.stats.frames_dropped += n
+            return
+        self.stats.segments += 1
+        self.stats.frames_with_face += n
+        self._out.append(FaceSegment(
+            start=seg.start, landmarks=np.stack(seg.landmarks[:n]), boxes=np.stack(seg.boxes[:n]),
+            scores=np.asarray(seg.scores[:n], dtype=np.float32), end_reason=reason,
+            frame_size=self._size))
+
+    # ---- detection / fitting ------------------------------------------------------------------
+    def _fit(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+        self.stats.fits += 1
+        lm = np.asarray(self.backend.fit(frame, box), dtype=np.float64)
+        if lm.shape != (68, 2):
+            raise LandmarkError(f"{self.backend.name}.fit: expected (68, 2) landmarks. Got {lm.shape}.")
+        return lm
+
+    def _detect(self, img: np.ndarray, scale: float, offset=(0.0, 0.0)) -> list[Detection]:
+        return [d.scaled(scale, offset) for d in self.backend.detect(_shrink(img, scale))]
+
+    def _search(self, frame: np.ndarray) -> list[Detection]:
+        self.stats.searches += 1
+        h, w = frame.shape[:2]
+        scale = search_scale(h, w, self.backend.min_face_px, self.config.min_face_frac)
+        return self._detect(frame, scale)
+
+    def _redetect(self, frame: np.ndarray, box: np.ndarray) -> list[Detection]:
+        cfg = self.config
+        self.stats.redetections += 1
+        h, w = frame.shape[:2]
+        side = _side(box)
+        m = cfg.roi_margin * side
+        x0, y0 = max(0, int(np.floor(box[0] - m))), max(0, int(np.floor(box[1] - m)))
+        x1, y1 = min(w, int(np.ceil(box[2] + m))), min(h, int(np.ceil(box[3] + m)))
+        dets: list[Detection] = []
+        if x1 - x0 >= 8 and y1 - y0 >= 8:
+            target = cfg.roi_face_px or 1.5 * self.backend.min_face_px
+            scale = min(1.0, target / side)
+            dets = self._detect(frame[y0:y1, x0:x1], scale, (x0, y0))
+        return dets or self._search(frame)
+
+    def _histogram(self, frame: np.ndarray) -> np.ndarray:
+        n = self.config.cut_size
+        h, w = frame.shape[:2]
+        step = max(1, min(h, w) // (4 * n))  # cheap pre-decimation of large frames
+        small = cv2.resize(frame[::step, ::step], (n, n), interpolation=cv2.INTER_AREA)
+        hist = cv2.calcHist([cv2.cvtColor(small, cv2.COLOR_RGB2HSV)], [0, 1, 2], None,
+                            [16, 4, 4], [0, 180, 0, 256, 0, 256])
+        return cv2.normalize(hist, hist).flatten()
+
+
+def track_faces(chunks: Iterable[np.ndarray], backend: LandmarkBackend,
+                config: TrackerConfig | None = None) -> Iterator[FaceSegment]:
+    """Generator over a video's face segments, from an iterable of (n, H, W, 3) RGB uint8 chunks
+    (e.g. ``preprocess.video.iter_frames(path, fps=25)``)."""
+    tracker = FaceTracker(backend, config)
+    for chunk in chunks:
+        yield from tracker.update(chunk)
+    yield from tracker.finish()
