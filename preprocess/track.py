@@ -217,6 +217,15 @@ class FaceTracker:
     def frames_seen(self) -> int:
         return self._t
 
+    def open_boxes(self) -> tuple[int, np.ndarray]:
+        """``(start, boxes)`` of the segment still open: its first frame index and the tracked
+        boxes (n, 4) float32 of its frames so far, including frames awaiting confirmation (some
+        may be dropped later). Lets a caller keep only the face regions of frames it will warp.
+        With no open segment: ``(frames_seen, empty (0, 4))``."""
+        if self._seg is None or not self._seg.boxes:
+            return self._t, np.zeros((0, 4), np.float32)
+        return self._seg.start, np.stack(self._seg.boxes)
+
     # ---- per frame ----------------------------------------------------------------------------
     def _step(self, frame: np.ndarray) -> None:
         cfg = self.config
