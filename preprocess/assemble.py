@@ -1,42 +1,104 @@
-"""Streaming segment assembly: tracked frames in, aligned 192×192 segments out.
+"""Segment assembly: tracked face segments + cached face regions -> aligned 192×192 segments.
 
-The tracker reports, frame by frame, the landmarks of the main face and the segment that frame
-belongs to. This stage smooths the FFHQ quads over a centred window within each segment and warps
-each frame as soon as its window is complete, so only ``window // 2`` full-resolution frames are
-held at any time: memory is flat in video length and in segment length (crops are 192², small).
+The tracker (``preprocess.track``) reports a segment only when it ends (up to 10 s later), so
+the frames it covers must be held until then. Holding whole frames would cost 1.5 GB for a 10 s
+1080p segment; instead :class:`RegionCache` keeps, per tracked frame, only the region around the
+face, shrunk so the face keeps ~1.5× the crop's resolution (the anti-aliasing pre-shrink the warp
+would do anyway). Memory is then flat in video length and small per segment (~100–200 MB worst
+case for 1080p, a few MB for 224² clips).
 """
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Iterator
+from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from preprocess import align
 
 
 @dataclass
-class TrackedFrame:
-    """One frame of the main face track. ``index`` counts 25 fps frames from the video's start."""
-    index: int
-    frame: np.ndarray            # (H, W, 3) uint8 RGB, full resolution
-    landmarks: np.ndarray        # (68, 2) float32, source px
-    score: float                 # detector score (see preprocess.track)
-    segment: int                 # segment number; a change starts a new segment
+class Region:
+    image: np.ndarray   # (h, w, 3) uint8: frame[y0:y1, x0:x1] resized by `scale`
+    x0: int
+    y0: int
+    scale_x: float
+    scale_y: float
+
+    def to_region(self) -> np.ndarray:
+        """3×3 matrix: source pixel coordinates -> region-image pixel coordinates (centres)."""
+        sx, sy = self.scale_x, self.scale_y
+        return np.array([[sx, 0, (0.5 * sx - 0.5) - self.x0 * sx],
+                         [0, sy, (0.5 * sy - 0.5) - self.y0 * sy],
+                         [0, 0, 1]])
+
+
+class RegionCache:
+    """Per-frame face regions for the frames of open face tracks.
+
+    ``margin``: region half-side in face-box sides (the FFHQ quad spans ~2 box sides, centred a
+    little below the box centre; 2.0 leaves room for smoothing). ``detail``: the quad keeps at
+    least ``detail`` × crop-size pixels across after shrinking.
+    """
+
+    def __init__(self, crop_size: int = align.CROP_SIZE, margin: float = 2.0, detail: float = 1.5):
+        self.crop_size, self.margin, self.detail = crop_size, margin, detail
+        self._regions: dict[int, Region] = {}
+
+    def __len__(self) -> int:
+        return len(self._regions)
+
+    def nbytes(self) -> int:
+        return sum(r.image.nbytes for r in self._regions.values())
+
+    def add(self, t: int, frame: np.ndarray, box) -> None:
+        if t in self._regions:
+            return
+        x0b, y0b, x1b, y1b = [float(v) for v in box]
+        side = max(x1b - x0b, y1b - y0b, 1.0)
+        cx, cy = (x0b + x1b) / 2, (y0b + y1b) / 2
+        h, w = frame.shape[:2]
+        r = self.margin * side
+        x0, y0 = max(0, int(np.floor(cx - r))), max(0, int(np.floor(cy - r)))
+        x1, y1 = min(w, int(np.ceil(cx + r))), min(h, int(np.ceil(cy + r)))
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            x0, y0, x1, y1 = 0, 0, w, h
+        crop = frame[y0:y1, x0:x1]
+        scale = min(1.0, self.detail * self.crop_size / (2.0 * side))
+        if scale < 1.0:
+            nw, nh = max(2, int(round((x1 - x0) * scale))), max(2, int(round((y1 - y0) * scale)))
+            img = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA)
+            self._regions[t] = Region(img, x0, y0, nw / (x1 - x0), nh / (y1 - y0))
+        else:
+            self._regions[t] = Region(np.ascontiguousarray(crop), x0, y0, 1.0, 1.0)
+
+    def get(self, t: int) -> Region:
+        return self._regions[t]
+
+    def drop_before(self, t: int) -> None:
+        for k in [k for k in self._regions if k < t]:
+            del self._regions[k]
+
+    def drop(self, ts) -> None:
+        for k in ts:
+            self._regions.pop(k, None)
+
+
+def warp_region(region: Region, affine: np.ndarray, size: int) -> np.ndarray:
+    """Warp a cached region with a source->crop affine (composed with the region's own map)."""
+    a = np.vstack([np.asarray(affine, np.float64), [0, 0, 1]])
+    m = a @ np.linalg.inv(region.to_region())
+    return align.warp_face(region.image, m[:2], size)
 
 
 @dataclass
 class AlignedSegment:
-    segment: int
-    start_frame: int
-    crops: list = field(default_factory=list)        # (S, S, 3) uint8
-    landmarks: list = field(default_factory=list)    # (68, 2) crop px
-    raw_landmarks: list = field(default_factory=list)  # (68, 2) source px
-    affines: list = field(default_factory=list)      # (2, 3) source -> crop
-    scores: list = field(default_factory=list)
-    outside: list = field(default_factory=list)      # fraction of the crop outside the frame
-    source_hw: tuple = (0, 0)
+    start: int
+    crops: np.ndarray        # (T, S, S, 3) uint8
+    landmarks: np.ndarray    # (T, 68, 2) crop px
+    affines: np.ndarray      # (T, 2, 3) source -> crop
+    scores: np.ndarray       # (T,)
+    outside: np.ndarray      # (T,) fraction of the crop outside the frame
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -52,54 +114,14 @@ def outside_fraction(affine: np.ndarray, hw: tuple[int, int], size: int) -> floa
     return float(1.0 - inside.mean())
 
 
-class SegmentAssembler:
-    """Feed ``TrackedFrame``s in order; completed ``AlignedSegment``s come out."""
-
-    def __init__(self, size: int = align.CROP_SIZE, smooth_window: int = 5):
-        if smooth_window < 1 or smooth_window % 2 == 0:
-            raise ValueError(f"Expected an odd smoothing window >= 1. Got {smooth_window}.")
-        self.size, self.window, self.half = size, smooth_window, smooth_window // 2
-        self._seg: AlignedSegment | None = None
-        self._pending: deque[TrackedFrame] = deque()   # frames not yet warped
-        self._quads: deque[np.ndarray] = deque()       # raw quads of the last window frames (+pending)
-        self._quad_offset = 0                          # frame count of the segment before _quads[0]
-
-    def push(self, tf: TrackedFrame) -> Iterator[AlignedSegment]:
-        if self._seg is not None and (tf.segment != self._seg.segment or
-                                      tf.index != self._seg.start_frame + len(self._seg) + len(self._pending)):
-            yield from self.flush()
-        if self._seg is None:
-            self._seg = AlignedSegment(segment=tf.segment, start_frame=tf.index, source_hw=tf.frame.shape[:2])
-            self._quads.clear()
-            self._quad_offset = 0
-        self._pending.append(tf)
-        self._quads.append(align.ffhq_quad(tf.landmarks))
-        while len(self._pending) > self.half:
-            self._emit_one(final=False)
-
-    def flush(self) -> Iterator[AlignedSegment]:
-        while self._pending:
-            self._emit_one(final=True)
-        if self._seg is not None and len(self._seg):
-            yield self._seg
-        self._seg = None
-        self._quads.clear()
-
-    def _emit_one(self, final: bool) -> None:  # noqa: ARG002 (final: the window is truncated)
-        seg = self._seg
-        tf = self._pending.popleft()
-        t = len(seg)                          # position of tf in the segment
-        k = t - self._quad_offset             # position of tf in self._quads
-        # same rule as align.smooth_quads: centred window, truncated at the segment's ends
-        lo, hi = max(0, k - self.half), min(len(self._quads), k + self.half + 1)
-        quad = np.mean(list(self._quads)[lo:hi], axis=0)
-        affine = align.quad_to_affine(quad, self.size)
-        seg.crops.append(align.warp_face(tf.frame, affine, self.size))
-        seg.affines.append(affine.astype(np.float32))
-        seg.raw_landmarks.append(np.asarray(tf.landmarks, np.float32))
-        seg.landmarks.append(align.apply_affine(affine, tf.landmarks).astype(np.float32))
-        seg.scores.append(float(tf.score))
-        seg.outside.append(outside_fraction(affine, tf.frame.shape[:2], self.size))
-        while (t + 1 - self._quad_offset) > self.half:  # keep the half-window of past quads
-            self._quads.popleft()
-            self._quad_offset += 1
+def align_segment(start: int, landmarks: np.ndarray, scores: np.ndarray, cache: RegionCache,
+                  frame_hw: tuple[int, int], size: int = align.CROP_SIZE, smooth_window: int = 5) -> AlignedSegment:
+    """Smooth the segment's FFHQ quads over time and warp each cached frame to size×size."""
+    quads = align.smooth_quads(align.ffhq_quads(landmarks), smooth_window)
+    affines = np.stack([align.quad_to_affine(q, size) for q in quads])
+    crops = np.stack([warp_region(cache.get(start + i), affines[i], size) for i in range(len(quads))])
+    crop_lm = np.stack([align.apply_affine(affines[i], landmarks[i]) for i in range(len(quads))])
+    outside = np.array([outside_fraction(a, frame_hw, size) for a in affines])
+    return AlignedSegment(start=start, crops=crops, landmarks=crop_lm.astype(np.float32),
+                          affines=affines.astype(np.float32), scores=np.asarray(scores, np.float32),
+                          outside=outside)

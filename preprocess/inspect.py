@@ -53,7 +53,7 @@ def contact_sheet(segments: list[dict], frames_per_row: int = 8) -> bytes:
         raise ValueError("Expected at least one segment to draw. Got none.")
     n = len(segments)
     fig = plt.figure(figsize=(frames_per_row * 1.6, n * 2.6), dpi=110)
-    grid = fig.add_gridspec(n * 2, frames_per_row, height_ratios=[1.6, 0.9] * n, hspace=0.35, wspace=0.04)
+    grid = fig.add_gridspec(n * 2, frames_per_row, height_ratios=[1.6, 0.9] * n, hspace=0.6, wspace=0.04)
     for r, seg in enumerate(segments):
         t = seg["n_frames"]
         idx = np.linspace(0, t - 1, min(frames_per_row, t)).round().astype(int)

@@ -19,8 +19,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from preprocess import align, schema, shards
+from preprocess import config as config_mod
 from preprocess import uri as uri_mod
-from preprocess.assemble import AlignedSegment, SegmentAssembler, TrackedFrame
+from preprocess.assemble import AlignedSegment, RegionCache, align_segment
 from preprocess.writer import AtomicParquetWriter, write_table_atomic
 
 log = logging.getLogger(__name__)
@@ -101,16 +102,16 @@ def _timed_iter(it: Iterator, stages: _Stages, name: str) -> Iterator:
         yield x
 
 
-def segment_quality(seg: AlignedSegment, size: int) -> dict[str, float]:
-    aff = np.stack(seg.affines)
+def segment_quality(seg: AlignedSegment, n: int, size: int) -> dict[str, float]:
+    aff = seg.affines[:n]
     scale = np.sqrt(np.abs(np.linalg.det(aff[:, :, :2].astype(np.float64))))
     return {
-        "det_score_min": float(np.min(seg.scores)),
-        "det_score_mean": float(np.mean(seg.scores)),
-        "landmark_jitter": align.eye_jitter(np.stack(seg.landmarks)),
+        "det_score_min": float(np.min(seg.scores[:n])),
+        "det_score_mean": float(np.mean(seg.scores[:n])),
+        "landmark_jitter": align.eye_jitter(seg.landmarks[:n]),
         "crop_shake": align.crop_shake(aff, size),
         "face_size": float(np.median(size / scale)),
-        "outside_frac": float(np.mean(seg.outside)),
+        "outside_frac": float(np.mean(seg.outside[:n])),
     }
 
 
@@ -124,20 +125,46 @@ def segment_mel(mel: np.ndarray, start: int, n: int) -> np.ndarray:
     return align_mel_to_frames(rows, n)
 
 
-def tracked_frames(path: str, info, cfg: PreprocessConfig, backend, stages: _Stages) -> Iterator[TrackedFrame]:
-    """Decode at 25 fps in chunks and track the main face; yields frames that have one."""
+def aligned_segments(path: str, info, cfg: PreprocessConfig, backend, stages: _Stages) -> Iterator[AlignedSegment]:
+    """Decode at 25 fps in chunks, track the main face, and yield aligned segments as they end.
+
+    Only the face regions of frames in open tracks are kept (``RegionCache``), so memory stays
+    flat in video length whatever the resolution.
+    """
     from preprocess import track, video
 
-    tracker = track.FaceTracker(backend, track.tracker_config(cfg.faces.tracker))
+    tcfg = config_mod.from_dict(track.TrackerConfig, {**cfg.faces.tracker, "min_segment_frames": 1},
+                                where="faces.tracker")
+    tracker = track.FaceTracker(backend, tcfg)  # emits every track: short ones become rejects here
+    cache = RegionCache(cfg.align.crop_size)
+    hw = (info.height, info.width)
     chunks = _timed_iter(video.iter_frames(path, info=info, fps=cfg.decode.fps, chunk=cfg.decode.chunk,
                                            backend=cfg.decode.backend), stages, "decode")
+    t0 = 0
     for chunk in chunks:
         with stages("track"):
-            results = tracker.update(chunk)
-        yield from results
+            done = tracker.update(chunk)
+        with stages("align"):
+            boxes = {}
+            for seg in done:
+                boxes.update({seg.start + i: b for i, b in enumerate(seg.boxes)})
+            open_start, open_boxes = tracker.open_boxes()
+            boxes.update({open_start + i: b for i, b in enumerate(open_boxes)})
+            for i, frame in enumerate(chunk):
+                if t0 + i in boxes:
+                    cache.add(t0 + i, frame, boxes[t0 + i])
+            t0 += len(chunk)
+            hw = chunk.shape[1:3]
+            out = [align_segment(seg.start, seg.landmarks, seg.scores, cache, hw, cfg.align.crop_size,
+                                 cfg.align.smooth_window) for seg in done]
+            cache.drop_before(open_start if len(open_boxes) else t0)
+        yield from out
     with stages("track"):
-        results = tracker.finish()
-    yield from results
+        done = tracker.finish()
+    with stages("align"):
+        out = [align_segment(seg.start, seg.landmarks, seg.scores, cache, hw, cfg.align.crop_size,
+                             cfg.align.smooth_window) for seg in done]
+    yield from out
 
 
 def _remove(uri: str) -> None:
@@ -162,57 +189,44 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
     rejects: list[schema.Reject] = []
     writer = AtomicParquetWriter(shards.rows_uri(dataset, sid), schema.SEGMENT_SCHEMA,
                                  schema.file_metadata({"source_uri": src}))
-    n_segments = n_frames = 0
+    n_segments = n_frames = seg_index = 0
     try:
         with uri_mod.local_copy(src) as path:
             with stages("probe"):
-                info = media.probe(path)
-                if not info.has_video:
-                    raise media.MediaError("probe", "no_video_stream", "the file has no video stream")
-                if not info.has_audio:
-                    raise media.MediaError("probe", "no_audio_stream", "the file has no audio stream")
-                if min(info.width, info.height) < cfg.decode.min_side:
-                    raise media.MediaError("probe", "too_small",
-                                           f"{info.width}x{info.height} is below the minimum side "
-                                           f"{cfg.decode.min_side} px")
+                info = media.validate(media.probe(path), need_video=True, need_audio=True,
+                                      min_side=cfg.decode.min_side)
             with stages("audio"):
-                wav = audio.load_audio(path)
+                wav = audio.load_audio(path, info=info)
                 mel = audio.log_mel(wav)
                 audio_frames = int(len(wav) * cfg.decode.fps // audio.SAMPLE_RATE)
-            assembler = SegmentAssembler(cfg.align.crop_size, cfg.align.smooth_window)
-
-            def finished(segs):
-                nonlocal n_segments, n_frames
-                for seg in segs:
-                    n = min(len(seg), max(0, audio_frames - seg.start_frame))
-                    if n < cfg.output.min_segment_frames:
-                        rejects.append(schema.Reject(src, "faces", "segment_too_short" if n == len(seg) else "no_audio",
-                                                     "SegmentTooShort",
-                                                     f"segment at frame {seg.start_frame}: {n} frames with face and "
-                                                     f"audio < {cfg.output.min_segment_frames}",
-                                                     segment_index=seg.segment))
-                        continue
-                    with stages("encode"):
-                        s = schema.Segment(
-                            source_uri=src, segment_index=seg.segment, start_frame=seg.start_frame,
-                            frames=np.stack(seg.crops[:n]), landmarks=np.stack(seg.landmarks[:n]),
-                            affine=np.stack(seg.affines[:n]), detector_score=np.asarray(seg.scores[:n]),
-                            mel=segment_mel(mel, seg.start_frame, n), fps=float(cfg.decode.fps),
-                            speaker_id=item.get("speaker_id"), split=item.get("split"),
-                            source_width=info.width, source_height=info.height,
-                            quality=segment_quality(seg, cfg.align.crop_size))
-                        writer.write_rows([schema.segment_to_row(s, cfg.output.frame_format,
-                                                                 cfg.output.jpeg_quality)])
-                    n_segments += 1
-                    n_frames += n
-
-            for tf in tracked_frames(path, info, cfg, backend, stages):
-                with stages("align"):
-                    done = list(assembler.push(tf))
-                finished(done)
-            with stages("align"):
-                done = list(assembler.flush())
-            finished(done)
+            for seg in aligned_segments(path, info, cfg, backend, stages):
+                n = min(len(seg), max(0, audio_frames - seg.start))
+                if len(seg) < cfg.output.min_segment_frames:
+                    rejects.append(schema.Reject(
+                        src, "faces", "segment_too_short", "SegmentTooShort",
+                        f"face track at frame {seg.start}: {len(seg)} frames "
+                        f"(< {cfg.output.min_segment_frames})", segment_index=seg_index))
+                    seg_index += 1
+                    continue
+                if n < cfg.output.min_segment_frames:
+                    rejects.append(schema.Reject(
+                        src, "audio", "no_audio", "AudioTooShort",
+                        f"segment at frame {seg.start}: {n} of its {len(seg)} frames have audio "
+                        f"(< {cfg.output.min_segment_frames})", segment_index=seg_index))
+                    seg_index += 1
+                    continue
+                with stages("encode"):
+                    s = schema.Segment(
+                        source_uri=src, segment_index=seg_index, start_frame=seg.start,
+                        frames=seg.crops[:n], landmarks=seg.landmarks[:n], affine=seg.affines[:n],
+                        detector_score=seg.scores[:n], mel=segment_mel(mel, seg.start, n),
+                        fps=float(cfg.decode.fps), speaker_id=item.get("speaker_id"), split=item.get("split"),
+                        source_width=info.width, source_height=info.height,
+                        quality=segment_quality(seg, n, cfg.align.crop_size))
+                    writer.write_rows([schema.segment_to_row(s, cfg.output.frame_format, cfg.output.jpeg_quality)])
+                seg_index += 1
+                n_segments += 1
+                n_frames += n
             if n_segments == 0 and not rejects:
                 rejects.append(schema.Reject(src, "faces", "no_face", "NoFace",
                                              "no face track found in any frame"))

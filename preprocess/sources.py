@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import posixpath
 from typing import Iterator
 
@@ -26,7 +27,7 @@ class SourceError(ValueError):
 def _full_uri(fs, path: str) -> str:
     proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if proto in ("file", "local"):
-        return path
+        return os.path.abspath(path)  # ids hash the URI: the same file gets the same id from any cwd
     return fs.unstrip_protocol(path)
 
 
@@ -77,6 +78,8 @@ def read_manifest(uri: str) -> Iterator[dict]:
             raise SourceError(f"{uri}: record {n} has no 'uri'.")
         if "://" not in u and not u.startswith("/"):
             u = posixpath.join(base, u) if base else u
+        if "://" not in u:
+            u = os.path.abspath(u)
         if u in seen:
             continue  # duplicates in a manifest would write the same ids twice
         seen.add(u)

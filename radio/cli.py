@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # Beam's local workers log every harness event at INFO
+        for name in ("apache_beam", "absl"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     beam_commands = {"preprocess", "dub", "evaluate"}
     if extra and args.command not in beam_commands:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -195,3 +195,19 @@ def data_dir() -> Path:
 def media(tmp_path_factory) -> MediaFactory:
     """Derived media built on demand into one session temp dir (see :class:`MediaFactory`)."""
     return MediaFactory(tmp_path_factory.mktemp("media"))
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory) -> Path:
+    """A real radio dataset: ``preprocess.source.run_source`` (the per-clip work of
+    ``radio preprocess``) on two committed interview clips, written once per session."""
+    from preprocess import source
+
+    out = tmp_path_factory.mktemp("sample_dataset")
+    cfg = source.PreprocessConfig()
+    backend = source.load_backend(cfg)
+    for name, speaker in (("00015.mp4", "spk15"), ("00086.mp4", "spk86")):
+        res = source.run_source({"uri": str(DATA_DIR / name), "speaker_id": speaker, "split": "train"},
+                                cfg, backend, str(out))
+        assert res["status"] == "rows", res
+    return out
