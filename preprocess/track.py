@@ -16,11 +16,14 @@ How it works (one :class:`FaceTracker` per video; feed it decoded RGB chunks in 
   > ``motion_redetect`` box sides or the size changes > ``scale_redetect`` in one frame): the
   detector runs on a region around the tracked box (grown by ``roi_margin`` per side), shrunk so
   the face is ``roi_face_px`` (1.5 × min_face_px by default); the full-frame search is the
-  fallback. A detection overlapping the tracked box (IoU >= ``iou_min``) confirms the track; after
-  a jump the frame is re-fitted from the detection box. After a failed re-detection it retries on
-  every frame; none for more than ``lost_patience`` frames: the face is lost, and the frames
-  after the track's last successful detection are dropped. Only detections elsewhere: the track
-  ends the same way (``jump``) and a new search starts on that frame.
+  fallback. A detection overlapping the tracked box (IoU >= ``iou_min``) confirms the track; so
+  does, failing that, a face of similar size within ``near_max`` box sides (under fast motion the
+  fit can lag or slide off the face while HOG still finds it). After a jump, or a merely near
+  detection, the frame is re-fitted from the detection box. After a failed re-detection (no face, or
+  faces only elsewhere) it retries on every frame; after more than ``lost_patience`` failures in a
+  row the track ends, ``lost`` (no face) or ``jump`` (faces elsewhere: a jump cut, or a fit that
+  slid off the face; a new search starts on that frame), and the frames after the track's last
+  successful detection are dropped.
 * **Segments** end at a scene cut (Bhattacharyya distance between HSV histograms of consecutive
   frames shrunk to ``cut_size``² > ``cut_threshold``; within a shot the test clips stay < 0.16,
   across clips > 0.74), when the face is lost, and after ``max_segment_frames`` (250 = 10 s at
@@ -57,7 +60,8 @@ class TrackerConfig:
     roi_face_px: float | None = None  # face side at re-detection working size (None: 1.5 × min_face_px)
     motion_redetect: float = 0.15    # centre motion per frame, in box sides, that forces re-detection
     scale_redetect: float = 0.08     # |log size ratio| per frame that forces re-detection
-    iou_min: float = 0.4             # a re-detection must overlap the tracked box this much
+    iou_min: float = 0.4             # a re-detection overlapping the tracked box this much continues it
+    near_max: float = 0.75           # ... or, failing that, a same-size face this close (box sides)
     map_update: float = 0.3          # EMA weight of a re-detection in the box mapping (1: snap)
     lost_patience: int = 5           # failed re-detections in a row before the face is lost
     cut_threshold: float = 0.4       # HSV-histogram Bhattacharyya distance marking a scene cut
@@ -154,8 +158,10 @@ class _Track:
     landmarks: np.ndarray
     box: np.ndarray
     score: float
+    det_box: np.ndarray      # the track's latest successful detection
     since_detection: int = 0
-    misses: int = 0
+    misses: int = 0          # re-detections failed in a row
+    elsewhere: bool = False  # the latest failed one found faces, but not on the track
 
 
 @dataclass
@@ -265,41 +271,60 @@ class FaceTracker:
         due = cfg.redetect_every > 0 and tr.since_detection >= cfg.redetect_every
         if jumped or due or tr.misses > 0:
             dets = self._redetect(frame, box)
-            best, iou = None, 0.0
-            for d in dets:
-                o = max(box_iou(d.box, box), box_iou(d.box, box_pred))
-                if o > iou:
-                    best, iou = d, o
-            if best is not None and iou >= cfg.iou_min:
+            best, near = self._match(dets, (box, box_pred, tr.det_box))
+            if best is not None:
                 det_box = np.asarray(best.box, dtype=np.float64)
                 lm_det = self._fit(frame, det_box)
-                if jumped or tr.misses > 0:  # the tracked fit is suspect: restart from the detection
+                if jumped or near or tr.misses > 0:  # the fit is suspect: restart from the detection
                     lm, box, tr.mapping = lm_det, det_box, _mapping(lm_det, det_box)
                 else:
                     a = cfg.map_update
                     tr.mapping = (1 - a) * tr.mapping + a * _mapping(lm_det, det_box)
                     box = _box_from(tr.mapping, lm)
-                tr.score, tr.since_detection, tr.misses = best.score, 0, 0
+                tr.score, tr.since_detection, tr.misses, tr.det_box = best.score, 0, 0, det_box
                 confirmed = True
-            elif dets:
-                self._end_track(END_JUMP)  # faces, none where we were: a jump cut or a lost fit
-                self._search_wait = 0
-                return
-            else:
+            else:  # no detection, or only elsewhere (motion blur misleads HOG): retry next frame
                 tr.misses += 1
+                tr.elsewhere = bool(dets)
                 if tr.misses == 1:
                     self._seg.clean = len(self._seg.landmarks)
                 if tr.misses > cfg.lost_patience:
-                    self._end_track(END_LOST)
-                    self._search_wait = cfg.search_every - 1
+                    # faces only elsewhere: a jump cut (or a fit that slid off); else the face is gone
+                    self._end_track(END_JUMP if tr.elsewhere else END_LOST)
+                    self._search_wait = 0 if tr.elsewhere else cfg.search_every - 1
                     return
         tr.landmarks, tr.box = lm, box
         self._append(lm, box, tr.score, confirmed)
 
+    def _match(self, dets: list[Detection], boxes) -> tuple[Detection | None, bool]:
+        """The detection that continues the track, and whether it was taken as merely *near*.
+
+        ``boxes``: the tracked box, the predicted one and the latest detection's. First choice:
+        the best IoU with any of them, if >= ``iou_min``. Failing that, fast motion may have left
+        the fit behind or slid it off the face: the closest detection of similar size (within
+        ``near_max`` box sides of one of them, size ratio < 1.5) is taken."""
+        cfg = self.config
+        best, iou = None, 0.0
+        for d in dets:
+            o = max(box_iou(d.box, b) for b in boxes)
+            if o > iou:
+                best, iou = d, o
+        if best is not None and iou >= cfg.iou_min:
+            return best, False
+        near, dist = None, np.inf
+        for d in dets:
+            dc = np.array([(d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2])
+            for b in boxes:
+                side = _side(b)
+                r = np.hypot(*(dc - [(b[0] + b[2]) / 2, (b[1] + b[3]) / 2])) / side
+                if r <= cfg.near_max and abs(np.log(d.side / side)) <= np.log(1.5) and r < dist:
+                    near, dist = d, r
+        return near, near is not None
+
     def _start_track(self, frame: np.ndarray, det: Detection) -> None:
         box = np.asarray(det.box, dtype=np.float64)
         lm = self._fit(frame, box)
-        self._track = _Track(mapping=_mapping(lm, box), landmarks=lm, box=box, score=det.score)
+        self._track = _Track(mapping=_mapping(lm, box), landmarks=lm, box=box, score=det.score, det_box=box)
         self._seg = _Segment(start=self._t)
         self.stats.tracks += 1
         self._append(lm, box, det.score, confirmed=True)
@@ -373,7 +398,14 @@ class FaceTracker:
         if x1 - x0 >= 8 and y1 - y0 >= 8:
             target = cfg.roi_face_px or 1.5 * self.backend.min_face_px
             scale = min(1.0, target / side)
-            dets = self._detect(frame[y0:y1, x0:x1], scale, (x0, y0))
+            # a face cut by the region's edge (not the frame's) gets a truncated box: drop it and
+            # let the full-frame search find the whole face
+            tol = 1.0 / scale
+            lo = [x0 + tol if x0 > 0 else -np.inf, y0 + tol if y0 > 0 else -np.inf]
+            hi = [x1 - tol if x1 < w else np.inf, y1 - tol if y1 < h else np.inf]
+            dets = [d for d in self._detect(frame[y0:y1, x0:x1], scale, (x0, y0))
+                    if d.box[0] - 0.5 > lo[0] and d.box[1] - 0.5 > lo[1]
+                    and d.box[2] + 0.5 < hi[0] and d.box[3] + 0.5 < hi[1]]
         return dets or self._search(frame)
 
     def _histogram(self, frame: np.ndarray) -> np.ndarray:

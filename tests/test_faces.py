@@ -127,11 +127,32 @@ def test_lost_face_ends_segment_at_last_detection_and_is_found_again():
     assert tracker.stats.frames_dropped == 4 + 5  # 36..39 (face) + 40..44 (failed re-detections)
 
 
-def test_jump_cut_starts_a_new_track_on_the_same_frame():
+def test_jump_cut_ends_the_track_and_starts_a_new_one():
     pos = [(20, 20)] * 30 + [(220, 150)] * 30
     segs, _ = run_tracker(square_frames(pos, size=50), SQ, min_segment_frames=10)
-    assert describe(segs) == [(0, 26, "jump"), (30, 60, "end")]
+    # re-detection at 30 finds the face elsewhere; after lost_patience more tries (31..35) the
+    # track ends at its last confirmed frame (25) and a search on frame 35 starts the new track
+    assert describe(segs) == [(0, 26, "jump"), (35, 60, "end")]
     assert np.abs(segs[1].landmarks[0] - truth_landmarks((220, 150), 50)).max() < 0.01
+
+
+class LaggingBackend(SquareBackend):
+    """A fit that never follows the image: landmarks stay wherever the box puts them."""
+    def fit(self, frame_rgb, box):
+        x0, y0, x1, y1 = box
+        return (np.array([x0, y0]) + TEMPLATE * [x1 - x0, y1 - y0]).astype(np.float32)
+
+
+def test_fast_motion_lagging_fit_is_recaptured_by_a_near_detection():
+    # 8 px/frame: after 5 frames the stale box overlaps the face by IoU 0.2 < iou_min, but the
+    # detection 0.67 box sides away has the same size, so the track continues from it
+    pos = [(8 * i, 60) for i in range(30)]
+    segs, _ = run_tracker(square_frames(pos), LaggingBackend(), min_segment_frames=10)
+    assert describe(segs) == [(0, 30, "end")]
+    for t in range(0, 30, 5):  # re-detected frames are re-fitted from the detection box
+        assert np.abs(segs[0].landmarks[t] - truth_landmarks(pos[t])).max() < 2.0
+    segs, _ = run_tracker(square_frames(pos), LaggingBackend(), min_segment_frames=1, near_max=0.5)
+    assert segs[0].end_reason == "jump" and all(s.n_frames < 30 for s in segs)  # without the rule
 
 
 def test_two_faces_main_face_is_the_largest():
