@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from preprocess import align
-from preprocess.landmarks import get_backend
+from preprocess.landmarks import box_iou, get_backend
 from preprocess.track import FaceTracker, TrackerConfig
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -31,9 +31,13 @@ def _weighted(rows, key):
 
 
 @pytest.fixture(scope="module")
-def measured():
+def backend():
+    return get_backend("dlib")
+
+
+@pytest.fixture(scope="module")
+def measured(backend):
     cv2.setNumThreads(1)
-    backend = get_backend("dlib")
     out = {}
     for clip in CLIPS:
         vr = decord.VideoReader(os.path.join(DATA, clip))
@@ -55,7 +59,7 @@ def measured():
                 st = align.alignment_stats(s.landmarks, align.segment_affines(s.landmarks, **kw))
                 st["n"] = s.n_frames
                 rows[name].append(st)
-        out[clip] = {"segments": segs, "rows": rows, "fps": fps, "frames": frames[:3],
+        out[clip] = {"segments": segs, "rows": rows, "fps": fps, "frames": frames[::20],
                      "n": len(frames), "size": frames.shape[1:3]}
         print(f"\n[align] {clip} {frames.shape[2]}x{frames.shape[1]}: "
               f"{[(x.start, x.stop, x.end_reason) for x in segs]}, tracking {fps:.0f} frames/s (CPU)")
@@ -77,6 +81,20 @@ def test_clip_is_tracked_throughout(measured, clip):
         assert np.isfinite(s.landmarks).all() and s.landmarks.dtype == np.float32
         assert (s.landmarks[..., 0] > -0.1 * w).all() and (s.landmarks[..., 0] < 1.1 * w).all()
         assert (s.scores > 0).all()
+
+
+def test_tracked_box_keeps_the_detector_convention(measured, backend):
+    """Against the SPEC pitfall (boxes from landmark extents drift): every 20th tracked box still
+    matches what the detector draws on that frame."""
+    ious = []
+    for clip in CLIPS:
+        boxes = np.concatenate([s.boxes for s in measured[clip]["segments"]])
+        for i, frame in enumerate(measured[clip]["frames"]):
+            dets = backend.detect(frame)
+            if dets:
+                ious.append(max(box_iou(d.box, boxes[20 * i]) for d in dets))
+    print(f"\n[align] tracked box vs fresh detection: IoU mean {np.mean(ious):.2f} min {np.min(ious):.2f} ({len(ious)} frames)")
+    assert len(ious) >= 18 and np.mean(ious) > 0.75 and np.min(ious) > 0.5
 
 
 @pytest.mark.parametrize("clip", CLIPS)
