@@ -117,10 +117,9 @@ def outside_fraction(affine: np.ndarray, hw: tuple[int, int], size: int) -> floa
 def align_segment(start: int, landmarks: np.ndarray, scores: np.ndarray, cache: RegionCache,
                   frame_hw: tuple[int, int], size: int = align.CROP_SIZE, smooth_window: int = 5) -> AlignedSegment:
     """Smooth the segment's FFHQ quads over time and warp each cached frame to size×size."""
-    quads = align.smooth_quads(align.ffhq_quads(landmarks), smooth_window)
-    affines = np.stack([align.quad_to_affine(q, size) for q in quads])
-    crops = np.stack([warp_region(cache.get(start + i), affines[i], size) for i in range(len(quads))])
-    crop_lm = np.stack([align.apply_affine(affines[i], landmarks[i]) for i in range(len(quads))])
+    affines = align.segment_affines(landmarks, smooth_window, size=size).astype(np.float64)
+    crops = np.stack([warp_region(cache.get(start + i), affines[i], size) for i in range(len(affines))])
+    crop_lm = np.stack([align.apply_affine(affines[i], landmarks[i]) for i in range(len(affines))])
     outside = np.array([outside_fraction(a, frame_hw, size) for a in affines])
     return AlignedSegment(start=start, crops=crops, landmarks=crop_lm.astype(np.float32),
                           affines=affines.astype(np.float32), scores=np.asarray(scores, np.float32),
