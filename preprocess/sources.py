@@ -54,7 +54,8 @@ def list_sources(spec: str) -> Iterator[dict]:
             yield {"uri": _full_uri(fs, p), "speaker_id": None, "split": None}
 
 
-def read_manifest(uri: str) -> Iterator[dict]:
+def read_manifest(uri: str, key: tuple[str, ...] = ("uri",)) -> Iterator[dict]:
+    """Records of a CSV/JSONL manifest; later duplicates of the same ``key`` fields are dropped."""
     fs, path = fsspec.core.url_to_fs(uri)
     if not fs.exists(path):
         raise SourceError(f"Manifest {uri!r} does not exist.")
@@ -80,11 +81,18 @@ def read_manifest(uri: str) -> Iterator[dict]:
             u = posixpath.join(base, u) if base else u
         if "://" not in u:
             u = os.path.abspath(u)
-        if u in seen:
-            continue  # duplicates in a manifest would write the same ids twice
-        seen.add(u)
         out = {k: (v if v != "" else None) for k, v in rec.items()}
         out["uri"] = u
+        for f, v in list(out.items()):  # other URI columns (audio_uri, reference_uri, ...) likewise
+            if f.endswith("_uri") and isinstance(v, str) and v:
+                v = v.strip()
+                if "://" not in v and not v.startswith("/"):
+                    v = posixpath.join(base, v) if base else v
+                out[f] = v if "://" in v else os.path.abspath(v)
+        k = tuple(out.get(f) for f in key)
+        if k in seen:
+            continue  # duplicates in a manifest would write the same ids twice
+        seen.add(k)
         out.setdefault("speaker_id", None)
         out.setdefault("split", None)
         yield out
