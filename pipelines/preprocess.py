@@ -37,11 +37,12 @@ class ProcessSourceFn(beam.DoFn):
         self.rejected = Metrics.counter(NS, "videos_rejected")
         self.segments = Metrics.counter(NS, "segments")
         self.frames = Metrics.counter(NS, "frames")
-        self.seconds = Metrics.distribution(NS, "seconds_per_video")
+        self.ms_per_video = Metrics.distribution(NS, "ms_per_video")
 
     def setup(self):
         self.cfg = config_mod.from_dict(source.PreprocessConfig, self.cfg_dict)
         self.backend = source.load_backend(self.cfg)
+        source.warm_up()
 
     def process(self, item: dict):
         t0 = time.perf_counter()
@@ -57,7 +58,7 @@ class ProcessSourceFn(beam.DoFn):
             Metrics.counter(NS, f"rejects_{reason}").inc()
         for stage, secs in result.get("seconds", {}).items():
             Metrics.counter(NS, f"ms_{stage}").inc(int(secs * 1000))
-        self.seconds.update(int(time.perf_counter() - t0))
+        self.ms_per_video.update(int(1000 * (time.perf_counter() - t0)))
         yield result
 
 
@@ -205,6 +206,16 @@ def run(input_spec: str, dataset: str, pipeline_args=(), *, config_path: str | N
         overrides=(), resume: bool = False, retry_rejects: bool = False, run_id: str | None = None,
         progress: bool = False, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run the preprocess job and wait; returns the run summary (written under the dataset)."""
+    return run_job(input_spec, dataset, pipeline_args, config_path=config_path, overrides=overrides,
+                   resume=resume, retry_rejects=retry_rejects, run_id=run_id, progress=progress,
+                   test_pipeline=test_pipeline)[0]
+
+
+def run_job(input_spec: str, dataset: str, pipeline_args=(), *, config_path: str | None = None,
+            overrides=(), resume: bool = False, retry_rejects: bool = False, run_id: str | None = None,
+            progress: bool = False, test_pipeline: beam.Pipeline | None = None):
+    """``run``, also returning the finished ``PipelineResult`` (its ``metrics()`` hold the per-stage
+    counters of ``ProcessSourceFn``): ``(summary, result)``."""
     from pipelines import options as options_mod
 
     started = time.time()
@@ -225,16 +236,19 @@ def run(input_spec: str, dataset: str, pipeline_args=(), *, config_path: str | N
     build(p, input_spec, dataset, cfg_dict, run_id=run_id, resume=resume, retry_rejects=retry_rejects,
           started=started)
     with _Progress(dataset, total, started - 1.0):
-        p.run().wait_until_finish()
-    return json.loads(uri_mod.read_bytes(summary_uri))
+        result = p.run()
+        result.wait_until_finish()
+    return json.loads(uri_mod.read_bytes(summary_uri)), result
 
 
 def main(args, beam_args) -> int:
+    from pipelines.options import OptionsError
+
     try:
         summary = run(args.input, args.output, beam_args, config_path=args.config, overrides=args.overrides,
                       resume=args.resume, retry_rejects=args.retry_rejects, run_id=args.run_id,
                       progress=not args.no_progress)
-    except (sources.SourceError, config_mod.ConfigError) as e:
+    except (sources.SourceError, config_mod.ConfigError, OptionsError) as e:
         print(f"radio preprocess: {e}")
         return 2
     print(format_summary(summary))
