@@ -1,0 +1,119 @@
+"""Time the evaluation suite per pair: ``PYTHONPATH=. python bench/evaluate.py [--max-frames N] [--device cpu]``.
+
+For each committed test clip (reference) and an x264 crf-35 copy of it (generated, made with
+ffmpeg into a temp folder), runs :func:`eval.clip.evaluate_pair` in three settings —
+
+* ``base``:   decode, reference face track, crops, PSNR, MS-SSIM, LMD (no networks);
+* ``+lpips``: plus LPIPS;
+* ``+sync``:  plus LPIPS and Sync-C/D (second face-track pass on the generated video, SyncNet);
+
+and prints frames/s and milliseconds per frame per stage. One thread (OMP/torch/OpenCV set to
+1), so the numbers are per core. LPIPS and SyncNet use SEEDED RANDOM weights: their timing is
+real, their scores mean nothing (and are labelled so in the rows). Not part of the tests.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy/torch load their thread pools
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+DEFAULT = [DATA / "00015.mp4", DATA / "00086.mp4", DATA / "retalking_face5.mp4"]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def random_weights(folder: Path) -> dict:
+    import torch
+
+    from eval.metrics import lpips as lp
+    from eval.metrics import syncnet as sn
+
+    torch.manual_seed(0)
+    torch.save({f"features.{k}": v for k, v in lp.alexnet_features().state_dict().items()}, folder / "alex.pth")
+    torch.save({k: v for k, v in sn.SyncNet().state_dict().items() if "num_batches" not in k}, folder / "sync.model")
+    return {"alex": folder / "alex.pth", "sync": folder / "sync.model"}
+
+
+def degraded_copy(src: Path, folder: Path, crf: int = 35) -> Path:
+    dst = folder / f"{src.stem}_crf{crf}.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", f"file:{src}", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-crf", str(crf), "-pix_fmt", "yuv420p", "-c:a", "copy", f"file:{dst}"],
+                   check=True)
+    return dst
+
+
+def settings(w: dict, max_frames: int | None, device: str) -> dict:
+    common = [f"device={device}"] + ([f"max_frames={max_frames}"] if max_frames else [])
+    lpips = [f"lpips.backbone_uri={w['alex']}", f"lpips.backbone_sha256={_sha(w['alex'])}",
+             "lpips.label=random (timing only)"]
+    sync = [f"sync.weights_uri={w['sync']}", f"sync.weights_sha256={_sha(w['sync'])}",
+            "sync.label=random (timing only)"]
+    return {"base": common + ["lpips.enabled=false", "sync.enabled=false"],
+            "+lpips": common + lpips + ["sync.enabled=false"],
+            "+sync": common + lpips + sync}
+
+
+def bench(name: str, overrides: list[str], pairs: list[tuple[Path, Path]]) -> dict:
+    from eval.clip import evaluate_pair
+    from eval.config import EvalConfig
+    from eval.models import load_models
+    from preprocess import config as config_mod
+
+    cfg = config_mod.load(EvalConfig, None, overrides)
+    t = time.perf_counter()
+    models = load_models(cfg)
+    load_s = time.perf_counter() - t
+    evaluate_pair(str(pairs[0][0]), str(pairs[0][1]), cfg, models)  # warm-up
+    frames, seconds, stages, missing = 0, 0.0, {}, 0
+    for gen, ref in pairs:
+        t = time.perf_counter()
+        row, _ = evaluate_pair(str(gen), str(ref), cfg, models)
+        seconds += time.perf_counter() - t
+        frames += row["n_frames_compared"]
+        missing += bool(row["sync_missing"])
+        for k, v in json.loads(row["timings"]).items():
+            stages[k] = stages.get(k, 0.0) + v
+    fps = frames / seconds
+    print(f"{name:7s} {frames:5d} frames {seconds:7.2f} s {fps:7.1f} frames/s  (models load {load_s:.1f} s"
+          + (f", {missing} pair(s) without a Sync track" if missing else "") + ")")
+    print("        ms/frame: " + ", ".join(f"{k} {1000 * v / frames:.1f}" for k, v in sorted(stages.items(),
+                                                                                     key=lambda kv: -kv[1])))
+    return {"frames": frames, "seconds": seconds, "fps": fps}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="*", type=Path, default=DEFAULT, help="reference clips (default: tests/data)")
+    ap.add_argument("--max-frames", type=int, default=None, help="frames per pair (default: whole clips)")
+    ap.add_argument("--device", default="cpu", help="device for LPIPS/SyncNet (cpu, cuda)")
+    ap.add_argument("--only", choices=("base", "+lpips", "+sync"), action="append", help="settings to run")
+    args = ap.parse_args(argv)
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    with tempfile.TemporaryDirectory(prefix="radio-bench-eval-") as d:
+        folder = Path(d)
+        pairs = [(degraded_copy(f, folder), f) for f in args.files]
+        w = random_weights(folder)
+        print(f"{len(pairs)} pairs (x264 crf-35 copy vs original), 1 thread, device {args.device}, "
+              f"load average {os.getloadavg()[0]:.2f}, protocol radio-v1 @ 256, landmarks dlib")
+        for name, overrides in settings(w, args.max_frames, args.device).items():
+            if not args.only or name in args.only:
+                bench(name, overrides, pairs)
+
+
+if __name__ == "__main__":
+    main()

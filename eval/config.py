@@ -1,0 +1,110 @@
+"""Settings of dataset-scale evaluation (``radio evaluate --config eval.yaml --set key=value``).
+
+One dataclass tree, loaded with :func:`preprocess.config.load` (unknown keys are errors)::
+
+    protocol: radio-v1          # or dinet (eval.crop)
+    crop_size: 256
+    length_tolerance: 2         # frames at 25 fps; a larger |generated - reference| is a reject
+    max_frames: null            # score only the first N frames of each pair (null: all)
+    sample_frames: 3            # frames per pair shown side by side in the HTML report
+    sample_size: 160            # side of each crop in those report images (PNG)
+    min_face_coverage: 0.5      # reference frames with a tracked face, else the pair is a no_face reject
+    lpips:
+      enabled: true
+      backbone_uri: gs://BUCKET/weights/alexnet-owt-7be5be79.pth
+      backbone_sha256: 7be5be79...      # default: torchvision's release
+      linear_uri: null                  # default: lpips/weights/v0.1/alex.pth of an installed lpips wheel
+    sync:
+      enabled: true
+      weights_uri: gs://BUCKET/weights/syncnet_v2.model
+      weights_sha256: 961e8696...       # default: the official syncnet_v2.model
+      track: {min_track: 100}           # eval.metrics.face_track.TrackConfig fields
+    landmarks:
+      backend: dlib                     # preprocess.landmarks backend (offline default)
+      backend_args: {}
+      tracker: {}                       # preprocess.track.TrackerConfig fields
+
+A metric whose weights are not configured fails loudly (:class:`preprocess.weights.WeightsError`)
+unless it is switched off (``--set lpips.enabled=false``, ``--set sync.enabled=false``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from eval.crop import PROTOCOLS
+from eval.metrics.face_track import TrackConfig
+from eval.metrics.lpips import ALEXNET_SHA256, LPIPS_ALEX_V01_SHA256
+from eval.metrics.msssim import MIN_SIDE
+from eval.metrics.syncnet import SYNCNET_V2_SHA256
+from preprocess.config import ConfigError
+
+METRICS = ("psnr", "ms_ssim", "lpips", "sync_c", "sync_d", "lmd")
+
+
+@dataclass
+class LpipsConfig:
+    enabled: bool = True
+    backbone_uri: str | None = None             # torchvision alexnet-owt-7be5be79.pth (no default location)
+    backbone_sha256: str | None = ALEXNET_SHA256
+    linear_uri: str | None = None               # None: the file inside an installed lpips wheel
+    linear_sha256: str | None = LPIPS_ALEX_V01_SHA256
+    label: str | None = None                    # shown in reports; default official/unofficial by digest
+    batch_size: int = 8                         # frames per forward (8 was fastest on one CPU core)
+
+
+@dataclass
+class SyncConfig:
+    enabled: bool = True
+    weights_uri: str | None = None              # syncnet_v2.model (no default location)
+    weights_sha256: str | None = SYNCNET_V2_SHA256
+    label: str | None = None                    # shown in reports; default official/unofficial by digest
+    track: dict = field(default_factory=dict)   # eval.metrics.face_track.TrackConfig overrides
+    box_scale: float = 1.0                      # grow the landmark backend's boxes (about their centre)
+
+    def track_config(self) -> TrackConfig:
+        known = set(TrackConfig.__dataclass_fields__)
+        unknown = sorted(set(self.track) - known)
+        if unknown:
+            raise ConfigError(f"sync.track: unknown key(s) {unknown}; known: {sorted(known)}.")
+        return TrackConfig(**self.track)
+
+
+@dataclass
+class EvalLandmarksConfig:
+    backend: str = "dlib"                       # preprocess.landmarks.get_backend name
+    backend_args: dict = field(default_factory=dict)
+    tracker: dict = field(default_factory=dict)  # preprocess.track.TrackerConfig overrides
+
+
+@dataclass
+class EvalConfig:
+    protocol: str = "radio-v1"
+    crop_size: int = 256
+    length_tolerance: int = 2
+    max_frames: int | None = None
+    sample_frames: int = 3
+    sample_size: int = 160
+    min_face_coverage: float = 0.5
+    device: str = "cpu"
+    lpips: LpipsConfig = field(default_factory=LpipsConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    landmarks: EvalLandmarksConfig = field(default_factory=EvalLandmarksConfig)
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol: expected one of {list(PROTOCOLS)}. Got {self.protocol!r}.")
+        if self.crop_size < MIN_SIDE:
+            raise ConfigError(f"crop_size: expected >= {MIN_SIDE} (5-scale MS-SSIM). Got {self.crop_size}.")
+        if self.length_tolerance < 0:
+            raise ConfigError(f"length_tolerance: expected >= 0 frames. Got {self.length_tolerance}.")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError(f"max_frames: expected >= 1 or null. Got {self.max_frames}.")
+        if self.sample_frames < 0:
+            raise ConfigError(f"sample_frames: expected >= 0. Got {self.sample_frames}.")
+        if self.sample_size < 16:
+            raise ConfigError(f"sample_size: expected >= 16 px. Got {self.sample_size}.")
+        if not 0.0 <= self.min_face_coverage <= 1.0:
+            raise ConfigError(f"min_face_coverage: expected in [0, 1]. Got {self.min_face_coverage}.")
+        if self.sync.box_scale <= 0:
+            raise ConfigError(f"sync.box_scale: expected > 0. Got {self.sync.box_scale}.")
+        self.sync.track_config()  # unknown track keys fail at load, not on a worker

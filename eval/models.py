@@ -1,0 +1,100 @@
+"""The networks an evaluation worker needs, loaded once (a Beam DoFn's ``setup()``).
+
+* the landmark backend (``preprocess.landmarks``, dlib by default): reference face tracks, the
+  generated video's face boxes for Sync, and the landmarks of both videos for LMD;
+* LPIPS v0.1 AlexNet (:func:`eval.metrics.lpips.load_lpips`) unless ``lpips.enabled`` is false;
+* SyncNet (:func:`eval.metrics.syncnet.load_syncnet`) unless ``sync.enabled`` is false.
+
+Weights come only from configured URIs with a verified sha256; a missing one raises
+:class:`preprocess.weights.WeightsError` naming the file, how to get it and how to switch the
+metric off. Nothing is ever scored with an unloaded (random) network.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import fsspec
+
+from eval.config import EvalConfig
+from preprocess.weights import WeightsError
+
+_OFF_HINT = {"lpips": "or switch LPIPS off with --set lpips.enabled=false",
+             "sync": "or switch Sync-C/D off with --set sync.enabled=false"}
+
+
+@dataclass
+class EvalModels:
+    landmarks: object            # preprocess.landmarks.LandmarkBackend
+    lpips: object | None         # eval.metrics.lpips.LPIPSAlex
+    syncnet: object | None       # eval.metrics.syncnet.SyncNet
+    lpips_label: str | None = None
+
+    def describe(self) -> dict:
+        """Weight hashes and labels recorded in every score row."""
+        lm = self.landmarks.describe()
+        out = {"landmark_backend": lm["backend"], "landmark_weights": dict(lm["weights"])}
+        if self.lpips is not None:
+            out.update(self.lpips.weights_info)
+            out["lpips_label"] = self.lpips_label
+        if self.syncnet is not None:
+            out["syncnet_sha256"] = self.syncnet.weights_info["syncnet_sha256"]
+            out["sync_official_weights"] = self.syncnet.weights_info["official_weights"]
+            out["sync_label"] = self.syncnet.weights_info["weights"]
+        return out
+
+
+def _with_hint(e: WeightsError, metric: str) -> WeightsError:
+    return WeightsError(f"{e} ({_OFF_HINT[metric]}.)")
+
+
+def load_models(cfg: EvalConfig) -> EvalModels:
+    """Build every network ``cfg`` enables. Raises WeightsError (with the fix) on missing weights."""
+    from preprocess.landmarks import get_backend
+
+    backend = get_backend(cfg.landmarks.backend, **cfg.landmarks.backend_args)
+    lpips_model, lpips_label = None, None
+    if cfg.lpips.enabled:
+        from eval.metrics.lpips import load_lpips
+
+        try:
+            lpips_model = load_lpips(cfg.lpips.backbone_uri, cfg.lpips.backbone_sha256, cfg.lpips.linear_uri,
+                                     cfg.lpips.linear_sha256, device=cfg.device)
+        except WeightsError as e:
+            raise _with_hint(e, "lpips") from e
+        official = lpips_model.weights_info["official_weights"]
+        lpips_label = cfg.lpips.label or ("lpips v0.1 alex (official)" if official else "unofficial")
+    syncnet = None
+    if cfg.sync.enabled:
+        from eval.metrics.syncnet import load_syncnet
+
+        try:
+            syncnet = load_syncnet(cfg.sync.weights_uri, cfg.sync.weights_sha256, label=cfg.sync.label,
+                                   device=cfg.device)
+        except WeightsError as e:
+            raise _with_hint(e, "sync") from e
+    return EvalModels(landmarks=backend, lpips=lpips_model, syncnet=syncnet, lpips_label=lpips_label)
+
+
+def check_weights(cfg: EvalConfig) -> None:
+    """Cheap driver-side check before a job starts: every enabled metric has a weight URI that
+    exists and a sha256 to verify it against (workers verify the digest when they load)."""
+    from eval.metrics.lpips import ALEXNET_HOW_TO_GET, LINEAR_HOW_TO_GET, default_linear_uri
+    from eval.metrics.syncnet import HOW_TO_GET as SYNC_HOW_TO_GET
+
+    wanted = []
+    if cfg.lpips.enabled:
+        wanted += [("lpips", "LPIPS AlexNet backbone (lpips.backbone_uri)", cfg.lpips.backbone_uri,
+                    cfg.lpips.backbone_sha256, ALEXNET_HOW_TO_GET),
+                   ("lpips", "LPIPS v0.1 alex linear weights (lpips.linear_uri)",
+                    cfg.lpips.linear_uri or default_linear_uri(), cfg.lpips.linear_sha256, LINEAR_HOW_TO_GET)]
+    if cfg.sync.enabled:
+        wanted.append(("sync", "SyncNet weights (sync.weights_uri)", cfg.sync.weights_uri,
+                       cfg.sync.weights_sha256, SYNC_HOW_TO_GET))
+    for metric, name, uri, sha, how in wanted:
+        if not uri:
+            raise WeightsError(f"{name}: no weight file configured. {how} ({_OFF_HINT[metric]}.)")
+        fs, path = fsspec.core.url_to_fs(uri)
+        if not fs.exists(path):
+            raise WeightsError(f"{name}: weight file not found at {uri!r}. {how} ({_OFF_HINT[metric]}.)")
+        if not sha:
+            raise WeightsError(f"{name}: no sha256 configured for {uri!r}; set it in the config.")

@@ -1,0 +1,186 @@
+"""Which generated video is scored against which reference: the pairs of an evaluation run.
+
+Two ways to say it (``radio evaluate --generated … [--reference …]``):
+
+**Manifest** (``--generated pairs.csv`` or ``.jsonl``): one record per pair with ``generated`` and
+``reference`` and optionally ``dataset``, ``method`` (default: the CLI's ``--dataset``/``--method``)
+and ``key`` (default: the generated path without suffix — its file name for a full URI). Relative paths resolve against
+the manifest's folder — or, for ``reference``, against ``--reference`` when it is given — through
+:func:`preprocess.uri.join` (no absolute parts, no '..'); full URIs and absolute paths are used
+as written. An empty ``generated``/``reference`` cell is an error in the manifest.
+
+**Two folders** (``--generated DIR_OR_GLOB --reference DIR``): video files (by suffix) under each
+are matched by relative path without the suffix (``spk1/clip 03.mp4`` ↔ ``spk1/clip 03.mov``); an
+exact relative path wins over a suffix-only difference, and two references with the same stem are
+an error (write a manifest). A generated video without a reference and a reference without a
+generated video are both kept as pairs with the missing side empty: they become ``missing_file``
+rejects, so a method that failed to produce an output is counted, not silently skipped.
+
+Each pair gets a stable ``pair_id`` (hash of dataset, method and both URIs); a pair listed twice
+is scored once. File names are data: never given to a shell, kept exactly.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import posixpath
+from typing import Iterator
+
+import fsspec
+
+from preprocess import uri as uri_mod
+from preprocess.sources import VIDEO_SUFFIXES
+
+MANIFEST_SUFFIXES = (".csv", ".jsonl")
+GLOB_CHARS = "*?["
+
+
+class PairsError(ValueError):
+    """The pairs cannot be listed (no input, malformed manifest, ambiguous match)."""
+
+
+def pair_id(dataset: str, method: str, generated: str | None, reference: str | None) -> str:
+    text = "\n".join([dataset, method, generated or "", reference or ""])
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def make_pair(key: str, generated: str | None, reference: str | None, dataset: str, method: str) -> dict:
+    return {"pair_id": pair_id(dataset, method, generated, reference), "key": key, "generated": generated,
+            "reference": reference, "dataset": dataset, "method": method}
+
+
+def is_manifest(spec: str) -> bool:
+    return spec.lower().endswith(MANIFEST_SUFFIXES) and not any(c in spec for c in GLOB_CHARS)
+
+
+def _full_uri(fs, path: str) -> str:
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return path if proto in ("file", "local") else fs.unstrip_protocol(path)
+
+
+def _stem(rel: str) -> str:
+    base, ext = posixpath.splitext(rel)
+    return base if ext.lower() in VIDEO_SUFFIXES else rel
+
+
+def _default_key(value: str) -> str:
+    """A manifest pair's key: the relative path without suffix, or the file name for a full URI."""
+    full = "://" in value or value.startswith("/")
+    return _stem(posixpath.basename(value) if full else (value[2:] if value.startswith("./") else value))
+
+
+def _resolve(value: str, base: str, where: str) -> str:
+    """A manifest cell: kept when it is a full URI or an absolute path, else joined under ``base``."""
+    if "://" in value or value.startswith("/"):
+        return value
+    rel = value[2:] if value.startswith("./") else value
+    try:
+        return uri_mod.join(base, rel) if base else rel
+    except uri_mod.UnsafePathError as e:
+        raise PairsError(f"{where}: {e}") from e
+
+
+def _records(uri: str) -> list[dict]:
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        raise PairsError(f"Manifest {uri!r} does not exist.")
+    with fsspec.open(uri, "rt", encoding="utf-8") as f:
+        text = f.read()
+    if uri.lower().endswith(".csv"):
+        return list(csv.DictReader(io.StringIO(text)))
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PairsError(f"{uri}:{n}: not JSON ({e.msg}).") from e
+            if not isinstance(rec, dict):
+                raise PairsError(f"{uri}:{n}: expected a JSON object. Got {type(rec).__name__}.")
+            out.append(rec)
+    return out
+
+
+def read_manifest(uri: str, *, reference_root: str | None, dataset: str, method: str) -> Iterator[dict]:
+    """Pairs of a CSV/JSONL manifest (see the module docstring)."""
+    base = posixpath.dirname(uri)
+    for n, rec in enumerate(_records(uri), 1):
+        where = f"{uri}: record {n}"
+        cells = {k: (str(v).strip() if v is not None else "") for k, v in rec.items() if k is not None}
+        for col in ("generated", "reference"):
+            if not cells.get(col):
+                raise PairsError(f"{where} has no {col!r} (columns: generated, reference[, dataset, method, key]).")
+        gen = _resolve(cells["generated"], base, where)
+        ref = _resolve(cells["reference"], reference_root or base, where)
+        key = cells.get("key") or _default_key(cells["generated"])
+        yield make_pair(key, gen, ref, cells.get("dataset") or dataset, cells.get("method") or method)
+
+
+def _videos(spec: str) -> dict[str, str]:
+    """Relative path -> full URI of the video files of a folder or glob."""
+    fs, path = fsspec.core.url_to_fs(spec)
+    if any(c in path for c in GLOB_CHARS):
+        root = path[: min(path.index(c) for c in GLOB_CHARS if c in path)]
+        root = root if root.endswith("/") else posixpath.dirname(root)
+        found = [p for p in fs.glob(path) if fs.isfile(p)]
+    elif fs.isdir(path):
+        root = path
+        found = [p for p in fs.find(path) if p.lower().endswith(VIDEO_SUFFIXES)]
+    else:
+        raise PairsError(f"Expected a folder, glob or manifest (.csv/.jsonl). Got {spec!r}, which does not exist.")
+    root = root.rstrip("/")
+    out = {}
+    for p in found:
+        rel = p[len(root) + 1:] if root and p.startswith(root + "/") else posixpath.basename(p)
+        out[rel] = _full_uri(fs, p)
+    return out
+
+
+def match_folders(generated: str, reference: str, *, dataset: str, method: str) -> Iterator[dict]:
+    """Pairs of two folders matched by relative path without suffix, sorted by key."""
+    gen, ref = _videos(generated), _videos(reference)
+    by_stem: dict[str, list[str]] = {}
+    for rel in ref:
+        by_stem.setdefault(_stem(rel), []).append(rel)
+    used, pairs = set(), {}
+    for rel in sorted(gen):
+        stem = _stem(rel)
+        if rel in ref:
+            match = rel
+        else:
+            cands = by_stem.get(stem, [])
+            if len(cands) > 1:
+                raise PairsError(f"{generated}/{rel}: several references share its name {sorted(cands)}; "
+                                 "write a pairs manifest.")
+            match = cands[0] if cands else None
+        if match is not None and match in used:
+            raise PairsError(f"Reference {match!r} matches several generated videos; write a pairs manifest.")
+        if match is not None:
+            used.add(match)
+        pairs[stem if stem not in pairs else rel] = (gen[rel], ref.get(match) if match else None)
+    for rel in sorted(set(ref) - used):
+        pairs.setdefault(_stem(rel) if _stem(rel) not in pairs else rel, (None, ref[rel]))
+    for key in sorted(pairs):
+        g, r = pairs[key]
+        yield make_pair(key, g, r, dataset, method)
+
+
+def list_pairs(generated: str, reference: str | None = None, *, dataset: str = "dataset",
+               method: str = "method") -> Iterator[dict]:
+    """Every pair of a run, each listed once: ``{'pair_id', 'key', 'generated', 'reference',
+    'dataset', 'method'}`` (a missing side is None)."""
+    if not dataset or not method:
+        raise PairsError("Expected non-empty --dataset and --method names.")
+    if is_manifest(generated):
+        it = read_manifest(generated, reference_root=reference, dataset=dataset, method=method)
+    elif reference is None:
+        raise PairsError("--reference is required unless --generated is a pairs manifest (.csv/.jsonl).")
+    else:
+        it = match_folders(generated, reference, dataset=dataset, method=method)
+    seen = set()
+    for pair in it:
+        if pair["pair_id"] not in seen:
+            seen.add(pair["pair_id"])
+            yield pair

@@ -1,0 +1,384 @@
+"""Reports of an evaluation run: the paper's Table 1 (Markdown, CSV) and a self-contained HTML page.
+
+**Table 1 layout.** One row per method; per dataset the columns PSNR↑ MS-SSIM↑ LPIPS↓ Sync-C↑
+Sync-D↓ LMD↓. A cell is ``mean ± h`` over clips, where ``[mean − h, mean + h]`` is the two-sided
+95 % **Student-t** confidence interval of the mean clip score, ``h = t(0.975, n−1)·s/√n`` with
+the sample standard deviation ``s`` (ddof 1). The clip is the unit (frames of one clip are
+correlated, so frames are never pooled); with n = 1 there is no interval. Sync columns average
+only clips with a Sync score (``sync_missing`` clips are counted apart), so their n can be
+smaller. Scores from unofficial weights (a fine-tune, or the seeded random networks of tests and
+benches) are marked † (LPIPS) or ‡ (Sync-C/D) with their label: they are not the paper's metric.
+
+**HTML.** Counts (inputs = scored + rejected, by reason), the table, per-metric histograms
+(matplotlib, one colour per method), the worst clips per metric and a few sample clips with
+generated | reference crops, the rejects, and the provenance (protocol, crop size, landmark
+backend, weight hashes). Images are inline base64 PNGs: the file stands alone.
+
+``python -m eval.report --output DIR RUN_DIR_OR_METRICS.parquet ...`` rebuilds the table from one
+or more runs' ``metrics.parquet`` (e.g. one run per method) into DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import io
+import json
+import math
+import sys
+
+import numpy as np
+
+from preprocess import uri as uri_mod
+
+# metric, label, higher is better, decimals
+METRICS = (("psnr", "PSNR", True, 2), ("ms_ssim", "MS-SSIM", True, 4), ("lpips", "LPIPS", False, 4),
+           ("sync_c", "Sync-C", True, 3), ("sync_d", "Sync-D", False, 3), ("lmd", "LMD", False, 3))
+CI_LEVEL = 0.95
+CI_METHOD = ("two-sided 95 % Student-t interval of the mean clip score: mean ± t(0.975, n−1)·s/√n "
+             "(s: sample std, ddof 1; clips are the unit, frames are not pooled)")
+UNOFFICIAL_MARK = {"lpips": "†", "sync_c": "‡", "sync_d": "‡"}
+
+
+def arrow(higher: bool) -> str:
+    return "↑" if higher else "↓"
+
+
+def _finite(values) -> np.ndarray:
+    a = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    return a[np.isfinite(a)]
+
+
+def mean_ci(values, level: float = CI_LEVEL) -> dict:
+    """``{'n', 'mean', 'half', 'low', 'high'}`` of the t interval (None/NaN values dropped)."""
+    from scipy import stats
+
+    a = _finite(values)
+    n = len(a)
+    if n == 0:
+        return {"n": 0, "mean": math.nan, "half": math.nan, "low": math.nan, "high": math.nan}
+    mean = float(a.mean())
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * a.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    return {"n": n, "mean": mean, "half": half, "low": mean - half, "high": mean + half}
+
+
+def _unofficial(rows: list[dict], metric: str) -> list[str]:
+    """Labels of unofficial weights behind ``metric`` in ``rows`` (empty: official or n/a)."""
+    if metric == "lpips":
+        return sorted({str(r.get("lpips_label")) for r in rows
+                       if r.get("lpips") is not None and r.get("lpips_official_weights") is False})
+    if metric in ("sync_c", "sync_d"):
+        return sorted({str(r.get("sync_label")) for r in rows
+                       if r.get(metric) is not None and r.get("sync_official_weights") is False})
+    return []
+
+
+def summary_table(rows: list[dict]) -> list[dict]:
+    """Long form: one dict per (dataset, method, metric) with n, mean, CI and ``unofficial``."""
+    out = []
+    datasets = sorted({r["dataset"] for r in rows})
+    methods = sorted({r["method"] for r in rows})
+    for d in datasets:
+        for m in methods:
+            grp = [r for r in rows if r["dataset"] == d and r["method"] == m]
+            if not grp:
+                continue
+            for metric, label, higher, dec in METRICS:
+                out.append({"dataset": d, "method": m, "metric": metric, "label": label, "higher_is_better": higher,
+                            **mean_ci([r.get(metric) for r in grp]), "unofficial": _unofficial(grp, metric)})
+    return out
+
+
+def _fmt(x: float, dec: int) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.{dec}f}"
+
+
+def _cell(c: dict | None, dec: int) -> str:
+    if c is None or c["n"] == 0:
+        return "–"
+    mark = UNOFFICIAL_MARK.get(c["metric"], "") if c["unofficial"] else ""
+    half = "" if not math.isfinite(c["half"]) else f" ± {_fmt(c['half'], dec)}"
+    return f"{_fmt(c['mean'], dec)}{half}{mark}"
+
+
+def _grid(table: list[dict]):
+    datasets = sorted({c["dataset"] for c in table})
+    methods = sorted({c["method"] for c in table})
+    cells = {(c["dataset"], c["method"], c["metric"]): c for c in table}
+    return datasets, methods, cells
+
+
+def footnotes(table: list[dict]) -> list[str]:
+    notes = []
+    lp = sorted({lab for c in table if c["metric"] == "lpips" for lab in c["unofficial"]})
+    sy = sorted({lab for c in table if c["metric"] in ("sync_c", "sync_d") for lab in c["unofficial"]})
+    if lp:
+        notes.append(f"† LPIPS from unofficial weights ({', '.join(lp)}): not LPIPS v0.1 AlexNet, not comparable.")
+    if sy:
+        notes.append(f"‡ Sync-C/D from unofficial SyncNet weights ({', '.join(sy)}): not Sync-C/D, not comparable.")
+    return notes
+
+
+def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
+    table = summary_table(rows)
+    datasets, methods, cells = _grid(table)
+    head = ["Method"] + [f"{d} {label}{arrow(h)}" for d in datasets for _, label, h, _ in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        vals = [_cell(cells.get((d, m, metric)), dec) for d in datasets for metric, _, _, dec in METRICS]
+        lines.append("| " + " | ".join([m] + vals) + " |")
+    out = ["# Evaluation summary", ""]
+    if summary:
+        out += [f"Run `{summary.get('run_id')}`: {summary['inputs']} pairs = {summary['scored']} scored + "
+                f"{summary['rejected']} rejected" + ("" if summary["counts_add_up"] else " (DOES NOT ADD UP)")
+                + _reasons(summary) + ".", ""]
+    out += lines + [""]
+    counts = ["| Dataset | Method | clips scored | Sync missing | frames |", "|---|---|---|---|---|"]
+    for d in datasets:
+        for m in methods:
+            grp = [r for r in rows if r["dataset"] == d and r["method"] == m]
+            if grp:
+                counts.append(f"| {d} | {m} | {len(grp)} | {sum(1 for r in grp if r.get('sync_missing'))} | "
+                              f"{sum(r.get('n_frames') or 0 for r in grp)} |")
+    out += counts + ["", f"Cells: mean ± half-width of the {CI_METHOD}."]
+    out += [f"Crop protocol {', '.join(sorted({str(r.get('protocol')) for r in rows}))} at "
+            f"{', '.join(sorted({str(r.get('crop_size')) for r in rows}))} px; landmarks "
+            f"{', '.join(sorted({str(r.get('landmark_backend')) for r in rows}))}; LMD landmarks: "
+            f"{rows[0].get('lmd_landmarks') if rows else '–'}."] if rows else []
+    out += footnotes(table)
+    return "\n".join(out) + "\n"
+
+
+def _reasons(summary: dict) -> str:
+    r = summary.get("rejects_by_reason") or {}
+    return "" if not r else " (" + ", ".join(f"{k} {v}" for k, v in sorted(r.items())) + ")"
+
+
+def table_csv(rows: list[dict]) -> str:
+    """Wide CSV: one row per method; per dataset × metric the columns mean, ci95 (half-width), n."""
+    table = summary_table(rows)
+    datasets, methods, cells = _grid(table)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    cols = [(d, metric) for d in datasets for metric, *_ in METRICS]
+    w.writerow(["method"] + [f"{d}/{metric}/{k}" for d, metric in cols for k in ("mean", "ci95", "n", "unofficial")])
+    for m in methods:
+        line = [m]
+        for d, metric in cols:
+            c = cells.get((d, m, metric))
+            if c is None or c["n"] == 0:
+                line += ["", "", 0 if c else "", ""]
+            else:
+                line += [repr(c["mean"]), "" if not math.isfinite(c["half"]) else repr(c["half"]), c["n"],
+                         ";".join(c["unofficial"])]
+        w.writerow(line)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------ HTML
+def _png_b64(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def histograms_png(rows: list[dict]) -> bytes | None:
+    """One panel per metric with any value, clip scores, one colour per method."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    present = [(m, label, h) for m, label, h, _ in METRICS if len(_finite(r.get(m) for r in rows))]
+    if not present:
+        return None
+    methods = sorted({(r["dataset"], r["method"]) for r in rows})
+    cols = min(3, len(present))
+    nrows = math.ceil(len(present) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
+    for ax, (metric, label, higher) in zip(axes.flat, present):
+        allv = _finite(r.get(metric) for r in rows)
+        lo, hi = float(allv.min()), float(allv.max())
+        pad = 0.0 if hi > lo else max(abs(lo) * 1e-3, 1e-3)  # all equal (e.g. identity): one visible bar
+        bins = np.linspace(lo - pad, hi + pad, 21)
+        for d, m in methods:
+            v = _finite(r.get(metric) for r in rows if r["dataset"] == d and r["method"] == m)
+            if len(v):
+                ax.hist(v, bins=bins, alpha=0.6, label=f"{m} ({d})" if len({x[0] for x in methods}) > 1 else m)
+        ax.set_title(f"{label} {arrow(higher)}  (n={len(allv)})", fontsize=10)
+        ax.set_ylabel("clips", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.ticklabel_format(axis="x", useOffset=False, style="plain")
+    for ax in list(axes.flat)[len(present):]:
+        ax.axis("off")
+    if len(methods) > 1:
+        axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}.ok{color:#1a7f37}.bad{color:#b3261e;font-weight:bold}
+.note{font-size:12px;color:#555}.warn{background:#fff4e5;border:1px solid #f0b36b;padding:6px 10px;font-size:13px}
+.cards{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid #ddd;padding:6px;font-size:12px;max-width:340px}
+.card .img{display:block;margin-top:4px;background-repeat:no-repeat}code{font-size:12px}"""
+
+
+def _e(x) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def _html_table(rows: list[dict]) -> str:
+    table = summary_table(rows)
+    datasets, methods, cells = _grid(table)
+    h1 = "<tr><th class=l rowspan=2>Method</th>" + "".join(
+        f"<th colspan={len(METRICS)} style='text-align:center'>{_e(d)}</th>" for d in datasets) + "</tr>"
+    h2 = "<tr>" + "".join(f"<th>{label}{arrow(h)}</th>" for _ in datasets for _, label, h, _ in METRICS) + "</tr>"
+    body = ""
+    for m in methods:
+        tds = ""
+        for d in datasets:
+            for metric, _, _, dec in METRICS:
+                c = cells.get((d, m, metric))
+                n = f"<br><span class=note>n={c['n']}</span>" if c and c["n"] else ""
+                tds += f"<td>{_e(_cell(c, dec))}{n}</td>"
+        body += f"<tr><td class=l>{_e(m)}</td>{tds}</tr>"
+    notes = "".join(f"<p class=warn>{_e(n)}</p>" for n in footnotes(table))
+    return f"<table>{h1}{h2}{body}</table>{notes}"
+
+
+def _counts_html(summary: dict) -> str:
+    ok = summary["counts_add_up"]
+    reasons = "".join(f"<tr><td class=l>&nbsp;&nbsp;{_e(k)}</td><td>{v}</td></tr>"
+                      for k, v in sorted((summary.get("rejects_by_reason") or {}).items()))
+    groups = "".join(f"<tr><td class=l>{_e(g['dataset'])}</td><td class=l>{_e(g['method'])}</td><td>{g['scored']}</td>"
+                     f"<td>{g['rejected']}</td><td>{g['sync_missing']}</td></tr>" for g in summary.get("groups", []))
+    return (f"<table><tr><td class=l>pairs listed</td><td>{summary['inputs']}</td></tr>"
+            f"<tr><td class=l>scored</td><td>{summary['scored']}</td></tr>"
+            f"<tr><td class=l>rejected</td><td>{summary['rejected']}</td></tr>{reasons}"
+            f"<tr><td class=l>scored + rejected = listed</td><td class={'ok' if ok else 'bad'}>"
+            f"{'yes' if ok else 'NO'}</td></tr>"
+            f"<tr><td class=l>scored without Sync (no track / no audio)</td><td>{summary.get('sync_missing', 0)}</td></tr>"
+            f"<tr><td class=l>frames scored</td><td>{summary.get('frames_scored', 0)}</td></tr></table>"
+            + (f"<table><tr><th class=l>dataset</th><th class=l>method</th><th>scored</th><th>rejected</th>"
+               f"<th>Sync missing</th></tr>{groups}</table>" if groups else ""))
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR."""
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _image_styles(cards: dict) -> str:
+    """One CSS class per pair holding its sample PNG: a clip that is among the worst for several
+    metrics is embedded once."""
+    seen, rules = set(), []
+    for c in [c for lst in (cards.get("worst") or {}).values() for c in lst] + list(cards.get("samples") or []):
+        if c.get("sample_png") and c["pair_id"] not in seen:
+            seen.add(c["pair_id"])
+            w, h = _png_size(c["sample_png"])
+            rules.append(f".s-{c['pair_id']}{{width:{w}px;height:{h}px;"
+                         f"background-image:url({_png_b64(c['sample_png'])})}}")
+    return "\n".join(rules)
+
+
+def _card_html(card: dict, metric: str | None = None) -> str:
+    vals = " · ".join(f"{label} {_fmt(card.get(m), dec)}" for m, label, _, dec in METRICS
+                      if card.get(m) is not None)
+    img = (f"<div class='img s-{_e(card['pair_id'])}' role=img aria-label='generated | reference'></div>"
+           if card.get("sample_png") else "")
+    head = f"<b>{_e(card['key'])}</b> <span class=note>{_e(card['method'])} / {_e(card['dataset'])}</span>"
+    frames = card.get("sample_frames") or []
+    return (f"<div class=card>{head}<br>{_e(vals)}<br><span class=note>frames {_e(', '.join(map(str, frames)))}"
+            f" — left generated, right reference</span>{img}</div>")
+
+
+def _provenance(summary: dict, rows: list[dict]) -> str:
+    w = summary.get("weights") or {}
+    items = "".join(f"<tr><td class=l>{_e(k)}</td><td class=l><code>{_e(', '.join(v) or '–')}</code></td></tr>"
+                    for k, v in w.items())
+    proto = sorted({f"{r.get('protocol')} @ {r.get('crop_size')}" for r in rows})
+    return (f"<table><tr><td class=l>crop protocol</td><td class=l>{_e(', '.join(proto) or '–')}</td></tr>"
+            f"<tr><td class=l>LMD landmarks</td><td class=l>{_e(rows[0].get('lmd_landmarks') if rows else '–')}</td></tr>"
+            f"<tr><td class=l>confidence intervals</td><td class=l>{_e(CI_METHOD)}</td></tr>{items}</table>"
+            f"<details><summary class=note>config</summary><pre class=note>"
+            f"{_e(json.dumps(summary.get('config'), indent=2, sort_keys=True))}</pre></details>")
+
+
+def render_html(rows: list[dict], rejects: list[dict], summary: dict, cards: dict | None = None) -> str:
+    """The self-contained report page (see the module docstring)."""
+    cards = cards or {}
+    parts = [f"<!doctype html><html><head><meta charset=utf-8><title>radio evaluation {_e(summary.get('run_id'))}"
+             f"</title><style>{CSS}\n{_image_styles(cards)}</style></head><body>",
+             f"<h1>radio evaluation — run {_e(summary.get('run_id'))}</h1>",
+             f"<p class=note>finished {_e(summary.get('finished_utc'))} · generated <code>{_e(summary.get('generated'))}"
+             f"</code> · reference <code>{_e(summary.get('reference') or '–')}</code> · output <code>{_e(summary.get('output'))}"
+             f"</code></p>", "<h2>Counts</h2>", _counts_html(summary), "<h2>Summary (Table 1 layout)</h2>",
+             _html_table(rows) if rows else "<p>No pair was scored.</p>",
+             f"<p class=note>Cells: mean ± half-width of the {_e(CI_METHOD)}.</p>"]
+    hist = histograms_png(rows) if rows else None
+    if hist:
+        parts += ["<h2>Distributions of clip scores</h2>", f"<img alt='histograms' src='{_png_b64(hist)}'>"]
+    worst = cards.get("worst") or {}
+    if any(worst.values()):
+        parts.append("<h2>Worst clips per metric</h2>")
+        for metric, label, higher, _ in METRICS:
+            if worst.get(metric):
+                parts.append(f"<h3>{label} {arrow(higher)} — lowest first</h3>" if higher
+                             else f"<h3>{label} {arrow(higher)} — highest first</h3>")
+                parts.append("<div class=cards>" + "".join(_card_html(c, metric) for c in worst[metric]) + "</div>")
+    if cards.get("samples"):
+        parts += ["<h2>Sample clips</h2>",
+                  "<div class=cards>" + "".join(_card_html(c) for c in cards["samples"]) + "</div>"]
+    parts.append(f"<h2>Rejects ({len(rejects)})</h2>")
+    if rejects:
+        shown = rejects[:500]
+        parts.append("<table><tr><th class=l>key</th><th class=l>method</th><th class=l>reason</th><th class=l>side</th>"
+                     "<th class=l>stage</th><th class=l>message</th></tr>" + "".join(
+                         f"<tr><td class=l>{_e(r['key'])}</td><td class=l>{_e(r['method'])}</td><td class=l>"
+                         f"{_e(r['reason'])}</td><td class=l>{_e(r['side'])}</td><td class=l>{_e(r['stage'])}</td>"
+                         f"<td class=l>{_e(r['message'][:300])}</td></tr>" for r in shown) + "</table>")
+        if len(rejects) > len(shown):
+            parts.append(f"<p class=note>… {len(rejects) - len(shown)} more in rejects.parquet</p>")
+    parts += ["<h2>Provenance</h2>", _provenance(summary, rows), "</body></html>"]
+    return "\n".join(parts)
+
+
+def write_report(out_dir: str, rows: list[dict], rejects: list[dict], summary: dict, cards: dict | None = None) -> dict:
+    """Write summary.md, summary.csv and report.html under ``out_dir`` (atomically); return their URIs."""
+    files = {"summary_md": uri_mod.join(out_dir, "summary.md"), "summary_csv": uri_mod.join(out_dir, "summary.csv"),
+             "report_html": uri_mod.join(out_dir, "report.html")}
+    uri_mod.write_bytes_atomic(files["summary_md"], table_markdown(rows, summary).encode())
+    uri_mod.write_bytes_atomic(files["summary_csv"], table_csv(rows).encode())
+    uri_mod.write_bytes_atomic(files["report_html"], render_html(rows, rejects, summary, cards).encode())
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rebuild the summary table from one or more runs (``metrics.parquet`` files or run folders)."""
+    from eval import results
+
+    ap = argparse.ArgumentParser(prog="python -m eval.report", description=main.__doc__)
+    ap.add_argument("inputs", nargs="+", help="run folders (OUTPUT/runs/ID) or metrics.parquet URIs")
+    ap.add_argument("--output", required=True, help="folder for summary.md, summary.csv, report.html")
+    a = ap.parse_args(argv)
+    rows, rejects = [], []
+    for src in a.inputs:
+        run = src.rsplit("/", 1)[0] if src.endswith(".parquet") else src.rstrip("/")
+        rows += results.read_table(uri_mod.join(run, "metrics.parquet"))
+        if uri_mod.exists(uri_mod.join(run, "rejects.parquet")):
+            rejects += results.read_table(uri_mod.join(run, "rejects.parquet"))
+    summary = {"run_id": "+".join(sorted({str(r["run_id"]) for r in rows + rejects})),
+               "generated": ", ".join(a.inputs), **results.summarise(rows, rejects, len(rows) + len(rejects))}
+    files = write_report(a.output, rows, rejects, summary)
+    print(table_markdown(rows, summary))
+    print("\n".join(files.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

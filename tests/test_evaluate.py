@@ -1,0 +1,326 @@
+"""Dataset-scale evaluation (issue "Dataset-scale evaluation"): pairing, the per-pair scorer, the
+Beam job end to end on real clips, idempotent reruns, rejects, reports.
+
+Networks are SEEDED RANDOM (LPIPS backbone, SyncNet) and labelled so: these tests check plumbing,
+identities and labelling, never published numbers. Inputs are cut to a few dozen frames.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from eval import clip as clip_mod
+from eval import pairs as pairs_mod
+from eval import report, results
+from eval.config import EvalConfig
+from eval.metrics import lpips as lp
+from eval.metrics import syncnet as sn
+from preprocess import config as config_mod
+from preprocess.weights import WeightsError
+
+from conftest import DATA_DIR, ffmpeg, make_testsrc
+
+LPIPS_LABEL = "random backbone (test)"
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> dict:
+    """Seeded random AlexNet (torchvision key format) and SyncNet files, with their digests."""
+    d = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    torch.save({f"features.{k}": v for k, v in lp.alexnet_features().state_dict().items()}, d / "alex.pth")
+    torch.manual_seed(0)
+    torch.save({k: v for k, v in sn.SyncNet().state_dict().items() if "num_batches" not in k}, d / "syncnet.model")
+    return {"alex": str(d / "alex.pth"), "alex_sha": _sha(d / "alex.pth"),
+            "sync": str(d / "syncnet.model"), "sync_sha": _sha(d / "syncnet.model")}
+
+
+def _lpips_overrides(w: dict) -> list[str]:
+    return [f"lpips.backbone_uri={w['alex']}", f"lpips.backbone_sha256={w['alex_sha']}", f"lpips.label={LPIPS_LABEL}"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict:
+    """A pairs manifest: three clips against themselves, an x264 crf-45 copy, a 3 s cut (length
+    mismatch) and a generated file that does not exist."""
+    root = tmp_path_factory.mktemp("eval_inputs")
+    gen = root / "gen"
+    gen.mkdir()
+    for name in ("00015", "00086", "retalking_face5"):
+        shutil.copyfile(DATA_DIR / f"{name}.mp4", gen / f"{name}.mp4")
+    ffmpeg("-i", f"file:{DATA_DIR / '00015.mp4'}", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "45",
+           "-pix_fmt", "yuv420p", "-c:a", "copy", f"file:{gen / '00015_crf45.mp4'}")
+    ffmpeg("-i", f"file:{DATA_DIR / '00015.mp4'}", "-t", "3", "-c:v", "libx264", "-preset", "ultrafast",
+           "-c:a", "aac", f"file:{gen / '00015_short.mp4'}")
+    rows = [("gen/00015.mp4", "00015.mp4", "identity", "00015"),
+            ("gen/00086.mp4", "00086.mp4", "identity", "00086"),
+            ("gen/retalking_face5.mp4", "retalking_face5.mp4", "identity", "retalking_face5"),
+            ("gen/00015_crf45.mp4", "00015.mp4", "x264-crf45", "00015"),
+            ("gen/00015_short.mp4", "00015.mp4", "identity", "00015_short"),
+            ("gen/absent.mp4", "00086.mp4", "identity", "absent")]
+    manifest = root / "pairs.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["generated", "reference", "method", "key"])
+        for g, r, m, k in rows:
+            w.writerow([g, str(DATA_DIR / r), m, k])
+    return {"root": root, "manifest": str(manifest), "out": str(root / "out")}
+
+
+def _read_run(run_dir: Path) -> dict:
+    return {"summary": json.loads((run_dir / "summary.json").read_text()),
+            "metrics": pq.read_table(run_dir / "metrics.parquet").to_pylist(),
+            "rejects": pq.read_table(run_dir / "rejects.parquet").to_pylist(),
+            "frames": pq.read_table(run_dir / "frames.parquet").to_pylist(),
+            "md": (run_dir / "summary.md").read_text(), "csv": (run_dir / "summary.csv").read_text(),
+            "html": (run_dir / "report.html").read_text()}
+
+
+@pytest.fixture(scope="module")
+def first_run(inputs, weights) -> dict:
+    """The whole Beam job (in-process FnApiRunner), 20 frames per pair, LPIPS with a random backbone."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    from pipelines import evaluate as job
+
+    summary = job.run(inputs["manifest"], inputs["out"], dataset="testset", run_id="r1",
+                      overrides=["max_frames=20", "sync.enabled=false", *_lpips_overrides(weights)],
+                      test_pipeline=beam.Pipeline(runner=fn_runner.FnApiRunner()))
+    out = _read_run(Path(inputs["out"]) / "runs" / "r1")
+    assert summary == out["summary"]
+    return out
+
+
+def _by(rows, method, key):
+    (row,) = [r for r in rows if r["method"] == method and r["key"] == key]
+    return row
+
+
+# ------------------------------------------------------------------------------- end to end
+def test_identity_pairs_score_as_identity(first_run, weights):
+    rows = [r for r in first_run["metrics"] if r["method"] == "identity"]
+    assert sorted(r["key"] for r in rows) == ["00015", "00086", "retalking_face5"]
+    for r in rows:
+        assert r["psnr"] == 100.0
+        assert r["ms_ssim"] == pytest.approx(1.0, abs=1e-6)
+        assert r["lpips"] == 0.0
+        assert r["lmd"] == 0.0
+        assert r["n_frames"] == r["n_frames_compared"] == 20 and r["face_coverage"] == 1.0
+        assert r["protocol"] == "radio-v1" and r["crop_size"] == 256 and r["landmark_backend"] == "dlib"
+        assert json.loads(r["landmark_weights"])  # predictor file -> sha256
+        assert r["lpips_official_weights"] is False and r["lpips_label"] == LPIPS_LABEL
+        assert r["lpips_backbone_sha256"] == weights["alex_sha"]
+        assert r["sync_missing"] is None and r["sync_c"] is None  # Sync disabled in this run
+        assert r["run_id"] == "r1" and r["dataset"] == "testset"
+
+
+def test_degraded_copy_scores_worse(first_run):
+    ident, bad = _by(first_run["metrics"], "identity", "00015"), _by(first_run["metrics"], "x264-crf45", "00015")
+    assert 15 < bad["psnr"] < 40 < ident["psnr"]
+    assert 0.5 < bad["ms_ssim"] < 0.99
+    assert bad["lpips"] > 0 and bad["lmd"] > 0
+    frames = {f["pair_id"]: f for f in first_run["frames"]}[bad["pair_id"]]
+    assert len(frames["psnr"]) == len(frames["lmd"]) == len(frames["frame_index"]) == bad["n_frames"]
+    assert np.mean(frames["psnr"]) == pytest.approx(bad["psnr"], rel=1e-5)
+
+
+def test_rejects_have_reasons_and_counts_add_up(first_run):
+    s = first_run["summary"]
+    assert (s["inputs"], s["scored"], s["rejected"]) == (6, 4, 2) and s["counts_add_up"] is True
+    assert s["rejects_by_reason"] == {"length_mismatch": 1, "missing_file": 1}
+    rej = {r["key"]: r for r in first_run["rejects"]}
+    assert rej["00015_short"]["reason"] == "length_mismatch" and rej["00015_short"]["side"] == "pair"
+    assert "75" in rej["00015_short"]["message"] and "174" in rej["00015_short"]["message"]
+    assert rej["absent"]["reason"] == "missing_file" and rej["absent"]["side"] == "generated"
+    assert {g["method"]: (g["scored"], g["rejected"]) for g in s["groups"]} == {"identity": (3, 2), "x264-crf45": (1, 0)}
+
+
+def test_reports_hold_the_numbers(first_run):
+    bad = _by(first_run["metrics"], "x264-crf45", "00015")
+    md, html = first_run["md"], first_run["html"]
+    assert "| Method | testset PSNR↑ | testset MS-SSIM↑ | testset LPIPS↓ | testset Sync-C↑ | testset Sync-D↓ | testset LMD↓ |" in md
+    assert "| identity | 100.00 ± 0.00 | 1.0000 ± 0.0000 | 0.0000 ± 0.0000† |" in md
+    assert f"| x264-crf45 | {bad['psnr']:.2f} | {bad['ms_ssim']:.4f} | {bad['lpips']:.4f}† | – | – | {bad['lmd']:.3f} |" in md
+    assert "6 pairs = 4 scored + 2 rejected (length_mismatch 1, missing_file 1)" in md
+    assert "unofficial weights (random backbone (test))" in md and "Student-t" in md
+    table = {r["method"]: r for r in csv.DictReader(io.StringIO(first_run["csv"]))}
+    assert float(table["x264-crf45"]["testset/psnr/mean"]) == pytest.approx(bad["psnr"])
+    assert table["x264-crf45"]["testset/psnr/ci95"] == ""  # one clip: no interval
+    assert float(table["identity"]["testset/lmd/mean"]) == 0.0 and table["identity"]["testset/lmd/n"] == "3"
+    assert table["identity"]["testset/lpips/unofficial"] == LPIPS_LABEL
+    assert html.startswith("<!doctype html>") and "data:image/png;base64," in html
+    assert f"{bad['psnr']:.2f}" in html and "length_mismatch" in html and "scored + rejected = listed" in html
+    assert "<script" not in html and "src='http" not in html  # self-contained
+
+
+def test_rerun_same_run_id_overwrites_through_the_cli(first_run, inputs):
+    """Same run id, same pairs, cheaper settings: the run's files are replaced, never appended."""
+    from radio import cli
+
+    rc = cli.main(["evaluate", "--generated", inputs["manifest"], "--output", inputs["out"], "--run-id", "r1",
+                   "--dataset", "testset", "--set", "lpips.enabled=false", "--set", "sync.enabled=false",
+                   "--set", "max_frames=8", "--direct_num_workers=1"])
+    assert rc == 0
+    run_dir = Path(inputs["out"]) / "runs" / "r1"
+    again = _read_run(run_dir)
+    assert len(again["metrics"]) == 4 and len({r["pair_id"] for r in again["metrics"]}) == 4
+    assert len(again["rejects"]) == 2 and len(again["frames"]) == 4
+    assert {r["pair_id"] for r in again["metrics"]} == {r["pair_id"] for r in first_run["metrics"]}
+    assert all(r["lpips"] is None and r["n_frames"] == 8 for r in again["metrics"])
+    assert again["summary"]["counts_add_up"] and again["summary"]["inputs"] == 6
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".tmp")]
+    assert sorted(p.name for p in (Path(inputs["out"]) / "runs").iterdir()) == ["r1"]
+
+
+# ------------------------------------------------------------------------------- one pair
+def test_sync_with_random_weights_is_labelled_unofficial(weights):
+    cfg = config_mod.load(EvalConfig, None, [
+        "max_frames=40", "lpips.enabled=false", f"sync.weights_uri={weights['sync']}",
+        f"sync.weights_sha256={weights['sync_sha']}", "sync.label=random (test)", "sync.track={min_track: 20}"])
+    from eval.models import load_models
+
+    models = load_models(cfg)
+    clip = str(DATA_DIR / "retalking_face5.mp4")
+    row, frames = clip_mod.evaluate_pair(clip, clip, cfg, models)
+    assert row["sync_missing"] is False and math.isfinite(row["sync_c"]) and row["sync_d"] > 0
+    assert 20 < row["sync_n_windows"] <= 35 and abs(row["sync_offset"]) <= 15
+    assert row["sync_official_weights"] is False and row["sync_label"] == "random (test)"
+    assert row["syncnet_sha256"] == weights["sync_sha"] and "not S3FD" in row["sync_boxes"]
+    assert json.loads(row["sync_track_config"])["min_track"] == 20
+    assert row["lpips"] is None and frames["lpips"] is None
+    assert len(frames["sample_frames"]) == cfg.sample_frames and frames["sample_png"].startswith(b"\x89PNG")
+    md = report.table_markdown([{**row, "dataset": "d", "method": "m"}])
+    assert "‡" in md and "unofficial SyncNet weights (random (test))" in md
+
+
+def test_no_face_is_a_reject(tmp_path):
+    """A reference without a face (lavfi test pattern) is a typed no_face reject."""
+    from eval.models import EvalModels
+    from preprocess.landmarks import get_backend
+
+    src = make_testsrc(tmp_path / "pattern.mp4", seconds=1.0, size="224x224")
+    cfg = config_mod.load(EvalConfig, None, ["lpips.enabled=false", "sync.enabled=false"])
+    models = EvalModels(landmarks=get_backend("dlib"), lpips=None, syncnet=None)
+    with pytest.raises(clip_mod.PairReject) as e:
+        clip_mod.evaluate_pair(str(src), str(src), cfg, models)
+    assert e.value.reason == "no_face" and e.value.side == "reference"
+    bad = tmp_path / "text.mp4"
+    bad.write_text("not a video\n" * 20)
+    with pytest.raises(clip_mod.PairReject) as e:
+        clip_mod.evaluate_pair(str(bad), str(src), cfg, models)
+    assert e.value.reason == "undecodable" and e.value.side == "generated"
+
+
+def test_missing_weights_fail_unless_the_metric_is_off(tmp_path, inputs):
+    from eval.models import check_weights, load_models
+    from pipelines import evaluate as job
+
+    cfg = EvalConfig()
+    with pytest.raises(WeightsError, match=r"lpips.enabled=false"):
+        check_weights(cfg)
+    with pytest.raises(WeightsError, match=r"LPIPS AlexNet backbone.*lpips.enabled=false"):
+        load_models(cfg)
+    cfg = config_mod.load(EvalConfig, None, ["lpips.enabled=false"])
+    with pytest.raises(WeightsError, match=r"SyncNet.*sync.enabled=false"):
+        load_models(cfg)
+    cfg = config_mod.load(EvalConfig, None, ["lpips.enabled=false", "sync.enabled=false"])
+    check_weights(cfg)
+    assert load_models(cfg).describe()["landmark_backend"] == "dlib"
+
+    class Args:
+        generated, reference, output, run_id = inputs["manifest"], None, str(tmp_path / "o"), None
+        dataset, method, config, overrides = "d", "m", None, []
+    assert job.main(Args, []) == 2  # weights missing: refused before any work
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------- pairing
+def _touch(root: Path, *names):
+    for n in names:
+        (root / n).parent.mkdir(parents=True, exist_ok=True)
+        (root / n).write_bytes(b"")
+
+
+def test_pairs_by_relative_path(tmp_path):
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    _touch(gen, "a.mp4", "sub/b c.mp4", "only_gen.mp4", "notes.txt")
+    _touch(ref, "a.mov", "sub/b c.mp4", "only_ref.mp4")
+    pairs = list(pairs_mod.list_pairs(str(gen), str(ref), dataset="D", method="M"))
+    got = {p["key"]: (p["generated"], p["reference"]) for p in pairs}
+    assert got == {"a": (str(gen / "a.mp4"), str(ref / "a.mov")),
+                   "sub/b c": (str(gen / "sub/b c.mp4"), str(ref / "sub/b c.mp4")),
+                   "only_gen": (str(gen / "only_gen.mp4"), None), "only_ref": (None, str(ref / "only_ref.mp4"))}
+    assert len({p["pair_id"] for p in pairs}) == 4 and all(p["dataset"] == "D" for p in pairs)
+    glob_pairs = list(pairs_mod.list_pairs(str(gen / "*.mp4"), str(ref)))
+    assert {p["key"] for p in glob_pairs} == {"a", "only_gen", "only_ref", "sub/b c"}  # sub/ not globbed: unpaired ref
+    _touch(ref, "a.mkv")  # now a.mp4 matches a.mov and a.mkv
+    with pytest.raises(pairs_mod.PairsError, match="several references"):
+        list(pairs_mod.list_pairs(str(gen), str(ref)))
+    with pytest.raises(pairs_mod.PairsError, match="--reference is required"):
+        list(pairs_mod.list_pairs(str(gen)))
+
+
+def test_pairs_manifest_rules(tmp_path):
+    m = tmp_path / "pairs.jsonl"
+    m.write_text('{"generated": "g/x.mp4", "reference": "x.mp4", "dataset": "HDTF"}\n'
+                 '{"generated": "g/x.mp4", "reference": "x.mp4", "dataset": "HDTF"}\n'
+                 '{"generated": "gs://b/y.mp4", "reference": "/abs/y.mp4", "method": "W2L"}\n')
+    pairs = list(pairs_mod.list_pairs(str(m), "gs://refs", dataset="D", method="M"))
+    assert [(p["generated"], p["reference"], p["dataset"], p["method"], p["key"]) for p in pairs] == [
+        (str(tmp_path / "g/x.mp4"), "gs://refs/x.mp4", "HDTF", "M", "g/x"),
+        ("gs://b/y.mp4", "/abs/y.mp4", "D", "W2L", "y")]
+    m.write_text('{"generated": "../../etc/passwd", "reference": "x.mp4"}\n')
+    with pytest.raises(pairs_mod.PairsError, match=r"'\.\.'"):
+        list(pairs_mod.list_pairs(str(m)))
+    m.write_text('{"generated": "a.mp4"}\n')
+    with pytest.raises(pairs_mod.PairsError, match="has no 'reference'"):
+        list(pairs_mod.list_pairs(str(m)))
+
+
+# ------------------------------------------------------------------------------- config, ids, CI
+def test_config_and_run_id_validation():
+    with pytest.raises(config_mod.ConfigError, match="protocol"):
+        config_mod.load(EvalConfig, None, ["protocol=wav2lip"])
+    with pytest.raises(config_mod.ConfigError, match="unknown key"):
+        config_mod.load(EvalConfig, None, ["lpips.backbone=x"])
+    with pytest.raises(config_mod.ConfigError, match="sync.track: unknown key"):
+        config_mod.load(EvalConfig, None, ["sync.track={min_trak: 3}"])
+    with pytest.raises(config_mod.ConfigError, match="crop_size"):
+        config_mod.load(EvalConfig, None, ["crop_size=128"])
+    assert config_mod.load(EvalConfig, None, ["protocol=dinet", "max_frames=5"]).protocol == "dinet"
+    for bad in ("../x", "a/b", "", ".hidden", "x" * 200):
+        with pytest.raises(results.RunIdError):
+            results.run_dir("/out", bad)
+    import datetime as dt
+    assert results.default_run_id(dt.datetime(2025, 3, 4, 23, 59, tzinfo=dt.timezone.utc)) == "2025-03-04"
+    from pipelines.evaluate import job_name
+    assert job_name("2025-03-04_Nightly.v2") == "radio-evaluate-2025-03-04-nightly-v2"
+
+
+def test_mean_ci_is_the_t_interval():
+    from scipy import stats
+
+    v = [31.2, 29.8, 30.5, 33.1, None, float("nan"), 28.9]
+    c = report.mean_ci(v)
+    a = np.array([31.2, 29.8, 30.5, 33.1, 28.9])
+    lo, hi = stats.t.interval(0.95, len(a) - 1, loc=a.mean(), scale=stats.sem(a))
+    assert c["n"] == 5 and c["mean"] == pytest.approx(a.mean())
+    assert (c["low"], c["high"]) == (pytest.approx(lo), pytest.approx(hi))
+    one = report.mean_ci([2.0])
+    assert one["n"] == 1 and math.isnan(one["half"])
+    assert report.mean_ci([None])["n"] == 0
