@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generated", required=True, help="folder/glob of generated videos, or a pairs manifest")
     p.add_argument("--reference", help="folder of reference videos (paired by relative path)")
     p.add_argument("--output", required=True, help="report folder URI")
-    p.add_argument("--run-id", help="idempotent run name (default: today's date)")
+    p.add_argument("--run-id", "--run_id", dest="run_id",
+                   help="idempotent run name (default: today's UTC date)")
     p.add_argument("--dataset", default="dataset", help="dataset name for the summary table")
     p.add_argument("--method", default="method", help="method name for the summary table")
     _add_config(p)
