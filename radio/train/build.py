@@ -1,0 +1,156 @@
+"""Build what ``train()`` receives: device, models, frozen loss networks, optimisers, resume state."""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from radio.losses import freeze, load_vgg19
+from radio.model import RADIO, Discriminator, SyncNet
+
+from . import checkpoint, dist
+from .config import TrainConfig
+
+log = logging.getLogger("radio.train")
+
+
+@dataclass
+class Models:
+    """The generator (plain module), its training view (DDP-wrapped under torchrun), its EMA copy,
+    D, and the frozen networks the losses run through (``None`` when their weight is 0)."""
+    generator: RADIO
+    g_train: nn.Module
+    ema: RADIO
+    disc: Discriminator
+    vgg: nn.Module | None = None
+    sync: SyncNet | None = None
+
+
+@dataclass
+class Optimizers:
+    g: torch.optim.Optimizer
+    d: torch.optim.Optimizer
+
+
+@dataclass
+class Resume:
+    """Where a run continues from: step, data cursors {consumer: (epoch, chunk, offset)}."""
+    step: int = 0
+    cursors: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+
+
+def select_device(name: str, info: dist.DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("run.device=cuda but no CUDA device is visible.")
+        return torch.device("cuda", info.local_rank)
+    return torch.device(name)
+
+
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 under ``run.amp: auto`` on CUDA (or ``bf16`` anywhere); None means fp32."""
+    if cfg.run.amp == "bf16" or (cfg.run.amp == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def loss_networks(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module | None, SyncNet | None]:
+    """VGG19 and S, loaded from their configured files; clear errors when a needed one is missing."""
+    vgg = sync = None
+    if cfg.loss.perceptual > 0:
+        vgg = load_vgg19(cfg.loss.vgg_uri, cfg.loss.vgg_sha256).to(device)
+    else:
+        log.info("perceptual loss off (loss.perceptual=0): no VGG19 needed")
+    if cfg.loss.sync > 0:
+        sync = checkpoint.load_sync(cfg.loss.sync_uri, cfg.loss.sync_sha256).to(device)
+        log.info("sync loss on: λ_s=%g, S from %s (frozen, eval mode)", cfg.loss.sync, cfg.loss.sync_uri)
+    else:
+        log.info("sync loss off (loss.sync=0): training without the sync discriminator S")
+    return vgg, sync
+
+
+def build_radio(cfg: TrainConfig, device: torch.device, info: dist.DistInfo) -> tuple[Models, Optimizers]:
+    """G, EMA, D and their Adam optimisers; G is DDP-wrapped when WORLD_SIZE > 1."""
+    vgg, sync = loss_networks(cfg, device)
+    generator = RADIO(cfg.model).to(device)
+    disc = Discriminator(cfg.model).to(device)
+    dist.broadcast_module(generator)          # rank 0's initial weights everywhere (seeds differ per
+    dist.broadcast_module(disc)               # rank), before the EMA copy is taken
+    ema = freeze(copy.deepcopy(generator))
+    g_train: nn.Module = generator
+    if dist.active():
+        g_train = nn.parallel.DistributedDataParallel(
+            generator, device_ids=[device.index] if device.type == "cuda" else None)
+    o = cfg.optim
+    opt_g = torch.optim.Adam(generator.parameters(), lr=o.lr, betas=tuple(o.betas))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=o.d_lr or o.lr, betas=tuple(o.betas))
+    return Models(generator, g_train, ema, disc, vgg, sync), Optimizers(opt_g, opt_d)
+
+
+def build_sync(cfg: TrainConfig, device: torch.device) -> tuple[SyncNet, nn.Module, torch.optim.Optimizer]:
+    """S for pretraining, its training view (DDP under torchrun) and Adam."""
+    net = SyncNet(cfg.model).to(device)
+    train_view: nn.Module = net
+    if dist.active():
+        train_view = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    p = cfg.sync_pretrain
+    return net, train_view, torch.optim.Adam(net.parameters(), lr=p.lr, betas=tuple(p.betas))
+
+
+def restore(ckpt: dict, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+            consumers: int) -> Resume:
+    """Load a training checkpoint into built modules/optimisers; the data cursors to continue from.
+    (RNG states are restored separately, ``restore_rng``, once nothing else will draw from them.)"""
+    for name, module in modules.items():
+        module.load_state_dict(ckpt["models"][name])
+    for name, opt in optimizers.items():
+        opt.load_state_dict(ckpt["optim"][name])
+    data = ckpt.get("data") or {}
+    cursors = {}
+    if data.get("consumers") == consumers:
+        cursors = {int(c[0]): (int(c[1]), int(c[2]), int(c[3])) for c in data.get("cursors", [])}
+    else:
+        log.warning("data layout changed (%s consumers in the checkpoint, %d now): the data stream restarts "
+                    "from its first epoch", data.get("consumers"), consumers)
+    return Resume(step=int(ckpt["step"]), cursors=cursors)
+
+
+def restore_rng(ckpt: dict, info: dist.DistInfo) -> None:
+    """This rank's torch (and CUDA) RNG state from the checkpoint. Call it after creating the data
+    iterator (DataLoader draws its base seed from the global RNG), so that a resumed run draws the
+    same noise as an uninterrupted one."""
+    rng = ckpt.get("rng") or []
+    if len(rng) == info.world:
+        checkpoint.set_rng_state(rng[info.rank])
+    else:
+        log.warning("checkpoint has RNG states of %d ranks, this run has %d: reseeding", len(rng), info.world)
+        torch.manual_seed(int(ckpt["config"]["run"]["seed"]) + 1000 * info.rank + int(ckpt["step"]))
+
+
+def check_model_config(saved: dict, cfg: TrainConfig) -> None:
+    """Refuse to resume into a different model; note other config changes."""
+    from .config import to_dict
+
+    now = to_dict(cfg)
+    if _plain(saved.get("model")) != _plain(now["model"]):
+        raise ValueError("The checkpoint's model config differs from this run's config: resume with the same "
+                         "model settings, or pass a new --output to start a new run.")
+    changed = sorted(f"{sec}.{k}" for sec in now if isinstance(now[sec], dict)
+                     for k in now[sec] if _plain(saved.get(sec, {}).get(k)) != _plain(now[sec][k]))
+    if changed:
+        log.info("config changed since the checkpoint (the new values apply): %s", ", ".join(changed))
+
+
+def _plain(x):
+    """Tuples -> lists, recursively (YAML and dataclasses disagree on sequences)."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x

@@ -1,0 +1,138 @@
+"""Checkpoints of a training run, written atomically under ``<output>/checkpoints/``.
+
+A training checkpoint ``step-000002000.pt`` is one ``torch.save``d dict of tensors and plain
+Python values only (``torch.load(weights_only=True)`` reads it):
+
+    format  'radio-train/1'        kind   'radio' | 'sync'
+    step    int                    config the whole TrainConfig as a plain dict
+    models  {name: state_dict}     ('generator', 'ema', 'disc') or ('sync',)
+    optim   {name: state_dict}     ('g', 'd') or ('sync',)
+    rng     [{'torch': ByteTensor, 'cuda': [ByteTensor]}] one entry per rank
+    data    {'consumers': n, 'cursors': [[consumer, epoch, chunk, offset], ...]}
+
+Next to the checkpoints the run keeps an export for the other jobs, rewritten at every save:
+``<output>/radio.pt`` (EMA generator: format 'radio-generator/1', model_config, model, step) for
+``radio dub``, and ``<output>/sync.pt`` (format 'radio-sync/1', model_config, sync, step) for
+``loss.sync_uri`` of ``radio train``.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import re
+
+import fsspec
+import torch
+
+from preprocess import uri as uri_lib
+from preprocess.config import from_dict as _from_dict
+from preprocess.weights import resolve_weights
+from radio.model.config import ModelConfig
+
+log = logging.getLogger("radio.train")
+
+FORMAT = "radio-train/1"
+CHECKPOINTS = "checkpoints"
+_NAME = re.compile(r"step-(\d+)\.pt$")
+SYNC_HOW_TO_GET = ("Pretrain S with `radio train-sync --data DATASET --output RUN` and set loss.sync_uri to "
+                   "RUN/sync.pt and loss.sync_sha256 to the sha256 it logs (sha256sum RUN/sync.pt); or set "
+                   "loss.sync=0 to train without the sync loss.")
+
+
+def checkpoint_uri(output: str, step: int) -> str:
+    return uri_lib.join(output, CHECKPOINTS, f"step-{step:09d}.pt")
+
+
+def list_checkpoints(output: str) -> list[tuple[int, str]]:
+    """(step, uri) of the run's checkpoints, oldest first."""
+    fs, path = fsspec.core.url_to_fs(uri_lib.join(output, CHECKPOINTS))
+    if not fs.isdir(path):
+        return []
+    found = []
+    for p in fs.ls(path, detail=False):
+        m = _NAME.search(p.rsplit("/", 1)[-1])
+        if m and not p.rsplit("/", 1)[-1].startswith("."):
+            found.append((int(m.group(1)), checkpoint_uri(output, int(m.group(1)))))
+    return sorted(found)
+
+
+def latest(output: str) -> tuple[int, str] | None:
+    found = list_checkpoints(output)
+    return found[-1] if found else None
+
+
+def to_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def load(uri: str) -> dict:
+    """A checkpoint dict (CPU tensors), read with ``weights_only=True``."""
+    return torch.load(io.BytesIO(uri_lib.read_bytes(uri)), map_location="cpu", weights_only=True)
+
+
+def save(output: str, state: dict, *, keep: int = 3) -> str:
+    """Write ``state`` as ``step-N.pt`` atomically, then delete all but the newest ``keep``."""
+    uri = checkpoint_uri(output, int(state["step"]))
+    uri_lib.write_bytes_atomic(uri, to_bytes({"format": FORMAT, **state}))
+    if keep > 0:
+        for _, old in list_checkpoints(output)[:-keep]:
+            fs, path = fsspec.core.url_to_fs(old)
+            fs.rm(path)
+    return uri
+
+
+def export(output: str, name: str, obj: dict) -> str:
+    """Write ``<output>/<name>`` atomically; returns its sha256 (what configs pin)."""
+    data = to_bytes(obj)
+    uri_lib.write_bytes_atomic(uri_lib.join(output, name), data)
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---- RNG ------------------------------------------------------------------------------------------
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- loading exports for other jobs -----------------------------------------------------------------
+def model_config_of(ckpt: dict) -> ModelConfig:
+    cfg = ckpt.get("model_config") or ckpt.get("config", {}).get("model")
+    if cfg is None:
+        raise ValueError("checkpoint has no model config ('model_config' or 'config.model').")
+    return _from_dict(ModelConfig, cfg, where="checkpoint model_config")
+
+
+def load_generator(uri: str, sha256: str | None = None, *, ema: bool = True, allow_unverified: bool = False):
+    """RADIO in eval mode from ``radio.pt`` or a training checkpoint (its EMA weights unless ``ema=False``)."""
+    from radio.model import RADIO
+
+    found = resolve_weights(uri, sha256, name="RADIO checkpoint", allow_unverified=allow_unverified,
+                            how_to_get="Train one with `radio train` (RUN/radio.pt) and pin its sha256.")
+    ckpt = torch.load(found.path, map_location="cpu", weights_only=True)
+    model = RADIO(model_config_of(ckpt))
+    state = ckpt["model"] if "model" in ckpt else ckpt["models"]["ema" if ema else "generator"]
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_sync(uri: str | None, sha256: str | None):
+    """The pretrained sync discriminator S (frozen, eval mode) from ``sync.pt`` or a train-sync checkpoint."""
+    from radio.losses import freeze
+    from radio.model import SyncNet
+
+    found = resolve_weights(uri, sha256, name="sync discriminator S (loss.sync_uri)", how_to_get=SYNC_HOW_TO_GET)
+    ckpt = torch.load(found.path, map_location="cpu", weights_only=True)
+    net = SyncNet(model_config_of(ckpt))
+    net.load_state_dict(ckpt["sync"] if "sync" in ckpt else ckpt["models"]["sync"])
+    return freeze(net)

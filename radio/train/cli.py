@@ -1,0 +1,179 @@
+"""``radio train`` / ``radio train-sync``: config -> built models -> ``train()`` (resuming when the
+output already holds checkpoints).
+
+    radio train --config configs/smoke-cpu.yaml --data DATASET --output RUN [--set run.steps=500]
+    torchrun --nproc_per_node 8 -m radio.cli train --config configs/paper-192.yaml --data gs://... --output gs://...
+
+Running the same command again continues from the newest checkpoint in RUN/checkpoints (it logs
+"resuming from step N"); without --config the checkpoint's own config is used. Exit status: 0 when
+the run reached its last step, 143 when SIGTERM stopped it after a checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import yaml
+
+from preprocess import uri as uri_lib
+
+from . import build, checkpoint, dist
+from .config import TrainConfig, from_dict, load_train_config, micro_batch, to_dict
+from .data import ShardStream, make_loader
+from .logger import Board
+
+log = logging.getLogger("radio.train")
+PREEMPTED = 143
+
+
+def resolve_config(config: str | None, overrides: list[str], output: str) -> tuple[TrainConfig, dict | None]:
+    """The run's config and the checkpoint to resume from (None for a fresh run). Without
+    ``config`` a resumed run keeps the checkpoint's config (plus ``overrides``)."""
+    found = checkpoint.latest(output)
+    ckpt = checkpoint.load(found[1]) if found else None
+    if config is None and ckpt is not None:
+        cfg = _with_overrides(ckpt["config"], overrides)
+    else:
+        cfg = load_train_config(config, overrides)
+    if ckpt is not None:
+        build.check_model_config(ckpt["config"], cfg)
+    return cfg, ckpt
+
+
+def _with_overrides(base: dict, overrides: list[str]) -> TrainConfig:
+    data = _lists(base)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r}: expected key=value.")
+        key, raw = item.split("=", 1)
+        *parents, last = key.strip().split(".")
+        cur = data
+        for k in parents:
+            cur = cur.setdefault(k, {})
+        cur[last] = yaml.safe_load(raw)
+    return from_dict(data)
+
+
+def _setup(cfg: TrainConfig):
+    info = dist.env_info()
+    device = build.select_device(cfg.run.device, info)
+    info = dist.init(device)
+    torch.manual_seed(cfg.run.seed + 1000 * info.rank)
+    if not info.main:                       # one voice: rank 0 logs progress, others warnings only
+        log.setLevel(logging.WARNING)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = cfg.run.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.run.tf32
+    return info, device
+
+
+def _write_config(output: str, cfg: TrainConfig, info: dist.DistInfo) -> None:
+    if info.main:
+        uri_lib.write_bytes_atomic(uri_lib.join(output, "config.yaml"),
+                                   yaml.safe_dump(_lists(to_dict(cfg)), sort_keys=False).encode())
+
+
+def _lists(x):
+    if isinstance(x, dict):
+        return {k: _lists(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_lists(v) for v in x]
+    return x
+
+
+def _announce(ckpt: dict | None, output: str, total: int, info: dist.DistInfo) -> None:
+    if not info.main:
+        return
+    if ckpt is None:
+        log.info("starting a new run in %s (%d steps)", output, total)
+    elif int(ckpt["step"]) >= total:
+        log.info("resuming from step %d: already at the last step (%d); nothing to do", ckpt["step"], total)
+    else:
+        log.info("resuming from step %d of %d (checkpoint in %s)", ckpt["step"], total, output)
+
+
+def run_radio(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, *, on_step=None) -> int:
+    from .trainer import train
+
+    info, device = _setup(cfg)
+    try:
+        _announce(ckpt, output, cfg.run.steps, info)
+        mb = micro_batch(cfg.run.batch, info.world, cfg.run.accumulate)
+        models, opts = build.build_radio(cfg, device, info)
+        consumers = info.world * max(1, cfg.data.workers)
+        resume = build.Resume()
+        if ckpt is not None:
+            resume = build.restore(ckpt, {"generator": models.generator, "ema": models.ema, "disc": models.disc},
+                                   {"g": opts.g, "d": opts.d}, consumers)
+        _write_config(output, cfg, info)
+        stream = ShardStream(data, cfg.data, resolution=cfg.model.resolution, mode="radio",
+                             rank=info.rank, world=info.world, start=resume.cursors)
+        if info.main:
+            log.info("data: %d shards in %s, %d consumers (%d ranks x %d workers); batch %d = %d ranks x %d "
+                     "accumulation x %d windows of %d frames; resolution %d; amp %s", len(stream.shards), data,
+                     consumers, info.world, max(1, cfg.data.workers), cfg.run.batch, info.world,
+                     cfg.run.accumulate, mb, cfg.data.frames, cfg.model.resolution, build.amp_dtype(cfg, device))
+        batches = iter(make_loader(stream, mb, pin_memory=device.type == "cuda"))
+        if ckpt is not None:
+            build.restore_rng(ckpt, info)
+        del ckpt
+        board = Board(output) if info.main else None
+        try:
+            result = train(cfg, models, opts, batches, output=output, device=device, info=info,
+                           resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device), board=board,
+                           on_step=on_step)
+        finally:
+            if board is not None:
+                board.close()
+        return PREEMPTED if result.preempted else 0
+    finally:
+        dist.shutdown()
+
+
+def run_sync(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, *, on_step=None) -> int:
+    from .sync_trainer import train_sync
+
+    info, device = _setup(cfg)
+    try:
+        _announce(ckpt, output, cfg.sync_pretrain.steps, info)
+        if ckpt is not None and ckpt.get("kind") != "sync":
+            raise ValueError(f"{output} holds '{ckpt.get('kind')}' checkpoints, not train-sync ones: use another --output.")
+        if cfg.data.frames != cfg.model.sync.frames:
+            raise ValueError(f"train-sync needs data.frames == model.sync.frames ({cfg.model.sync.frames}). "
+                             f"Got {cfg.data.frames}.")
+        mb = micro_batch(cfg.sync_pretrain.batch, info.world, cfg.run.accumulate)
+        net, view, opt = build.build_sync(cfg, device)
+        consumers = info.world * max(1, cfg.data.workers)
+        resume = build.Resume()
+        if ckpt is not None:
+            resume = build.restore(ckpt, {"sync": net}, {"sync": opt}, consumers)
+        _write_config(output, cfg, info)
+        stream = ShardStream(data, cfg.data, resolution=cfg.model.resolution, mode="sync",
+                             rank=info.rank, world=info.world, start=resume.cursors)
+        batches = iter(make_loader(stream, mb, pin_memory=device.type == "cuda"))
+        if ckpt is not None:
+            build.restore_rng(ckpt, info)
+        del ckpt
+        board = Board(output) if info.main else None
+        try:
+            result = train_sync(cfg, net, view, opt, batches, output=output, device=device, info=info,
+                                resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device), board=board,
+                                on_step=on_step)
+        finally:
+            if board is not None:
+                board.close()
+        return PREEMPTED if result.preempted else 0
+    finally:
+        dist.shutdown()
+
+
+def main(args) -> int:
+    """Entry from ``radio.cli``: args.command in {train, train-sync}; args.data, args.output,
+    args.config, args.overrides."""
+    cfg, ckpt = resolve_config(args.config, list(args.overrides or []), args.output)
+    if ckpt is not None and args.command == "train" and ckpt.get("kind") != "radio":
+        raise ValueError(f"{args.output} holds '{ckpt.get('kind')}' checkpoints, not RADIO ones: use another --output.")
+    if args.command == "train-sync":
+        return run_sync(cfg, ckpt, args.data, args.output)
+    return run_radio(cfg, ckpt, args.data, args.output)

@@ -1,0 +1,129 @@
+"""Distributed helpers (after stylegan2-pytorch ``distributed.py``): every one is a no-op in a
+single process, so the training loop reads the same with and without ``torchrun``.
+
+``torchrun --nproc_per_node N -m radio.cli train ...`` sets RANK / WORLD_SIZE / LOCAL_RANK;
+``init()`` reads them and starts the process group (NCCL on CUDA, gloo on CPU).
+
+G is wrapped in ``DistributedDataParallel`` (one forward and one backward per micro-step).
+D is not: its step runs two forwards (fake, real), the lazy R1 pass differentiates through
+``autograd.grad(create_graph=True)``, and it is frozen while G's adversarial loss flows through
+it; DDP's reducer supports none of that cleanly, so D's gradients are averaged explicitly with
+``all_reduce_grads`` after the accumulation micro-steps (the same arithmetic, without overlap).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def env_info() -> DistInfo:
+    """Rank layout from torchrun's environment (single process when unset)."""
+    return DistInfo(rank=int(os.environ.get("RANK", 0)), world=int(os.environ.get("WORLD_SIZE", 1)),
+                    local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init(device: torch.device) -> DistInfo:
+    """Start the process group when WORLD_SIZE > 1 (idempotent); returns the layout."""
+    info = env_info()
+    if info.world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return info
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def broadcast_module(module: nn.Module, src: int = 0) -> None:
+    """Copy parameters and buffers of rank ``src`` to every rank."""
+    if not active():
+        return
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t.data, src)
+
+
+def all_reduce_grads(module: nn.Module) -> None:
+    """Average ``.grad`` of ``module``'s parameters over ranks (one flat buffer)."""
+    if not active():
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset:offset + n].view_as(g))
+        offset += n
+
+
+def reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Mean of scalar logs over ranks (identity in one process)."""
+    if not active() or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], device=device, dtype=torch.float64)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def all_gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Concatenate equally shaped int64 (n, k) tensors from every rank along dim 0."""
+    if not active():
+        return rows
+    out = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, rows)
+    return torch.cat(out)
+
+
+def any_flag(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any (e.g. one rank got SIGTERM)."""
+    if not active():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def assert_in_sync(modules: dict[str, nn.Module], device: torch.device) -> None:
+    """Raise when ranks hold different weights (a checksum per module, compared by min/max)."""
+    if not active():
+        return
+    sums = torch.stack([sum(p.detach().double().sum() for p in m.parameters()) for m in modules.values()])
+    lo, hi = sums.to(device), sums.clone().to(device)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    bad = [name for name, a, b in zip(modules, lo.tolist(), hi.tolist()) if a != b]
+    if bad:
+        raise RuntimeError(f"DDP ranks diverged: {bad} differ across ranks.")

@@ -1,0 +1,185 @@
+"""The RADIO training loop. ``train()`` receives built models, optimisers and a batch iterator
+(see ``cli.py`` for the wiring), so tests can drive it with any data.
+
+Every step: ``run.accumulate`` micro-steps (``steps.micro_step``), D's gradients averaged over
+ranks, both optimisers stepped, the EMA of G updated. Every ``log_every`` steps a progress line and
+TensorBoard scalars; every ``image_every`` an image grid; every ``checkpoint_every`` steps, at the
+end and on SIGTERM (preemptible VMs) an atomic checkpoint (``checkpoint.py``).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from . import checkpoint, dist
+from .build import Models, Optimizers, Resume
+from .config import TrainConfig, to_dict
+from .logger import Board, Progress, image_grid
+from .steps import micro_step, preview, to_device, update_ema, ema_decay
+
+log = logging.getLogger("radio.train")
+
+
+class StopSignal:
+    """Turns SIGTERM into a flag the loop checks after each step (installed in the main thread only)."""
+
+    def __init__(self):
+        self.flag = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.flag = True
+        log.warning("SIGTERM received: checkpointing after this step")
+
+    def checked(self, step: int, device: torch.device, every: int = 10) -> bool:
+        """Whether to stop now. Under torchrun the ranks agree every ``every`` steps (a collective,
+        and a host sync, so not every step); alone, every step."""
+        if not dist.active():
+            return self.flag
+        return step % every == 0 and dist.any_flag(self.flag, device)
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+@dataclass
+class Result:
+    step: int
+    preempted: bool = False
+    history: list[dict] = field(default_factory=list)   # one entry per progress line
+
+
+class CursorTracker:
+    """The last (epoch, chunk, offset) the trainer consumed from each data consumer."""
+
+    def __init__(self, start: dict[int, tuple[int, int, int]] | None = None):
+        self.cursors = dict(start or {})
+
+    def update(self, batch: dict) -> None:
+        for row in batch["cursor"].tolist():
+            self.cursors[int(row[0])] = (int(row[1]), int(row[2]), int(row[3]))
+
+    def gathered(self, consumers: int) -> list[list[int]]:
+        """Every rank's cursors (a collective under torchrun)."""
+        rows = torch.full((consumers, 4), -1, dtype=torch.int64)
+        for k, (e, c, o) in self.cursors.items():
+            rows[k] = torch.tensor([k, e, c, o])
+        dev = torch.device("cuda", torch.cuda.current_device()) if (
+            dist.active() and torch.distributed.get_backend() == "nccl") else torch.device("cpu")
+        rows = dist.all_gather_rows(rows.to(dev)).cpu()
+        return [r for r in rows.tolist() if r[0] >= 0]
+
+
+def _gather_rng() -> list[dict]:
+    state = checkpoint.rng_state()
+    if not dist.active():
+        return [state]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, state)
+    return out
+
+
+def save_checkpoint(output: str, cfg: TrainConfig, step: int, models: Models, opts: Optimizers,
+                    tracker: CursorTracker, consumers: int, info: dist.DistInfo, board: Board | None) -> None:
+    """Collectives on every rank; rank 0 writes the checkpoint and the radio.pt export."""
+    dist.assert_in_sync({"generator": models.generator, "ema": models.ema, "disc": models.disc},
+                        next(models.generator.parameters()).device)
+    cursors, rng = tracker.gathered(consumers), _gather_rng()
+    if info.main:
+        state = {"kind": "radio", "step": step, "config": to_dict(cfg),
+                 "models": {"generator": models.generator.state_dict(), "ema": models.ema.state_dict(),
+                            "disc": models.disc.state_dict()},
+                 "optim": {"g": opts.g.state_dict(), "d": opts.d.state_dict()},
+                 "rng": rng, "data": {"consumers": consumers, "cursors": cursors}}
+        uri = checkpoint.save(output, state, keep=cfg.run.keep_checkpoints)
+        sha = checkpoint.export(output, "radio.pt", {"format": "radio-generator/1", "step": step,
+                                                     "model_config": to_dict(cfg)["model"],
+                                                     "model": models.ema.state_dict()})
+        log.info("checkpoint step %d -> %s (radio.pt sha256 %s)", step, uri, sha)
+        if board is not None:
+            board.sync()
+    dist.barrier()
+
+
+def train_step(models: Models, opts: Optimizers, cfg: TrainConfig, batches: Iterator[dict], step: int,
+               device: torch.device, amp: torch.dtype | None, *, tracker: CursorTracker | None = None,
+               progress: Progress | None = None):
+    """One optimiser step (``run.accumulate`` micro-batches from ``batches``): D and G stepped,
+    EMA updated. Returns the last micro-step's detached losses and its (target, reference, mel, fake)."""
+    run = cfg.run
+    r1 = cfg.loss.r1_every > 0 and cfg.loss.r1_gamma > 0 and step % cfg.loss.r1_every == 0
+    opts.g.zero_grad(set_to_none=True)
+    opts.d.zero_grad(set_to_none=True)
+    for micro in range(run.accumulate):
+        batch = next(batches)
+        if tracker is not None:
+            tracker.update(batch)
+        target, reference, mel = to_device(batch, device)
+        last = micro == run.accumulate - 1
+        sync_ctx = models.g_train.no_sync() if (dist.active() and not last) else contextlib.nullcontext()
+        with sync_ctx:
+            logs, fake = micro_step(models, cfg, target, reference, mel, scale=1.0 / run.accumulate, r1=r1, amp=amp)
+        if progress is not None:
+            progress.add(logs)
+    dist.all_reduce_grads(models.disc)
+    if cfg.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(models.generator.parameters(), cfg.optim.grad_clip)
+        torch.nn.utils.clip_grad_norm_(models.disc.parameters(), cfg.optim.grad_clip)
+    opts.d.step()
+    opts.g.step()
+    update_ema(models.ema, models.generator, ema_decay(run.ema_decay, step))
+    return logs, (target, reference, mel, fake)
+
+
+def train(cfg: TrainConfig, models: Models, opts: Optimizers, batches: Iterator[dict], *, output: str,
+          device: torch.device, info: dist.DistInfo = dist.DistInfo(), resume: Resume = Resume(),
+          consumers: int = 1, amp: torch.dtype | None = None,
+          on_step: Callable[[int, dict], None] | None = None, board: Board | None = None) -> Result:
+    """Train from ``resume.step`` to ``cfg.run.steps``. ``batches`` yields micro-batches (dicts from
+    ``data.ShardStream``); ``on_step(step, logs)`` is called after each step (tests, hooks)."""
+    run, step = cfg.run, resume.step
+    tracker = CursorTracker(resume.cursors)
+    progress = Progress(run.steps, step, run.batch, run.log_every)
+    result = Result(step=step)
+    models.generator.train()
+    models.disc.train()
+    with StopSignal() as stop:
+        while step < run.steps:
+            logs, (target, reference, mel, fake) = train_step(models, opts, cfg, batches, step, device, amp,
+                                                              tracker=tracker, progress=progress)
+            step += 1
+            result.step = step
+
+            if on_step is not None:
+                on_step(step, logs)
+            if progress.due(step):
+                means, line = progress.flush(step)
+                means = dist.reduce_mean(means, device)
+                result.history.append({"step": step, **means})
+                if info.main:
+                    log.info(line)
+                    if board is not None:
+                        board.scalars(means, step)
+            if board is not None and info.main and run.image_every and step % run.image_every == 0:
+                board.image("samples/masked-ref-G-ema-gt",
+                            image_grid(preview(models, target, reference, mel, fake, amp)), step)
+            preempted = stop.checked(step, device)
+            if preempted or step % run.checkpoint_every == 0 or step == run.steps:
+                save_checkpoint(output, cfg, step, models, opts, tracker, consumers, info, board)
+            if preempted:
+                result.preempted = True
+                log.warning("stopped by SIGTERM at step %d; run the same command again to resume", step)
+                break
+    return result
