@@ -29,7 +29,9 @@ import torch, einops, yaml, fsspec, numpy
 print(f"torch {torch.__version__} cuda {torch.version.cuda} available {torch.cuda.is_available()} "
       f"einops {einops.__version__} numpy {numpy.__version__}")
 PY
-"$PY" bench/train.py --device cuda --config configs/paper-192.yaml --resolution 192 --batch 16 --amp bf16 \
-  --warmup 3 --steps 10 "$@"
-"$PY" bench/train.py --device cuda --config configs/paper-192.yaml --resolution 96 --batch 16 --amp bf16 \
-  --warmup 3 --steps 10 "$@"
+status=0
+for res in 192 96; do
+  "$PY" bench/train.py --device cuda --config configs/paper-192.yaml --resolution "$res" --batch 16 --amp bf16 \
+    --warmup 3 --steps 10 "$@" || status=$?
+done
+exit $status

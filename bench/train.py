@@ -155,11 +155,18 @@ def main(argv=None) -> int:
     else:
         print(f"CPU, torch {torch.__version__}, {torch.get_num_threads()} threads")
     assert not dist.active()
+    failed = 0
     for res in args.resolution:
-        bench_step(args, res, device)
+        try:
+            bench_step(args, res, device)
+        except torch.cuda.OutOfMemoryError as e:
+            failed = 1
+            print(f"{res}x{res} batch {args.batch}: CUDA out of memory ({str(e).splitlines()[0]}); "
+                  f"peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB. Try --batch {args.batch // 2}.")
+            torch.cuda.empty_cache()
         if args.data:
             bench_data(args, res)
-    return 0
+    return failed
 
 
 if __name__ == "__main__":
