@@ -63,12 +63,20 @@ class RegionCache:
         x1, y1 = min(w, int(np.ceil(cx + r))), min(h, int(np.ceil(cy + r)))
         if x1 - x0 < 2 or y1 - y0 < 2:
             x0, y0, x1, y1 = 0, 0, w, h
-        crop = frame[y0:y1, x0:x1]
         scale = min(1.0, self.detail * self.crop_size / (2.0 * side))
+        k = int(1.0 / scale)
+        if k >= 2 and x1 - x0 >= 2 * k and y1 - y0 >= 2 * k:
+            # whole-factor part first: INTER_AREA on an exact integer factor is cv2's fast block
+            # average (~10x faster than its general path); the region is trimmed (< k px) to fit
+            x1, y1 = x0 + (x1 - x0) // k * k, y0 + (y1 - y0) // k * k
+            crop = cv2.resize(frame[y0:y1, x0:x1], ((x1 - x0) // k, (y1 - y0) // k), interpolation=cv2.INTER_AREA)
+        else:
+            crop = frame[y0:y1, x0:x1]
         if scale < 1.0:
+            # the rest of the shrink (factor in (1/2, 1]) is bilinear: no source pixel is skipped
             nw, nh = max(2, int(round((x1 - x0) * scale))), max(2, int(round((y1 - y0) * scale)))
-            img = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA)
-            self._regions[t] = Region(img, x0, y0, nw / (x1 - x0), nh / (y1 - y0))
+            img = crop if crop.shape[1::-1] == (nw, nh) else cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_LINEAR)
+            self._regions[t] = Region(np.ascontiguousarray(img), x0, y0, nw / (x1 - x0), nh / (y1 - y0))
         else:
             self._regions[t] = Region(np.ascontiguousarray(crop), x0, y0, 1.0, 1.0)
 

@@ -30,8 +30,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class DecodeConfig:
     fps: int = 25
-    chunk: int = 64              # frames per decoded chunk (memory: chunk × H × W × 3 bytes)
-    backend: str = "auto"        # auto | decord | ffmpeg
+    chunk: int = 64              # frames per decoded chunk (memory: chunk × H × W × 3 bytes) ...
+    chunk_mib: int = 64          # ... and at most this many MiB of frames per chunk (1080p: 10)
+    # auto | decord | ffmpeg. ffmpeg by default: decord 0.6 decodes ahead of its reader without
+    # bound (4 GiB held after 40 s of 1080p, dmlc/decord#208); the ffmpeg pipe stays ~150 MiB at
+    # any length, and is as fast per core on this pipeline's workload
+    backend: str = "ffmpeg"
     min_side: int = 64           # smaller videos are rejected at probe (no usable face)
 
 
@@ -146,7 +150,9 @@ def aligned_segments(path: str, info, cfg: PreprocessConfig, backend, stages: _S
     tracker = track.FaceTracker(backend, tcfg)  # emits every track: short ones become rejects here
     cache = RegionCache(cfg.align.crop_size)
     hw = (info.height, info.width)
-    chunks = _timed_iter(video.iter_frames(path, info=info, fps=cfg.decode.fps, chunk=cfg.decode.chunk,
+    frame_bytes = max(1, info.height * info.width * 3)
+    n_chunk = max(1, min(cfg.decode.chunk, cfg.decode.chunk_mib * 2**20 // frame_bytes))
+    chunks = _timed_iter(video.iter_frames(path, info=info, fps=cfg.decode.fps, chunk=n_chunk,
                                            backend=cfg.decode.backend), stages, "decode")
     t0 = 0
     for chunk in chunks:
