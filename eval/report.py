@@ -30,11 +30,17 @@ import sys
 
 import numpy as np
 
+from eval.metrics import lmd, lpips, msssim, psnr, sync
 from preprocess import uri as uri_mod
 
-# metric, label, higher is better, decimals
-METRICS = (("psnr", "PSNR", True, 2), ("ms_ssim", "MS-SSIM", True, 4), ("lpips", "LPIPS", False, 4),
-           ("sync_c", "Sync-C", True, 3), ("sync_d", "Sync-D", False, 3), ("lmd", "LMD", False, 3))
+# metric, label, higher is better (from each metric's METADATA), decimals
+METRICS = (("psnr", "PSNR", psnr.METADATA["higher_is_better"], 2),
+           ("ms_ssim", "MS-SSIM", msssim.METADATA["higher_is_better"], 4),
+           ("lpips", "LPIPS", lpips.METADATA["higher_is_better"], 4),
+           ("sync_c", "Sync-C", sync.METADATA["sync_c"]["higher_is_better"], 3),
+           ("sync_d", "Sync-D", sync.METADATA["sync_d"]["higher_is_better"], 3),
+           ("lmd", "LMD", lmd.METADATA["higher_is_better"], 3))
+HIGHER_IS_BETTER = {m: h for m, _, h, _ in METRICS}
 CI_LEVEL = 0.95
 CI_METHOD = ("two-sided 95 % Student-t interval of the mean clip score: mean ± t(0.975, n−1)·s/√n "
              "(s: sample std, ddof 1; clips are the unit, frames are not pooled)")

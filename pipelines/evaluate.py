@@ -23,7 +23,7 @@ import time
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from eval import clip, results
+from eval import clip, report, results
 from eval import pairs as pairs_mod
 from eval.config import EvalConfig
 from preprocess import config as config_mod
@@ -32,8 +32,7 @@ from preprocess.weights import WeightsError
 
 log = logging.getLogger(__name__)
 NS = "radio.evaluate"
-CARD_METRICS = ("psnr", "ms_ssim", "lpips", "sync_c", "sync_d", "lmd")
-HIGHER_IS_BETTER = {"psnr": True, "ms_ssim": True, "lpips": False, "sync_c": True, "sync_d": False, "lmd": False}
+CARD_METRICS = tuple(report.HIGHER_IS_BETTER)
 WORST_K = 4
 SAMPLES_K = 4
 
@@ -91,7 +90,7 @@ class Badness:
         v = card.get(self.metric)
         if v is None or v != v:
             return float("-inf")
-        return -v if HIGHER_IS_BETTER[self.metric] else v
+        return -v if report.HIGHER_IS_BETTER[self.metric] else v
 
 
 def _pair_id(card: dict) -> str:
