@@ -169,13 +169,18 @@ def segment_to_row(seg: Segment, fmt: str = "jpeg", quality: int = 95) -> dict[s
 
 
 def decode_segment(row: dict[str, Any], frames: bool = True) -> dict[str, Any]:
-    """A row (dict, e.g. from ``table.to_pylist()``) back to numpy arrays."""
+    """A row back to numpy arrays: a dict from ``table.to_pylist()`` or a pandas row (whose nested
+    lists arrive as object arrays of arrays)."""
     t = int(row["n_frames"])
     out = dict(row)
-    out["landmarks"] = np.asarray(row["landmarks"], np.float32).reshape(t, N_LANDMARKS, 2)
-    out["affine"] = np.asarray(row["affine"], np.float32).reshape(t, 2, 3)
+
+    def per_frame(v, shape):
+        return np.stack([np.asarray(x, np.float32) for x in v]).reshape(t, *shape)
+
+    out["landmarks"] = per_frame(row["landmarks"], (N_LANDMARKS, 2))
+    out["affine"] = per_frame(row["affine"], (2, 3))
     out["detector_score"] = np.asarray(row["detector_score"], np.float32)
-    out["mel"] = np.frombuffer(row["mel"], np.float16).reshape(row["mel_shape"]).astype(np.float32)
+    out["mel"] = np.frombuffer(row["mel"], np.float16).reshape(tuple(int(x) for x in row["mel_shape"])).astype(np.float32)
     if frames:
         out["frames"] = np.stack([decode_image(b) for b in row["frames"]])
     return out

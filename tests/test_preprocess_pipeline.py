@@ -128,6 +128,9 @@ def test_parquet_round_trips_through_pyarrow_and_pandas(first_run):
             np.testing.assert_array_equal(np.stack(prow["affine"]).reshape(t, 2, 3), seg["affine"])
             mel = np.frombuffer(prow["mel"], np.float16).reshape(prow["mel_shape"])
             np.testing.assert_array_equal(mel.astype(np.float32), seg["mel"])
+            pseg = schema.decode_segment(prow.to_dict(), frames=False)  # decode_segment takes pandas rows too
+            for k in ("landmarks", "affine", "mel", "detector_score"):
+                np.testing.assert_array_equal(pseg[k], seg[k])
 
 
 def test_faceless_clip_is_a_reject_with_reason(first_run):
