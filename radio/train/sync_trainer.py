@@ -21,7 +21,7 @@ from .build import Resume
 from .config import TrainConfig, to_dict
 from .logger import Board, Progress
 from .steps import autocast, to_model_range
-from .trainer import CursorTracker, Result, StopSignal, _gather_rng
+from .trainer import CursorTracker, Result, StopSignal, _gather_rng, report_progress
 
 log = logging.getLogger("radio.train")
 
@@ -83,14 +83,7 @@ def train_sync(cfg: TrainConfig, net, train_view, opt, batches: Iterator[dict], 
             result.step = step
             if on_step is not None:
                 on_step(step, logs)
-            if progress.due(step):
-                means, line = progress.flush(step)
-                means = dist.reduce_mean(means, device)
-                result.history.append({"step": step, **means})
-                if info.main:
-                    log.info(line)
-                    if board is not None:
-                        board.scalars({f"sync/{k}" if "/" not in k else k: v for k, v in means.items()}, step)
+            report_progress(progress, step, device, info, result, board, prefix="sync")
             preempted = stop.checked(step, device)
             if preempted or step % run.checkpoint_every == 0 or step == p.steps:
                 _save(output, cfg, step, net, opt, tracker, consumers, info, board)

@@ -26,6 +26,20 @@ from .steps import micro_step, preview, to_device, update_ema, ema_decay
 log = logging.getLogger("radio.train")
 
 
+def report_progress(progress, step: int, device, info, result, board, prefix: str = "") -> None:
+    """Every ``progress.every`` steps: rank-averaged means into the history, a log line and
+    TensorBoard scalars on the main rank (``prefix/`` on names without one)."""
+    if not progress.due(step):
+        return
+    means, line = progress.flush(step)
+    means = dist.reduce_mean(means, device)
+    result.history.append({"step": step, **means})
+    if info.main:
+        log.info(line)
+        if board is not None:
+            board.scalars({f"{prefix}/{k}" if prefix and "/" not in k else k: v for k, v in means.items()}, step)
+
+
 class StopSignal:
     """Turns SIGTERM into a flag the loop checks after each step (installed in the main thread only)."""
 
@@ -164,14 +178,7 @@ def train(cfg: TrainConfig, models: Models, opts: Optimizers, batches: Iterator[
 
             if on_step is not None:
                 on_step(step, logs)
-            if progress.due(step):
-                means, line = progress.flush(step)
-                means = dist.reduce_mean(means, device)
-                result.history.append({"step": step, **means})
-                if info.main:
-                    log.info(line)
-                    if board is not None:
-                        board.scalars(means, step)
+            report_progress(progress, step, device, info, result, board)
             if board is not None and info.main and run.image_every and step % run.image_every == 0:
                 board.image("samples/masked-ref-G-ema-gt",
                             image_grid(preview(models, target, reference, mel, fake, amp)), step)
