@@ -139,6 +139,35 @@ def log_mel(wav: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     return np.ascontiguousarray(np.log10(np.maximum(mel, m["floor"])).T, dtype=np.float32)
 
 
+MEL_BLOCK_ROWS = 6000  # 60 s of audio per STFT block
+
+
+def log_mel_blocked(wav: np.ndarray, block_rows: int = MEL_BLOCK_ROWS) -> np.ndarray:
+    """``log_mel(wav)``, computed over blocks of ``block_rows`` mel rows.
+
+    The STFT of a whole clip costs ~50 MB per minute of audio (a 10-minute source peaked at
+    +500 MB); blocks keep it at ~30 MB at any length. Each block carries 5 rows (800 samples) of
+    context on both sides, more than a frame's half window (640) plus the pre-emphasis sample,
+    and the first/last blocks end where the clip does, so every row sees the same samples and
+    padding as in one pass.
+    """
+    hop = MEL_PARAMS["hop_length"]
+    ctx = MEL_PARAMS["n_fft"] // 2 // hop + 1
+    n_rows = 1 + len(wav) // hop
+    if n_rows <= block_rows + ctx:
+        return log_mel(wav)
+    out, r0 = [], 0
+    while r0 < n_rows:
+        r1 = r0 + block_rows
+        if r1 >= n_rows - 2 * ctx:  # a short remainder joins this block (no block < one window)
+            r1 = n_rows
+        a0 = max(0, r0 - ctx)
+        s1 = len(wav) if r1 == n_rows else (r1 - 1 + ctx) * hop + 1
+        out.append(log_mel(wav[a0 * hop: s1])[r0 - a0: r1 - a0])
+        r0 = r1
+    return np.concatenate(out)
+
+
 def align_mel_to_frames(mel: np.ndarray, n_frames: int) -> np.ndarray:
     """``(n_rows, 80)`` → ``(4·n_frames, 80)``: trim the end, or edge-pad it with the last row."""
     mel = _check_mel(mel)

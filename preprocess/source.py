@@ -127,35 +127,6 @@ def segment_quality(seg: AlignedSegment, n: int, size: int) -> dict[str, float]:
     }
 
 
-MEL_BLOCK_ROWS = 6000  # 60 s of audio per STFT block
-
-
-def log_mel_blocked(wav: np.ndarray, block_rows: int = MEL_BLOCK_ROWS) -> np.ndarray:
-    """``audio.log_mel(wav)``, computed over blocks of ``block_rows`` mel rows.
-
-    The STFT of a whole clip costs ~50 MB per minute of audio (a 10-minute source peaked at
-    +500 MB); blocks keep it at ~30 MB at any length. Each block carries 5 rows (800 samples) of
-    context on both sides, more than a frame's half window (640) plus the pre-emphasis sample,
-    and the first/last blocks end where the clip does, so every row sees the same samples and
-    padding as in one pass.
-    """
-    from preprocess import audio
-
-    hop = audio.MEL_PARAMS["hop_length"]
-    ctx = audio.MEL_PARAMS["n_fft"] // 2 // hop + 1
-    n_rows = 1 + len(wav) // hop
-    if n_rows <= block_rows + ctx:
-        return audio.log_mel(wav)
-    out, r0 = [], 0
-    while r0 < n_rows:
-        r1 = r0 + block_rows
-        if r1 >= n_rows - 2 * ctx:  # a short remainder joins this block (no block < one window)
-            r1 = n_rows
-        a0 = max(0, r0 - ctx)
-        s1 = len(wav) if r1 == n_rows else (r1 - 1 + ctx) * hop + 1
-        out.append(audio.log_mel(wav[a0 * hop: s1])[r0 - a0: r1 - a0])
-        r0 = r1
-    return np.concatenate(out)
 
 
 def segment_mel(mel: np.ndarray, start: int, n: int) -> np.ndarray:
@@ -242,7 +213,7 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                                       min_side=cfg.decode.min_side)
             with stages("audio"):
                 wav = audio.load_audio(path, info=info)
-                mel = log_mel_blocked(wav)
+                mel = audio.log_mel_blocked(wav)
                 audio_frames = int(len(wav) * cfg.decode.fps // audio.SAMPLE_RATE)
             for seg in aligned_segments(path, info, cfg, backend, stages):
                 n = min(len(seg), max(0, audio_frames - seg.start))

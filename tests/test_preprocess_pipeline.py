@@ -285,13 +285,13 @@ def test_readers_ignore_partial_temp_shards(first_run, tmp_path):
 
 def test_blocked_log_mel_equals_one_pass():
     """run_source computes the mel in 60 s blocks (flat memory): the same rows as one pass."""
-    from preprocess import audio, source
+    from preprocess import audio
 
     wav = audio.load_audio(DATA_DIR / "david4.wav")  # 30 s of speech
     one = audio.log_mel(wav)
     for n in (len(wav), 160 * 1401, 160 * 1401 + 159, 160 * 700 + 1):
         for block in (700, 997):
-            blocked = source.log_mel_blocked(wav[:n], block_rows=block)
+            blocked = audio.log_mel_blocked(wav[:n], block_rows=block)
             ref = one if n == len(wav) else audio.log_mel(wav[:n])
             assert blocked.shape == ref.shape
             np.testing.assert_allclose(blocked, ref, rtol=0, atol=1e-5)
