@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # Beam's local workers log every harness event at INFO
         for name in ("apache_beam", "absl"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # each local worker warns once that it has no semi_persistent_directory: harmless
+        logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     beam_commands = {"preprocess", "dub", "evaluate"}
     if extra and args.command not in beam_commands:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
