@@ -166,6 +166,9 @@ def test_quality_filters(sample_dataset, tmp_path):
     assert stats == {"kept": 1, "split": 1, "det_score_min": 1, "crop_shake": 2, "min_frames": 1}
     assert _clips(stream, 0, 1) == {"good"}
     assert row_rejection({"split": "train", "n_frames": 20}, FilterConfig(), "train", 10) is None
+    # a corpus preprocessed without a manifest has no split: it is training data, never validation
+    assert row_rejection({"split": None, "n_frames": 20}, FilterConfig(), "train", 10) is None
+    assert row_rejection({"split": None, "n_frames": 20}, FilterConfig(), "val", 10) == "split"
     assert _clips(ShardStream(str(tmp_path), _cfg(split=None, filters=FilterConfig(min_frames=10)),
                               resolution=96), 0, 1) == {"good", "val", "weak", "shaky", "unknown"}
 

@@ -35,7 +35,8 @@ class FilterConfig:
 
 @dataclass
 class DataConfig:
-    split: str | None = "train"     # keep rows whose ``split`` equals this (None: all rows)
+    split: str | None = "train"     # keep rows whose ``split`` equals this (None: all rows; rows
+    #                                 without a split count as "train")
     frames: int = 5                 # T consecutive target frames per sample (S needs 5)
     reference: str = "auto"         # 'clip' | 'speaker' | 'auto' (speaker when the row names one)
     samples_per_row: int = 8        # windows drawn from one segment per epoch (0: every window)

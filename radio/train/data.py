@@ -58,7 +58,9 @@ _RULES = (  # (filter field, column, passes(value, threshold))
 
 def row_rejection(meta: dict, filters: FilterConfig, split: str | None, min_frames: int) -> str | None:
     """Why a row (its metadata columns) is not used, or None when it passes every filter."""
-    if split is not None and meta.get("split") != split:
+    row_split = meta.get("split")
+    # rows without a split (a corpus preprocessed from a glob, no manifest) count as training data
+    if split is not None and row_split != split and not (row_split is None and split == "train"):
         return "split"
     if int(meta["n_frames"]) < min_frames:
         return "min_frames"
