@@ -93,6 +93,17 @@ def _announce(ckpt: dict | None, output: str, total: int, info: dist.DistInfo) -
         log.info("resuming from step %d of %d (checkpoint in %s)", ckpt["step"], total, output)
 
 
+def _run_loop(loop, *args, output: str, info, **kwargs) -> int:
+    """Run a training loop with TensorBoard on the main rank; PREEMPTED exit code after SIGTERM."""
+    board = Board(output) if info.main else None
+    try:
+        result = loop(*args, output=output, info=info, board=board, **kwargs)
+    finally:
+        if board is not None:
+            board.close()
+    return PREEMPTED if result.preempted else 0
+
+
 def run_radio(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, *, on_step=None) -> int:
     from .trainer import train
 
@@ -118,15 +129,8 @@ def run_radio(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, *, on
         if ckpt is not None:
             build.restore_rng(ckpt, info)
         del ckpt
-        board = Board(output) if info.main else None
-        try:
-            result = train(cfg, models, opts, batches, output=output, device=device, info=info,
-                           resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device), board=board,
-                           on_step=on_step)
-        finally:
-            if board is not None:
-                board.close()
-        return PREEMPTED if result.preempted else 0
+        return _run_loop(train, cfg, models, opts, batches, output=output, device=device, info=info,
+                         resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device), on_step=on_step)
     finally:
         dist.shutdown()
 
@@ -155,15 +159,8 @@ def run_sync(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, *, on_
         if ckpt is not None:
             build.restore_rng(ckpt, info)
         del ckpt
-        board = Board(output) if info.main else None
-        try:
-            result = train_sync(cfg, net, view, opt, batches, output=output, device=device, info=info,
-                                resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device), board=board,
-                                on_step=on_step)
-        finally:
-            if board is not None:
-                board.close()
-        return PREEMPTED if result.preempted else 0
+        return _run_loop(train_sync, cfg, net, view, opt, batches, output=output, device=device, info=info,
+                         resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device), on_step=on_step)
     finally:
         dist.shutdown()
 
