@@ -217,18 +217,14 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                 audio_frames = int(len(wav) * cfg.decode.fps // audio.SAMPLE_RATE)
             for seg in aligned_segments(path, info, cfg, backend, stages):
                 n = min(len(seg), max(0, audio_frames - seg.start))
-                if len(seg) < cfg.output.min_segment_frames:
-                    rejects.append(schema.Reject(
-                        src, "faces", "segment_too_short", "SegmentTooShort",
-                        f"face track at frame {seg.start}: {len(seg)} frames "
-                        f"(< {cfg.output.min_segment_frames})", segment_index=seg_index))
-                    seg_index += 1
-                    continue
-                if n < cfg.output.min_segment_frames:
-                    rejects.append(schema.Reject(
-                        src, "audio", "no_audio", "AudioTooShort",
-                        f"segment at frame {seg.start}: {n} of its {len(seg)} frames have audio "
-                        f"(< {cfg.output.min_segment_frames})", segment_index=seg_index))
+                least = cfg.output.min_segment_frames
+                short = (("faces", "segment_too_short", "SegmentTooShort",
+                          f"face track at frame {seg.start}: {len(seg)} frames (< {least})") if len(seg) < least else
+                         ("audio", "no_audio", "AudioTooShort",
+                          f"segment at frame {seg.start}: {n} of its {len(seg)} frames have audio (< {least})")
+                         if n < least else None)
+                if short:
+                    rejects.append(schema.Reject(src, *short, segment_index=seg_index))
                     seg_index += 1
                     continue
                 with stages("encode"):
