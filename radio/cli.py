@@ -1,4 +1,4 @@
-"""``radio``: one command line for the whole system.
+"""radio: preprocess talking-face corpora, train RADIO, dub in bulk, evaluate — one command line.
 
     radio preprocess --input GLOB_OR_MANIFEST --output URI [beam options...]
     radio inspect URI [--output sheet.png]
@@ -30,7 +30,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="radio", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="radio", description=__doc__.split("\nHeavy imports")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
