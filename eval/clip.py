@@ -221,8 +221,9 @@ def _score_segments(ref, gen, segments, cfg: EvalConfig, models, timer: _Timer):
     samples, flagged, pos = [], 0, 0
     for seg in segments:
         idx = np.arange(seg.start, seg.stop)
+        ref_s, gen_s = ref[seg.start:seg.stop], gen[seg.start:seg.stop]  # views, no copies
         with timer("crop"):
-            gt_c, pr_c, info = crop_mod.crop_pair(cfg.protocol, ref[idx], gen[idx], seg.landmarks, size=cfg.crop_size)
+            gt_c, pr_c, info = crop_mod.crop_pair(cfg.protocol, ref_s, gen_s, seg.landmarks, size=cfg.crop_size)
         flagged += _crop_flags(info)
         with timer("psnr_msssim"):
             cols["psnr"].append(psnr.psnr_per_frame(pr_c, gt_c))
@@ -231,8 +232,8 @@ def _score_segments(ref, gen, segments, cfg: EvalConfig, models, timer: _Timer):
             with timer("lpips"):
                 cols["lpips"].append(lpips_per_frame(models.lpips, pr_c, gt_c, batch_size=cfg.lpips.batch_size))
         with timer("lmd"):
-            gt_lm = fit_landmarks(models.landmarks, ref[idx], seg.boxes)
-            pr_lm = fit_landmarks(models.landmarks, gen[idx], seg.boxes)
+            gt_lm = fit_landmarks(models.landmarks, ref_s, seg.boxes)
+            pr_lm = fit_landmarks(models.landmarks, gen_s, seg.boxes)
             cols["lmd"].append(lmd_mod.lmd_per_frame(crop_mod.landmarks_to_crop(info, pr_lm),
                                                      crop_mod.landmarks_to_crop(info, gt_lm)))
         cols["frame_index"].append(idx)

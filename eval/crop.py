@@ -75,6 +75,12 @@ def _size_hw(size) -> tuple[int, int]:
 def cut_box(img: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     """Rows [y0, y1) × cols [x0, x1) of ``img``, replicating edge pixels outside the image."""
     h, w = img.shape[:2]
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if cx1 > cx0 and cy1 > cy0:  # a view of the in-frame part, edge rows/cols replicated around it
+        inner = img[cy0:cy1, cx0:cx1]
+        if (cx0, cy0, cx1, cy1) == (x0, y0, x1, y1):
+            return inner.copy()
+        return cv2.copyMakeBorder(inner, cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1, cv2.BORDER_REPLICATE)
     ys = np.clip(np.arange(y0, y1), 0, h - 1)
     xs = np.clip(np.arange(x0, x1), 0, w - 1)
     return img[ys[:, None], xs[None, :]]
