@@ -103,6 +103,13 @@ def test_psnr_update_compute_split(crops):
     pooled = ps._psnr_compute(sse.sum(), n * len(gt))
     mse = np.mean((jpg.astype(float) - gt) ** 2)
     assert abs(pooled - 10 * np.log10(255 ** 2 / mse)) < 1e-9
+    # the per-frame squared error is exact: equal to a float64 sum over the whole frame, also at
+    # the largest possible error (255 everywhere)
+    for pred in crops[1:] + (np.full_like(gt, 255), np.zeros_like(gt)):
+        diff = pred.astype(np.float64) - gt.astype(np.float64)
+        np.testing.assert_array_equal(ps._psnr_update(pred, gt)[0], np.einsum("nhwc,nhwc->n", diff, diff))
+    white, black = np.full((2, 256, 256, 3), 255, np.uint8), np.zeros((2, 256, 256, 3), np.uint8)
+    np.testing.assert_array_equal(ps._psnr_update(white, black)[0], 255.0 ** 2 * 256 * 256 * 3)
 
 
 def test_psnr_errors():
@@ -124,6 +131,8 @@ def test_ms_ssim_identity_and_reference(crops):
         np.testing.assert_allclose(ms.ms_ssim_per_frame(pred, gt), ref, atol=1e-4)
         assert abs(ms.ms_ssim(pred, gt) - ref.mean()) < 1e-4
         assert 0.5 < ms.ms_ssim(pred, gt) < 0.999
+        # the channels-last input changes float32 rounding only
+        np.testing.assert_allclose(ms.ms_ssim_per_frame(pred, gt, batch_size=1), ref, rtol=1e-6, atol=0)
     # float input in [0, 1] needs data_range explicitly, and then agrees with uint8
     f_pred, f_gt = crops[1] / 255.0, gt / 255.0
     with pytest.raises(ValueError, match="Expected an explicit data_range"):
@@ -175,6 +184,20 @@ def test_radio_v1_crop(clip):
     px = 256 / (info["boxes"][:, 2] - info["boxes"][:, 0])  # one aligned pixel, in crop pixels
     assert np.all(np.abs(in_crop[:, 33] - 127.5) <= px[:, None])  # box corners are whole pixels
     assert np.all(in_crop[:, :, 1].max(axis=1) <= 256) and np.all(in_crop[:, 54, 0] < 256)
+
+
+def test_cut_box_replicates_edges_exactly():
+    """cut_box (slice + replicate border) equals indexing with clamped coordinates, for boxes
+    inside, straddling and wholly outside the image."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    for _ in range(2000):
+        x0, y0 = (int(v) for v in rng.integers(-70, 70, 2))
+        x1, y1 = x0 + int(rng.integers(1, 90)), y0 + int(rng.integers(1, 90))
+        ys, xs = np.clip(np.arange(y0, y1), 0, 39), np.clip(np.arange(x0, x1), 0, 49)
+        out = ec.cut_box(img, x0, y0, x1, y1)
+        np.testing.assert_array_equal(out, img[ys[:, None], xs[None, :]])
+        assert out.flags.c_contiguous and not np.shares_memory(out, img)
 
 
 def test_radio_v1_affine_maps_pixels(clip):
