@@ -152,16 +152,11 @@ def _resize_to(frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 def track_segments(frames: np.ndarray, backend, tracker_overrides: dict) -> list:
     """Face segments (``preprocess.track.FaceSegment``) of ``frames``: every continuous track of
     the main face, uncapped in length, none dropped for being short."""
-    from preprocess import config as config_mod
     from preprocess import track
 
-    tcfg = config_mod.from_dict(track.TrackerConfig, {**tracker_overrides, "min_segment_frames": 1,
-                                                      "max_segment_frames": NO_CAP}, where="landmarks.tracker")
-    tracker = track.FaceTracker(backend, tcfg)
-    segs = []
-    for i in range(0, len(frames), 64):
-        segs += tracker.update(frames[i:i + 64])
-    return segs + tracker.finish()
+    tcfg = track.tracker_config(tracker_overrides, where="landmarks.tracker", min_segment_frames=1,
+                                max_segment_frames=NO_CAP)
+    return list(track.track_faces((frames[i:i + 64] for i in range(0, len(frames), 64)), backend, tcfg))
 
 
 def fit_landmarks(backend, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:

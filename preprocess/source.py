@@ -19,7 +19,6 @@ from typing import Any, Iterator
 import numpy as np
 
 from preprocess import align, schema, shards
-from preprocess import config as config_mod
 from preprocess import uri as uri_mod
 from preprocess.assemble import AlignedSegment, RegionCache, align_segment
 from preprocess.writer import AtomicParquetWriter, write_table_atomic
@@ -147,9 +146,9 @@ def aligned_segments(path: str, info, cfg: PreprocessConfig, backend, stages: _S
     """
     from preprocess import track, video
 
-    tcfg = config_mod.from_dict(track.TrackerConfig, {**cfg.faces.tracker, "min_segment_frames": 1},
-                                where="faces.tracker")
-    tracker = track.FaceTracker(backend, tcfg)  # emits every track: short ones become rejects here
+    # every track comes out: short ones become segment rejects here
+    tracker = track.FaceTracker(backend, track.tracker_config(cfg.faces.tracker, where="faces.tracker",
+                                                              min_segment_frames=1))
     cache = RegionCache(cfg.align.crop_size)
     hw = (info.height, info.width)
     frame_bytes = max(1, info.height * info.width * 3)

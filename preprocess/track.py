@@ -418,6 +418,14 @@ class FaceTracker:
         return cv2.normalize(hist, hist).flatten()
 
 
+def tracker_config(overrides: dict | None = None, *, where: str = "tracker", **fixed) -> TrackerConfig:
+    """A TrackerConfig from a job's override mapping (unknown keys are errors), with ``fixed``
+    values the caller needs (e.g. ``min_segment_frames=1`` to see every track) applied last."""
+    from preprocess.config import from_dict
+
+    return from_dict(TrackerConfig, {**(overrides or {}), **fixed}, where=where)
+
+
 def track_faces(chunks: Iterable[np.ndarray], backend: LandmarkBackend,
                 config: TrackerConfig | None = None) -> Iterator[FaceSegment]:
     """Generator over a video's face segments, from an iterable of (n, H, W, 3) RGB uint8 chunks

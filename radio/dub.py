@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from preprocess import align, audio, media, video
-from preprocess import config as config_mod
 from preprocess import uri as uri_mod
 
 log = logging.getLogger(__name__)
@@ -98,19 +97,12 @@ def track_affines(path: str, info, backend, cfg: DubConfig) -> dict[int, tuple[n
     """Pass 1: {frame index: (affine (2,3), crop landmarks (68,2))} for frames with a tracked face."""
     from preprocess import track
 
-    tcfg = config_mod.from_dict(track.TrackerConfig, {**cfg.tracker, "min_segment_frames": 1}, where="tracker")
-    tracker = track.FaceTracker(backend, tcfg)
+    tcfg = track.tracker_config(cfg.tracker, min_segment_frames=1)
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def add(segments):
-        for seg in segments:
-            affines = align.segment_affines(seg.landmarks, cfg.smooth_window, size=cfg.crop_size)
-            for i, a in enumerate(affines.astype(np.float64)):
-                out[seg.start + i] = (a, align.apply_affine(a, seg.landmarks[i]).astype(np.float32))
-
-    for chunk in video.iter_frames(path, info=info, chunk=cfg.chunk):
-        add(tracker.update(chunk))
-    add(tracker.finish())
+    for seg in track.track_faces(video.iter_frames(path, info=info, chunk=cfg.chunk), backend, tcfg):
+        affines = align.segment_affines(seg.landmarks, cfg.smooth_window, size=cfg.crop_size)
+        for i, a in enumerate(affines.astype(np.float64)):
+            out[seg.start + i] = (a, align.apply_affine(a, seg.landmarks[i]).astype(np.float32))
     return out
 
 
