@@ -82,6 +82,16 @@ def to_dict(obj: Any) -> dict:
     return dataclasses.asdict(obj)
 
 
+def plain(x: Any) -> Any:
+    """Tuples -> lists, recursively: the form YAML writes and reads back, so saved and current
+    configs compare equal."""
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    return x
+
+
 def _set_path(data: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     cur = data

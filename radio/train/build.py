@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from preprocess.config import plain
 from radio.losses import freeze, load_vgg19
 from radio.model import RADIO, Discriminator, SyncNet
 
@@ -138,19 +139,10 @@ def check_model_config(saved: dict, cfg: TrainConfig) -> None:
     from .config import to_dict
 
     now = to_dict(cfg)
-    if _plain(saved.get("model")) != _plain(now["model"]):
+    if plain(saved.get("model")) != plain(now["model"]):
         raise ValueError("The checkpoint's model config differs from this run's config: resume with the same "
                          "model settings, or pass a new --output to start a new run.")
     changed = sorted(f"{sec}.{k}" for sec in now if isinstance(now[sec], dict)
-                     for k in now[sec] if _plain(saved.get(sec, {}).get(k)) != _plain(now[sec][k]))
+                     for k in now[sec] if plain(saved.get(sec, {}).get(k)) != plain(now[sec][k]))
     if changed:
         log.info("config changed since the checkpoint (the new values apply): %s", ", ".join(changed))
-
-
-def _plain(x):
-    """Tuples -> lists, recursively (YAML and dataclasses disagree on sequences)."""
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from preprocess import uri as uri_lib
+from preprocess.config import plain
 
 from . import build, checkpoint, dist
 from .config import TrainConfig, from_dict, load_train_config, micro_batch, to_dict
@@ -41,7 +42,7 @@ def resolve_config(config: str | None, overrides: list[str], output: str) -> tup
 
 
 def _with_overrides(base: dict, overrides: list[str]) -> TrainConfig:
-    data = _lists(base)
+    data = plain(base)
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r}: expected key=value.")
@@ -71,15 +72,7 @@ def _setup(cfg: TrainConfig):
 def _write_config(output: str, cfg: TrainConfig, info: dist.DistInfo) -> None:
     if info.main:
         uri_lib.write_bytes_atomic(uri_lib.join(output, "config.yaml"),
-                                   yaml.safe_dump(_lists(to_dict(cfg)), sort_keys=False).encode())
-
-
-def _lists(x):
-    if isinstance(x, dict):
-        return {k: _lists(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_lists(v) for v in x]
-    return x
+                                   yaml.safe_dump(plain(to_dict(cfg)), sort_keys=False).encode())
 
 
 def _announce(ckpt: dict | None, output: str, total: int, info: dist.DistInfo) -> None:
