@@ -27,3 +27,10 @@ def as_frames(x, name: str, *, dtype=np.uint8, channels: int | None = 3) -> np.n
 def same_shape(pred: np.ndarray, target: np.ndarray) -> None:
     if pred.shape != target.shape:
         raise ValueError(f"Expected pred and target of the same shape. Got {pred.shape} and {target.shape}.")
+
+
+def mean_of(total: float, n: int, what: str = "frame") -> float:
+    """The ``_compute`` half of a mean-over-items metric: summed statistics -> mean."""
+    if n <= 0:
+        raise ValueError(f"Expected at least one {what}. Got n={n}.")
+    return total / n

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import mean_of
+
 MOUTH = slice(48, 68)
 CROP_SIZE = 256
 
@@ -59,9 +61,7 @@ def _lmd_update(pred_landmarks, target_landmarks) -> tuple[float, int]:
 
 
 def _lmd_compute(total: float, n: int) -> float:
-    if n <= 0:
-        raise ValueError(f"Expected at least one landmark distance. Got n={n}.")
-    return total / n
+    return mean_of(total, n, "landmark distance")
 
 
 def lmd_per_frame(pred_landmarks, target_landmarks) -> np.ndarray:

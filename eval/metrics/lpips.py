@@ -35,7 +35,7 @@ from torch import nn
 
 from preprocess.weights import WeightsError, resolve_weights
 
-from ._checks import as_frames, same_shape
+from ._checks import as_frames, mean_of, same_shape
 
 LPIPS_ALEX_V01_SHA256 = "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0"
 ALEXNET_SHA256 = "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02"
@@ -202,9 +202,7 @@ def _lpips_update(model: LPIPSAlex, pred, target) -> tuple[float, int]:
 
 
 def _lpips_compute(total: float, n: int) -> float:
-    if n <= 0:
-        raise ValueError(f"Expected at least one frame. Got n={n}.")
-    return total / n
+    return mean_of(total, n)
 
 
 def lpips(model: LPIPSAlex, pred, target) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from pytorch_msssim import ms_ssim as _pm_ms_ssim
 
-from ._checks import as_frames, same_shape
+from ._checks import as_frames, mean_of, same_shape
 
 MIN_SIDE = 161
 PROTOCOL_SIZE = 256
@@ -83,9 +83,7 @@ def _ms_ssim_update(pred, target, data_range: float | None = None) -> tuple[floa
 
 def _ms_ssim_compute(total: float, n: int) -> float:
     """Mean per-frame MS-SSIM from summed statistics."""
-    if n <= 0:
-        raise ValueError(f"Expected at least one frame. Got n={n}.")
-    return total / n
+    return mean_of(total, n)
 
 
 def ms_ssim(pred, target, data_range: float | None = None) -> float:
