@@ -21,7 +21,7 @@ One dataclass tree, loaded with :func:`preprocess.config.load` (unknown keys are
       track: {min_track: 100}           # eval.metrics.face_track.TrackConfig fields
     landmarks:
       backend: dlib                     # preprocess.landmarks backend (offline default)
-      backend_args: {}
+      backend_args: {}                  # dlib: fit_boxes 5 unless set (preprocess uses 1)
       tracker: {}                       # preprocess.track.TrackerConfig fields
 
 A metric whose weights are not configured fails loudly (:class:`preprocess.weights.WeightsError`)

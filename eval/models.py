@@ -51,7 +51,11 @@ def load_models(cfg: EvalConfig) -> EvalModels:
     """Build every network ``cfg`` enables. Raises WeightsError (with the fix) on missing weights."""
     from preprocess.landmarks import get_backend
 
-    backend = get_backend(cfg.landmarks.backend, **cfg.landmarks.backend_args)
+    backend_args = dict(cfg.landmarks.backend_args)
+    if cfg.landmarks.backend == "dlib":
+        # LMD wants the steadiest landmarks: average 5 shifted-box fits (preprocess fits once)
+        backend_args.setdefault("fit_boxes", 5)
+    backend = get_backend(cfg.landmarks.backend, **backend_args)
     lpips_model, lpips_label = None, None
     if cfg.lpips.enabled:
         from eval.metrics.lpips import load_lpips

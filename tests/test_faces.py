@@ -357,3 +357,36 @@ def test_faceless_clip_gives_no_track(tmp_path, dlib_backend):
     segs, tracker = run_tracker(frames, dlib_backend)
     assert segs == [] and tracker.stats.tracks == 0
     assert tracker.stats.searches == 10  # every search_every=5 frames, never a per-frame detector
+
+
+class LaggingSquareBackend(SquareBackend):
+    """Like dlib's predictor: the fit lands a third of the way from the true face towards the box
+    it was given (so a box that lags a moving face gives landmarks that lag too)."""
+
+    def fit(self, frame_rgb, box):
+        true = super().fit(frame_rgb, box).astype(np.float64)
+        x0, y0, x1, y1 = box
+        given = np.array([x0, y0]) + TEMPLATE * [x1 - x0, y1 - y0]
+        return (true + (given - true) / 3.0).astype(np.float32)
+
+
+def test_refit_on_fast_motion_removes_the_lag_bias():
+    # a face moving 6 px per frame (10 % of its side): past refit_motion (4 %) on every frame
+    xs = [20 + 6 * i for i in range(30)]
+    frames = square_frames([(x, 80) for x in xs])
+    truth = np.array([[x - 0.5, 79.5] for x in xs])
+    errs, fits = {}, {}
+    for refit in (None, 0.04):
+        tracker = FaceTracker(LaggingSquareBackend(), TrackerConfig(redetect_every=0, refit_motion=refit,
+                                                                    motion_redetect=1.0))
+        seg = (tracker.update(frames) + tracker.finish())[0]
+        origin = seg.landmarks[:, 0] - TEMPLATE[0] * 60  # the fitted square's top-left corner
+        errs[refit] = np.abs(origin - truth[seg.start:seg.stop])[5:, 0].mean()  # along the motion
+        fits[refit] = tracker.stats.fits
+    assert errs[None] > 2.0            # one fit from the previous frame's box lags ~3 px
+    assert errs[0.04] < errs[None] / 2  # re-fitting from the moved box removes most of it
+    assert fits[0.04] > fits[None]     # at the cost of a second fit on moving frames
+    # a still face is fitted once per frame
+    still = FaceTracker(LaggingSquareBackend(), TrackerConfig(redetect_every=0))
+    still.update(square_frames([(40, 80)] * 20))
+    assert still.stats.fits == 20

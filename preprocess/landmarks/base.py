@@ -82,6 +82,15 @@ def check_frame(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
+def check_gray_or_rgb(frame: np.ndarray) -> np.ndarray:
+    """Validate a grayscale (H, W) or RGB (H, W, 3) uint8 frame and return it C-contiguous."""
+    if isinstance(frame, np.ndarray) and frame.ndim == 2:
+        if frame.dtype != np.uint8:
+            raise LandmarkError(f"Expected a uint8 frame. Got {frame.dtype}.")
+        return np.ascontiguousarray(frame)
+    return check_frame(frame)
+
+
 def check_box(box) -> tuple[float, float, float, float]:
     b = tuple(float(v) for v in np.asarray(box, dtype=np.float64).reshape(-1))
     if len(b) != 4 or not np.all(np.isfinite(b)) or b[2] <= b[0] or b[3] <= b[1]:
@@ -101,6 +110,9 @@ class LandmarkBackend(abc.ABC):
     #: smallest face box side (px, in the image given to :meth:`detect`) the detector finds
     #: reliably; :mod:`preprocess.track` picks its detection working size from it
     min_face_px: float = 80.0
+    #: :meth:`detect` also takes a grayscale (H, W) uint8 frame (and is faster on it); the
+    #: tracker then converts before shrinking
+    detects_gray: bool = False
 
     def __init__(self) -> None:
         #: weight file name -> sha256 of every file this backend loaded (for reports)
