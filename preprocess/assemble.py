@@ -2,10 +2,10 @@
 
 The tracker (``preprocess.track``) reports a segment only when it ends (up to 10 s later), so
 the frames it covers must be held until then. Holding whole frames would cost 1.5 GB for a 10 s
-1080p segment; instead :class:`RegionCache` keeps, per tracked frame, only the region around the
-face, shrunk so the face keeps ~1.5× the crop's resolution (the anti-aliasing pre-shrink the warp
-would do anyway). Memory is then flat in video length and small per segment (~100–200 MB worst
-case for 1080p, a few MB for 224² clips).
+1080p segment; instead :class:`RegionCache` keeps, per tracked frame, only the region the frame's
+own FFHQ quad covers (plus the few pixels temporal smoothing can move it), shrunk by a whole
+factor when the face is at least twice the crop size. Memory is then flat in video length and
+small per segment (at most ~0.6 MB a frame, ~150 MB for a 250-frame segment at any resolution).
 """
 from __future__ import annotations
 
@@ -33,16 +33,31 @@ class Region:
                          [0, 0, 1]])
 
 
+def shrink_factor(quad_side: float, crop_size: int, lo: float = 0.8, hi: float = 1.1) -> int:
+    """Whole factor k to block-average a face region by before warping a quad of ``quad_side``
+    source px to ``crop_size``: the k (among floor/ceil of the ratio) that leaves a warp scale in
+    [lo, hi] (bilinear is then alias-free and loses <= 10 % detail), else floor (the warp then
+    anti-aliases what remains, see ``align.warp_face``). Never coarser than the crop needs."""
+    f = max(quad_side / crop_size, 1.0)
+    for k in (int(np.floor(f)), int(np.ceil(f))):
+        if k >= 1 and lo <= k / f <= hi:
+            return k
+    return max(1, int(np.floor(f)))
+
+
 class RegionCache:
     """Per-frame face regions for the frames of open face tracks.
 
-    ``margin``: region half-side in face-box sides (the FFHQ quad spans ~2 box sides, centred a
-    little below the box centre; 2.0 leaves room for smoothing). ``detail``: the quad keeps at
-    least ``detail`` × crop-size pixels across after shrinking.
+    ``add(t, frame, landmarks)`` keeps the bounding box of the frame's own (unsmoothed) FFHQ quad,
+    grown by ``margin`` × its side + 2 px per side: the smoothed quad that is warped later strays
+    from the frame's own by at most 2 × ``segment_affines``' ``follow_px`` (8 crop px, 4 % of the
+    side) before it is pulled back, and the warp replicates edges beyond the region. When the quad
+    is about k ≥ 2 times the crop size the region is block-averaged by k (cv2's fast whole-factor
+    INTER_AREA), see :func:`shrink_factor`.
     """
 
-    def __init__(self, crop_size: int = align.CROP_SIZE, margin: float = 2.0, detail: float = 1.5):
-        self.crop_size, self.margin, self.detail = crop_size, margin, detail
+    def __init__(self, crop_size: int = align.CROP_SIZE, margin: float = 0.06):
+        self.crop_size, self.margin = crop_size, margin
         self._regions: dict[int, Region] = {}
 
     def __len__(self) -> int:
@@ -51,34 +66,28 @@ class RegionCache:
     def nbytes(self) -> int:
         return sum(r.image.nbytes for r in self._regions.values())
 
-    def add(self, t: int, frame: np.ndarray, box) -> None:
+    def add(self, t: int, frame: np.ndarray, landmarks) -> None:
         if t in self._regions:
             return
-        x0b, y0b, x1b, y1b = [float(v) for v in box]
-        side = max(x1b - x0b, y1b - y0b, 1.0)
-        cx, cy = (x0b + x1b) / 2, (y0b + y1b) / 2
+        quad = align.ffhq_quad(landmarks)
+        side = float(np.linalg.norm(quad[3] - quad[0]))
+        pad = self.margin * side + 2.0
+        lo, hi = quad.min(axis=0) - pad, quad.max(axis=0) + pad
         h, w = frame.shape[:2]
-        r = self.margin * side
-        x0, y0 = max(0, int(np.floor(cx - r))), max(0, int(np.floor(cy - r)))
-        x1, y1 = min(w, int(np.ceil(cx + r))), min(h, int(np.ceil(cy + r)))
-        if x1 - x0 < 2 or y1 - y0 < 2:
-            x0, y0, x1, y1 = 0, 0, w, h
-        scale = min(1.0, self.detail * self.crop_size / (2.0 * side))
-        k = int(1.0 / scale)
+        x0, y0 = max(0, int(np.floor(lo[0]))), max(0, int(np.floor(lo[1])))
+        x1, y1 = min(w, int(np.ceil(hi[0])) + 1), min(h, int(np.ceil(hi[1])) + 1)
+        if x1 - x0 < 2 or y1 - y0 < 2:  # the quad lies outside the frame: keep its nearest edge
+            x0, y0 = min(max(x0, 0), w - 2), min(max(y0, 0), h - 2)
+            x1, y1 = x0 + 2, y0 + 2
+        k = shrink_factor(side, self.crop_size)
         if k >= 2 and x1 - x0 >= 2 * k and y1 - y0 >= 2 * k:
-            # whole-factor part first: INTER_AREA on an exact integer factor is cv2's fast block
-            # average (~10x faster than its general path); the region is trimmed (< k px) to fit
+            # INTER_AREA on an exact whole factor is cv2's fast block average (~10x its general
+            # path); the region is trimmed (< k px) to a multiple of k
             x1, y1 = x0 + (x1 - x0) // k * k, y0 + (y1 - y0) // k * k
-            crop = cv2.resize(frame[y0:y1, x0:x1], ((x1 - x0) // k, (y1 - y0) // k), interpolation=cv2.INTER_AREA)
+            img = cv2.resize(frame[y0:y1, x0:x1], ((x1 - x0) // k, (y1 - y0) // k), interpolation=cv2.INTER_AREA)
+            self._regions[t] = Region(img, x0, y0, 1.0 / k, 1.0 / k)
         else:
-            crop = frame[y0:y1, x0:x1]
-        if scale < 1.0:
-            # the rest of the shrink (factor in (1/2, 1]) is bilinear: no source pixel is skipped
-            nw, nh = max(2, int(round((x1 - x0) * scale))), max(2, int(round((y1 - y0) * scale)))
-            img = crop if crop.shape[1::-1] == (nw, nh) else cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_LINEAR)
-            self._regions[t] = Region(np.ascontiguousarray(img), x0, y0, nw / (x1 - x0), nh / (y1 - y0))
-        else:
-            self._regions[t] = Region(np.ascontiguousarray(crop), x0, y0, 1.0, 1.0)
+            self._regions[t] = Region(np.array(frame[y0:y1, x0:x1]), x0, y0, 1.0, 1.0)
 
     def get(self, t: int) -> Region:
         return self._regions[t]

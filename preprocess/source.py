@@ -31,10 +31,10 @@ class DecodeConfig:
     fps: int = 25
     chunk: int = 64              # frames per decoded chunk (memory: chunk × H × W × 3 bytes) ...
     chunk_mib: int = 64          # ... and at most this many MiB of frames per chunk (1080p: 10)
-    # auto | decord | ffmpeg. ffmpeg by default: decord 0.6 decodes ahead of its reader without
-    # bound (4 GiB held after 40 s of 1080p, dmlc/decord#208); the ffmpeg pipe stays ~150 MiB at
-    # any length, and is as fast per core on this pipeline's workload
-    backend: str = "ffmpeg"
+    # auto (PyAV in-process, the ffmpeg pipe when PyAV fails) | pyav | ffmpeg | decord. Not decord
+    # by default: decord 0.6 decodes ahead of its reader without bound (4 GiB held after 40 s of
+    # 1080p, dmlc/decord#208); PyAV and the pipe hold one chunk
+    backend: str = "auto"
     min_side: int = 64           # smaller videos are rejected at probe (no usable face)
 
 
@@ -160,19 +160,19 @@ def aligned_segments(path: str, info, cfg: PreprocessConfig, backend, stages: _S
         with stages("track"):
             done = tracker.update(chunk)
         with stages("align"):
-            boxes = {}
+            marks = {}
             for seg in done:
-                boxes.update({seg.start + i: b for i, b in enumerate(seg.boxes)})
-            open_start, open_boxes = tracker.open_boxes()
-            boxes.update({open_start + i: b for i, b in enumerate(open_boxes)})
+                marks.update({seg.start + i: lm for i, lm in enumerate(seg.landmarks)})
+            open_start, open_marks = tracker.open_landmarks()
+            marks.update({open_start + i: lm for i, lm in enumerate(open_marks)})
             for i, frame in enumerate(chunk):
-                if t0 + i in boxes:
-                    cache.add(t0 + i, frame, boxes[t0 + i])
+                if t0 + i in marks:
+                    cache.add(t0 + i, frame, marks[t0 + i])
             t0 += len(chunk)
             hw = chunk.shape[1:3]
             out = [align_segment(seg.start, seg.landmarks, seg.scores, cache, hw, cfg.align.crop_size,
                                  cfg.align.smooth_window) for seg in done]
-            cache.drop_before(open_start if len(open_boxes) else t0)
+            cache.drop_before(open_start if len(open_marks) else t0)
         yield from out
     with stages("track"):
         done = tracker.finish()

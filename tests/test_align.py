@@ -244,3 +244,47 @@ def test_antialiased_warp_is_geometrically_exact():
     np.testing.assert_array_equal(
         align.warp_face(img, a1),
         cv2.warpAffine(img, a1, (192, 192), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
+
+
+def test_region_cache_crops_match_full_frame_warps(data_dir):
+    """Preprocessing keeps only each tracked frame's quad region (block-averaged by a whole factor
+    when the face is >= ~2x the crop): its crops must match warping the whole frame."""
+    from preprocess import media, video
+    from preprocess.assemble import RegionCache, align_segment, shrink_factor
+    from preprocess.landmarks import get_backend
+
+    backend = get_backend("dlib")
+    for clip, k_expected in (("00015.mp4", 1), ("retalking_face5.mp4", 2)):
+        path = data_dir / clip
+        frames = video.read_frames(path)[:60]
+        tracker = FaceTracker(backend, TrackerConfig(min_segment_frames=1))
+        seg = (tracker.update(frames) + tracker.finish())[0]
+        cache = RegionCache()
+        for i, lm in enumerate(seg.landmarks):
+            cache.add(seg.start + i, frames[seg.start + i], lm)
+        quad_side = np.linalg.norm(np.diff(align.ffhq_quad(seg.landmarks[0])[[0, 3]], axis=0))
+        assert shrink_factor(float(quad_side), 192) == k_expected
+        # memory: about the quad's bounding box, never the frame
+        assert cache.nbytes() / len(cache) < 0.5 * frames[0].nbytes or frames.shape[1] <= 224
+        out = align_segment(seg.start, seg.landmarks, seg.scores, cache, frames.shape[1:3])
+        ref = np.stack([align.warp_face(frames[seg.start + i], out.affines[i].astype(np.float64))
+                        for i in range(len(out))])
+        d = np.abs(ref.astype(int) - out.crops)
+        print(f"\n[align] {clip}: cached-region crops vs full-frame warps, mean |diff| {d.mean():.2f}, "
+              f"p99 {np.percentile(d, 99):.0f}, k={k_expected}")
+        if k_expected == 1:
+            assert d.max() == 0  # the same pixels, the same warp
+        else:  # block average + bilinear vs one area resize + bilinear: both anti-aliased
+            assert d.mean() < 1.5 and np.percentile(d, 99) <= 12
+
+
+def test_shrink_factor_never_loses_more_than_ten_percent_detail():
+    from preprocess.assemble import shrink_factor
+
+    for quad_side in np.linspace(100, 3000, 400):
+        k = shrink_factor(quad_side, 192)
+        f = quad_side / 192
+        assert k >= 1 and k / max(f, 1.0) <= 1.1 + 1e-9  # warp scale after shrinking stays <= 1.1
+        if f >= 1:  # never shrinks more than the crop needs; what is left (scale < 0.8) warp_face anti-aliases
+            assert k / f > 0.5
+            assert (0.8 <= k / f) or k == int(np.floor(f))
