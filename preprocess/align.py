@@ -25,28 +25,32 @@ CANONICAL_EYE_MID = (95.5, 95.5 - CROP_SIZE * 0.1 / 3.6)     # (95.5, 90.17)
 CANONICAL_MOUTH_MID = (95.5, 95.5 + CROP_SIZE * 0.9 / 3.6)   # (95.5, 143.5)
 
 
+def ffhq_quads(landmarks: np.ndarray) -> np.ndarray:
+    """Per-frame FFHQ alignment quads (the FFHQ reference script's recipe, vectorised over frames).
+    (T, 68, 2) -> (T, 4, 2) float64."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.ndim != 3 or lm.shape[1:] != (68, 2):
+        raise ValueError(f"Expected landmarks of shape (T, 68, 2). Got {lm.shape}.")
+    eye_left = lm[:, 36:42].mean(axis=1)
+    eye_right = lm[:, 42:48].mean(axis=1)
+    eye_avg = (eye_left + eye_right) * 0.5
+    eye_to_eye = eye_right - eye_left
+    mouth_avg = (lm[:, 48] + lm[:, 54]) * 0.5
+    eye_to_mouth = mouth_avg - eye_avg
+    x = eye_to_eye - eye_to_mouth[:, ::-1] * [-1, 1]       # np.flipud of each 2-vector
+    x /= np.hypot(x[:, 0], x[:, 1])[:, None]
+    x *= np.maximum(np.hypot(*eye_to_eye.T) * 2.0, np.hypot(*eye_to_mouth.T) * 1.8)[:, None]
+    y = x[:, ::-1] * [-1, 1]
+    c = eye_avg + eye_to_mouth * 0.1
+    return np.stack([c - x - y, c - x + y, c + x + y, c + x - y], axis=1)
+
+
 def ffhq_quad(landmarks: np.ndarray) -> np.ndarray:
     """FFHQ alignment quad for one frame's 68 landmarks. (68, 2) -> (4, 2) float64."""
     lm = np.asarray(landmarks, dtype=np.float64)
     if lm.shape != (68, 2):
         raise ValueError(f"Expected landmarks of shape (68, 2). Got {lm.shape}.")
-    eye_left = lm[36:42].mean(axis=0)
-    eye_right = lm[42:48].mean(axis=0)
-    eye_avg = (eye_left + eye_right) * 0.5
-    eye_to_eye = eye_right - eye_left
-    mouth_avg = (lm[48] + lm[54]) * 0.5
-    eye_to_mouth = mouth_avg - eye_avg
-    x = eye_to_eye - np.flipud(eye_to_mouth) * [-1, 1]
-    x /= np.hypot(*x)
-    x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
-    y = np.flipud(x) * [-1, 1]
-    c = eye_avg + eye_to_mouth * 0.1
-    return np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
-
-
-def ffhq_quads(landmarks: np.ndarray) -> np.ndarray:
-    """Per-frame quads. (T, 68, 2) -> (T, 4, 2)."""
-    return np.stack([ffhq_quad(lm) for lm in np.asarray(landmarks)])
+    return ffhq_quads(lm[None])[0]
 
 
 def smooth_quads(quads: np.ndarray, window: int = 5, follow_px: float | None = None,

@@ -121,14 +121,19 @@ class AlignedSegment:
         return len(self.crops)
 
 
-def outside_fraction(affine: np.ndarray, hw: tuple[int, int], size: int) -> float:
-    """Fraction of the crop square whose source pixels fall outside the frame (sampled 16×16)."""
+def outside_fraction(affines: np.ndarray, hw: tuple[int, int], size: int) -> np.ndarray:
+    """Per frame, the fraction of the crop square whose source pixels fall outside the frame
+    (sampled 16×16). (T, 2, 3) source->crop affines -> (T,)."""
+    a = np.asarray(affines, dtype=np.float64).reshape(-1, 2, 3)
     g = (np.arange(16) + 0.5) * size / 16 - 0.5
     pts = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
-    src = align.apply_affine(align.invert_affine(affine), pts)
+    lin = a[:, :, :2]
+    inv = np.linalg.inv(lin)                                   # crop -> source, per frame
+    src = np.einsum("tij,pj->tpi", inv, pts) - np.einsum("tij,tj->ti", inv, a[:, :, 2])[:, None]
     h, w = hw
-    inside = (src[:, 0] >= -0.5) & (src[:, 0] <= w - 0.5) & (src[:, 1] >= -0.5) & (src[:, 1] <= h - 0.5)
-    return float(1.0 - inside.mean())
+    inside = ((src[..., 0] >= -0.5) & (src[..., 0] <= w - 0.5) &
+              (src[..., 1] >= -0.5) & (src[..., 1] <= h - 0.5))
+    return 1.0 - inside.mean(axis=1)
 
 
 def align_segment(start: int, landmarks: np.ndarray, scores: np.ndarray, cache: RegionCache,
@@ -136,8 +141,8 @@ def align_segment(start: int, landmarks: np.ndarray, scores: np.ndarray, cache: 
     """Smooth the segment's FFHQ quads over time and warp each cached frame to size×size."""
     affines = align.segment_affines(landmarks, smooth_window, size=size).astype(np.float64)
     crops = np.stack([warp_region(cache.get(start + i), affines[i], size) for i in range(len(affines))])
-    crop_lm = np.stack([align.apply_affine(affines[i], landmarks[i]) for i in range(len(affines))])
-    outside = np.array([outside_fraction(a, frame_hw, size) for a in affines])
+    lm = np.asarray(landmarks, dtype=np.float64)
+    crop_lm = np.einsum("tij,tkj->tki", affines[:, :, :2], lm) + affines[:, None, :, 2]
     return AlignedSegment(start=start, crops=crops, landmarks=crop_lm.astype(np.float32),
                           affines=affines.astype(np.float32), scores=np.asarray(scores, np.float32),
-                          outside=outside)
+                          outside=outside_fraction(affines, frame_hw, size))
