@@ -1,7 +1,23 @@
-"""Probe media files with ffprobe, and the typed error every media stage raises.
+"""Probe media files (PyAV, else ffprobe), and the typed error every media stage raises.
 
-``probe(path)`` reads container/stream headers only (no decoding, ~40 ms) and returns a frozen
+``probe(path)`` reads container/stream headers only (no decoding) and returns a frozen
 :class:`MediaInfo`. Decoding lives in ``preprocess.video`` and ``preprocess.audio``.
+
+Two backends fill the same ffprobe-shaped record (``{"streams": [...], "format": {...}}``, the
+fields of ``ffprobe -show_streams -show_format -print_format json``), which one function,
+``_info_from_probe``, turns into a :class:`MediaInfo`, so both follow every convention below:
+
+- ``"pyav"``: libavformat in-process through PyAV (~2 ms; no process start). Times are formatted
+  the way ffprobe prints them (``%f`` of ``ts * time_base``, so rounded to 1 µs), rationals as
+  ffprobe's ``"num/den"``, absent values (``N/A``) left out.
+- ``"ffprobe"``: the ``ffprobe`` CLI (~60-70 ms, mostly process start).
+- ``"auto"`` (default): PyAV, and ffprobe whenever PyAV cannot open or parse the file or its
+  answer lacks something ``MediaInfo`` needs (a stream PyAV has no decoder context for, an
+  unreadable display matrix, a zero size or sample rate), so every file ffprobe probes still
+  probes (a PyAV timeout is final: ffprobe would wait as long). The PyAV wheel bundles its own
+  FFmpeg (8.x here), which reads a few files differently from the system ffprobe (5.1 here);
+  tests/test_media_pyav.py checks that both agree field by field on every media file of the
+  test suite and lists the differences found (MP3 gapless duration, Opus-in-WebM start).
 
 Conventions (see SPEC "Media conventions"):
 
@@ -23,16 +39,18 @@ Conventions (see SPEC "Media conventions"):
   (which starts at 0); ``preprocess.audio.load_audio`` uses them to put audio sample 0 at the
   first video frame.
 
-File names are handed to ffmpeg as ``file:<absolute path>``, so no name (leading '-', quotes,
-``$(...)``, unicode, ':') is ever read as an option or a protocol.
+File names are handed to ffmpeg and PyAV as ``file:<absolute path>``, so no name (leading '-',
+quotes, ``$(...)``, unicode, ':') is ever read as an option or a protocol.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Optional
@@ -45,9 +63,11 @@ __all__ = [
     "ffmpeg_input",
     "ffmpeg_bin",
     "frames_at",
+    "PROBE_BACKENDS",
 ]
 
 PROBE_TIMEOUT_S = 120.0
+PROBE_BACKENDS = ("auto", "pyav", "ffprobe")
 STAGES = ("probe", "decode", "audio")
 _VFR_TOLERANCE = 0.01
 
@@ -82,7 +102,7 @@ class MediaError(Exception):
 
 @dataclass(frozen=True)
 class MediaInfo:
-    """What ffprobe says about a file (see the module docstring for each convention)."""
+    """What the probe says about a file (see the module docstring for each convention)."""
 
     path: str
     has_video: bool
@@ -201,14 +221,33 @@ def _is_cover(stream: dict) -> bool:
     return bool((stream.get("disposition") or {}).get("attached_pic"))
 
 
-def probe(path) -> MediaInfo:
-    """Probe a local file with ffprobe (headers only).
+def probe(path, backend: str = "auto") -> MediaInfo:
+    """Probe a local file (headers only) with PyAV or ffprobe; see the module docstring.
+
+    Args:
+        backend: 'auto' (PyAV, then ffprobe where PyAV fails or falls short), 'pyav' or 'ffprobe'.
 
     Raises:
-        MediaError(stage='probe'): reason 'not_found', 'zero_bytes', 'undecodable' (ffprobe
-            cannot parse the container), 'no_streams' or 'timeout'.
+        MediaError(stage='probe'): reason 'not_found', 'zero_bytes', 'undecodable' (the
+            container cannot be parsed), 'no_streams' or 'timeout'.
     """
+    if backend not in PROBE_BACKENDS:
+        raise ValueError(f"Expected backend in {PROBE_BACKENDS}. Got {backend!r}.")
     p = _check_file(path, "probe")
+    if backend != "ffprobe":
+        try:
+            return _info_from_probe(p, _probe_pyav(p))
+        except _PyAVShort as e:
+            if backend == "pyav":
+                raise MediaError("probe", "undecodable", f"PyAV: {e}", p) from e
+        except MediaError as e:
+            if backend == "pyav" or e.reason == "timeout":
+                raise
+    return _info_from_probe(p, _probe_ffprobe(p))
+
+
+def _probe_ffprobe(p: str) -> dict:
+    """``ffprobe -show_format -show_streams`` of ``p`` as parsed JSON."""
     cmd = [ffmpeg_bin("ffprobe"), "-v", "error", "-hide_banner", "-print_format", "json",
            "-show_format", "-show_streams", ffmpeg_input(p)]
     try:
@@ -220,10 +259,158 @@ def probe(path) -> MediaInfo:
     if res.returncode != 0:
         raise MediaError("probe", "undecodable", _stderr_tail(err) or "ffprobe failed", p)
     try:
-        data = json.loads(res.stdout.decode("utf-8", "replace") or "{}")
+        return json.loads(res.stdout.decode("utf-8", "replace") or "{}")
     except json.JSONDecodeError as e:
         raise MediaError("probe", "undecodable", f"unreadable ffprobe output: {e}", p) from e
-    return _info_from_probe(p, data)
+
+
+# ----------------------------------------------------------------------------- PyAV probe
+class _PyAVShort(Exception):
+    """The PyAV path cannot give what the CLI would here (``probe``: a field MediaInfo needs;
+    ``load_audio``: an exact copy of the CLI's chain); backend='auto' falls back to the CLI."""
+
+
+_AV_TIME_BASE = Fraction(1, 1_000_000)
+_DUMP_LOCK = threading.Lock()
+_DUMP_STREAM = re.compile(r"^\s*Stream #\d+:(\d+)")
+_DUMP_SECTION = re.compile(r"^\s*(?:Program|Stream group|Chapters?)\b")
+_DUMP_ROTATION = re.compile(r"^\s+display ?matrix:\s*rotation of\s+(\S+)\s+degrees", re.I)
+
+
+def _ff_time(ts: Optional[int], time_base) -> Optional[str]:
+    """ffprobe's ``print_time``: ``"%f"`` of ``ts * av_q2d(time_base)``; None for AV_NOPTS_VALUE."""
+    if ts is None or time_base is None:
+        return None
+    return "%f" % (ts * (time_base.numerator / time_base.denominator))
+
+
+def _ff_q(q) -> str:
+    """ffprobe's ``print_q(..., '/')``; PyAV maps 0/x and x/0 to None, ffprobe prints them."""
+    return f"{q.numerator}/{q.denominator}" if q else "0/0"
+
+
+def _dump_rotations(container) -> dict[int, float]:
+    """Counter-clockwise display-matrix rotation per stream index, as ``av_dump_format`` logs it.
+
+    PyAV 18 has no getter for a stream's coded side data, so the rotation is read from the
+    ``Side data: Display Matrix: rotation of X degrees`` line that libavformat's own dump prints
+    (the value of ``av_display_rotation_get``, the function ffprobe's ``side_data_list`` uses).
+    Capturing the dump means turning PyAV's log callback on for ~0.1 ms; a lock keeps
+    concurrent probes from switching it off under each other, and the previous level is restored.
+    Raises _PyAVShort when the dump does not name every stream (capture failed).
+    """
+    import av.logging
+
+    with _DUMP_LOCK:
+        level, skip = av.logging.get_level(), av.logging.get_skip_repeated()
+        if level is None or level < av.logging.INFO:
+            av.logging.set_level(av.logging.INFO)
+        av.logging.set_skip_repeated(False)
+        try:
+            text = container.dumps_format()
+        finally:
+            av.logging.set_skip_repeated(skip)
+            if level is None or level < av.logging.INFO:
+                av.logging.set_level(level)
+    seen: set = set()
+    rotations: dict[int, float] = {}
+    current: Optional[int] = None
+    for line in text.splitlines():
+        m = _DUMP_STREAM.match(line)
+        if m:
+            current = int(m.group(1))
+            seen.add(current)
+            continue
+        if _DUMP_SECTION.match(line):
+            current = None
+            continue
+        m = _DUMP_ROTATION.match(line)
+        if m and current is not None and current not in rotations:
+            try:
+                ccw = float(m.group(1))
+            except ValueError:
+                raise _PyAVShort(f"unreadable display matrix: {line.strip()!r}") from None
+            if not math.isfinite(ccw):
+                raise _PyAVShort(f"degenerate display matrix: {line.strip()!r}")
+            rotations[current] = ccw
+    missing = {s.index for s in container.streams} - seen
+    if missing:
+        raise _PyAVShort(f"stream(s) {sorted(missing)} missing from the format dump")
+    return rotations
+
+
+def _probe_pyav(p: str) -> dict:
+    """The ffprobe JSON fields ``_info_from_probe`` reads, filled from PyAV (see ``_probe_ffprobe``).
+
+    Raises:
+        MediaError(stage='probe'): 'undecodable' (libavformat cannot open/parse the file) or
+            'timeout'.
+        _PyAVShort: opened, but a video/audio stream lacks something MediaInfo needs.
+    """
+    try:
+        import av
+    except ImportError as e:  # no PyAV: ffprobe only
+        raise _PyAVShort(f"PyAV unavailable: {e}") from e
+    try:
+        container = av.open(ffmpeg_input(p), metadata_errors="replace", timeout=PROBE_TIMEOUT_S)
+    except av.error.ExitError as e:  # the interrupt callback: open/find_stream_info ran over
+        raise MediaError("probe", "timeout", f"PyAV ran over {PROBE_TIMEOUT_S:.0f} s", p) from e
+    except (av.error.FFmpegError, OSError, ValueError, UnicodeError) as e:
+        raise MediaError("probe", "undecodable", str(e) or type(e).__name__, p) from e
+    with container:
+        try:
+            return _pyav_fields(av, container)
+        except (av.error.FFmpegError, ValueError, UnicodeError) as e:
+            raise _PyAVShort(f"{type(e).__name__}: {e}") from e
+
+
+def _pyav_fields(av, container) -> dict:
+    """``_probe_pyav``'s record from an open PyAV input container."""
+    need_dump = False
+    streams = []
+    for st in container.streams:
+        kind = st.type
+        d: dict = {"index": st.index, "codec_type": kind,
+                   "disposition": {"attached_pic": int(bool(
+                       st.disposition & av.stream.Disposition.attached_pic))},
+                   "tags": dict(st.metadata)}
+        tb = st.time_base
+        for key, value in (("start_time", _ff_time(st.start_time, tb)),
+                           ("duration", _ff_time(st.duration, tb))):
+            if value is not None:
+                d[key] = value
+        if kind in ("video", "audio"):
+            cc = st.codec_context
+            if cc is None:
+                raise _PyAVShort(f"no decoder context for {kind} stream {st.index}")
+            d["codec_name"] = cc.codec.canonical_name
+            if st.frames:
+                d["nb_frames"] = str(st.frames)
+        if kind == "video":
+            if not (cc.width and cc.height):
+                raise _PyAVShort(f"video stream {st.index} has no size")
+            d.update(width=cc.width, height=cc.height,
+                     r_frame_rate=_ff_q(st.base_rate), avg_frame_rate=_ff_q(st.average_rate))
+            if cc.pix_fmt:
+                d["pix_fmt"] = cc.pix_fmt
+            need_dump = need_dump or not d["disposition"]["attached_pic"]
+        elif kind == "audio":
+            if not (cc.sample_rate and cc.channels):
+                raise _PyAVShort(f"audio stream {st.index} has no sample rate/channels")
+            d.update(sample_rate=str(cc.sample_rate), channels=cc.channels)
+        streams.append(d)
+    if need_dump:
+        for index, ccw in _dump_rotations(container).items():
+            streams[index]["side_data_list"] = [{"rotation": int(ccw)}]  # ffprobe's print_int
+    fmt: dict = {"format_name": container.format.name}
+    for key, value in (("start_time", _ff_time(container.start_time, _AV_TIME_BASE)),
+                       ("duration", _ff_time(container.duration, _AV_TIME_BASE))):
+        if value is not None:
+            fmt[key] = value
+    size = container.size
+    if size is not None and size >= 0:
+        fmt["size"] = str(size)
+    return {"streams": streams, "format": fmt}
 
 
 def _info_from_probe(path: str, data: dict) -> MediaInfo:
