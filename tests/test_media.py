@@ -19,15 +19,16 @@ CLIP_S = 6.96  # 00015.mp4
 
 
 # ------------------------------------------------------------------------------------- probe
-def test_probe_real_clips(data_dir):
-    i = probe(data_dir / "00015.mp4")
+@pytest.mark.parametrize("backend", ["pyav", "ffprobe"])  # tests/test_media_pyav.py: they agree
+def test_probe_real_clips(data_dir, backend):
+    i = probe(data_dir / "00015.mp4", backend=backend)
     assert (i.width, i.height, i.rotation, i.fps, i.is_vfr) == (224, 224, 0, 25.0, False)
     assert i.duration_s == pytest.approx(CLIP_S) and i.n_frames_25 == 174
     assert (i.video_codec, i.pix_fmt, i.has_audio, i.audio_rate, i.audio_channels) == \
         ("h264", "yuv420p", True, 16000, 1)
-    lp = probe(data_dir / "liveportrait_d12.mp4")
+    lp = probe(data_dir / "liveportrait_d12.mp4", backend=backend)
     assert (lp.width, lp.audio_rate, lp.audio_channels, lp.n_frames_25) == (512, 44100, 2, 183)
-    wav = probe(data_dir / "david4.wav")
+    wav = probe(data_dir / "david4.wav", backend=backend)
     assert (wav.has_video, wav.has_audio, wav.audio_rate, wav.n_frames_25) == (False, True, 8000, 0)
     assert wav.duration_s == pytest.approx(30.0)
     assert video.frame_count_25(i) == 174 and video.frame_count(i, 30) == round(CLIP_S * 30)
@@ -171,25 +172,27 @@ def test_max_side_and_early_close(data_dir):
 
 
 # ------------------------------------------------------------------------------------- audio
-def test_load_audio_rates_and_channels(data_dir, media):
-    a = audio.load_audio(data_dir / "00015.mp4")
+@pytest.mark.parametrize("backend", ["pyav", "ffmpeg"])  # tests/test_media_pyav.py: they agree
+def test_load_audio_rates_and_channels(data_dir, media, backend):
+    a = audio.load_audio(data_dir / "00015.mp4", backend=backend)
     assert a.dtype == np.float32 and a.ndim == 1 and np.abs(a).max() <= 1.0
     assert abs(len(a) - CLIP_S * 16000) <= 1024  # AAC ends on a 1024-sample frame
-    w = audio.load_audio(data_dir / "david4.wav")  # 8 kHz mono
+    w = audio.load_audio(data_dir / "david4.wav", backend=backend)  # 8 kHz mono
     assert len(w) == 30 * 16000
-    s = audio.load_audio(data_dir / "liveportrait_d12.mp4")  # 44.1 kHz stereo
+    s = audio.load_audio(data_dir / "liveportrait_d12.mp4", backend=backend)  # 44.1 kHz stereo
     assert abs(len(s) - probe(data_dir / "liveportrait_d12.mp4").audio_duration_s * 16000) <= 1024
     # stereo → mean of channels; a 44.1 kHz stereo wav of the 16 kHz clip matches the mono decode
-    st = audio.load_audio(media.wav(44100, 2))
+    st = audio.load_audio(media.wav(44100, 2), backend=backend)
     assert abs(len(st) - len(a)) <= 1024
     n = min(len(st), len(a)) - 2000
     assert np.corrcoef(st[1000:n], a[1000:n])[0, 1] > 0.99
     with pytest.raises(MediaError) as e:
-        audio.load_audio(media.video_only())
+        audio.load_audio(media.video_only(), backend=backend)
     assert (e.value.stage, e.value.reason) == ("audio", "no_audio_stream")
 
 
-def test_audio_sample_zero_is_first_video_frame(data_dir, tmp_path):
+@pytest.mark.parametrize("backend", ["pyav", "ffmpeg"])
+def test_audio_sample_zero_is_first_video_frame(data_dir, tmp_path, backend):
     """A file whose video starts 0.2 s after its audio: sample 0 = first video frame's time."""
     src = data_dir / "00015.mp4"
     off = tmp_path / "late_video.mp4"
@@ -197,8 +200,8 @@ def test_audio_sample_zero_is_first_video_frame(data_dir, tmp_path):
            "-map", "0:a", "-t", "3", "-c", "copy", f"file:{off}")
     info = probe(off)
     assert info.video_start_s == pytest.approx(0.2, abs=1e-3)
-    aligned = audio.load_audio(off, info=info)
-    raw = audio.load_audio(off, info=info, align_to_video=False)
+    aligned = audio.load_audio(off, info=info, backend=backend)
+    raw = audio.load_audio(off, info=info, align_to_video=False, backend=backend)
     assert len(raw) - len(aligned) == 3200
     assert np.array_equal(aligned[:1000], raw[3200:4200])
 
