@@ -117,7 +117,7 @@ def apply_affine(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def warp_face(frame: np.ndarray, affine: np.ndarray, size: int = CROP_SIZE,
-              border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
+              border: int = cv2.BORDER_REPLICATE, out: np.ndarray | None = None) -> np.ndarray:
     """Warp one frame to a size×size crop with a source→crop affine, anti-aliased when shrinking.
 
     When the crop is smaller than the face in the source (scale < 1), the covering region of the
@@ -127,7 +127,7 @@ def warp_face(frame: np.ndarray, affine: np.ndarray, size: int = CROP_SIZE,
     a = np.asarray(affine, dtype=np.float64)
     scale = float(np.sqrt(abs(np.linalg.det(a[:, :2]))))
     if scale >= 0.8:
-        return cv2.warpAffine(frame, a, (size, size), flags=cv2.INTER_LINEAR, borderMode=border)
+        return cv2.warpAffine(frame, a, (size, size), dst=out, flags=cv2.INTER_LINEAR, borderMode=border)
     h, w = frame.shape[:2]
     corners = apply_affine(invert_affine(a), np.array([[-0.5, -0.5], [-0.5, size - 0.5],
                                                        [size - 0.5, size - 0.5], [size - 0.5, -0.5]]))
@@ -135,7 +135,7 @@ def warp_face(frame: np.ndarray, affine: np.ndarray, size: int = CROP_SIZE,
     x1, y1 = np.ceil(corners.max(axis=0)).astype(int) + 2
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     if x1 - x0 < 2 or y1 - y0 < 2:  # crop entirely outside the frame: plain warp replicates edges
-        return cv2.warpAffine(frame, a, (size, size), flags=cv2.INTER_LINEAR, borderMode=border)
+        return cv2.warpAffine(frame, a, (size, size), dst=out, flags=cv2.INTER_LINEAR, borderMode=border)
     region = frame[y0:y1, x0:x1]
     rw = max(1, int(round((x1 - x0) * scale)))
     rh = max(1, int(round((y1 - y0) * scale)))
@@ -145,7 +145,7 @@ def warp_face(frame: np.ndarray, affine: np.ndarray, size: int = CROP_SIZE,
     to_small = np.array([[sx, 0, (0.5 * sx - 0.5) - x0 * sx], [0, sy, (0.5 * sy - 0.5) - y0 * sy]])
     a_small = a[:, :2] @ np.linalg.inv(to_small[:, :2])
     b_small = a[:, 2] - a_small @ to_small[:, 2]
-    return cv2.warpAffine(small, np.hstack([a_small, b_small[:, None]]), (size, size),
+    return cv2.warpAffine(small, np.hstack([a_small, b_small[:, None]]), (size, size), dst=out,
                           flags=cv2.INTER_LINEAR, borderMode=border)
 
 

@@ -101,11 +101,12 @@ class RegionCache:
             self._regions.pop(k, None)
 
 
-def warp_region(region: Region, affine: np.ndarray, size: int) -> np.ndarray:
-    """Warp a cached region with a source->crop affine (composed with the region's own map)."""
+def warp_region(region: Region, affine: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Warp a cached region with a source->crop affine (composed with the region's own map),
+    into ``out`` (a (size, size, 3) uint8 array) when given."""
     a = np.vstack([np.asarray(affine, np.float64), [0, 0, 1]])
     m = a @ np.linalg.inv(region.to_region())
-    return align.warp_face(region.image, m[:2], size)
+    return align.warp_face(region.image, m[:2], size, out=out)
 
 
 @dataclass
@@ -140,7 +141,9 @@ def align_segment(start: int, landmarks: np.ndarray, scores: np.ndarray, cache: 
                   frame_hw: tuple[int, int], size: int = align.CROP_SIZE, smooth_window: int = 5) -> AlignedSegment:
     """Smooth the segment's FFHQ quads over time and warp each cached frame to size×size."""
     affines = align.segment_affines(landmarks, smooth_window, size=size).astype(np.float64)
-    crops = np.stack([warp_region(cache.get(start + i), affines[i], size) for i in range(len(affines))])
+    crops = np.empty((len(affines), size, size, 3), np.uint8)
+    for i in range(len(affines)):
+        warp_region(cache.get(start + i), affines[i], size, out=crops[i])
     lm = np.asarray(landmarks, dtype=np.float64)
     crop_lm = np.einsum("tij,tkj->tki", affines[:, :, :2], lm) + affines[:, None, :, 2]
     return AlignedSegment(start=start, crops=crops, landmarks=crop_lm.astype(np.float32),

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 class DecodeConfig:
     fps: int = 25
     chunk: int = 64              # frames per decoded chunk (memory: chunk × H × W × 3 bytes) ...
-    chunk_mib: int = 64          # ... and at most this many MiB of frames per chunk (1080p: 10)
+    chunk_mib: int = 16          # ... and at most this many MiB of frames per chunk (512²: 21, 1080p: 2);
+    #                              under glibc's 32 MiB mmap threshold, chunk buffers are reused, not page-faulted anew
     # auto (PyAV in-process, the ffmpeg pipe when PyAV fails) | pyav | ffmpeg | decord. Not decord
     # by default: decord 0.6 decodes ahead of its reader without bound (4 GiB held after 40 s of
     # 1080p, dmlc/decord#208); PyAV and the pipe hold one chunk

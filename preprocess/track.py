@@ -58,8 +58,10 @@ class TrackerConfig:
     redetect_every: int = 5          # frames between re-detections while tracking (0: only on jumps)
     roi_margin: float = 0.5          # re-detection region: tracked box grown by this × side per side
     roi_face_px: float | None = None  # face side at re-detection working size (None: 1.5 × min_face_px)
+    confirm_margin: float | None = 0.25  # steady track, periodic re-detection: first a region this tight
+    confirm_face_px: float | None = None  # ... with the face this size (None: 1.2 × min_face_px)
     motion_redetect: float = 0.15    # centre motion per frame, in box sides, that forces re-detection
-    refit_motion: float | None = 0.04  # box motion per frame, in box sides, that re-fits from the moved box
+    refit_motion: float | None = 0.06  # box motion per frame, in box sides, that re-fits from the moved box
     scale_redetect: float = 0.08     # |log size ratio| per frame that forces re-detection
     iou_min: float = 0.4             # a re-detection overlapping the tracked box this much continues it
     near_max: float = 0.75           # ... or, failing that, a same-size face this close (box sides)
@@ -115,6 +117,7 @@ class TrackerStats:
     segments: int = 0
     short_segments_dropped: int = 0
     frames_dropped: int = 0     # tracked frames discarded (lost face, short segment)
+    repeats: int = 0            # frames identical to the previous one, given its result
 
 
 def _lm_frame(lm: np.ndarray) -> tuple[np.ndarray, float]:
@@ -189,6 +192,7 @@ class FaceTracker:
         self._track: _Track | None = None
         self._seg: _Segment | None = None
         self._search_wait = 0
+        self._prev_frame: np.ndarray | None = None  # the last frame processed (a view, not a copy)
         self._out: list[FaceSegment] = []
         self._finished = False
 
@@ -243,17 +247,23 @@ class FaceTracker:
     # ---- per frame ----------------------------------------------------------------------------
     def _step(self, frame: np.ndarray) -> None:
         cfg = self.config
-        hist = self._histogram(frame)
-        if self._prev_hist is not None and \
-                cv2.compareHist(self._prev_hist, hist, cv2.HISTCMP_BHATTACHARYYA) > cfg.cut_threshold:
-            self.stats.cuts += 1
-            if self._track is not None:
-                self._end_track(END_CUT)
-            self._search_wait = 0
-        self._prev_hist = hist
+        # a repeated frame (a source under 25 fps, or a freeze) keeps the previous frame's
+        # landmarks without a fit; re-detection runs on schedule as on any frame
+        repeat = self._track is not None and self._repeats(frame)
+        if repeat:
+            self.stats.repeats += 1
+        else:
+            hist = self._histogram(frame)
+            if self._prev_hist is not None and \
+                    cv2.compareHist(self._prev_hist, hist, cv2.HISTCMP_BHATTACHARYYA) > cfg.cut_threshold:
+                self.stats.cuts += 1
+                if self._track is not None:
+                    self._end_track(END_CUT)
+                self._search_wait = 0
+            self._prev_hist = hist
 
         if self._track is not None:
-            self._follow(frame)
+            self._follow(frame, repeat)
         if self._track is None:  # not tracking, or the track just ended with a jump
             if self._search_wait <= 0:
                 dets = self._search(frame)
@@ -265,25 +275,47 @@ class FaceTracker:
                 self._search_wait -= 1
         self._t += 1
         self.stats.frames += 1
+        self._prev_frame = frame
 
-    def _follow(self, frame: np.ndarray) -> None:
+    def _repeats(self, frame: np.ndarray) -> bool:
+        """Whether ``frame`` is pixel-identical to the previous frame (a cheap strided sample
+        first, so that a changed frame costs microseconds)."""
+        prev = self._prev_frame
+        if prev is None or prev.shape != frame.shape:
+            return False
+        return bool(np.array_equal(prev[::17, ::17], frame[::17, ::17]) and np.array_equal(prev, frame))
+
+    def _follow(self, frame: np.ndarray, repeat: bool = False) -> None:
         cfg, tr = self.config, self._track
-        box_pred = _box_from(tr.mapping, tr.landmarks)
-        lm = self._fit(frame, box_pred)
-        box = _box_from(tr.mapping, lm)
-        if cfg.refit_motion is not None and \
-                np.abs(box[:2] + box[2:] - box_pred[:2] - box_pred[2:]).max() / 2 > cfg.refit_motion * _side(box_pred):
-            lm = self._fit(frame, box)
+        if repeat:  # the same image as the previous frame: its landmarks stand
+            lm, box, box_pred, jumped = tr.landmarks, tr.box, tr.box, False
+        else:
+            box_pred = _box_from(tr.mapping, tr.landmarks)
+            lm = self._fit(frame, box_pred)
             box = _box_from(tr.mapping, lm)
-        (c0, s0), (c1, s1) = _lm_frame(tr.landmarks), _lm_frame(lm)
-        jumped = (np.hypot(*(c1 - c0)) / _side(box_pred) > cfg.motion_redetect
-                  or abs(np.log(max(s1, 1e-6) / max(s0, 1e-6))) > cfg.scale_redetect)
+            if cfg.refit_motion is not None and np.abs(box[:2] + box[2:] - box_pred[:2] - box_pred[2:]).max() / 2 \
+                    > cfg.refit_motion * _side(box_pred):
+                lm = self._fit(frame, box)
+                box = _box_from(tr.mapping, lm)
+            (c0, s0), (c1, s1) = _lm_frame(tr.landmarks), _lm_frame(lm)
+            jumped = (np.hypot(*(c1 - c0)) / _side(box_pred) > cfg.motion_redetect
+                      or abs(np.log(max(s1, 1e-6) / max(s0, 1e-6))) > cfg.scale_redetect)
         tr.since_detection += 1
         confirmed = False
         due = cfg.redetect_every > 0 and tr.since_detection >= cfg.redetect_every
         if jumped or due or tr.misses > 0:
-            dets = self._redetect(frame, box)
-            best, near = self._match(dets, (box, box_pred, tr.det_box))
+            best = None
+            if not jumped and tr.misses == 0 and cfg.confirm_margin is not None:
+                # a steady track only needs confirming: a tight region with the face just above the
+                # detector's minimum costs a third of the wide one; anything else takes the wide one
+                face_px = cfg.confirm_face_px or 1.2 * self.backend.min_face_px
+                dets = self._redetect(frame, box, cfg.confirm_margin, face_px, fallback=False)
+                best, near = self._match(dets, (box, box_pred, tr.det_box))
+                if near:
+                    best = None
+            if best is None:
+                dets = self._redetect(frame, box)
+                best, near = self._match(dets, (box, box_pred, tr.det_box))
             if best is not None:
                 det_box = np.asarray(best.box, dtype=np.float64)
                 if jumped or near or tr.misses > 0:  # the fit is suspect: restart from the detection
@@ -400,17 +432,21 @@ class FaceTracker:
         scale = search_scale(h, w, self.backend.min_face_px, self.config.min_face_frac)
         return self._detect(frame, scale)
 
-    def _redetect(self, frame: np.ndarray, box: np.ndarray) -> list[Detection]:
+    def _redetect(self, frame: np.ndarray, box: np.ndarray, margin: float | None = None,
+                  face_px: float | None = None, fallback: bool = True) -> list[Detection]:
+        """Detections in the region ``box`` grown by ``margin`` (default ``roi_margin``) sides per
+        side, shrunk so the face is ``face_px`` (default ``roi_face_px``); with ``fallback``, the
+        full-frame search when the region has none."""
         cfg = self.config
         self.stats.redetections += 1
         h, w = frame.shape[:2]
         side = _side(box)
-        m = cfg.roi_margin * side
+        m = (cfg.roi_margin if margin is None else margin) * side
         x0, y0 = max(0, int(np.floor(box[0] - m))), max(0, int(np.floor(box[1] - m)))
         x1, y1 = min(w, int(np.ceil(box[2] + m))), min(h, int(np.ceil(box[3] + m)))
         dets: list[Detection] = []
         if x1 - x0 >= 8 and y1 - y0 >= 8:
-            target = cfg.roi_face_px or 1.5 * self.backend.min_face_px
+            target = face_px or cfg.roi_face_px or 1.5 * self.backend.min_face_px
             scale = min(1.0, target / side)
             # a face cut by the region's edge (not the frame's) gets a truncated box: drop it and
             # let the full-frame search find the whole face
@@ -420,7 +456,7 @@ class FaceTracker:
             dets = [d for d in self._detect(frame[y0:y1, x0:x1], scale, (x0, y0))
                     if d.box[0] - 0.5 > lo[0] and d.box[1] - 0.5 > lo[1]
                     and d.box[2] + 0.5 < hi[0] and d.box[3] + 0.5 < hi[1]]
-        return dets or self._search(frame)
+        return dets or (self._search(frame) if fallback else [])
 
     def _histogram(self, frame: np.ndarray) -> np.ndarray:
         # strided decimation to about cut_size² pixels: a colour histogram needs a sample of the
