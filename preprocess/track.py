@@ -305,9 +305,10 @@ class FaceTracker:
         due = cfg.redetect_every > 0 and tr.since_detection >= cfg.redetect_every
         if jumped or due or tr.misses > 0:
             best = None
-            if not jumped and tr.misses == 0 and cfg.confirm_margin is not None:
-                # a steady track only needs confirming: a tight region with the face just above the
-                # detector's minimum costs a third of the wide one; anything else takes the wide one
+            if tr.misses == 0 and cfg.confirm_margin is not None:
+                # a track whose fit is on the face only needs confirming: a tight region around the
+                # fitted box, with the face just above the detector's minimum, costs a third of the
+                # wide one; a miss or a merely near detection there takes the wide one
                 face_px = cfg.confirm_face_px or 1.2 * self.backend.min_face_px
                 dets = self._redetect(frame, box, cfg.confirm_margin, face_px, fallback=False)
                 best, near = self._match(dets, (box, box_pred, tr.det_box))
