@@ -1,6 +1,6 @@
 """Time 25 fps decoding per backend: ``PYTHONPATH=. python bench/decode.py [FILE ...] [--max-side N]``.
 
-Prints frames, seconds and frames/s for each file and backend (decord, ffmpeg, auto), plus the
+Prints frames, seconds and frames/s for each file and backend (pyav, decord, ffmpeg, auto), plus the
 audio load + log-mel time. Defaults to the committed test clips. Not part of the tests.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ def bench(path: Path, max_side, chunk: int, repeat: int) -> None:
     info = probe(path)
     print(f"{path.name}: {info.width}x{info.height} {info.video_codec}/{info.pix_fmt} "
           f"{info.fps:.3f} fps vfr={info.is_vfr} rot={info.rotation} -> {info.n_frames_25} frames, "
-          f"auto picks {video.choose_backend(info, max_side)}")
-    for backend in ("decord", "ffmpeg", "auto"):
+          f"decord {'can' if video.choose_backend(info, max_side) == 'decord' else 'cannot'} read it; auto = pyav")
+    for backend in ("pyav", "decord", "ffmpeg", "auto"):
         best, n = float("inf"), 0
         try:
             for _ in range(repeat):

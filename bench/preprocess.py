@@ -272,7 +272,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeat", type=int, default=3, help="single-core runs per clip (best is shown)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="preprocess config override for the single-core section, e.g. "
-                         "faces.backend_args={fit_boxes: 1}")
+                         "faces.backend_args={fit_boxes: 5}")
     a = ap.parse_args(argv)
     if a.quick:
         a.long_minutes, a.short_minutes, a.baseline_frames, a.repeat = 0.5, 0.1, 25, 1

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 
 from preprocess.media import (MediaError, MediaInfo, ffmpeg_bin, ffmpeg_input, probe,
-                              _check_file, _PyAVShort, _stderr_tail)
+                              _check_file, _PyAVShort, _stderr_tail, pyav_or_cli)
 
 __all__ = ["SAMPLE_RATE", "MEL_PARAMS", "load_audio", "log_mel", "align_mel_to_frames",
            "mel_window", "mel_windows", "model_input", "ROWS_PER_FRAME", "WINDOW_ROWS"]
@@ -88,18 +88,8 @@ def load_audio(path, sr: int = SAMPLE_RATE, info: Optional[MediaInfo] = None,
     if not info.has_audio:
         raise MediaError("audio", "no_audio_stream", "no audio stream", p)
     channels = max(1, info.audio_channels or 1)
-    raw = None
-    if backend != "ffmpeg":
-        try:
-            raw = _decode_pyav(p, sr, info, channels)
-        except _PyAVShort as e:
-            if backend == "pyav":
-                raise MediaError("audio", "undecodable", f"PyAV: {e}", p) from e
-        except MediaError as e:
-            if backend == "pyav" or e.reason == "timeout":
-                raise
-    if raw is None:
-        raw = _decode_ffmpeg(p, sr, info, channels)
+    raw = pyav_or_cli(backend, "ffmpeg", "audio", p, lambda: _decode_pyav(p, sr, info, channels),
+                      lambda: _decode_ffmpeg(p, sr, info, channels))
     wav = raw.reshape(-1, channels)
     wav = wav[:, 0].copy() if channels == 1 else wav.mean(axis=1, dtype=np.float32)
     if align_to_video and info.has_video:

@@ -234,16 +234,24 @@ def probe(path, backend: str = "auto") -> MediaInfo:
     if backend not in PROBE_BACKENDS:
         raise ValueError(f"Expected backend in {PROBE_BACKENDS}. Got {backend!r}.")
     p = _check_file(path, "probe")
-    if backend != "ffprobe":
+    data = pyav_or_cli(backend, "ffprobe", "probe", p, lambda: _probe_pyav(p), lambda: _probe_ffprobe(p))
+    return _info_from_probe(p, data)
+
+
+def pyav_or_cli(backend: str, cli: str, stage: str, path: str, pyav_fn, cli_fn):
+    """``pyav_fn()`` unless ``backend == cli``; with 'auto', ``cli_fn()`` where PyAV falls short
+    (``_PyAVShort``) or fails with a MediaError other than a timeout (the CLI would wait as long).
+    With 'pyav', a shortfall is ``MediaError(stage, 'undecodable')`` and PyAV's errors are final."""
+    if backend != cli:
         try:
-            return _info_from_probe(p, _probe_pyav(p))
+            return pyav_fn()
         except _PyAVShort as e:
             if backend == "pyav":
-                raise MediaError("probe", "undecodable", f"PyAV: {e}", p) from e
+                raise MediaError(stage, "undecodable", f"PyAV: {e}", path) from e
         except MediaError as e:
             if backend == "pyav" or e.reason == "timeout":
                 raise
-    return _info_from_probe(p, _probe_ffprobe(p))
+    return cli_fn()
 
 
 def _probe_ffprobe(p: str) -> dict:

@@ -8,14 +8,21 @@ How it works (one :class:`FaceTracker` per video; feed it decoded RGB chunks in 
   detector's ``min_face_px`` (80 px for dlib's HOG window). With the defaults (0.2, dlib): 224² and
   400² frames are searched at full size, 512² at 0.78, 1080p at 0.37 (short side 400). The largest
   face found becomes the main face. Without a face, the search repeats every ``search_every`` frames.
-* **Tracking**: each frame is fitted from a box in the *detector's* convention, predicted from the
-  previous frame's landmarks through a per-track mapping (landmark centre/size of the rigid points
-  27–47 -> detector box), fitted on the track's detections and updated by EMA at each re-detection.
-  Boxes drawn from landmark extents (a different convention) make dlib drift (SPEC pitfall).
+* **Tracking**: each frame is fitted once from a box in the *detector's* convention, predicted from
+  the previous frame's landmarks through a per-track mapping (landmark centre/size of the rigid
+  points 27–47 -> detector box), fitted on the track's detections and updated by EMA at each
+  re-detection. Boxes drawn from landmark extents (a different convention) make dlib drift (SPEC
+  pitfall). dlib's fit lands about a third of the way towards the box it was given, so under fast
+  motion it lags the face: when the fitted box moved more than ``refit_motion`` box sides from the
+  prediction, the frame is fitted again from the moved box. A frame pixel-identical to the previous
+  one (a source under 25 fps resampled to 25 fps, a freeze) keeps the previous landmarks, no fit.
 * **Re-detection**, every ``redetect_every`` frames or at once when the fit jumps (centre moves
   > ``motion_redetect`` box sides or the size changes > ``scale_redetect`` in one frame): the
-  detector runs on a region around the tracked box (grown by ``roi_margin`` per side), shrunk so
-  the face is ``roi_face_px`` (1.5 × min_face_px by default); the full-frame search is the
+  detector first runs on a tight region (the fitted box grown by ``confirm_margin`` per side,
+  shrunk so the face is ``confirm_face_px``, 1.2 × min_face_px by default: a third of the wide
+  region's cost); when that finds no face overlapping the track, when the track is already
+  failing, or with ``confirm_margin`` None, on the wide region (grown by ``roi_margin`` per side,
+  face at ``roi_face_px``, 1.5 × min_face_px by default); the full-frame search is the last
   fallback. A detection overlapping the tracked box (IoU >= ``iou_min``) confirms the track; so
   does, failing that, a face of similar size within ``near_max`` box sides (under fast motion the
   fit can lag or slide off the face while HOG still finds it). After a jump, or a merely near
@@ -25,16 +32,17 @@ How it works (one :class:`FaceTracker` per video; feed it decoded RGB chunks in 
   slid off the face; a new search starts on that frame), and the frames after the track's last
   successful detection are dropped.
 * **Segments** end at a scene cut (Bhattacharyya distance between HSV histograms of consecutive
-  frames (sampled on a ``cut_size``² grid) > ``cut_threshold``; within a shot the test clips stay < 0.16,
-  across clips > 0.74), when the face is lost, and after ``max_segment_frames`` (250 = 10 s at
+  frames, sampled on a ``cut_size``² grid, > ``cut_threshold``; within a shot the test clips stay
+  < 0.17, across clips > 0.73), when the face is lost, and after ``max_segment_frames`` (250 = 10 s at
   25 fps; the track continues into the next segment). Segments shorter than
   ``min_segment_frames`` are dropped (counted in :attr:`FaceTracker.stats`).
 
 Per frame a segment holds: landmarks (68, 2) in source pixels, the tracked box (detector
 convention, source pixels) and a score: **the score of the track's latest successful detection**
 (dlib: HOG SVM margin; SFD: probability), carried forward between detections. Memory stays flat:
-the tracker keeps no frames, only the current segment's landmarks (at most ``max_segment_frames``
-+ ``redetect_every`` + ``lost_patience`` frames) and one small histogram.
+the tracker keeps no frames (only a reference to the previous one, to spot repeats), the current
+segment's landmarks (at most ``max_segment_frames`` + ``redetect_every`` + ``lost_patience``
+frames) and one small histogram.
 """
 from __future__ import annotations
 

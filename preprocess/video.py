@@ -303,10 +303,9 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
                     decoded += 1
                     yield frame
 
-        for frame in frames():
-            r = slots(frame)
-            limit = r if n_out is None else min(r, n_out)
-            while emitted < limit:  # slots before r show the held frame
+        def show_held(upto: int):  # output slots [emitted, upto) show the held frame
+            nonlocal buf, filled, emitted, held_rgb
+            while emitted < upto:
                 if held_rgb is None:
                     held_rgb = rgb(held)
                 buf[filled] = held_rgb
@@ -315,6 +314,10 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
                 if filled == chunk:
                     yield buf
                     buf, filled = np.empty((chunk, h, w, 3), np.uint8), 0
+
+        for frame in frames():
+            r = slots(frame)
+            yield from show_held(r if n_out is None else min(r, n_out))
             held, held_rgb = frame, None
             if n_out is not None and emitted >= n_out:
                 break
@@ -324,15 +327,7 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
         target = covered if n_out is None else n_out
         if covered < target - PAD_TOLERANCE:
             raise MediaError("decode", "truncated", f"Expected {n_out} frames. Got {covered} (pyav).", p)
-        while emitted < target:  # the last frame, and padding by repeating it (<= PAD_TOLERANCE)
-            if held_rgb is None:
-                held_rgb = rgb(held)
-            buf[filled] = held_rgb
-            filled += 1
-            emitted += 1
-            if filled == chunk:
-                yield buf
-                buf, filled = np.empty((chunk, h, w, 3), np.uint8), 0
+        yield from show_held(target)  # the last frame, and padding by repeating it (<= PAD_TOLERANCE)
         if filled:
             yield buf[:filled]
     except av.FFmpegError as e:
