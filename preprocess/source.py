@@ -79,8 +79,11 @@ def load_backend(cfg: PreprocessConfig):
 
 
 def warm_up() -> None:
-    """Import librosa and build the mel basis once per worker (~2.5 s), so that the first
-    source's ``audio`` stage time (and the per-stage counters) measure the work, not the import."""
+    """Import librosa and build the mel basis once per worker (~2.5 s), and import PyAV (~50 ms),
+    so that the first source's stage times (and the per-stage counters) measure the work, not
+    the imports."""
+    import av  # noqa: F401  (probe, audio and decode run in-process through it)
+
     from preprocess import audio
 
     audio.log_mel(np.zeros(audio.SAMPLE_RATE // 10, np.float32))
