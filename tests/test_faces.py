@@ -413,3 +413,27 @@ def test_repeated_frames_reuse_the_previous_result():
     other = FaceTracker(SquareBackend(), TrackerConfig(redetect_every=5, min_segment_frames=1))
     other.update(frames2)
     assert other.stats.repeats == 0 and other.stats.fits >= 25
+
+
+def test_real_15fps_source_repeats_skip_the_fit(dlib_backend, tmp_path):
+    """A 15 fps real clip decoded at 25 fps shows 2 of every 5 source frames twice: those repeats
+    keep the previous landmarks without a fit, and the alignment stays as steady."""
+    from conftest import CLIP, _x264, ffmpeg as run_ffmpeg
+    from preprocess import align, video
+
+    path = tmp_path / "fps15.mp4"
+    run_ffmpeg("-i", f"file:{CLIP}", "-t", 4, "-vf", "fps=15", *_x264(), "-an", f"file:{path}")
+    frames = video.read_frames(path)
+    assert len(frames) == 100
+    segs, tracker = run_tracker(frames, dlib_backend, chunk=32)
+    st = tracker.stats
+    print(f"\n[track] 15 fps source at 25 fps: {st.repeats} repeats, {st.fits} fits for {st.frames} frames")
+    assert describe(segs) == [(0, 100, "end")]
+    assert 35 <= st.repeats <= 45                  # 40 of 100 frames repeat their predecessor
+    assert st.fits <= st.frames - st.repeats + 10  # no fit on a repeat
+    lm = segs[0].landmarks
+    rep = [k for k in range(1, 100) if np.array_equal(frames[k], frames[k - 1])]
+    assert all(np.array_equal(lm[k], lm[k - 1]) for k in rep)
+    crop_lm = np.stack([align.apply_affine(a, p) for a, p in
+                        zip(align.segment_affines(lm).astype(np.float64), lm)])
+    assert align.eye_jitter(crop_lm) < 0.8
