@@ -21,7 +21,7 @@ from .build import Resume
 from .config import TrainConfig, to_dict
 from .logger import Board, Progress
 from .steps import autocast, to_model_range
-from .trainer import CursorTracker, Result, StopSignal, _gather_rng, report_progress
+from .trainer import CursorTracker, Result, StopSignal, _gather_rng, checkpoint_or_stop, report_progress
 
 log = logging.getLogger("radio.train")
 
@@ -84,11 +84,7 @@ def train_sync(cfg: TrainConfig, net, train_view, opt, batches: Iterator[dict], 
             if on_step is not None:
                 on_step(step, logs)
             report_progress(progress, step, device, info, result, board, prefix="sync")
-            preempted = stop.checked(step, device)
-            if preempted or step % run.checkpoint_every == 0 or step == p.steps:
-                _save(output, cfg, step, net, opt, tracker, consumers, info, board)
-            if preempted:
-                result.preempted = True
-                log.warning("stopped by SIGTERM at step %d; run the same command again to resume", step)
+            if checkpoint_or_stop(step, p.steps, run.checkpoint_every, stop, device, result,
+                                  lambda: _save(output, cfg, step, net, opt, tracker, consumers, info, board)):
                 break
     return result

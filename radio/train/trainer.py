@@ -40,6 +40,18 @@ def report_progress(progress, step: int, device, info, result, board, prefix: st
             board.scalars({f"{prefix}/{k}" if prefix and "/" not in k else k: v for k, v in means.items()}, step)
 
 
+def checkpoint_or_stop(step: int, last_step: int, every: int, stop, device, result, save) -> bool:
+    """After a step: ``save()`` when a checkpoint is due (every ``every`` steps, the last step, or a
+    SIGTERM); True when SIGTERM asked the loop to stop (``result.preempted`` is then set)."""
+    preempted = stop.checked(step, device)
+    if preempted or step % every == 0 or step == last_step:
+        save()
+    if preempted:
+        result.preempted = True
+        log.warning("stopped by SIGTERM at step %d; run the same command again to resume", step)
+    return preempted
+
+
 class StopSignal:
     """Turns SIGTERM into a flag the loop checks after each step (installed in the main thread only)."""
 
@@ -182,11 +194,8 @@ def train(cfg: TrainConfig, models: Models, opts: Optimizers, batches: Iterator[
             if board is not None and info.main and run.image_every and step % run.image_every == 0:
                 board.image("samples/masked-ref-G-ema-gt",
                             image_grid(preview(models, target, reference, mel, fake, amp)), step)
-            preempted = stop.checked(step, device)
-            if preempted or step % run.checkpoint_every == 0 or step == run.steps:
-                save_checkpoint(output, cfg, step, models, opts, tracker, consumers, info, board)
-            if preempted:
-                result.preempted = True
-                log.warning("stopped by SIGTERM at step %d; run the same command again to resume", step)
+            if checkpoint_or_stop(step, run.steps, run.checkpoint_every, stop, device, result,
+                                  lambda: save_checkpoint(output, cfg, step, models, opts, tracker,
+                                                          consumers, info, board)):
                 break
     return result
