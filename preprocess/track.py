@@ -236,18 +236,11 @@ class FaceTracker:
     def frames_seen(self) -> int:
         return self._t
 
-    def open_boxes(self) -> tuple[int, np.ndarray]:
-        """``(start, boxes)`` of the segment still open: its first frame index and the tracked
-        boxes (n, 4) float32 of its frames so far, including frames awaiting confirmation (some
-        may be dropped later). Lets a caller keep only the face regions of frames it will warp.
-        With no open segment: ``(frames_seen, empty (0, 4))``."""
-        if self._seg is None or not self._seg.boxes:
-            return self._t, np.zeros((0, 4), np.float32)
-        return self._seg.start, np.stack(self._seg.boxes)
-
     def open_landmarks(self) -> tuple[int, np.ndarray]:
-        """``(start, landmarks)`` of the segment still open, like :meth:`open_boxes`: (n, 68, 2)
-        float32 source pixels (empty (0, 68, 2) with no open segment)."""
+        """``(start, landmarks)`` of the segment still open: its first frame index and the
+        landmarks (n, 68, 2) float32, source pixels, of its frames so far, including frames
+        awaiting confirmation (some may be dropped later). Lets a caller keep only the face
+        regions of frames it will warp. With no open segment: ``(frames_seen, empty (0, 68, 2))``."""
         if self._seg is None or not self._seg.landmarks:
             return self._t, np.zeros((0, 68, 2), np.float32)
         return self._seg.start, np.stack(self._seg.landmarks)

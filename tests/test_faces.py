@@ -185,18 +185,18 @@ def test_short_segments_are_dropped_and_counted():
     assert segs == [] and tracker.stats.short_segments_dropped == 1
 
 
-def test_open_boxes_cover_the_frames_to_keep():
+def test_open_landmarks_cover_the_frames_to_keep():
     pos = [(40 + i, 60) for i in range(50)]
     tracker = FaceTracker(SQ, TrackerConfig(max_segment_frames=40, min_segment_frames=10))
-    assert tracker.open_boxes()[0] == 0 and tracker.open_boxes()[1].shape == (0, 4)
+    assert tracker.open_landmarks()[0] == 0 and tracker.open_landmarks()[1].shape == (0, 68, 2)
     done = tracker.update(square_frames(pos[:45]))
-    start, boxes = tracker.open_boxes()
-    assert describe(done) == [(0, 40, "max_length")] and start == 40 and boxes.shape == (5, 4)
-    np.testing.assert_allclose(boxes[0], [79.5, 59.5, 139.5, 119.5], atol=2.0)  # detections at 0.4 scale
+    start, marks = tracker.open_landmarks()
+    assert describe(done) == [(0, 40, "max_length")] and start == 40 and marks.shape == (5, 68, 2)
+    np.testing.assert_allclose(marks[0], truth_landmarks(pos[40]), atol=2.0)  # frame 40's face
     done = tracker.update(square_frames(pos[45:])) + tracker.finish()
     assert describe(done) == [(40, 50, "end")]
-    start, boxes = tracker.open_boxes()
-    assert start == 50 and boxes.shape == (0, 4)
+    start, marks = tracker.open_landmarks()
+    assert start == 50 and marks.shape == (0, 68, 2)
 
 
 def test_chunking_does_not_change_the_result():
