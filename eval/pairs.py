@@ -32,12 +32,13 @@ import fsspec
 
 from preprocess import uri as uri_mod
 from preprocess.sources import VIDEO_SUFFIXES
+from preprocess.errors import UserError
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 GLOB_CHARS = "*?["
 
 
-class PairsError(ValueError):
+class PairsError(UserError, ValueError):
     """The pairs cannot be listed (no input, malformed manifest, ambiguous match)."""
 
 

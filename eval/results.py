@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from preprocess import uri as uri_mod
+from preprocess.errors import UserError
 
 SCHEMA_VERSION = "radio-eval/1"
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -99,7 +100,7 @@ FRAMES_SCHEMA = pa.schema([
 ])
 
 
-class RunIdError(ValueError):
+class RunIdError(UserError, ValueError):
     """A run id that cannot name a folder."""
 
 

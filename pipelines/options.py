@@ -19,11 +19,13 @@ from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions, G
                                                   PipelineOptions, SetupOptions, StandardOptions,
                                                   WorkerOptions)
 
+from preprocess.errors import UserError
+
 REMOTE_RUNNERS = {"DataflowRunner", "dataflowrunner", "dataflow"}
 LOCAL_RUNNERS = {None, "", "DirectRunner", "directrunner", "direct", "FnApiRunner", "local"}
 
 
-class OptionsError(ValueError):
+class OptionsError(UserError, ValueError):
     pass
 
 

@@ -14,10 +14,12 @@ from typing import Any, TypeVar
 import fsspec
 import yaml
 
+from preprocess.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 

@@ -15,12 +15,13 @@ import posixpath
 from typing import Iterator
 
 import fsspec
+from preprocess.errors import UserError
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv")
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     pass
 
 

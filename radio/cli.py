@@ -92,6 +92,18 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
         # each local worker warns once that it has no semi_persistent_directory: harmless
         logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    try:
+        return _dispatch(parser, args, extra)
+    except Exception as e:  # a user's mistake is one line; anything else keeps its traceback
+        from preprocess.errors import UserError
+
+        if isinstance(e, UserError) and not args.verbose:
+            print(f"radio {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
     beam_commands = {"preprocess", "dub", "evaluate"}
     if extra and args.command not in beam_commands:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
