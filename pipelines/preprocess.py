@@ -1,11 +1,18 @@
 """Beam pipeline: videos -> radio dataset (Parquet rows + rejects + run summary).
 
-    ListSources -> [SkipFinished] -> Reshuffle -> ProcessSource -> Summarise -> WriteSummary
+    ListSources -> [CheckFinished -> SkipFinished] -> Reshuffle -> ProcessSource -> Summarise -> WriteSummary
 
 Only wiring here. ``preprocess.source.run_source`` does all per-video work (and writes that
-source's files atomically under deterministic names); this module counts, routes failures to
-reject records and writes the run summary. Large media travel by URI, never as bytes, and the
+source's files atomically under deterministic names); this module counts, retries environment
+failures and writes the run summary. Large media travel by URI, never as bytes, and the
 Reshuffle after listing lets the runner spread videos over workers.
+
+Failures (SPEC): a content failure is a reject (done marker). An environment failure (no space,
+I/O, network, out of memory, a killed worker child) is retried in the DoFn with backoff
+(``worker.attempts``, ``worker.backoff_s``); when the tries are spent the source is ``failed``:
+no done marker, no reject, counted in the summary, and the run exits non-zero, so that
+``--resume`` finishes it. Raising instead would end a local job at the first such error and a
+Dataflow job after four, losing the rest of the run.
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from preprocess import config as config_mod
-from preprocess import shards, source, sources
+from preprocess import failures, shards, source, sources
 from preprocess import uri as uri_mod
 
 log = logging.getLogger(__name__)
@@ -27,7 +34,8 @@ NS = "radio.preprocess"
 
 
 class ProcessSourceFn(beam.DoFn):
-    """Loads the landmark backend once per worker; per element calls ``source.run_source``."""
+    """Per element: ``source.run_source`` with retries on environment failures, in a child process
+    holding the landmark backend (``worker.isolate``, the default) or in this one."""
 
     def __init__(self, cfg_dict: dict, dataset: str):
         self.cfg_dict = cfg_dict
@@ -35,23 +43,46 @@ class ProcessSourceFn(beam.DoFn):
         self.videos = Metrics.counter(NS, "videos")
         self.with_rows = Metrics.counter(NS, "videos_with_rows")
         self.rejected = Metrics.counter(NS, "videos_rejected")
+        self.failed = Metrics.counter(NS, "videos_failed")
+        self.retries = Metrics.counter(NS, "environment_retries")
         self.segments = Metrics.counter(NS, "segments")
         self.frames = Metrics.counter(NS, "frames")
         self.ms_per_video = Metrics.distribution(NS, "ms_per_video")
 
     def setup(self):
+        from preprocess.worker import SourceWorker
+
         self.cfg = config_mod.from_dict(source.PreprocessConfig, self.cfg_dict)
-        self.backend = source.load_backend(self.cfg)
-        source.warm_up()
+        self.worker = self.backend = None
+        if self.cfg.worker.isolate:
+            self.worker = SourceWorker(self.cfg_dict, self.dataset)  # the child starts on first use
+        else:
+            self.backend = source.load_backend(self.cfg)
+            source.warm_up()
+
+    def teardown(self):
+        if self.worker is not None:
+            self.worker.close()
+
+    def _run(self, item: dict) -> dict:
+        if self.worker is not None:
+            return self.worker.run(item)
+        return source.run_source(item, self.cfg, self.backend, self.dataset)
 
     def process(self, item: dict):
         t0 = time.perf_counter()
-        result = source.run_source(item, self.cfg, self.backend, self.dataset)
+        try:
+            result = failures.call_with_retries(
+                lambda: self._run(item), attempts=self.cfg.worker.attempts, backoff_s=self.cfg.worker.backoff_s,
+                what=item["uri"], on_retry=lambda _e: self.retries.inc())
+        except Exception as e:
+            if not failures.is_environment_error(e):
+                raise
+            log.error("%s failed after %d tries: %s (no done marker: --resume retries it)",
+                      item["uri"], self.cfg.worker.attempts, failures.describe(e))
+            result = failed_result(item, e)
         self.videos.inc()
-        if result["status"] == "rows":
-            self.with_rows.inc()
-        else:
-            self.rejected.inc()
+        {"rows": self.with_rows, "rejected": self.rejected, "failed": self.failed}[result["status"]].inc()
         self.segments.inc(result["segments"])
         self.frames.inc(result["frames"])
         for reason in result["reject_reasons"]:
@@ -62,16 +93,30 @@ class ProcessSourceFn(beam.DoFn):
         yield result
 
 
+def failed_result(item: dict, exc: BaseException) -> dict:
+    """The result of a source whose tries all ended in environment failures."""
+    return {"source_uri": item["uri"], "source_id": source.source_id_of(item), "status": "failed",
+            "segments": 0, "frames": 0, "segment_rejects": 0, "reject_reasons": [],
+            "error": failures.describe(exc)}
+
+
+STATUS_KEY = {"rows": "sources_with_rows", "rejected": "sources_rejected", "failed": "sources_failed"}
+MAX_LISTED_FAILURES = 20
+
+
 class SummaryFn(beam.CombineFn):
     """Adds per-source results into the run's counts (associative, so it scales out)."""
 
     def create_accumulator(self):
-        return {"processed": 0, "sources_with_rows": 0, "sources_rejected": 0, "segments": 0,
-                "frames": 0, "segment_rejects": 0, "rejects_by_reason": {}, "seconds_by_stage": {}}
+        return {"processed": 0, "sources_with_rows": 0, "sources_rejected": 0, "sources_failed": 0,
+                "segments": 0, "frames": 0, "segment_rejects": 0, "rejects_by_reason": {},
+                "seconds_by_stage": {}, "failures": []}
 
     def add_input(self, acc, r):
         acc["processed"] += 1
-        acc["sources_with_rows" if r["status"] == "rows" else "sources_rejected"] += 1
+        acc[STATUS_KEY[r["status"]]] += 1
+        if r["status"] == "failed" and len(acc["failures"]) < MAX_LISTED_FAILURES:
+            acc["failures"].append({"source_uri": r["source_uri"], "error": r["error"]})
         acc["segments"] += r["segments"]
         acc["frames"] += r["frames"]
         acc["segment_rejects"] += r["segment_rejects"]
@@ -84,8 +129,10 @@ class SummaryFn(beam.CombineFn):
     def merge_accumulators(self, accs):
         out = self.create_accumulator()
         for a in accs:
-            for k in ("processed", "sources_with_rows", "sources_rejected", "segments", "frames", "segment_rejects"):
+            for k in ("processed", "sources_with_rows", "sources_rejected", "sources_failed", "segments", "frames",
+                      "segment_rejects"):
                 out[k] += a[k]
+            out["failures"] = (out["failures"] + a["failures"])[:MAX_LISTED_FAILURES]
             for d in ("rejects_by_reason", "seconds_by_stage"):
                 for k, v in a[d].items():
                     out[d][k] = out[d].get(k, 0) + v
@@ -96,46 +143,69 @@ class SummaryFn(beam.CombineFn):
 
 
 class PartitionFinishedFn(beam.DoFn):
-    """After joining listed sources with done markers by source id: pass on what is left to do."""
+    """After joining listed sources with checked done markers by source id: pass on what is left
+    to do. A source whose marker failed its check (``CheckFinishedFn``) is redone and counted."""
 
     SKIPPED = "skipped"
+    UNTRUSTED = "untrusted"
 
     def __init__(self, resume: bool, retry_rejects: bool):
         self.resume, self.retry_rejects = resume, retry_rejects
         self.listed = Metrics.counter(NS, "videos_listed")
         self.skipped = Metrics.counter(NS, "videos_skipped_resume")
+        self.untrusted = Metrics.counter(NS, "videos_redone_after_check")
 
     def process(self, joined):
         _sid, groups = joined
         items, done = list(groups["listed"]), list(groups["done"])
         for item in items[:1]:  # the same URI listed twice is one source
             self.listed.inc()
-            finished = bool(done) and self.resume and not (self.retry_rejects and done[0]["status"] != "rows")
-            if finished:
+            marker = done[0] if done and self.resume else None
+            if marker is not None and marker["why"] is not None:
+                self.untrusted.inc()
+                yield beam.pvalue.TaggedOutput(self.UNTRUSTED, 1)
+                yield item
+            elif marker is not None and not (self.retry_rejects and marker["status"] != "rows"):
                 self.skipped.inc()
                 yield beam.pvalue.TaggedOutput(self.SKIPPED, 1)
             else:
                 yield item
 
 
-def _done_markers(dataset: str):
-    for sid in sorted(shards.done_source_ids(dataset)):
+class CheckFinishedFn(beam.DoFn):
+    """A done marker -> ``(source_id, {"status", "why"})``; ``why`` (None when trusted) says what
+    failed its check (``shards.check_done``: config fingerprint, each file's size and footer)."""
+
+    def __init__(self, dataset: str, fingerprint: str):
+        self.dataset, self.fingerprint = dataset, fingerprint
+
+    def process(self, sid: str):
         try:
-            yield sid, json.loads(uri_mod.read_bytes(shards.done_uri(dataset, sid)))
-        except (FileNotFoundError, json.JSONDecodeError):
-            continue  # a marker that vanished or is unreadable: the source is simply redone
+            marker = json.loads(uri_mod.read_bytes(shards.done_uri(self.dataset, sid)))
+        except FileNotFoundError:
+            return  # vanished since the listing: the source is simply redone
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            marker = {"status": None}
+        why = shards.check_done(self.dataset, marker, self.fingerprint) if marker.get("status") else \
+            "unreadable done marker"
+        if why is not None:
+            log.warning("redoing source %s: %s", sid, why)
+        yield sid, {"status": marker.get("status"), "why": why}
 
 
-def write_summary(acc: dict, *, dataset: str, run_id: str, skipped: int, cfg: dict, started: float) -> dict:
+def write_summary(acc: dict, *, dataset: str, run_id: str, skipped: int, cfg: dict, started: float,
+                  redone: int = 0) -> dict:
     summary = dict(acc)
     listed = skipped + acc["processed"]
     summary.update({
         "run_id": run_id, "dataset": dataset, "inputs": listed, "skipped_resume": skipped,
+        "redone_after_check": redone, "config_fingerprint": shards.config_fingerprint(cfg),
         "wall_seconds": round(time.time() - started, 2),
         "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": cfg,
     })
-    summary["counts_add_up"] = (listed == skipped + acc["sources_with_rows"] + acc["sources_rejected"])
+    summary["counts_add_up"] = (listed == skipped + acc["sources_with_rows"] + acc["sources_rejected"]
+                                + acc["sources_failed"])
     data = json.dumps(summary, indent=2, sort_keys=True).encode()
     uri_mod.write_bytes_atomic(uri_mod.join(dataset, "runs", run_id, "summary.json"), data)
     uri_mod.write_bytes_atomic(uri_mod.join(dataset, "summary.json"), data)
@@ -151,20 +221,23 @@ def build(p: beam.Pipeline, input_spec: str, dataset: str, cfg: dict, *, run_id:
                 | "ListSources" >> beam.FlatMap(sources.list_sources)
                 | "KeyBySource" >> beam.Map(lambda it: (source.source_id_of(it), it)))
     done = (p | "Dataset" >> beam.Create([dataset] if resume else [])
-              | "ListFinished" >> beam.FlatMap(_done_markers))
+              | "ListFinished" >> beam.FlatMap(lambda d: sorted(shards.done_source_ids(d)))
+              | "SpreadFinished" >> beam.Reshuffle()
+              | "CheckFinished" >> beam.ParDo(CheckFinishedFn(dataset, shards.config_fingerprint(cfg))))
     parts = ({"listed": listed, "done": done}
              | "JoinFinished" >> beam.CoGroupByKey()
              | "SkipFinished" >> beam.ParDo(PartitionFinishedFn(resume, retry_rejects)).with_outputs(
-                 PartitionFinishedFn.SKIPPED, main="todo"))
+                 PartitionFinishedFn.SKIPPED, PartitionFinishedFn.UNTRUSTED, main="todo"))
     skipped = parts[PartitionFinishedFn.SKIPPED] | "CountSkipped" >> beam.combiners.Count.Globally()
+    redone = parts[PartitionFinishedFn.UNTRUSTED] | "CountRedone" >> beam.combiners.Count.Globally()
     acc = (parts.todo
            | "Reshuffle" >> beam.Reshuffle()
            | "ProcessSource" >> beam.ParDo(ProcessSourceFn(cfg, dataset))
            | "Summarise" >> beam.CombineGlobally(SummaryFn()))
     return acc | "WriteSummary" >> beam.Map(
-        lambda a, n_skipped: write_summary(a, dataset=dataset, run_id=run_id, skipped=n_skipped, cfg=cfg,
-                                           started=started),
-        n_skipped=beam.pvalue.AsSingleton(skipped))
+        lambda a, n_skipped, n_redone: write_summary(a, dataset=dataset, run_id=run_id, skipped=n_skipped,
+                                                     cfg=cfg, started=started, redone=n_redone),
+        n_skipped=beam.pvalue.AsSingleton(skipped), n_redone=beam.pvalue.AsSingleton(redone))
 
 
 class _Progress:
@@ -204,18 +277,22 @@ class _Progress:
 
 def run(input_spec: str, dataset: str, pipeline_args=(), *, config_path: str | None = None,
         overrides=(), resume: bool = False, retry_rejects: bool = False, run_id: str | None = None,
-        progress: bool = False, test_pipeline: beam.Pipeline | None = None) -> dict:
+        progress: bool = False, new_version: bool = False, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run the preprocess job and wait; returns the run summary (written under the dataset)."""
     return run_job(input_spec, dataset, pipeline_args, config_path=config_path, overrides=overrides,
                    resume=resume, retry_rejects=retry_rejects, run_id=run_id, progress=progress,
-                   test_pipeline=test_pipeline)[0]
+                   new_version=new_version, test_pipeline=test_pipeline)[0]
 
 
 def run_job(input_spec: str, dataset: str, pipeline_args=(), *, config_path: str | None = None,
             overrides=(), resume: bool = False, retry_rejects: bool = False, run_id: str | None = None,
-            progress: bool = False, test_pipeline: beam.Pipeline | None = None):
+            progress: bool = False, new_version: bool = False, test_pipeline: beam.Pipeline | None = None):
     """``run``, also returning the finished ``PipelineResult`` (its ``metrics()`` hold the per-stage
-    counters of ``ProcessSourceFn``): ``(summary, result)``."""
+    counters of ``ProcessSourceFn``): ``(summary, result)``.
+
+    Before any work: refuses (``shards.DatasetConfigError``, one line) a dataset made with another
+    output-affecting config unless ``new_version``, and removes temporaries that killed runs of
+    this dataset left."""
     from pipelines import options as options_mod
 
     started = time.time()
@@ -233,6 +310,8 @@ def run_job(input_spec: str, dataset: str, pipeline_args=(), *, config_path: str
         total = sum(1 for _ in sources.list_sources(input_spec))
     else:
         next(iter(sources.list_sources(input_spec)), None)  # fail fast on an empty/missing input
+    shards.claim_dataset(dataset, cfg_dict, new_version=new_version)
+    shards.remove_stale_temporaries(dataset)
     build(p, input_spec, dataset, cfg_dict, run_id=run_id, resume=resume, retry_rejects=retry_rejects,
           started=started)
     with _Progress(dataset, total, started - 1.0):
@@ -247,22 +326,33 @@ def main(args, beam_args) -> int:
     try:
         summary = run(args.input, args.output, beam_args, config_path=args.config, overrides=args.overrides,
                       resume=args.resume, retry_rejects=args.retry_rejects, run_id=args.run_id,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, new_version=getattr(args, "new_version", False))
     except (sources.SourceError, config_mod.ConfigError, OptionsError) as e:
         print(f"radio preprocess: {e}")
         return 2
     print(format_summary(summary))
-    return 0 if summary["counts_add_up"] else 1
+    if summary["sources_failed"]:
+        import sys
+
+        print(f"radio preprocess: {summary['sources_failed']} source(s) failed on environment errors "
+              f"(first: {summary['failures'][0]['source_uri']}: {summary['failures'][0]['error']}); "
+              f"rerun with --resume to finish them", file=sys.stderr)
+    return 0 if summary["counts_add_up"] and not summary["sources_failed"] else 1
 
 
 def format_summary(s: dict) -> str:
     lines = [
         f"run {s['run_id']}: {s['inputs']} inputs = {s['sources_with_rows']} with rows + "
-        f"{s['sources_rejected']} rejected + {s['skipped_resume']} finished earlier"
+        f"{s['sources_rejected']} rejected + {s['sources_failed']} failed + {s['skipped_resume']} finished earlier"
         + ("" if s["counts_add_up"] else "  (DOES NOT ADD UP)"),
         f"  {s['segments']} segments, {s['frames']} frames, {s['segment_rejects']} segment rejects",
     ]
     if s["rejects_by_reason"]:
         lines.append("  rejects: " + ", ".join(f"{k} {v}" for k, v in sorted(s["rejects_by_reason"].items())))
+    if s.get("redone_after_check"):
+        lines.append(f"  {s['redone_after_check']} earlier source(s) redone: files missing or damaged, or another config")
+    if s["sources_failed"]:
+        lines.append(f"  {s['sources_failed']} failed on environment errors (no space, I/O, network, killed): "
+                     "not rejects; rerun with --resume")
     lines.append(f"  output: {s['dataset']}  (rows/, rejects/, summary.json)")
     return "\n".join(lines)

@@ -3,8 +3,10 @@
     probe -> audio + mel -> decode (25 fps, chunks) -> track main face -> align (streaming)
           -> segments -> rows/<source_id>.parquet, rejects/<source_id>.parquet, done/<source_id>.json
 
-Every failure becomes a typed reject record with the stage it happened in; the caller (a Beam
-DoFn, a test, a script) gets one result dict per source whose counts add up.
+Every content failure becomes a typed reject record with the stage it happened in; the caller (a
+Beam DoFn, a test, a script) gets one result dict per source whose counts add up. An environment
+failure (no space, I/O, network, out of memory: ``preprocess.failures``) is no reject: it
+propagates, with no done marker written, so the caller retries the source.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from preprocess import align, schema, shards
+from preprocess import align, failures, schema, shards
 from preprocess import uri as uri_mod
 from preprocess.assemble import AlignedSegment, RegionCache, align_segment
 from preprocess.writer import AtomicParquetWriter, write_table_atomic
@@ -60,11 +62,21 @@ class OutputConfig:
 
 
 @dataclass
+class WorkerConfig:
+    """How sources are run (never what they give: not part of the dataset's fingerprint)."""
+    attempts: int = 3            # tries per source on environment failures (no space, I/O, network, killed)
+    backoff_s: float = 5.0       # wait before the 2nd try; doubles per try (at most 60 s)
+    isolate: bool = True         # run sources in a child process holding the landmark backend, so
+    #                              one killed by the kernel (OOM) is retried instead of ending the job
+
+
+@dataclass
 class PreprocessConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
 
 
 def source_id_of(item: dict) -> str:
@@ -197,8 +209,10 @@ def _remove(uri: str) -> None:
 def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict[str, Any]:
     """Process one source; write its rows, rejects and done marker; return its counts.
 
-    Never raises for a bad input: every failure is a reject record. The done marker is written
-    last, so a source without one is redone by ``--resume``.
+    Never raises for a bad input: every content failure is a reject record. An environment
+    failure raises (``preprocess.failures.is_environment_error``), leaving no temporary behind
+    and no done marker. The done marker is written last, and records the size and sha256 of each
+    file written and the config's fingerprint, so ``--resume`` can check them.
     """
     from preprocess import audio, media
 
@@ -206,8 +220,9 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
     sid = schema.source_id(src)
     stages = _Stages()
     rejects: list[schema.Reject] = []
+    prefix = shards.temp_prefix(dataset)
     writer = AtomicParquetWriter(shards.rows_uri(dataset, sid), schema.SEGMENT_SCHEMA,
-                                 schema.file_metadata({"source_uri": src}))
+                                 schema.file_metadata({"source_uri": src}), temp_prefix=prefix)
     n_segments = n_frames = seg_index = 0
     try:
         with uri_mod.local_copy(src) as path:
@@ -245,9 +260,13 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
             if n_segments == 0 and not rejects:
                 rejects.append(schema.Reject(src, "faces", "no_face", "NoFace",
                                              "no face track found in any frame"))
-    except Exception as e:  # the per-source boundary: everything becomes a reject record
+    except Exception as e:  # the per-source boundary: a content failure becomes a reject record
         from preprocess.media import MediaError
 
+        writer.abort()
+        if failures.is_environment_error(e):
+            log.warning("environment failure on %s in %s: %s", src, stages.current, failures.describe(e))
+            raise
         if isinstance(e, MediaError):
             rejects.append(schema.Reject(src, e.stage, e.reason, type(e).__name__, str(e)))
         else:
@@ -255,32 +274,48 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
             tb = traceback.format_exception_only(type(e), e)[-1].strip()
             rejects.append(schema.Reject(src, stages.current, "internal_error", type(e).__name__, tb))
         n_segments = n_frames = 0
-        writer.abort()
         writer = None
     status = "rows" if n_segments else "rejected"
     if status == "rejected" and not any(r.segment_index is None for r in rejects):
         reasons = sorted({r.reason for r in rejects})
         rejects.append(schema.Reject(src, "faces", "no_usable_segment", "NoUsableSegment",
                                      f"no segment became a row (segment rejects: {', '.join(reasons)})"))
-    with stages("write"):
-        # a re-run replaces what an earlier run of this source wrote, never leaves a stale file
-        if not rejects:
-            _remove(shards.rejects_uri(dataset, sid))
-        if not n_segments:
-            _remove(shards.rows_uri(dataset, sid))
-        if rejects:
-            write_table_atomic(shards.rejects_uri(dataset, sid), [r.to_row() for r in rejects],
-                               schema.REJECT_SCHEMA, schema.file_metadata({"kind": "rejects"}))
+    files = []
+    try:
+        with stages("write"):
+            # a re-run replaces what an earlier run of this source wrote, never leaves a stale file
+            if not rejects:
+                _remove(shards.rejects_uri(dataset, sid))
+            if not n_segments:
+                _remove(shards.rows_uri(dataset, sid))
+            if rejects:
+                rw = AtomicParquetWriter(shards.rejects_uri(dataset, sid), schema.REJECT_SCHEMA,
+                                         schema.file_metadata({"kind": "rejects"}), temp_prefix=prefix)
+                rw.write_rows([r.to_row() for r in rejects])
+                rw.commit()
+                files.append(shards.file_record(shards.REJECTS, sid, rw.size, rw.sha256, len(rejects)))
+            if writer is not None:
+                if n_segments:
+                    writer.commit()
+                    files.append(shards.file_record(shards.ROWS, sid, writer.size, writer.sha256, writer.n_rows))
+                else:
+                    writer.abort()
+    except BaseException:
         if writer is not None:
-            if n_segments:
-                writer.commit()
-            else:
-                writer.abort()
+            writer.abort()
+        raise
     result = {
         "source_uri": src, "source_id": sid, "status": status, "segments": n_segments, "frames": n_frames,
         "segment_rejects": sum(r.segment_index is not None for r in rejects),
         "reject_reasons": [r.reason for r in rejects],
         "seconds": {k: round(v, 4) for k, v in stages.seconds.items()},
     }
-    uri_mod.write_bytes_atomic(shards.done_uri(dataset, sid), json.dumps(result, sort_keys=True).encode())
+    marker = {**result, "files": files, "config_fingerprint": shards.config_fingerprint(_config_dict(cfg))}
+    uri_mod.write_bytes_atomic(shards.done_uri(dataset, sid), json.dumps(marker, sort_keys=True).encode())
     return result
+
+
+def _config_dict(cfg: PreprocessConfig) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)

@@ -4,11 +4,23 @@ Rows are appended one segment at a time as row groups of a local temporary file 
 flat in video length); ``commit`` moves the finished file to its deterministic URI in one step.
 Nothing is visible under the final name until the file is complete, so a crash leaves no
 partial shard, and a re-run writes the same bytes under the same name.
+
+Temporaries have unique names (a uuid: process ids repeat across containers on one Dataflow
+worker). A local one lives in ``$TMPDIR/<prefix><uuid>/`` beside a lock that its writer holds
+(``flock``, released by the kernel when the process dies, even by SIGKILL), so
+``remove_stale_local`` can delete what dead writers left without touching live ones.
 """
 from __future__ import annotations
 
+import fcntl
+import glob
+import hashlib
+import logging
 import os
+import shutil
 import tempfile
+import time
+import uuid
 from typing import Any, Iterable
 
 import fsspec
@@ -17,18 +29,36 @@ import pyarrow.parquet as pq
 
 from preprocess import uri as uri_mod
 
+log = logging.getLogger(__name__)
+TEMP_PREFIX = "radio-shard-"
+_LOCK = ".lock"
+
 
 class AtomicParquetWriter:
-    """Write rows of ``schema`` to ``dest`` (any fsspec URI), atomically on ``commit``."""
+    """Write rows of ``schema`` to ``dest`` (any fsspec URI), atomically on ``commit``.
+
+    After ``commit``, ``size`` and ``sha256`` describe the bytes written under ``dest``.
+    """
 
     def __init__(self, dest: str, schema: pa.Schema, metadata: dict[bytes, bytes] | None = None,
-                 compression: str = "zstd"):
+                 compression: str = "zstd", temp_prefix: str = TEMP_PREFIX):
         self.dest = dest
         self.schema = schema.with_metadata(metadata) if metadata else schema
-        self._dir = tempfile.mkdtemp(prefix="radio-shard-")
-        self._tmp = os.path.join(self._dir, "part.parquet")
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=compression)
+        self._dir = os.path.join(tempfile.gettempdir(), f"{temp_prefix}{uuid.uuid4().hex}")
+        os.mkdir(self._dir, 0o700)
+        self._lock = None
+        self._writer = None
+        try:
+            self._lock = open(os.path.join(self._dir, _LOCK), "wb")
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._tmp = os.path.join(self._dir, "part.parquet")
+            self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=compression)
+        except BaseException:
+            self._cleanup()
+            raise
         self.n_rows = 0
+        self.size: int | None = None
+        self.sha256: str | None = None
 
     def write_rows(self, rows: Iterable[dict[str, Any]]) -> None:
         rows = list(rows)
@@ -37,13 +67,14 @@ class AtomicParquetWriter:
             self.n_rows += len(rows)
 
     def commit(self) -> str:
-        self._writer.close()
         try:
+            self._writer.close()
+            self.size, self.sha256 = file_digest(self._tmp)
             fs, path = fsspec.core.url_to_fs(self.dest)
             parent = os.path.dirname(path)
             fs.makedirs(parent, exist_ok=True)
-            if uri_mod.is_local(self.dest):
-                os.replace(self._tmp, path) if _same_device(self._tmp, parent) else _copy_rename(fs, self._tmp, path)
+            if uri_mod.is_local(self.dest) and _same_device(self._tmp, parent):
+                os.replace(self._tmp, path)
             else:
                 _copy_rename(fs, self._tmp, path)
         finally:
@@ -52,14 +83,18 @@ class AtomicParquetWriter:
 
     def abort(self) -> None:
         try:
-            self._writer.close()
+            if self._writer is not None:
+                self._writer.close()
+        except OSError:
+            pass  # a full disk fails the close too: the file goes anyway
         finally:
             self._cleanup()
 
     def _cleanup(self) -> None:
-        for name in os.listdir(self._dir):
-            os.unlink(os.path.join(self._dir, name))
-        os.rmdir(self._dir)
+        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.close()  # after the removal: a cleaner never sees it unlocked and present
+            self._lock = None
 
     def __enter__(self):
         return self
@@ -69,6 +104,41 @@ class AtomicParquetWriter:
             self.abort()
 
 
+def file_digest(path: str) -> tuple[int, str]:
+    """(size in bytes, sha256 hex) of a local file."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def remove_stale_local(prefix: str, min_age_s: float = 60.0) -> list[str]:
+    """Delete ``$TMPDIR/<prefix>*`` folders whose writer is gone (its lock is free), or that never
+    got a lock and are older than ``min_age_s``. Returns what was removed."""
+    removed = []
+    for d in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), glob.escape(prefix) + "*")):
+        try:
+            with open(os.path.join(d, _LOCK), "rb") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its writer lives
+                shutil.rmtree(d, ignore_errors=True)
+        except BlockingIOError:
+            continue
+        except FileNotFoundError:
+            try:
+                if time.time() - os.stat(d).st_mtime < min_age_s:
+                    continue  # being created right now
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    if removed:
+        log.info("removed %d stale temporary folder(s) %s*", len(removed), prefix)
+    return removed
+
+
 def _same_device(a: str, b_dir: str) -> bool:
     try:
         return os.stat(a).st_dev == os.stat(b_dir).st_dev
@@ -76,18 +146,33 @@ def _same_device(a: str, b_dir: str) -> bool:
         return False
 
 
-def _copy_rename(fs, local: str, path: str) -> None:
-    """Upload next to the destination under a hidden temp name, then rename (gs: copy+delete)."""
+def temp_name(path: str) -> str:
+    """A hidden, unique sibling of ``path`` for an upload in progress (readers skip dot files)."""
     parent, name = os.path.split(path)
-    tmp = f"{parent}/.tmp-{os.getpid()}-{name}"
-    fs.put_file(local, tmp)
-    fs.mv(tmp, path)
+    return f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
+
+
+def _copy_rename(fs, local: str, path: str) -> None:
+    """Upload next to the destination under a hidden temp name, then rename (gs: copy+delete).
+    A failed upload removes its temporary (best effort: ``remove_stale`` catches the rest)."""
+    tmp = temp_name(path)
+    try:
+        fs.put_file(local, tmp)
+        fs.mv(tmp, path)
+    except BaseException:
+        try:
+            if fs.exists(tmp):
+                fs.rm(tmp)
+        except Exception:  # the store may be the thing that is failing
+            log.warning("could not remove the temporary %s", tmp)
+        raise
 
 
 def write_table_atomic(dest: str, rows: list[dict[str, Any]], schema: pa.Schema,
-                       metadata: dict[bytes, bytes] | None = None) -> str:
+                       metadata: dict[bytes, bytes] | None = None,
+                       temp_prefix: str = TEMP_PREFIX) -> str:
     """Write a small table in one go (rejects, summaries)."""
-    w = AtomicParquetWriter(dest, schema, metadata)
+    w = AtomicParquetWriter(dest, schema, metadata, temp_prefix=temp_prefix)
     try:
         w.write_rows(rows)
     except BaseException:

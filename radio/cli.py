@@ -39,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=BEAM_EPILOG)
     p.add_argument("--input", required=True, help="glob, folder or manifest (.csv/.jsonl: uri[,speaker_id,split])")
     p.add_argument("--output", required=True, help="dataset URI (local path, gs://...)")
-    p.add_argument("--resume", action="store_true", help="skip sources an earlier run finished (rows or rejects)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip sources an earlier run finished (rows or rejects) whose files check out; "
+                        "redo failed, missing or damaged ones")
+    p.add_argument("--new-version", action="store_true",
+                   help="the output-affecting config changed on purpose: make this run the dataset's next "
+                        "version and redo every source (without it such a run is refused)")
     p.add_argument("--retry-rejects", action="store_true", help="with --resume: process rejected sources again")
     p.add_argument("--run-id", help="name of this run (default: UTC timestamp)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -1,0 +1,176 @@
+"""Run sources in a child process that holds the landmark backend, so a killed worker is retried.
+
+The kernel's OOM killer (or anything else) can SIGKILL the process doing a source's work. In the
+Beam worker itself that ends the local job (FnApiRunner) or costs the whole bundle. Here the
+work runs in a child started once per DoFn instance (``python -m preprocess.worker``: a fresh
+interpreter, not a fork, so a CUDA context or an OpenMP pool in the backend is never copied
+mid-use); the Beam worker only sends it source items and gets back result dicts over a pipe.
+A child that dies mid-source is an environment failure (``ChildDied``): the caller retries,
+and the next ``run`` starts a new child.
+
+Cost (bench/README.md, "i9a"): one start per worker (interpreter, backend, warm-up), then a few
+hundred microseconds per source for the round trip.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from preprocess.failures import EnvironmentFailure
+
+log = logging.getLogger(__name__)
+
+
+class ChildDied(EnvironmentFailure):
+    """The child process ended mid-source (killed by a signal, or exited)."""
+
+
+class ChildError(RuntimeError):
+    """The child raised an error that is not an environment failure (a bug): not retried."""
+
+
+class SourceWorker:
+    """``run(item)`` = ``source.run_source(item, cfg, backend, dataset)`` in a child process."""
+
+    def __init__(self, cfg_dict: dict, dataset: str):
+        self.cfg_dict, self.dataset = cfg_dict, dataset
+        self._proc: subprocess.Popen | None = None
+        self._conn: Connection | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        to_child_r, to_child_w = os.pipe()
+        to_parent_r, to_parent_w = os.pipe()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "preprocess.worker", str(to_child_r), str(to_parent_w)],
+                pass_fds=(to_child_r, to_parent_w), env=env, stdin=subprocess.DEVNULL)
+        finally:
+            os.close(to_child_r)
+            os.close(to_parent_w)
+        self._conn = _Duplex(to_parent_r, to_child_w)
+        self._conn.send((self.cfg_dict, self.dataset))
+        self._reply()  # ("ready",) once the backend is loaded
+
+    def run(self, item: dict) -> dict[str, Any]:
+        if self._proc is None or self._proc.poll() is not None:
+            self.close()
+            self.start()
+        try:
+            self._conn.send(("run", item))
+        except OSError as e:  # the child is gone
+            raise self._died() from e
+        return self._reply()
+
+    def _reply(self):
+        try:
+            kind, *rest = self._conn.recv()
+        except (EOFError, OSError) as e:
+            raise self._died() from e
+        if kind == "ok":
+            return rest[0] if rest else None
+        exc_type, text, is_env = rest
+        if is_env:
+            raise EnvironmentFailure(f"{exc_type} (in the worker's child): {text}")
+        raise ChildError(f"{exc_type} in the worker's child process:\n{text}")
+
+    def _died(self) -> ChildDied:
+        proc, self._proc = self._proc, None
+        rc = proc.wait() if proc is not None else None
+        self._close_conn()
+        how = (f"killed by {signal.Signals(-rc).name}" if rc is not None and rc < 0 else f"exited with {rc}")
+        return ChildDied(f"the worker's child process was {how} (out of memory?)")
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        """Stop the child (it exits when its pipe closes; killed if it does not within 10 s)."""
+        proc, self._proc = self._proc, None
+        self._close_conn()
+        if proc is not None:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class _Duplex:
+    """send/recv over two one-way pipes (multiprocessing's framing and pickling)."""
+
+    def __init__(self, read_fd: int, write_fd: int):
+        self._r, self._w = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+
+    def send(self, obj) -> None:
+        self._w.send(obj)
+
+    def recv(self):
+        return self._r.recv()
+
+    def close(self) -> None:
+        self._r.close()
+        self._w.close()
+
+
+def _watch_parent() -> None:
+    """End this child when its parent is gone (SIGKILLed jobs leave no orphan working on)."""
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            threading.Event().wait(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="watch-parent").start()
+
+
+def _child(read_fd: int, write_fd: int) -> None:
+    from preprocess import config as config_mod
+    from preprocess import failures, shards, source
+
+    conn = _Duplex(read_fd, write_fd)
+    _watch_parent()
+    cfg_dict, dataset = conn.recv()
+
+    def reply_error(e: BaseException) -> None:
+        conn.send(("error", type(e).__name__, "".join(traceback.format_exception(e))[-4000:],
+                   failures.is_environment_error(e)))
+
+    try:
+        cfg = config_mod.from_dict(source.PreprocessConfig, cfg_dict)
+        backend = source.load_backend(cfg)
+        source.warm_up()
+        shards.remove_stale_local(dataset)
+    except Exception as e:
+        reply_error(e)
+        return
+    conn.send(("ok",))
+    while True:
+        try:
+            _cmd, item = conn.recv()
+        except EOFError:
+            return
+        try:
+            conn.send(("ok", source.run_source(item, cfg, backend, dataset)))
+        except Exception as e:
+            reply_error(e)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _child(int(sys.argv[1]), int(sys.argv[2]))
