@@ -183,14 +183,15 @@ class CheckFinishedFn(beam.DoFn):
         try:
             marker = json.loads(uri_mod.read_bytes(shards.done_uri(self.dataset, sid)))
         except FileNotFoundError:
-            return  # vanished since the listing: the source is simply redone
+            marker = None  # vanished since the listing: the source is simply redone
         except (json.JSONDecodeError, UnicodeDecodeError):
             marker = {"status": None}
-        why = shards.check_done(self.dataset, marker, self.fingerprint) if marker.get("status") else \
-            "unreadable done marker"
-        if why is not None:
-            log.warning("redoing source %s: %s", sid, why)
-        yield sid, {"status": marker.get("status"), "why": why}
+        if marker is not None:
+            why = shards.check_done(self.dataset, marker, self.fingerprint) if marker.get("status") else \
+                "unreadable done marker"
+            if why is not None:
+                log.warning("redoing source %s: %s", sid, why)
+            yield sid, {"status": marker.get("status"), "why": why}
 
 
 def write_summary(acc: dict, *, dataset: str, run_id: str, skipped: int, cfg: dict, started: float,

@@ -82,7 +82,7 @@ class SourceWorker:
             return rest[0] if rest else None
         exc_type, text, is_env = rest
         if is_env:
-            raise EnvironmentFailure(f"{exc_type} (in the worker's child): {text}")
+            raise EnvironmentFailure(f"in the worker's child: {text}")
         raise ChildError(f"{exc_type} in the worker's child process:\n{text}")
 
     def _died(self) -> ChildDied:
@@ -148,8 +148,9 @@ def _child(read_fd: int, write_fd: int) -> None:
     cfg_dict, dataset = conn.recv()
 
     def reply_error(e: BaseException) -> None:
-        conn.send(("error", type(e).__name__, "".join(traceback.format_exception(e))[-4000:],
-                   failures.is_environment_error(e)))
+        env = failures.is_environment_error(e)
+        text = failures.describe(e) if env else "".join(traceback.format_exception(e))[-4000:]
+        conn.send(("error", type(e).__name__, text, env))
 
     try:
         cfg = config_mod.from_dict(source.PreprocessConfig, cfg_dict)
