@@ -32,6 +32,16 @@ class EnvironmentFailure(Exception):
     """An environment failure raised by radio itself (a worker process killed by a signal, ...)."""
 
 
+def raise_if_killed(returncode: int | None, what: str) -> None:
+    """For callers of the ffmpeg/ffprobe CLIs: a child killed by SIGKILL (the kernel's OOM killer)
+    or SIGTERM (a shutting-down machine) says nothing about the input: raise an environment failure
+    instead of the caller's 'undecodable' reject."""
+    import signal
+
+    if returncode is not None and -returncode in (signal.SIGKILL, signal.SIGTERM):
+        raise EnvironmentFailure(f"{what} was killed by {signal.Signals(-returncode).name} (out of memory?)")
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen and len(seen) < 16:

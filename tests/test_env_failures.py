@@ -123,6 +123,15 @@ def test_environment_errors_are_told_from_content_errors():
         assert "Input/output error" in failures.describe(e)
 
 
+def test_a_killed_ffmpeg_is_an_environment_failure():
+    proc = subprocess.Popen(["sleep", "30"])
+    proc.kill()
+    with pytest.raises(failures.EnvironmentFailure, match="ffmpeg was killed by SIGKILL"):
+        failures.raise_if_killed(proc.wait(), "ffmpeg")
+    for rc in (0, 1, 183, None):  # ffmpeg's own exit codes are the input's business
+        failures.raise_if_killed(rc, "ffmpeg")
+
+
 def test_call_with_retries_retries_only_environment_errors():
     calls, waits = [], []
 
