@@ -62,10 +62,24 @@ def main() -> None:
         t0 = time.perf_counter()
         w.run(item)
         child.append(time.perf_counter() - t0)
-    w.close()
     a, b = statistics.mean(inproc), statistics.mean(child)
     print(f"per source (2 s clip, mean of {args.n}): in-process {a * 1000:.0f} ms, child {b * 1000:.0f} ms, "
           f"difference {1000 * (b - a):+.0f} ms (min {1000 * min(inproc):.0f} / {1000 * min(child):.0f} ms)")
+    # a source that is rejected at once (missing file): the same work both ways, so the
+    # difference is the round trip (pickling the item and the result, two pipe hops)
+    missing = {"uri": str(work / "missing.mp4")}
+    fast_in, fast_child = [], []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        source.run_source(missing, cfg, backend, str(work / "ds_in"))
+        fast_in.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        w.run(missing)
+        fast_child.append(time.perf_counter() - t0)
+    w.close()
+    a, b = statistics.median(fast_in), statistics.median(fast_child)
+    print(f"per source (rejected at once, median of 20): in-process {a * 1000:.1f} ms, child {b * 1000:.1f} ms, "
+          f"round trip {1000 * (b - a):+.1f} ms")
 
     forks = []
     for _ in range(20):

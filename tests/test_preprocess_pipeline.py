@@ -228,9 +228,12 @@ def test_cli_default_multiprocess_runner_matches(first_run, inputs, tmp_path):
 
 
 # ---- faults --------------------------------------------------------------------------------------
-def test_killed_job_then_rerun_equals_clean_run(first_run, inputs, tmp_path):
+def test_killed_job_then_rerun_equals_clean_run(first_run, inputs, tmp_path, monkeypatch):
     """SIGKILL a multi-process `radio preprocess` (driver and workers) once the first source is done;
-    reruns with and without --resume then give exactly the clean run's dataset."""
+    reruns with and without --resume then give exactly the clean run's dataset, and leave no
+    temporary of the killed run in its $TMPDIR."""
+    import tempfile
+
     ds = str(tmp_path / "killed")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -258,12 +261,15 @@ def test_killed_job_then_rerun_equals_clean_run(first_run, inputs, tmp_path):
     assert not (Path(ds) / "summary.json").exists()
 
     clean = snapshot(first_run[2])
+    monkeypatch.setenv("TMPDIR", str(tmp))  # the reruns share the killed run's scratch folder
+    monkeypatch.setattr(tempfile, "tempdir", None)
     summary = pipeline.run(str(inputs / "manifest.csv"), ds, ONE_WORKER, resume=True, run_id="resumed")
     assert summary["skipped_resume"] == n_done and summary["processed"] == 5 - n_done
     assert summary["counts_add_up"] and snapshot(ds) == clean
     summary = pipeline.run(str(inputs / "manifest.csv"), ds, ONE_WORKER, run_id="again")
     assert summary["processed"] == 5 and snapshot(ds) == clean
     assert_no_temp_files(ds)
+    assert not list(tmp.glob("radio-shard-*")), list(tmp.iterdir())
     # rows are byte-identical to the clean run's (deterministic decoding, tracking and encoding)
     for shard in shards.list_shards(ds):
         ref = Path(first_run[2]) / shards.ROWS / os.path.basename(shard)
