@@ -54,28 +54,25 @@ def main() -> None:
     source.warm_up()
     source.run_source(item, cfg, backend, str(work / "ds_in"))  # warm
     w.run(item)
-    inproc, child = [], []
-    for _ in range(args.n):
-        t0 = time.perf_counter()
-        source.run_source(item, cfg, backend, str(work / "ds_in"))
-        inproc.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        w.run(item)
-        child.append(time.perf_counter() - t0)
+
+    def both(it: dict, n: int) -> tuple[list[float], list[float]]:
+        """Seconds of ``n`` alternating runs of ``it``: in this process, and in the child."""
+        inproc, child = [], []
+        for _ in range(n):
+            for times, run in ((inproc, lambda: source.run_source(it, cfg, backend, str(work / "ds_in"))),
+                               (child, lambda: w.run(it))):
+                t0 = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - t0)
+        return inproc, child
+
+    inproc, child = both(item, args.n)
     a, b = statistics.mean(inproc), statistics.mean(child)
     print(f"per source (2 s clip, mean of {args.n}): in-process {a * 1000:.0f} ms, child {b * 1000:.0f} ms, "
           f"difference {1000 * (b - a):+.0f} ms (min {1000 * min(inproc):.0f} / {1000 * min(child):.0f} ms)")
     # a source that is rejected at once (missing file): the same work both ways, so the
     # difference is the round trip (pickling the item and the result, two pipe hops)
-    missing = {"uri": str(work / "missing.mp4")}
-    fast_in, fast_child = [], []
-    for _ in range(20):
-        t0 = time.perf_counter()
-        source.run_source(missing, cfg, backend, str(work / "ds_in"))
-        fast_in.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        w.run(missing)
-        fast_child.append(time.perf_counter() - t0)
+    fast_in, fast_child = both({"uri": str(work / "missing.mp4")}, 20)
     w.close()
     a, b = statistics.median(fast_in), statistics.median(fast_child)
     print(f"per source (rejected at once, median of 20): in-process {a * 1000:.1f} ms, child {b * 1000:.1f} ms, "
