@@ -56,6 +56,10 @@ class SourceWorker:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "preprocess.worker", str(to_child_r), str(to_parent_w)],
                 pass_fds=(to_child_r, to_parent_w), env=env, stdin=subprocess.DEVNULL)
+        except BaseException:
+            os.close(to_parent_r)
+            os.close(to_child_w)
+            raise
         finally:
             os.close(to_child_r)
             os.close(to_parent_w)
