@@ -351,7 +351,8 @@ def format_summary(s: dict) -> str:
     if s["rejects_by_reason"]:
         lines.append("  rejects: " + ", ".join(f"{k} {v}" for k, v in sorted(s["rejects_by_reason"].items())))
     if s.get("redone_after_check"):
-        lines.append(f"  {s['redone_after_check']} earlier source(s) redone: files missing or damaged, or another config")
+        lines.append(f"  {s['redone_after_check']} earlier source(s) redone: files missing or damaged, "
+                     "or another config")
     if s["sources_failed"]:
         lines.append(f"  {s['sources_failed']} failed on environment errors (no space, I/O, network, killed): "
                      "not rejects; rerun with --resume")

@@ -23,7 +23,7 @@ import numpy as np
 from preprocess import align, failures, schema, shards
 from preprocess import uri as uri_mod
 from preprocess.assemble import AlignedSegment, RegionCache, align_segment
-from preprocess.writer import AtomicParquetWriter, write_table_atomic
+from preprocess.writer import AtomicParquetWriter
 
 log = logging.getLogger(__name__)
 
