@@ -40,6 +40,25 @@ class DecodeConfig:
 
 
 @dataclass
+class LimitsConfig:
+    """What one source may declare before it is refused (a reject, never a worker's memory).
+
+    Checked at probe from the headers, and for gaps from the packet timestamps, before anything
+    is decoded; decoded audio goes to a temporary file and each segment's mel is computed from
+    its own samples, so memory does not grow with duration."""
+    max_pixels: int = 4096 * 2304     # per frame (4K UHD and DCI 4K pass; 8000×8000 does not)
+    max_duration_s: float = 7200.0    # video (or audio) stream duration
+    max_gap_s: float = 10.0           # a timestamp gap (within a stream, or between the streams' starts)
+    max_source_bytes: int = 16 * 2**30  # size of the source file, checked before it is copied
+
+
+@dataclass
+class InputConfig:
+    """Where sources may come from: URI schemes ('file' = local paths); http/https only when listed."""
+    schemes: list[str] = field(default_factory=lambda: ["file", "gs", "memory"])
+
+
+@dataclass
 class FacesConfig:
     backend: str = "dlib"        # dlib (offline default) | face_alignment
     backend_args: dict = field(default_factory=dict)  # weight URIs + sha256, see preprocess.landmarks
@@ -62,6 +81,8 @@ class OutputConfig:
 @dataclass
 class PreprocessConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    input: InputConfig = field(default_factory=InputConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
