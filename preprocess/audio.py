@@ -23,8 +23,8 @@ from typing import Optional
 
 import numpy as np
 
-from preprocess.media import (MediaError, MediaInfo, ffmpeg_bin, ffmpeg_input, probe,
-                              _check_file, _PyAVShort, _stderr_tail, pyav_or_cli)
+from preprocess.media import (MediaError, MediaInfo, cli_error, cli_input, ffmpeg_bin, open_av,
+                              probe, _check_file, _PyAVShort, _stderr_tail, pyav_or_cli)
 
 __all__ = ["SAMPLE_RATE", "MEL_PARAMS", "load_audio", "log_mel", "align_mel_to_frames",
            "mel_window", "mel_windows", "model_input", "ROWS_PER_FRAME", "WINDOW_ROWS"]
@@ -102,7 +102,7 @@ def load_audio(path, sr: int = SAMPLE_RATE, info: Optional[MediaInfo] = None,
 def _decode_ffmpeg(p: str, sr: int, info: MediaInfo, channels: int) -> np.ndarray:
     """Interleaved float32 samples ``(n * channels,)`` from the ffmpeg CLI (the reference chain)."""
     cmd = [ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
-           "-i", ffmpeg_input(p), "-map", f"0:{info.audio_index}", "-vn", "-sn", "-dn",
+           *cli_input(p), "-map", f"0:{info.audio_index}", "-vn", "-sn", "-dn",
            "-af", f"aresample={sr}:min_comp=0.001:first_pts=0", "-ac", str(channels),
            "-ar", str(sr), "-c:a", "pcm_f32le", "-f", "f32le", "pipe:1"]
     with tempfile.TemporaryFile() as errf:
@@ -116,7 +116,7 @@ def _decode_ffmpeg(p: str, sr: int, info: MediaInfo, channels: int) -> np.ndarra
     raw = res.stdout
     usable = len(raw) // (4 * channels) * 4 * channels
     if res.returncode != 0 or usable == 0:
-        raise MediaError("audio", "undecodable", err or f"ffmpeg exited with {res.returncode}", p)
+        raise cli_error("audio", err, p, f"ffmpeg exited with {res.returncode}")
     return np.frombuffer(raw[:usable], dtype="<f4")
 
 
@@ -196,12 +196,7 @@ def _decode_pyav(p: str, sr: int, info: MediaInfo, channels: int) -> np.ndarray:
     except ImportError as e:
         raise _PyAVShort(f"PyAV unavailable: {e}") from e
     deadline = time.monotonic() + AUDIO_TIMEOUT_S
-    try:
-        container = av.open(ffmpeg_input(p), metadata_errors="replace", timeout=AUDIO_TIMEOUT_S)
-    except av.error.ExitError as e:
-        raise MediaError("audio", "timeout", f"PyAV ran over {AUDIO_TIMEOUT_S:.0f} s", p) from e
-    except (av.error.FFmpegError, OSError, ValueError, UnicodeError) as e:
-        raise MediaError("audio", "undecodable", str(e) or type(e).__name__, p) from e
+    container = open_av(p, "audio", AUDIO_TIMEOUT_S)
     with container:
         if container.format.flags & _AVFMT_TS_DISCONT:
             raise _PyAVShort(f"format {container.format.name} may carry timestamp discontinuities")

@@ -231,7 +231,8 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                                  schema.file_metadata({"source_uri": src}))
     n_segments = n_frames = seg_index = 0
     try:
-        with uri_mod.local_copy(src) as path:
+        with uri_mod.local_copy(src, max_bytes=cfg.limits.max_source_bytes,
+                                schemes=cfg.input.schemes) as path:
             with stages("probe"):
                 info = media.validate(media.probe(path), need_video=True, need_audio=True,
                                       min_side=cfg.decode.min_side)

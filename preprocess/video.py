@@ -41,8 +41,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from preprocess.media import (MediaError, MediaInfo, ffmpeg_bin, ffmpeg_input, frames_at,
-                              probe, _check_file, _rate, _stderr_tail)
+from preprocess.media import (MediaError, MediaInfo, cli_error, cli_input, ffmpeg_bin, frames_at,
+                              open_av, probe, _check_file, _rate, _stderr_tail)
 
 __all__ = ["iter_frames", "read_frames", "frame_count", "frame_count_25", "output_size",
            "choose_backend", "BACKENDS", "PAD_TOLERANCE"]
@@ -261,9 +261,11 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
     ch, cw = (w, h) if turns % 2 else (h, w)  # coded-orientation size to convert to
     n_out = frame_count(info, fps) if info.duration_s > 0 else None
     try:
-        container = av.open(ffmpeg_input(p), metadata_errors="replace")
-    except (av.FFmpegError, OSError, ValueError) as e:
-        raise _PyAVFailed(f"open: {e}") from e
+        container = open_av(p, "decode")
+    except MediaError as e:
+        if e.reason == "unsupported_container":
+            raise
+        raise _PyAVFailed(f"open: {e.message}") from e
     try:
         try:
             stream = container.streams[info.video_index or 0]
@@ -365,7 +367,7 @@ def _ffmpeg_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, in
     if (h, w) != (info.height, info.width):
         filters.append(f"scale={w}:{h}:flags=area")
     cmd = [ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
-           "-i", ffmpeg_input(p), "-map", f"0:{info.video_index}", "-an", "-sn", "-dn",
+           *cli_input(p), "-map", f"0:{info.video_index}", "-an", "-sn", "-dn",
            "-vf", ",".join(filters), "-vsync", "passthrough"]
     if n_out is not None:
         cmd += ["-frames:v", str(n_out)]
@@ -394,7 +396,7 @@ def _ffmpeg_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, in
         errf.seek(0)
         err = _stderr_tail(errf.read().decode("utf-8", "replace"))
     if rc != 0 or produced == 0 and (n_out or 0) > 0:
-        raise MediaError("decode", "undecodable", err or f"ffmpeg exited with {rc}", p)
+        raise cli_error("decode", err, p, f"ffmpeg exited with {rc}")
     if n_out is None or produced >= n_out:
         return
     if produced < n_out - PAD_TOLERANCE:
