@@ -74,6 +74,8 @@ __all__ = [
     "ALLOWED_FORMATS",
     "cli_input",
     "open_av",
+    "check_limits",
+    "check_gaps",
 ]
 
 PROBE_TIMEOUT_S = 120.0
@@ -563,3 +565,69 @@ def validate(info: MediaInfo, *, need_video: bool = True, need_audio: bool = Fal
                          f"Expected min side >= {min_side} px. Got {info.width}x{info.height}.",
                          info.path)
     return info
+
+
+def check_limits(info: MediaInfo, *, max_pixels: Optional[int] = None,
+                 max_duration_s: Optional[float] = None,
+                 max_gap_s: Optional[float] = None) -> MediaInfo:
+    """Refuse what a file declares beyond the limits (from the probe, nothing decoded).
+
+    Raises:
+        MediaError(stage='probe'): 'too_large' (width × height > ``max_pixels``), 'too_long'
+            (duration > ``max_duration_s``) or 'timestamp_gap' (audio and video start more
+            than ``max_gap_s`` apart).
+    """
+    if max_pixels is not None and info.width * info.height > max_pixels:
+        raise MediaError("probe", "too_large", f"Expected at most {max_pixels} pixels a frame. "
+                         f"Got {info.width}x{info.height}.", info.path)
+    if max_duration_s is not None and info.duration_s > max_duration_s:
+        raise MediaError("probe", "too_long", f"Expected at most {max_duration_s:g} s. "
+                         f"Got {info.duration_s:.1f} s.", info.path)
+    if (max_gap_s is not None and info.has_video and info.has_audio
+            and abs(info.audio_start_s - info.video_start_s) > max_gap_s):
+        raise MediaError("probe", "timestamp_gap", f"Expected audio and video to start within "
+                         f"{max_gap_s:g} s. Got {info.video_start_s:.1f} s and "
+                         f"{info.audio_start_s:.1f} s.", info.path)
+    return info
+
+
+def check_gaps(path, info: MediaInfo, max_gap_s: float) -> None:
+    """Refuse a file whose video or audio timestamps jump forward by more than ``max_gap_s``.
+
+    Reads packets only (no decoding), and only when a stream is longer than ``max_gap_s``. A
+    gap would otherwise be decoded as filler: the 25 fps emitter repeats the frame before it,
+    the audio chain fills it with silence (a 600 s gap made 15,000 frames out of 174).
+
+    Raises:
+        MediaError(stage='probe'): 'timestamp_gap'.
+    """
+    if max(info.duration_s, info.audio_duration_s or 0.0) <= max_gap_s:
+        return
+    try:
+        import av
+    except ImportError:  # no PyAV: the decoders fill the gap (bounded per segment), nothing worse
+        return
+    p = os.fspath(path)
+    wanted = {i for i in (info.video_index, info.audio_index) if i is not None}
+    with open_av(p, "probe", PROBE_TIMEOUT_S) as container:
+        streams = [s for s in container.streams if s.index in wanted]
+        for s in container.streams:
+            if s.index not in wanted:
+                s.discard = av.stream.Discard.all
+        prev: dict[int, Fraction] = {}  # each stream's last packet time
+        try:
+            for packet in container.demux(streams):
+                ts = packet.dts if packet.dts is not None else packet.pts
+                if ts is None or packet.time_base is None:
+                    continue
+                t = ts * packet.time_base
+                # MP4 stores a gap as the duration of the packet before it: check both
+                jump = max(t - prev.get(packet.stream_index, t), (packet.duration or 0) * packet.time_base)
+                if jump > max_gap_s:
+                    kind = container.streams[packet.stream_index].type
+                    raise MediaError("probe", "timestamp_gap",
+                                     f"Expected {kind} timestamps without gaps over {max_gap_s:g} s. "
+                                     f"Got {float(jump):.1f} s at {float(t):.1f} s.", p)
+                prev[packet.stream_index] = max(t, prev.get(packet.stream_index, t))
+        except av.error.FFmpegError:
+            return  # a damaged file: the decoders decide

@@ -61,9 +61,9 @@ def test_every_open_has_the_allow_list_behind_the_first_bytes_check(evil, name):
     calls = {
         "open_av": lambda: media.open_av(p, "probe"),
         "ffprobe": lambda: media._probe_ffprobe(p),
-        "audio_cli": lambda: audio._decode_ffmpeg(p, 16000, info, 1),
+        "audio_cli": lambda: audio._decode_ffmpeg(p, 16000, info, 1, audio._MonoSink(1, 0, None)),
         "video_cli": lambda: list(video._ffmpeg_frames(p, info, 25, 16, (224, 224))),
-        "audio_pyav": lambda: audio._decode_pyav(p, 16000, info, 1),
+        "audio_pyav": lambda: audio._decode_pyav(p, 16000, info, 1, audio._MonoSink(1, 0, None)),
         "video_pyav": lambda: list(video._pyav_frames(p, info, 25, 16, (224, 224))),
     }
     for what, call in calls.items():
