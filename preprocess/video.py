@@ -19,6 +19,8 @@ Three backends give the same frames (tested to be pixel-identical on H.264/HEVC 
 - ``'decord'``: fastest for plain files. Source frame indexes come from the exact rational
   mapping above using ``r_frame_rate`` (CFR), or from decord's own float timestamps when the file
   turns out to be VFR (explicit ``backend='decord'`` only; exact except at rounding ties).
+  decord opens the file with its own FFmpeg and no container allow-list: it only ever reads a
+  file that ``probe`` (which has the allow-list) has opened first.
 - ``'ffmpeg'``: an ffmpeg rawvideo pipe, ``-vf setpts=PTS-STARTPTS,fps=25[,scale]`` with ffmpeg's
   autorotation and any pixel format (10-bit, AV1, VP9, ffv1, ...).
 - ``'auto'``: PyAV, and the ffmpeg pipe as soon as PyAV fails (cannot open the file, no decoder in

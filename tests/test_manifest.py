@@ -98,3 +98,11 @@ def test_cli_refuses_a_bad_manifest_before_any_work(case, tmp_path):
     assert "Traceback" not in both and f"{m}:{line}: " in both
     assert len(res.stderr.strip().splitlines()) <= 2, res.stderr
     assert not out.exists()
+
+
+def test_schemes_are_checked_for_globs_and_allowed_when_listed(tmp_path):
+    with pytest.raises(sources.SourceError, match="https:// sources are not allowed"):
+        next(sources.list_sources("https://example.com/videos/*.mp4", schemes=("file", "gs", "memory")))
+    m = _write(tmp_path, "m.jsonl", '{"uri": "https://example.com/v.mp4"}\n')
+    (rec,) = sources.list_sources(str(m), schemes=("file", "https"))
+    assert rec["uri"] == "https://example.com/v.mp4"
