@@ -596,7 +596,9 @@ def check_gaps(path, info: MediaInfo, max_gap_s: float) -> None:
 
     Reads packets only (no decoding), and only when a stream is longer than ``max_gap_s``. A
     gap would otherwise be decoded as filler: the 25 fps emitter repeats the frame before it,
-    the audio chain fills it with silence (a 600 s gap made 15,000 frames out of 174).
+    the audio chain fills it with silence (a 600 s gap made 15,000 frames out of 174). A
+    stream that PyAV cannot demux is left to the decoders; an MPEG-TS capture with a timestamp
+    discontinuity over ``max_gap_s`` is refused like any other gap.
 
     Raises:
         MediaError(stage='probe'): 'timestamp_gap'.
@@ -609,7 +611,13 @@ def check_gaps(path, info: MediaInfo, max_gap_s: float) -> None:
         return
     p = os.fspath(path)
     wanted = {i for i in (info.video_index, info.audio_index) if i is not None}
-    with open_av(p, "probe", PROBE_TIMEOUT_S) as container:
+    try:
+        container = open_av(p, "probe", PROBE_TIMEOUT_S)
+    except MediaError as e:
+        if e.reason == "unsupported_container":
+            raise
+        return  # PyAV cannot read it (the probe fell back to ffprobe): the decoders decide
+    with container:
         streams = [s for s in container.streams if s.index in wanted]
         for s in container.streams:
             if s.index not in wanted:

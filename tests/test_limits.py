@@ -54,7 +54,7 @@ def test_one_fps_clip_becomes_rows_within_a_gib(files, tmp_path):
     assert r["maxrss_mib"] < GIB_MIB, r
 
 
-def test_gaps_found_from_packets_without_decoding(files):
+def test_gaps_found_from_packets_without_decoding(files, monkeypatch):
     for name, kind in (("video_gap_600s", "video"), ("gap_3h", "audio")):
         info = media.probe(files[name])
         with pytest.raises(media.MediaError, match=f"Expected {kind} timestamps without gaps") as e:
@@ -66,6 +66,12 @@ def test_gaps_found_from_packets_without_decoding(files):
     with pytest.raises(media.MediaError, match="start within"):
         media.check_limits(late, max_gap_s=10.0)
     media.check_limits(info, max_pixels=224 * 224, max_duration_s=7.0, max_gap_s=0.1)
+
+    def unreadable(p, stage, timeout=None):  # a file only ffprobe reads: the decoders decide
+        raise media.MediaError(stage, "undecodable", "simulated", p)
+
+    monkeypatch.setattr(media, "open_av", unreadable)
+    media.check_gaps(files["video_gap_600s"], media.probe(files["video_gap_600s"], backend="ffprobe"), 10.0)
 
 
 def test_audio_is_held_per_segment_not_per_track(files):
