@@ -219,7 +219,7 @@ def build(p: beam.Pipeline, input_spec: str, dataset: str, cfg: dict, *, run_id:
     the join with earlier runs' done markers is a CoGroupByKey (scales to 10^6 sources), and the
     summary is written by the last step, so it works the same on every runner."""
     listed = (p | "Spec" >> beam.Create([input_spec])
-                | "ListSources" >> beam.FlatMap(sources.list_sources)
+                | "ListSources" >> beam.FlatMap(sources.list_sources, schemes=tuple(cfg["input"]["schemes"]))
                 | "KeyBySource" >> beam.Map(lambda it: (source.source_id_of(it), it)))
     done = (p | "Dataset" >> beam.Create([dataset] if resume else [])
               | "ListFinished" >> beam.FlatMap(lambda d: sorted(shards.done_source_ids(d)))
@@ -307,10 +307,11 @@ def run_job(input_spec: str, dataset: str, pipeline_args=(), *, config_path: str
         job = options_mod.build(pipeline_args, job_name=f"radio-preprocess-{run_id.lower()}")
         p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
     total = 0
+    schemes = tuple(cfg.input.schemes)
     if progress and is_local:  # the bar needs a total: list here too (cheap for a local corpus)
-        total = sum(1 for _ in sources.list_sources(input_spec))
-    else:
-        next(iter(sources.list_sources(input_spec)), None)  # fail fast on an empty/missing input
+        total = sum(1 for _ in sources.list_sources(input_spec, schemes))
+    else:  # fail fast on an empty/missing input; a manifest is checked whole before its first record
+        next(iter(sources.list_sources(input_spec, schemes)), None)
     shards.claim_dataset(dataset, cfg_dict, new_version=new_version)
     shards.remove_stale_temporaries(dataset)
     build(p, input_spec, dataset, cfg_dict, run_id=run_id, resume=resume, retry_rejects=retry_rejects,

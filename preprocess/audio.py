@@ -15,7 +15,10 @@ hold for files whose audio and video streams start at different times.
 from __future__ import annotations
 
 import functools
+import math
+import os
 import subprocess
+import threading
 import tempfile
 import time
 from fractions import Fraction
@@ -23,8 +26,8 @@ from typing import Optional
 
 import numpy as np
 
-from preprocess.media import (MediaError, MediaInfo, ffmpeg_bin, ffmpeg_input, probe,
-                              _check_file, _PyAVShort, _stderr_tail, pyav_or_cli)
+from preprocess.media import (MediaError, MediaInfo, cli_error, cli_input, ffmpeg_bin, open_av,
+                              probe, _check_file, _PyAVShort, _stderr_tail, pyav_or_cli)
 
 __all__ = ["SAMPLE_RATE", "MEL_PARAMS", "load_audio", "log_mel", "align_mel_to_frames",
            "mel_window", "mel_windows", "model_input", "ROWS_PER_FRAME", "WINDOW_ROWS"]
@@ -62,13 +65,15 @@ MEL_PARAMS = {
 
 
 def load_audio(path, sr: int = SAMPLE_RATE, info: Optional[MediaInfo] = None,
-               align_to_video: bool = True, backend: str = "auto") -> np.ndarray:
+               align_to_video: bool = True, backend: str = "auto",
+               max_seconds: Optional[float] = None) -> np.ndarray:
     """Decode the first audio stream to mono float32 ``(n_samples,)`` in [-1, 1] at ``sr`` Hz.
 
     Any container/rate/channel count ffmpeg reads (wav, mp4, audio-only, ...). Channels are
     averaged. Timestamp gaps are filled with silence (``aresample`` ``min_comp``/``first_pts``),
     and with ``align_to_video`` sample 0 is the first video frame's time: audio that starts
     before the video is trimmed, audio that starts after it is preceded by silence.
+    ``max_seconds`` stops decoding after that much output (None: the whole stream).
 
     Both backends run the same decode and filter chain (see ``_decode_pyav``): 'pyav' in-process
     (~14 ms for a 7 s 44.1 kHz stereo clip), 'ffmpeg' the CLI (~83 ms, mostly process start);
@@ -79,6 +84,109 @@ def load_audio(path, sr: int = SAMPLE_RATE, info: Optional[MediaInfo] = None,
         MediaError(stage='probe'): from probing (not found, empty, unparseable).
         MediaError(stage='audio'): reason 'no_audio_stream', 'undecodable' or 'timeout'.
     """
+    sink = _decode(path, sr, info, align_to_video, backend, max_seconds, None)
+    return sink.array()
+
+
+class AudioTrack:
+    """A source's decoded audio (mono float32 at 16 kHz) in an unlinked temporary file.
+
+    Memory is what one read asks for, whatever the track's length: ``mel_rows`` gives a
+    segment's log-mel rows from that segment's samples (plus STFT context), equal to the rows
+    of ``log_mel`` over the whole track. Close it (or use it as a context manager)."""
+
+    def __init__(self, file, n_samples: int, sr: int = SAMPLE_RATE):
+        self.file, self.n_samples, self.sr = file, int(n_samples), sr
+
+    def __len__(self) -> int:
+        return self.n_samples
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Samples ``[a, b)`` (clamped to the track)."""
+        a, b = max(0, a), min(self.n_samples, b)
+        if b <= a:
+            return np.zeros(0, np.float32)
+        data = os.pread(self.file.fileno(), 4 * (b - a), 4 * a)
+        return np.frombuffer(data, "<f4").astype(np.float32)
+
+    def mel_rows(self, r0: int, r1: int) -> np.ndarray:
+        """Rows ``[r0, r1)`` of ``log_mel`` of the whole track, clamped to its rows."""
+        return log_mel_rows(self.read, self.n_samples, r0, r1)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "AudioTrack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def decode_audio(path, info: Optional[MediaInfo] = None, backend: str = "auto",
+                 max_seconds: Optional[float] = None) -> AudioTrack:
+    """``load_audio(path, info=info, ...)`` at 16 kHz, streamed to an :class:`AudioTrack` (a
+    temporary file, unlinked from the start so nothing stays behind) instead of memory."""
+    f = tempfile.TemporaryFile(prefix="radio-audio-")
+    try:
+        sink = _decode(path, SAMPLE_RATE, info, True, backend, max_seconds, f)
+        f.flush()  # reads go through the descriptor (os.pread), past Python's buffer
+    except BaseException:
+        f.close()
+        raise
+    return AudioTrack(f, sink.n)
+
+
+class _MonoSink:
+    """Interleaved float32 blocks -> mono, from sample ``skip`` on, at most ``limit`` samples,
+    clipped to [-1, 1]; kept as blocks, or appended to ``file``."""
+
+    def __init__(self, channels: int, skip: int, limit: Optional[int], file=None):
+        self.channels, self.skip, self.limit, self.file = channels, skip, limit, file
+        self.reset()
+
+    def reset(self) -> None:  # a fallback to the CLI starts over
+        self.blocks: list = []
+        self.n = self.seen = 0
+        self.rest = np.zeros(0, np.float32)
+        if self.file is not None:
+            self.file.seek(0)
+            self.file.truncate()
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and self.n >= self.limit
+
+    def __call__(self, raw: np.ndarray) -> None:
+        c = self.channels
+        if len(self.rest):
+            raw = np.concatenate([self.rest, raw])
+        whole = len(raw) // c * c
+        self.rest = raw[whole:].copy()
+        wav = raw[:whole].reshape(-1, c)
+        wav = wav[:, 0].copy() if c == 1 else wav.mean(axis=1, dtype=np.float32)
+        drop = min(len(wav), max(0, self.skip - self.seen))
+        self.seen += len(wav)
+        wav = wav[drop:]
+        if self.limit is not None:
+            wav = wav[:max(0, self.limit - self.n)]
+        if not len(wav):
+            return
+        np.clip(wav, -1.0, 1.0, out=wav)
+        self.n += len(wav)
+        if self.file is not None:
+            self.file.write(np.ascontiguousarray(wav, "<f4").tobytes())
+        else:
+            self.blocks.append(wav)
+
+    def array(self) -> np.ndarray:
+        if not self.blocks:
+            return np.zeros(0, np.float32)
+        return np.ascontiguousarray(np.concatenate(self.blocks), dtype=np.float32)
+
+
+def _decode(path, sr: int, info: Optional[MediaInfo], align_to_video: bool, backend: str,
+            max_seconds: Optional[float], file) -> _MonoSink:
     if backend not in AUDIO_BACKENDS:
         raise ValueError(f"Expected backend in {AUDIO_BACKENDS}. Got {backend!r}.")
     p = _check_file(path, "probe")
@@ -88,36 +196,58 @@ def load_audio(path, sr: int = SAMPLE_RATE, info: Optional[MediaInfo] = None,
     if not info.has_audio:
         raise MediaError("audio", "no_audio_stream", "no audio stream", p)
     channels = max(1, info.audio_channels or 1)
-    raw = pyav_or_cli(backend, "ffmpeg", "audio", p, lambda: _decode_pyav(p, sr, info, channels),
-                      lambda: _decode_ffmpeg(p, sr, info, channels))
-    wav = raw.reshape(-1, channels)
-    wav = wav[:, 0].copy() if channels == 1 else wav.mean(axis=1, dtype=np.float32)
-    if align_to_video and info.has_video:
-        offset = int(round(info.video_start_s * sr))  # container time of the first video frame
-        wav = wav[offset:]
-    np.clip(wav, -1.0, 1.0, out=wav)
-    return np.ascontiguousarray(wav, dtype=np.float32)
+    # container time of the first video frame: audio before it is dropped
+    skip = int(round(info.video_start_s * sr)) if align_to_video and info.has_video else 0
+    limit = None if max_seconds is None else int(math.ceil(max_seconds * sr))
+    sink = _MonoSink(channels, skip, limit, file)
+
+    def cli():
+        sink.reset()
+        _decode_ffmpeg(p, sr, info, channels, sink, None if limit is None else (skip + limit) / sr)
+
+    pyav_or_cli(backend, "ffmpeg", "audio", p, lambda: _decode_pyav(p, sr, info, channels, sink), cli)
+    return sink
 
 
-def _decode_ffmpeg(p: str, sr: int, info: MediaInfo, channels: int) -> np.ndarray:
-    """Interleaved float32 samples ``(n * channels,)`` from the ffmpeg CLI (the reference chain)."""
+def _decode_ffmpeg(p: str, sr: int, info: MediaInfo, channels: int, sink: "_MonoSink",
+                   max_seconds: Optional[float] = None) -> None:
+    """Interleaved float32 samples from the ffmpeg CLI (the reference chain), streamed to ``sink``."""
     cmd = [ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
-           "-i", ffmpeg_input(p), "-map", f"0:{info.audio_index}", "-vn", "-sn", "-dn",
+           *cli_input(p), "-map", f"0:{info.audio_index}", "-vn", "-sn", "-dn",
            "-af", f"aresample={sr}:min_comp=0.001:first_pts=0", "-ac", str(channels),
-           "-ar", str(sr), "-c:a", "pcm_f32le", "-f", "f32le", "pipe:1"]
+           "-ar", str(sr)]
+    if max_seconds is not None:
+        cmd += ["-t", f"{max_seconds + 1.0 / sr:.6f}"]
+    cmd += ["-c:a", "pcm_f32le", "-f", "f32le", "pipe:1"]
+    block = 4 * channels * 65536
     with tempfile.TemporaryFile() as errf:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf)
+        killed = threading.Event()
+
+        def kill():
+            killed.set()
+            proc.kill()
+
+        timer = threading.Timer(AUDIO_TIMEOUT_S, kill)
+        timer.start()
+        got = 0
         try:
-            res = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=errf, timeout=AUDIO_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired as e:
-            raise MediaError("audio", "timeout", f"ffmpeg ran over {AUDIO_TIMEOUT_S:.0f} s", p) from e
+            while data := proc.stdout.read(block):
+                got += len(data)
+                sink(np.frombuffer(data, dtype="<f4", count=len(data) // 4))
+            rc = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
         errf.seek(0)
         err = _stderr_tail(errf.read().decode("utf-8", "replace"))
-    raw = res.stdout
-    usable = len(raw) // (4 * channels) * 4 * channels
-    if res.returncode != 0 or usable == 0:
-        raise MediaError("audio", "undecodable", err or f"ffmpeg exited with {res.returncode}", p)
-    return np.frombuffer(raw[:usable], dtype="<f4")
+    if killed.is_set():
+        raise MediaError("audio", "timeout", f"ffmpeg ran over {AUDIO_TIMEOUT_S:.0f} s", p)
+    if rc != 0 or got < 4 * channels:
+        raise cli_error("audio", err, p, f"ffmpeg exited with {rc}")
 
 
 # ----------------------------------------------------------------------------- PyAV decode
@@ -167,8 +297,9 @@ class _RescaleDelta:
         return out
 
 
-def _decode_pyav(p: str, sr: int, info: MediaInfo, channels: int) -> np.ndarray:
-    """Interleaved float32 samples ``(n * channels,)``: the CLI's chain, in-process.
+def _decode_pyav(p: str, sr: int, info: MediaInfo, channels: int, emit: "_MonoSink") -> None:
+    """Interleaved float32 samples: the CLI's chain, in-process, streamed to ``emit`` (which
+    stops the decoding once full).
 
     What ``ffmpeg -i FILE -map 0:<a> -af aresample={sr}:min_comp=0.001:first_pts=0 -ac C
     -ar {sr} -c:a pcm_f32le -f f32le`` (FFmpeg 5.1's CLI) does, step by step:
@@ -196,12 +327,7 @@ def _decode_pyav(p: str, sr: int, info: MediaInfo, channels: int) -> np.ndarray:
     except ImportError as e:
         raise _PyAVShort(f"PyAV unavailable: {e}") from e
     deadline = time.monotonic() + AUDIO_TIMEOUT_S
-    try:
-        container = av.open(ffmpeg_input(p), metadata_errors="replace", timeout=AUDIO_TIMEOUT_S)
-    except av.error.ExitError as e:
-        raise MediaError("audio", "timeout", f"PyAV ran over {AUDIO_TIMEOUT_S:.0f} s", p) from e
-    except (av.error.FFmpegError, OSError, ValueError, UnicodeError) as e:
-        raise MediaError("audio", "undecodable", str(e) or type(e).__name__, p) from e
+    container = open_av(p, "audio", AUDIO_TIMEOUT_S)
     with container:
         if container.format.flags & _AVFMT_TS_DISCONT:
             raise _PyAVShort(f"format {container.format.name} may carry timestamp discontinuities")
@@ -224,7 +350,6 @@ def _decode_pyav(p: str, sr: int, info: MediaInfo, channels: int) -> np.ndarray:
         prev_pkt_pts: Optional[int] = None
         graph = src = sink = None
         params = None
-        out: list = []
         n_ok = n_err = 0
         last_error = ""
 
@@ -275,7 +400,7 @@ def _decode_pyav(p: str, sr: int, info: MediaInfo, channels: int) -> np.ndarray:
                     f = sink.pull()
                 except (av.error.BlockingIOError, av.error.EOFError):
                     return
-                out.append(np.frombuffer(f.planes[0], np.float32, f.samples * channels))
+                emit(np.frombuffer(f.planes[0], np.float32, f.samples * channels))
 
         def decode(packet) -> None:
             nonlocal n_ok, n_err, last_error
@@ -308,6 +433,8 @@ def _decode_pyav(p: str, sr: int, info: MediaInfo, channels: int) -> np.ndarray:
             if packet.size == 0 and packet.pts is None:
                 continue  # PyAV's end-of-stream marker: the decoder is flushed below
             decode(packet)
+            if emit.full:
+                break
         decode(None)
         if graph is not None:
             try:
@@ -318,11 +445,8 @@ def _decode_pyav(p: str, sr: int, info: MediaInfo, channels: int) -> np.ndarray:
     if (n_ok + n_err) * _MAX_ERROR_RATE < n_err:
         raise MediaError("audio", "undecodable", f"{n_err} of {n_ok + n_err} audio packets failed "
                          f"to decode: {last_error}", p)
-    raw = np.concatenate(out) if out else np.zeros(0, np.float32)
-    usable = len(raw) // channels * channels
-    if usable == 0:
+    if emit.seen == 0:
         raise MediaError("audio", "undecodable", last_error or "no audio decoded", p)
-    return raw[:usable]
 
 
 @functools.lru_cache(maxsize=4)
@@ -368,26 +492,37 @@ def log_mel_blocked(wav: np.ndarray, block_rows: int = MEL_BLOCK_ROWS) -> np.nda
     """``log_mel(wav)``, computed over blocks of ``block_rows`` mel rows.
 
     The STFT of a whole clip costs ~50 MB per minute of audio (a 10-minute source peaked at
-    +500 MB); blocks keep it at ~30 MB at any length. Each block carries 5 rows (800 samples) of
-    context on both sides, more than a frame's half window (640) plus the pre-emphasis sample,
-    and the first/last blocks end where the clip does, so every row sees the same samples and
-    padding as in one pass.
+    +500 MB); blocks keep it at ~30 MB at any length. See ``log_mel_rows`` for why the blocks
+    equal one pass.
+    """
+    wav = np.asarray(wav)
+    n_rows = 1 + len(wav) // MEL_PARAMS["hop_length"]
+    read = lambda a, b: wav[max(0, a): b]  # noqa: E731
+    out = [log_mel_rows(read, len(wav), r0, min(n_rows, r0 + block_rows))
+           for r0 in range(0, n_rows, block_rows)]
+    return np.concatenate(out) if len(out) > 1 else out[0]
+
+
+def log_mel_rows(read, n_samples: int, r0: int, r1: int) -> np.ndarray:
+    """Rows ``[r0, r1)`` of ``log_mel`` over a whole track of ``n_samples`` samples, reading only
+    samples near them: ``read(a, b)`` returns samples ``[a, b)``. Rows past the track's last row
+    are left out (``align_mel_to_frames`` edge-pads them).
+
+    The rows are computed from the samples ``[(r0 - 5)·160, (r1 - 1 + 5)·160 + 1)``: 5 rows (800
+    samples) of context on both sides, more than a frame's half window (640) plus the
+    pre-emphasis sample, so no row sees the block's own edges; a block within 10 rows of the
+    track's end runs to the end instead, so the last rows get the same reflect padding as in one
+    pass. Short tracks are done in one pass.
     """
     hop = MEL_PARAMS["hop_length"]
     ctx = MEL_PARAMS["n_fft"] // 2 // hop + 1
-    n_rows = 1 + len(wav) // hop
-    if n_rows <= block_rows + ctx:
-        return log_mel(wav)
-    out, r0 = [], 0
-    while r0 < n_rows:
-        r1 = r0 + block_rows
-        if r1 >= n_rows - 2 * ctx:  # a short remainder joins this block (no block < one window)
-            r1 = n_rows
-        a0 = max(0, r0 - ctx)
-        s1 = len(wav) if r1 == n_rows else (r1 - 1 + ctx) * hop + 1
-        out.append(log_mel(wav[a0 * hop: s1])[r0 - a0: r1 - a0])
-        r0 = r1
-    return np.concatenate(out)
+    n_rows = 1 + n_samples // hop
+    r0, r1 = max(0, r0), min(n_rows, r1)
+    if r1 <= r0:
+        return np.zeros((0, MEL_PARAMS["n_mels"]), np.float32)
+    a0 = max(0, r0 - ctx)
+    s1 = n_samples if r1 >= n_rows - 2 * ctx else (r1 - 1 + ctx) * hop + 1
+    return log_mel(read(a0 * hop, s1))[r0 - a0: r1 - a0]
 
 
 def align_mel_to_frames(mel: np.ndarray, n_frames: int) -> np.ndarray:

@@ -41,6 +41,13 @@ Conventions (see SPEC "Media conventions"):
 
 File names are handed to ffmpeg and PyAV as ``file:<absolute path>``, so no name (leading '-',
 quotes, ``$(...)``, unicode, ':') is ever read as an option or a protocol.
+
+Only media containers are opened (``ALLOWED_FORMATS``): every open, in-process
+(``open_av``) and by the CLIs (``cli_input``), passes libavformat's ``format_whitelist`` and
+``protocol_whitelist=file``, so a playlist (HLS ``.m3u8``, also when named ``.mp4``), a concat
+list, an image sequence or a device is refused before it can read anything, as
+``MediaError(stage, 'unsupported_container')``; text playlists are recognised from their first
+bytes before any library sees them.
 """
 from __future__ import annotations
 
@@ -64,9 +71,24 @@ __all__ = [
     "ffmpeg_bin",
     "frames_at",
     "PROBE_BACKENDS",
+    "ALLOWED_FORMATS",
+    "cli_input",
+    "open_av",
+    "check_limits",
+    "check_gaps",
 ]
 
 PROBE_TIMEOUT_S = 120.0
+#: libavformat demuxers that may be opened: the containers video corpora hold, and the audio files
+#: dubbing reads. None of them opens another file; playlists (hls, dash, concat), image
+#: sequences (image2) and devices are not here. (A name matches a demuxer listing it, e.g. 'mov'
+#: matches 'mov,mp4,m4a,3gp,3g2,mj2' and 'matroska' matches 'matroska,webm'.)
+ALLOWED_FORMATS = ("mov", "matroska", "avi", "mpegts", "flv", "mpeg", "asf", "ogg", "mxf", "ivf",
+                   "h264", "hevc", "wav", "w64", "mp3", "flac", "aac", "aiff")
+FORMAT_WHITELIST = ",".join(ALLOWED_FORMATS)
+_AV_OPTIONS = {"format_whitelist": FORMAT_WHITELIST, "protocol_whitelist": "file"}
+_PLAYLIST_MAGIC = (b"#EXTM3U", b"#EXTINF", b"ffconcat", b"[playlist]", b"<?xml", b"<MPD", b"<smil",
+                   b"file '", b"file /")
 PROBE_BACKENDS = ("auto", "pyav", "ffprobe")
 STAGES = ("probe", "decode", "audio")
 _VFR_TOLERANCE = 0.01
@@ -147,12 +169,63 @@ def ffmpeg_input(path) -> str:
     return "file:" + os.path.abspath(os.fspath(path))
 
 
+def cli_input(path) -> list[str]:
+    """The ffmpeg/ffprobe input arguments of ``path``: allowed containers, the file protocol only."""
+    return ["-protocol_whitelist", "file", "-format_whitelist", FORMAT_WHITELIST,
+            "-i", ffmpeg_input(path)]
+
+
+def _allowed(format_name: str) -> bool:
+    return bool(set(format_name.split(",")) & set(ALLOWED_FORMATS))
+
+
+def open_av(path, stage: str, timeout: Optional[float] = None):
+    """``av.open`` of a local file with the container allow-list and the file protocol only.
+
+    Raises:
+        MediaError(stage): 'unsupported_container' (a format off the allow-list), 'timeout'
+            (open/find_stream_info ran over ``timeout``) or 'undecodable'.
+        ImportError: no PyAV.
+    """
+    import av
+
+    p = os.fspath(path)
+    try:
+        container = av.open(ffmpeg_input(p), metadata_errors="replace", timeout=timeout,
+                            container_options=dict(_AV_OPTIONS))
+    except av.error.ExitError as e:  # the interrupt callback: open/find_stream_info ran over
+        raise MediaError(stage, "timeout", f"PyAV ran over {timeout:.0f} s", p) from e
+    except av.error.ArgumentError as e:  # EINVAL: libavformat's "Format not on whitelist"
+        raise MediaError(stage, "unsupported_container",
+                         f"not a container on the allow-list ({e})", p) from e
+    except (av.error.FFmpegError, OSError, ValueError, UnicodeError) as e:
+        raise MediaError(stage, "undecodable", str(e) or type(e).__name__, p) from e
+    if not _allowed(container.format.name):
+        container.close()
+        raise MediaError(stage, "unsupported_container", f"format {container.format.name}", p)
+    return container
+
+
+def cli_error(stage: str, err: str, path: str, default: str) -> MediaError:
+    """The MediaError of a failed ffmpeg/ffprobe run from its stderr tail."""
+    if "not on whitelist" in err:
+        return MediaError(stage, "unsupported_container", f"not a container on the allow-list: {err}", path)
+    return MediaError(stage, "undecodable", err or default, path)
+
+
 def _check_file(path, stage: str) -> str:
     p = os.fspath(path)
-    if not os.path.isfile(p):
+    if not os.path.exists(p):
         raise MediaError(stage, "not_found", "no such file", p)
+    if not os.path.isfile(p):
+        raise MediaError(stage, "unsupported_container", "not a regular file (a device, fifo or folder)", p)
     if os.path.getsize(p) == 0:
         raise MediaError(stage, "zero_bytes", "file is empty", p)
+    with open(p, "rb") as f:
+        head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(_PLAYLIST_MAGIC):
+        raise MediaError(stage, "unsupported_container",
+                         f"a playlist or list of files ({head[:12]!r}...), not a media file", p)
     return p
 
 
@@ -240,7 +313,8 @@ def probe(path, backend: str = "auto") -> MediaInfo:
 
 def pyav_or_cli(backend: str, cli: str, stage: str, path: str, pyav_fn, cli_fn):
     """``pyav_fn()`` unless ``backend == cli``; with 'auto', ``cli_fn()`` where PyAV falls short
-    (``_PyAVShort``) or fails with a MediaError other than a timeout (the CLI would wait as long).
+    (``_PyAVShort``) or fails with a MediaError other than a timeout (the CLI would wait as long)
+    or an unsupported container (the CLI has the same allow-list).
     With 'pyav', a shortfall is ``MediaError(stage, 'undecodable')`` and PyAV's errors are final."""
     if backend != cli:
         try:
@@ -249,7 +323,7 @@ def pyav_or_cli(backend: str, cli: str, stage: str, path: str, pyav_fn, cli_fn):
             if backend == "pyav":
                 raise MediaError(stage, "undecodable", f"PyAV: {e}", path) from e
         except MediaError as e:
-            if backend == "pyav" or e.reason == "timeout":
+            if backend == "pyav" or e.reason in ("timeout", "unsupported_container"):
                 raise
     return cli_fn()
 
@@ -257,7 +331,7 @@ def pyav_or_cli(backend: str, cli: str, stage: str, path: str, pyav_fn, cli_fn):
 def _probe_ffprobe(p: str) -> dict:
     """``ffprobe -show_format -show_streams`` of ``p`` as parsed JSON."""
     cmd = [ffmpeg_bin("ffprobe"), "-v", "error", "-hide_banner", "-print_format", "json",
-           "-show_format", "-show_streams", ffmpeg_input(p)]
+           "-show_format", "-show_streams", *cli_input(p)]
     try:
         res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
                              timeout=PROBE_TIMEOUT_S, check=False)
@@ -265,7 +339,7 @@ def _probe_ffprobe(p: str) -> dict:
         raise MediaError("probe", "timeout", f"ffprobe ran over {PROBE_TIMEOUT_S:.0f} s", p) from e
     err = res.stderr.decode("utf-8", "replace")
     if res.returncode != 0:
-        raise MediaError("probe", "undecodable", _stderr_tail(err) or "ffprobe failed", p)
+        raise cli_error("probe", _stderr_tail(err), p, "ffprobe failed")
     try:
         return json.loads(res.stdout.decode("utf-8", "replace") or "{}")
     except json.JSONDecodeError as e:
@@ -359,12 +433,7 @@ def _probe_pyav(p: str) -> dict:
         import av
     except ImportError as e:  # no PyAV: ffprobe only
         raise _PyAVShort(f"PyAV unavailable: {e}") from e
-    try:
-        container = av.open(ffmpeg_input(p), metadata_errors="replace", timeout=PROBE_TIMEOUT_S)
-    except av.error.ExitError as e:  # the interrupt callback: open/find_stream_info ran over
-        raise MediaError("probe", "timeout", f"PyAV ran over {PROBE_TIMEOUT_S:.0f} s", p) from e
-    except (av.error.FFmpegError, OSError, ValueError, UnicodeError) as e:
-        raise MediaError("probe", "undecodable", str(e) or type(e).__name__, p) from e
+    container = open_av(p, "probe", PROBE_TIMEOUT_S)
     with container:
         try:
             return _pyav_fields(av, container)
@@ -496,3 +565,77 @@ def validate(info: MediaInfo, *, need_video: bool = True, need_audio: bool = Fal
                          f"Expected min side >= {min_side} px. Got {info.width}x{info.height}.",
                          info.path)
     return info
+
+
+def check_limits(info: MediaInfo, *, max_pixels: Optional[int] = None,
+                 max_duration_s: Optional[float] = None,
+                 max_gap_s: Optional[float] = None) -> MediaInfo:
+    """Refuse what a file declares beyond the limits (from the probe, nothing decoded).
+
+    Raises:
+        MediaError(stage='probe'): 'too_large' (width × height > ``max_pixels``), 'too_long'
+            (duration > ``max_duration_s``) or 'timestamp_gap' (audio and video start more
+            than ``max_gap_s`` apart).
+    """
+    if max_pixels is not None and info.width * info.height > max_pixels:
+        raise MediaError("probe", "too_large", f"Expected at most {max_pixels} pixels a frame. "
+                         f"Got {info.width}x{info.height}.", info.path)
+    if max_duration_s is not None and info.duration_s > max_duration_s:
+        raise MediaError("probe", "too_long", f"Expected at most {max_duration_s:g} s. "
+                         f"Got {info.duration_s:.1f} s.", info.path)
+    if (max_gap_s is not None and info.has_video and info.has_audio
+            and abs(info.audio_start_s - info.video_start_s) > max_gap_s):
+        raise MediaError("probe", "timestamp_gap", f"Expected audio and video to start within "
+                         f"{max_gap_s:g} s. Got {info.video_start_s:.1f} s and "
+                         f"{info.audio_start_s:.1f} s.", info.path)
+    return info
+
+
+def check_gaps(path, info: MediaInfo, max_gap_s: float) -> None:
+    """Refuse a file whose video or audio timestamps jump forward by more than ``max_gap_s``.
+
+    Reads packets only (no decoding), and only when a stream is longer than ``max_gap_s``. A
+    gap would otherwise be decoded as filler: the 25 fps emitter repeats the frame before it,
+    the audio chain fills it with silence (a 600 s gap made 15,000 frames out of 174). A
+    stream that PyAV cannot demux is left to the decoders; an MPEG-TS capture with a timestamp
+    discontinuity over ``max_gap_s`` is refused like any other gap.
+
+    Raises:
+        MediaError(stage='probe'): 'timestamp_gap'.
+    """
+    if max(info.duration_s, info.audio_duration_s or 0.0) <= max_gap_s:
+        return
+    try:
+        import av
+    except ImportError:  # no PyAV: the decoders fill the gap (bounded per segment), nothing worse
+        return
+    p = os.fspath(path)
+    wanted = {i for i in (info.video_index, info.audio_index) if i is not None}
+    try:
+        container = open_av(p, "probe", PROBE_TIMEOUT_S)
+    except MediaError as e:
+        if e.reason == "unsupported_container":
+            raise
+        return  # PyAV cannot read it (the probe fell back to ffprobe): the decoders decide
+    with container:
+        streams = [s for s in container.streams if s.index in wanted]
+        for s in container.streams:
+            if s.index not in wanted:
+                s.discard = av.stream.Discard.all
+        prev: dict[int, Fraction] = {}  # each stream's last packet time
+        try:
+            for packet in container.demux(streams):
+                ts = packet.dts if packet.dts is not None else packet.pts
+                if ts is None or packet.time_base is None:
+                    continue
+                t = ts * packet.time_base
+                # MP4 stores a gap as the duration of the packet before it: check both
+                jump = max(t - prev.get(packet.stream_index, t), (packet.duration or 0) * packet.time_base)
+                if jump > max_gap_s:
+                    kind = container.streams[packet.stream_index].type
+                    raise MediaError("probe", "timestamp_gap",
+                                     f"Expected {kind} timestamps without gaps over {max_gap_s:g} s. "
+                                     f"Got {float(jump):.1f} s at {float(t):.1f} s.", p)
+                prev[packet.stream_index] = max(t, prev.get(packet.stream_index, t))
+        except av.error.FFmpegError:
+            return  # a damaged file: the decoders decide

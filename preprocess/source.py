@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -39,6 +39,25 @@ class DecodeConfig:
     # 1080p, dmlc/decord#208); PyAV and the pipe hold one chunk
     backend: str = "auto"
     min_side: int = 64           # smaller videos are rejected at probe (no usable face)
+
+
+@dataclass
+class LimitsConfig:
+    """What one source may declare before it is refused (a reject, never a worker's memory).
+
+    Checked at probe from the headers, and for gaps from the packet timestamps, before anything
+    is decoded; decoded audio goes to a temporary file and each segment's mel is computed from
+    its own samples, so memory does not grow with duration."""
+    max_pixels: int = 4096 * 2304     # per frame (4K UHD and DCI 4K pass; 8000×8000 does not)
+    max_duration_s: float = 7200.0    # video (or audio) stream duration
+    max_gap_s: float = 10.0           # a timestamp gap (within a stream, or between the streams' starts)
+    max_source_bytes: int = 16 * 2**30  # size of the source file, checked before it is copied
+
+
+@dataclass
+class InputConfig:
+    """Where sources may come from: URI schemes ('file' = local paths); http/https only when listed."""
+    schemes: list[str] = field(default_factory=lambda: ["file", "gs", "memory"])
 
 
 @dataclass
@@ -73,6 +92,8 @@ class WorkerConfig:
 @dataclass
 class PreprocessConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    input: InputConfig = field(default_factory=InputConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -144,13 +165,15 @@ def segment_quality(seg: AlignedSegment, n: int, size: int) -> dict[str, float]:
 
 
 
-def segment_mel(mel: np.ndarray, start: int, n: int) -> np.ndarray:
-    """Rows [4·start, 4·(start+n)) of the source's mel, edge-padded past its end."""
+def segment_mel(track, start: int, n: int) -> np.ndarray:
+    """Rows [4·start, 4·(start+n)) of the source's mel (``track``: an ``audio.AudioTrack``),
+    computed from the segment's own samples and edge-padded past the track's end."""
     from preprocess.audio import align_mel_to_frames
 
-    rows = mel[4 * start: 4 * (start + n)]
+    rows = track.mel_rows(4 * start, 4 * (start + n))
     if len(rows) == 0:
-        rows = mel[-1:]
+        last = len(track) // 160
+        rows = track.mel_rows(last, last + 1)
     return align_mel_to_frames(rows, n)
 
 
@@ -225,14 +248,18 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                                  schema.file_metadata({"source_uri": src}), temp_prefix=prefix)
     n_segments = n_frames = seg_index = 0
     try:
-        with uri_mod.local_copy(src) as path:
+        lim = cfg.limits
+        with uri_mod.local_copy(src, max_bytes=lim.max_source_bytes, schemes=cfg.input.schemes) as path, \
+                ExitStack() as stack:
             with stages("probe"):
                 info = media.validate(media.probe(path), need_video=True, need_audio=True,
                                       min_side=cfg.decode.min_side)
-            with stages("audio"):
-                wav = audio.load_audio(path, info=info)
-                mel = audio.log_mel_blocked(wav)
-                audio_frames = int(len(wav) * cfg.decode.fps // audio.SAMPLE_RATE)
+                media.check_limits(info, max_pixels=lim.max_pixels, max_duration_s=lim.max_duration_s,
+                                   max_gap_s=lim.max_gap_s)
+                media.check_gaps(path, info, lim.max_gap_s)
+            with stages("audio"):  # to a temporary file: each segment's mel is computed from its samples
+                track = stack.enter_context(audio.decode_audio(path, info=info, max_seconds=info.duration_s + 1.0))
+                audio_frames = int(len(track) * cfg.decode.fps // audio.SAMPLE_RATE)
             for seg in aligned_segments(path, info, cfg, backend, stages):
                 n = min(len(seg), max(0, audio_frames - seg.start))
                 least = cfg.output.min_segment_frames
@@ -249,7 +276,7 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                     s = schema.Segment(
                         source_uri=src, segment_index=seg_index, start_frame=seg.start,
                         frames=seg.crops[:n], landmarks=seg.landmarks[:n], affine=seg.affines[:n],
-                        detector_score=seg.scores[:n], mel=segment_mel(mel, seg.start, n),
+                        detector_score=seg.scores[:n], mel=segment_mel(track, seg.start, n),
                         fps=float(cfg.decode.fps), speaker_id=item.get("speaker_id"), split=item.get("split"),
                         source_width=info.width, source_height=info.height,
                         quality=segment_quality(seg, n, cfg.align.crop_size))

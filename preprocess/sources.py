@@ -10,12 +10,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import posixpath
 from typing import Iterator
 
 import fsspec
 from preprocess.errors import UserError
+
+log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv")
@@ -36,11 +39,18 @@ def is_manifest(spec: str) -> bool:
     return spec.lower().endswith(MANIFEST_SUFFIXES) and not any(c in spec for c in "*?[")
 
 
-def list_sources(spec: str) -> Iterator[dict]:
-    """Yield ``{"uri", "speaker_id", "split", ...}`` for a glob/folder/manifest, sorted by URI."""
+def list_sources(spec: str, schemes: tuple[str, ...] | None = None) -> Iterator[dict]:
+    """Yield ``{"uri", "speaker_id", "split", ...}`` for a glob/folder/manifest, sorted by URI.
+
+    ``schemes``: the URI schemes sources may have (``'file'`` for local paths); None allows any.
+    """
     if is_manifest(spec):
-        yield from read_manifest(spec)
+        yield from read_manifest(spec, schemes=schemes)
         return
+    try:
+        check_scheme(spec, schemes)
+    except ValueError as e:
+        raise SourceError(f"{spec}: {e}") from e
     fs, path = fsspec.core.url_to_fs(spec)
     if any(c in path for c in "*?["):
         paths = fs.glob(path)
@@ -55,45 +65,132 @@ def list_sources(spec: str) -> Iterator[dict]:
             yield {"uri": _full_uri(fs, p), "speaker_id": None, "split": None}
 
 
-def read_manifest(uri: str, key: tuple[str, ...] = ("uri",)) -> Iterator[dict]:
-    """Records of a CSV/JSONL manifest; later duplicates of the same ``key`` fields are dropped."""
+def read_manifest(uri: str, key: tuple[str, ...] = ("uri",),
+                  schemes: tuple[str, ...] | None = None) -> Iterator[dict]:
+    """Records of a CSV/JSONL manifest, all checked before the first is yielded.
+
+    Every record is validated first (a JSON object / a CSV row with as many fields as the
+    header, a non-empty string ``uri`` whose scheme is in ``schemes``, scalar ``speaker_id`` and
+    ``split``); the first bad one raises ``SourceError("<file>:<line>: <reason>")`` (one line,
+    with how many more are bad), so a bad manifest fails before any work. ``speaker_id`` and
+    ``split`` become strings (a CSV reader or a JSON number gives 12, the schema wants "12"),
+    a UTF-8 byte-order mark (Excel exports) is accepted, and later duplicates of the same ``key``
+    fields are dropped with a warning naming their lines (they would write the same ids twice).
+    """
     fs, path = fsspec.core.url_to_fs(uri)
     if not fs.exists(path):
         raise SourceError(f"Manifest {uri!r} does not exist.")
     base = posixpath.dirname(uri)
-    with fsspec.open(uri, "rt", encoding="utf-8") as f:
-        text = f.read()
-    if uri.lower().endswith(".csv"):
-        records = list(csv.DictReader(io.StringIO(text)))
-    else:
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise SourceError(f"{uri}:{n}: not JSON ({e.msg}).") from e
-    seen = set()
-    for n, rec in enumerate(records, 1):
-        u = (rec.get("uri") or "").strip() if isinstance(rec.get("uri"), str) else rec.get("uri")
-        if not u:
-            raise SourceError(f"{uri}: record {n} has no 'uri'.")
-        if "://" not in u and not u.startswith("/"):
-            u = posixpath.join(base, u) if base else u
-        if "://" not in u:
-            u = os.path.abspath(u)
-        out = {k: (v if v != "" else None) for k, v in rec.items()}
-        out["uri"] = u
-        for f, v in list(out.items()):  # other URI columns (audio_uri, reference_uri, ...) likewise
-            if f.endswith("_uri") and isinstance(v, str) and v:
-                v = v.strip()
-                if "://" not in v and not v.startswith("/"):
-                    v = posixpath.join(base, v) if base else v
-                out[f] = v if "://" in v else os.path.abspath(v)
+    try:
+        with fsspec.open(uri, "rt", encoding="utf-8-sig", newline="") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{uri}: not UTF-8 text ({e.reason} at byte {e.start}).") from e
+    errors: list[str] = []
+    records = [(n, rec) for n, rec in _raw_records(uri, text, errors)]
+    out_records: list[dict] = []
+    seen: dict[tuple, int] = {}
+    dropped: list[str] = []
+    for n, rec in records:
+        try:
+            out = _checked_record(rec, base, schemes)
+        except ValueError as e:
+            errors.append(f"{uri}:{n}: {e}")
+            continue
         k = tuple(out.get(f) for f in key)
         if k in seen:
-            continue  # duplicates in a manifest would write the same ids twice
-        seen.add(k)
-        out.setdefault("speaker_id", None)
-        out.setdefault("split", None)
-        yield out
+            dropped.append(f"{n} (= line {seen[k]})")
+            continue
+        seen[k] = n
+        out_records.append(out)
+    if errors:
+        more = f" (+{len(errors) - 1} more bad line(s))" if len(errors) > 1 else ""
+        raise SourceError(errors[0] + more)
+    if not out_records:
+        raise SourceError(f"{uri}: no records.")
+    if dropped:
+        log.warning("%s: dropped %d duplicate record(s) of the same %s at line(s) %s", uri,
+                    len(dropped), "/".join(key), ", ".join(dropped[:10]) + (" ..." if len(dropped) > 10 else ""))
+    yield from out_records
+
+
+def _raw_records(uri: str, text: str, errors: list[str]) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of every data line; shape errors are appended to ``errors``."""
+    if uri.lower().endswith(".csv"):
+        reader = csv.reader(io.StringIO(text))
+        try:
+            header = next(reader, None)
+            if not header:
+                errors.append(f"{uri}:1: no header row.")
+                return
+            header = [h.strip() for h in header]
+            if "uri" not in header:
+                errors.append(f"{uri}:1: the header {header} has no 'uri' column.")
+                return
+            line = reader.line_num
+            for row in reader:
+                n, line = line + 1, reader.line_num
+                if not any(c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    hint = " (an unquoted comma in a value?)" if len(row) > len(header) else ""
+                    errors.append(f"{uri}:{n}: {len(row)} fields, the header has {len(header)}{hint}.")
+                    continue
+                yield n, dict(zip(header, row))
+        except csv.Error as e:
+            errors.append(f"{uri}:{reader.line_num}: unreadable CSV ({e}).")
+        return
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            errors.append(f"{uri}:{n}: not JSON ({e.msg}).")
+            continue
+        if not isinstance(rec, dict):
+            errors.append(f"{uri}:{n}: expected a JSON object. Got {type(rec).__name__}.")
+            continue
+        yield n, rec
+
+
+def _resolve(u: str, base: str) -> str:
+    if "://" not in u and not u.startswith("/"):
+        u = posixpath.join(base, u) if base else u
+    return u if "://" in u else os.path.abspath(u)
+
+
+def _checked_record(rec: dict, base: str, schemes: tuple[str, ...] | None) -> dict:
+    """One manifest record, resolved and typed; ValueError(reason) when it cannot be used."""
+    u = rec.get("uri")
+    if not isinstance(u, str):
+        raise ValueError("no 'uri'." if u is None else f"'uri' must be a string. Got {u!r}.")
+    if not u.strip():
+        raise ValueError("empty 'uri'.")
+    out = {k: (v if v != "" else None) for k, v in rec.items()}
+    for f, v in list(out.items()):  # uri and other URI columns (audio_uri, reference_uri, ...)
+        if f == "uri" or f.endswith("_uri") and v is not None:
+            if not isinstance(v, str):
+                raise ValueError(f"{f!r} must be a string. Got {v!r}.")
+            out[f] = _resolve(v.strip(), base)
+            check_scheme(out[f], schemes)
+    for f in ("speaker_id", "split"):
+        v = out.get(f)
+        if isinstance(v, bool) or isinstance(v, (list, dict)):
+            raise ValueError(f"{f!r} must be a string or a number. Got {v!r}.")
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        out[f] = None if v is None else str(v).strip() or None
+    return out
+
+
+def scheme_of(uri: str) -> str:
+    """``'file'`` for local paths, else the URI's scheme (``gs``, ``memory``, ``https``, ...)."""
+    return uri.split("://", 1)[0].lower() if "://" in uri else "file"
+
+
+def check_scheme(uri: str, schemes: tuple[str, ...] | None) -> None:
+    """ValueError unless ``uri``'s scheme is one of ``schemes`` (None: any)."""
+    if schemes is not None and scheme_of(uri) not in schemes:
+        raise ValueError(f"{scheme_of(uri)}:// sources are not allowed (allowed: "
+                         f"{', '.join(schemes)}; set input.schemes in the config).")

@@ -7,7 +7,7 @@ import posixpath
 import shutil
 import tempfile
 import uuid
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import fsspec
 
@@ -65,17 +65,54 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     fs.mv(tmp, path)
 
 
+_COPY_BLOCK = 4 * 2**20
+
+
 @contextlib.contextmanager
-def local_copy(uri: str, suffix: str = "") -> Iterator[str]:
-    """Yield a local file path for ``uri`` (the file itself when local, a temp copy otherwise)."""
+def local_copy(uri: str, suffix: str = "", max_bytes: int | None = None,
+               schemes: Sequence[str] | None = None) -> Iterator[str]:
+    """Yield a local file path for ``uri`` (the file itself when local, a temp copy otherwise).
+
+    Args:
+        max_bytes: refuse a source larger than this (its declared size, and what is actually
+            copied, since an http server may not say or may lie).
+        schemes: the URI schemes allowed ('file' for local paths); None allows any.
+
+    Raises:
+        MediaError(stage='probe'): 'unsupported_scheme' or 'too_large' (facts about the input).
+    """
+    from preprocess.media import MediaError
+
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    if schemes is not None and scheme not in schemes:
+        raise MediaError("probe", "unsupported_scheme",
+                         f"{scheme}:// sources are not allowed (input.schemes: {list(schemes)})", uri)
     fs, path = fsspec.core.url_to_fs(uri)
+
+    def too_large(size) -> MediaError:
+        return MediaError("probe", "too_large", f"Expected at most {max_bytes} bytes. Got {size}.", uri)
+
     if is_local(uri):
+        if max_bytes is not None and os.path.isfile(path) and os.path.getsize(path) > max_bytes:
+            raise too_large(os.path.getsize(path))
         yield path
         return
     d = tempfile.mkdtemp(prefix="radio-")
     try:
         local = os.path.join(d, "media" + (suffix or os.path.splitext(path)[1][:16]))
-        fs.get(path, local)
+        if max_bytes is None:
+            fs.get(path, local)
+        else:
+            declared = fs.info(path).get("size")
+            if declared is not None and declared > max_bytes:
+                raise too_large(declared)
+            copied = 0
+            with fs.open(path, "rb", block_size=_COPY_BLOCK) as src, open(local, "wb") as dst:
+                while block := src.read(_COPY_BLOCK):
+                    copied += len(block)
+                    if copied > max_bytes:
+                        raise too_large(f"more than {max_bytes} (still copying)")
+                    dst.write(block)
         yield local
     finally:
         shutil.rmtree(d, ignore_errors=True)

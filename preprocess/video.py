@@ -19,10 +19,13 @@ Three backends give the same frames (tested to be pixel-identical on H.264/HEVC 
 - ``'decord'``: fastest for plain files. Source frame indexes come from the exact rational
   mapping above using ``r_frame_rate`` (CFR), or from decord's own float timestamps when the file
   turns out to be VFR (explicit ``backend='decord'`` only; exact except at rounding ties).
+  decord opens the file with its own FFmpeg and no container allow-list: it only ever reads a
+  file that ``probe`` (which has the allow-list) has opened first.
 - ``'ffmpeg'``: an ffmpeg rawvideo pipe, ``-vf setpts=PTS-STARTPTS,fps=25[,scale]`` with ffmpeg's
   autorotation and any pixel format (10-bit, AV1, VP9, ffv1, ...).
 - ``'auto'``: PyAV, and the ffmpeg pipe as soon as PyAV fails (cannot open the file, no decoder in
-  the wheel); a fallback mid-file resumes ffmpeg after the frames already yielded. decord is only
+  the wheel) or ends short of the frame count; a fallback mid-file resumes ffmpeg after the
+  frames already yielded, and the pipe's count is final. decord is only
   used when asked for: it decodes ahead of its reader without bound (dmlc/decord#208).
 
 Frame-count contract: exactly ``frame_count(info, fps)`` frames. A decoder that stops short by at
@@ -40,8 +43,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from preprocess.media import (MediaError, MediaInfo, ffmpeg_bin, ffmpeg_input, frames_at,
-                              probe, _check_file, _rate, _stderr_tail)
+from preprocess.media import (MediaError, MediaInfo, cli_error, cli_input, ffmpeg_bin, frames_at,
+                              open_av, probe, _check_file, _rate, _stderr_tail)
 
 __all__ = ["iter_frames", "read_frames", "frame_count", "frame_count_25", "output_size",
            "choose_backend", "BACKENDS", "PAD_TOLERANCE"]
@@ -137,7 +140,7 @@ def iter_frames(path, info: Optional[MediaInfo] = None, fps=25, chunk: int = 64,
             raise MediaError("decode", "undecodable", f"pyav: {e}", p) from e
         return
     done = 0
-    gen = _pyav_frames(p, info, fps, chunk, size)
+    gen = _pyav_frames(p, info, fps, chunk, size, strict=False)
     try:
         while True:
             try:
@@ -242,12 +245,16 @@ def _last_line(e: Exception) -> str:
 _ROT90 = {0: 0, 90: -1, 180: 2, 270: 1}  # clockwise display rotation -> np.rot90 turns (ccw)
 
 
-def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]) -> Iterator[np.ndarray]:
+def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int],
+                 strict: bool = True) -> Iterator[np.ndarray]:
     """25 fps CFR chunks decoded in-process. Output frame k shows the last source frame j with
     ``floor((t_j - t_0)·fps + 1/2) ≤ k`` (``t`` exact rational timestamps, ``t_0`` the first
-    decoded frame's), i.e. ffmpeg's ``setpts=PTS-STARTPTS,fps=..:round=near``; the count and the
-    end padding follow the same contract as the ffmpeg pipe. Raises _PyAVFailed when the file
-    cannot be opened or decoded at all, MediaError('decode', 'truncated') when it stops short."""
+    decoded frame's), i.e. ffmpeg's ``setpts=PTS-STARTPTS,fps=..:round=near``; the last frame
+    shows until it ends (its own duration: a 1 fps clip's last frame fills 25 slots), as the
+    filter does at end of stream. The count and the end padding follow the same contract as the
+    ffmpeg pipe. Raises _PyAVFailed when the file cannot be opened or decoded at all; when it
+    stops short, MediaError('decode', 'truncated') if ``strict``, else _PyAVFailed (so 'auto'
+    lets the ffmpeg pipe decide the count)."""
     import av  # lazy: only this backend needs it
 
     fps = Fraction(fps)
@@ -256,9 +263,11 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
     ch, cw = (w, h) if turns % 2 else (h, w)  # coded-orientation size to convert to
     n_out = frame_count(info, fps) if info.duration_s > 0 else None
     try:
-        container = av.open(ffmpeg_input(p), metadata_errors="replace")
-    except (av.FFmpegError, OSError, ValueError) as e:
-        raise _PyAVFailed(f"open: {e}") from e
+        container = open_av(p, "decode")
+    except MediaError as e:
+        if e.reason == "unsupported_container":
+            raise
+        raise _PyAVFailed(f"open: {e.message}") from e
     try:
         try:
             stream = container.streams[info.video_index or 0]
@@ -277,17 +286,23 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
             a = frame.to_ndarray(format="rgb24", width=cw, height=ch, interpolation="AREA")
             return np.rot90(a, turns) if turns else a
 
-        def slots(frame) -> int:
-            nonlocal t0, t_prev
+        def start_of(frame) -> Fraction:
+            nonlocal t_prev
             if frame.pts is not None and frame.time_base is not None:
                 t = frame.pts * frame.time_base
             else:  # no timestamp: one nominal frame period after the previous frame
                 t = (t_prev + step) if t_prev is not None else Fraction(0)
             t_prev = t
-            if t0 is None:
-                t0 = t
+            return t
+
+        def end_of(frame, t: Fraction) -> Fraction:  # when the frame stops showing
+            if frame.duration and frame.time_base is not None:
+                return t + frame.duration * frame.time_base
+            return t + step
+
+        def slot(t: Fraction) -> int:  # ffmpeg's fps filter: round(t·fps), ties up, exact
             x = (t - t0) * fps + Fraction(1, 2)
-            return x.numerator // x.denominator  # floor, exact
+            return x.numerator // x.denominator
 
         def frames():
             nonlocal errors, decoded
@@ -315,19 +330,27 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
                     yield buf
                     buf, filled = np.empty((chunk, h, w, 3), np.uint8), 0
 
+        t_held = None
         for frame in frames():
-            r = slots(frame)
+            t = start_of(frame)
+            if t0 is None:
+                t0 = t
+            r = slot(t)
             yield from show_held(r if n_out is None else min(r, n_out))
-            held, held_rgb = frame, None
+            held, held_rgb, t_held = frame, None, t
             if n_out is not None and emitted >= n_out:
                 break
         if held is None:
             raise _PyAVFailed(f"no frame decoded ({errors} packet errors)")
-        covered = emitted + 1  # the last frame still shows in one slot
+        # the last frame shows until it ends (its duration), as ffmpeg's fps filter at EOF
+        covered = max(emitted + 1, slot(end_of(held, t_held)))
         target = covered if n_out is None else n_out
         if covered < target - PAD_TOLERANCE:
-            raise MediaError("decode", "truncated", f"Expected {n_out} frames. Got {covered} (pyav).", p)
-        yield from show_held(target)  # the last frame, and padding by repeating it (<= PAD_TOLERANCE)
+            msg = f"Expected {n_out} frames. Got {covered} (pyav)."
+            if strict:
+                raise MediaError("decode", "truncated", msg, p)
+            raise _PyAVFailed(msg)  # 'auto': the ffmpeg pipe decides
+        yield from show_held(target)  # to the end of the last frame, padded by repeating it (<= PAD_TOLERANCE)
         if filled:
             yield buf[:filled]
     except av.FFmpegError as e:
@@ -346,7 +369,7 @@ def _ffmpeg_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, in
     if (h, w) != (info.height, info.width):
         filters.append(f"scale={w}:{h}:flags=area")
     cmd = [ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
-           "-i", ffmpeg_input(p), "-map", f"0:{info.video_index}", "-an", "-sn", "-dn",
+           *cli_input(p), "-map", f"0:{info.video_index}", "-an", "-sn", "-dn",
            "-vf", ",".join(filters), "-vsync", "passthrough"]
     if n_out is not None:
         cmd += ["-frames:v", str(n_out)]
@@ -375,7 +398,7 @@ def _ffmpeg_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, in
         errf.seek(0)
         err = _stderr_tail(errf.read().decode("utf-8", "replace"))
     if rc != 0 or produced == 0 and (n_out or 0) > 0:
-        raise MediaError("decode", "undecodable", err or f"ffmpeg exited with {rc}", p)
+        raise cli_error("decode", err, p, f"ffmpeg exited with {rc}")
     if n_out is None or produced >= n_out:
         return
     if produced < n_out - PAD_TOLERANCE:

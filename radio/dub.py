@@ -144,7 +144,7 @@ class _Encoder:
     def __init__(self, dst: str, w: int, h: int, audio_path: str, crf: int, fps: int = 25):
         cmd = [media.ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
-               "-i", media.ffmpeg_input(audio_path), "-map", "0:v:0", "-map", "1:a:0",
+               *media.cli_input(audio_path), "-map", "0:v:0", "-map", "1:a:0",
                "-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p",
                "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:a", "aac", "-b:a", "128k", "-shortest",
                "-movflags", "+faststart", "file:" + os.path.abspath(dst)]

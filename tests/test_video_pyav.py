@@ -66,7 +66,7 @@ def test_pyav_truncated_and_auto_fallback(media, monkeypatch):
     path = media.fps30()
     ref = video.read_frames(path, backend="ffmpeg")
 
-    def broken(p, info, fps, chunk, size):
+    def broken(p, info, fps, chunk, size, **kw):
         yield video.read_frames(p, backend="ffmpeg")[:7]
         raise video._PyAVFailed("simulated decoder failure")
 
