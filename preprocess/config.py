@@ -76,7 +76,12 @@ def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}.")
     kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # a dataclass's own checks (__post_init__): still a config mistake
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def to_dict(obj: Any) -> dict:
