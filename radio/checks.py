@@ -160,7 +160,7 @@ def train(cfg, command: str) -> None:
 
         fs, p = fsspec.core.url_to_fs(uri)
         if not fs.exists(p):
-            raise WeightsError(f"{name}: {key} {uri!r} does not exist. {how}")
+            raise WeightsError(f"{name}: {key} {uri!r}: weight file not found. {how}")
 
 
 # ---- options ---------------------------------------------------------------------------------
