@@ -177,11 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(parser, args, extra)
     except Exception as e:  # a user's mistake is one line; anything else keeps its traceback
-        from preprocess.errors import UserError
+        from preprocess.errors import JobFailed, UserError
 
         if isinstance(e, UserError) and not args.verbose:
             print(f"radio {args.command}: error: {e}", file=sys.stderr)
             return 2
+        if isinstance(e, JobFailed) and not args.verbose:
+            print(f"radio {args.command}: job failed: {e}", file=sys.stderr)
+            return 1
         raise
 
 

@@ -240,3 +240,34 @@ def test_config_classes_have_no_positional_fields():
     for command in config_doc.COMMANDS:
         for f in dataclasses.fields(config_doc.config_class(command)):
             assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+# ---- item 2: a job that fails says why in one line ---------------------------------------------
+def test_first_error_of_a_beam_failure():
+    from pipelines import jobrun
+
+    exc = RuntimeError("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+                       "FileExistsError: [Errno 17] File exists: '/o/rows'\n\nDuring handling ...\n"
+                       "RuntimeError: FileExistsError: [Errno 17] File exists: '/o/rows' [while running 'ProcessSource']")
+    log_text = ('Worker: severity: ERROR message: "radio: element failed: /data/a%20b%C3%BC.mp4" trace: ""\n'
+                'radio: element failed: /data/second.mp4\n')
+    assert jobrun.first_error(exc, log_text) == ("FileExistsError: [Errno 17] File exists: '/o/rows' in step "
+                                                 "ProcessSource on /data/a bü.mp4")
+    assert jobrun.first_error(MemoryError("out of memory"), "") == "MemoryError: out of memory"
+
+
+def test_failed_job_is_one_line_with_a_log(tmp_path, capsys):
+    """An environment failure inside the job (the dataset's rows/ is a file): exit 1, one line naming
+    the error, the step and the element, and the log with the full traces under runs/<run_id>/."""
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "rows").write_text("not a folder")
+    rc, _, err = run_cli(["preprocess", "--input", CLIP, "--output", str(out), "--run-id", "r1", "--no-progress",
+                          "--direct_num_workers=1"], capsys)
+    assert rc == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    log_path = out / "runs" / "r1" / "job.log"
+    assert "Error: " in lines[0] and "/rows" in lines[0] and "in step ProcessSource" in lines[0], lines
+    assert f"on {CLIP}" in lines[0] and f"full traces: {log_path}" in lines[0], lines
+    assert "Traceback (most recent call last)" in log_path.read_text()
