@@ -38,7 +38,7 @@ NS = "radio.dub"
 @dataclass
 class DubJobConfig:
     dub: DubConfig = field(default_factory=DubConfig)
-    checkpoint_sha256: str | None = None
+    checkpoint_sha256: str | None = None        # sha256 of --checkpoint (sha256sum RUN/radio.pt)
     allow_unverified_checkpoint: bool = False   # accept a checkpoint without a pinned sha256
     device: str = "auto"                        # auto | cpu | cuda
 

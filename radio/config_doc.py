@@ -7,12 +7,14 @@ field's line, or the comment lines right above it).
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import inspect
 import io
 import json
 import re
+import textwrap
 import tokenize
 import typing
 from functools import lru_cache
@@ -52,10 +54,12 @@ def field_comments(cls: type) -> dict[str, str]:
         return k in comments and lines[k - 1].lstrip().startswith("#")
 
     names = {f.name for f in dataclasses.fields(cls)}
+    body = ast.parse(textwrap.dedent(src)).body[0].body
+    field_lines = {node.lineno: node.target.id for node in body
+                   if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
     out: dict[str, str] = {}
     for n, line in enumerate(lines, 1):
-        m = re.match(r"\s+(\w+)\s*:", line)
-        if not m or m.group(1) not in names or m.group(1) in out:
+        if field_lines.get(n) not in names:
             continue
         text = []
         if n in comments:  # on the field's line, continued on lines whose text lines up under it
@@ -71,7 +75,7 @@ def field_comments(cls: type) -> dict[str, str]:
             while own_line(k) and comments[k][0] <= indent + 2:
                 text.insert(0, comments[k][1])
                 k -= 1
-        out[m.group(1)] = " ".join(t for t in text if t)
+        out[field_lines[n]] = " ".join(t for t in text if t)
     return out
 
 
@@ -93,7 +97,7 @@ def keys(cls: type, prefix: str = "") -> list[tuple[str, object, str]]:
         if dataclasses.is_dataclass(tp):
             out += keys(tp, f"{prefix}{f.name}.")
             continue
-        desc = f.metadata.get("help") or comments.get(f.name, "")
+        desc = f.metadata.get("help") or comments.get(f.name) or f"(see {cls.__module__}.{cls.__name__})"
         out.append((prefix + f.name, _default(f), desc))
     return out
 
@@ -109,7 +113,7 @@ def render(command: str) -> str:
     """The ``radio config COMMAND`` text: one line per key, ``key = default  # description``."""
     cls = config_class(command)
     rows = keys(cls)
-    width = max(len(f"{k} = {_show(v)}") for k, v, _ in rows)
+    width = min(40, max(len(f"{k} = {_show(v)}") for k, v, _ in rows))  # long defaults (digests) overhang
     lines = [f"# radio {command}: --set KEY=VALUE (or the same keys in a --config YAML file); "
              f"{len(rows)} keys, defaults shown"]
     for k, v, d in rows:

@@ -248,7 +248,8 @@ def test_first_error_of_a_beam_failure():
 
     exc = RuntimeError("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
                        "FileExistsError: [Errno 17] File exists: '/o/rows'\n\nDuring handling ...\n"
-                       "RuntimeError: FileExistsError: [Errno 17] File exists: '/o/rows' [while running 'ProcessSource']")
+                       "RuntimeError: FileExistsError: [Errno 17] File exists: '/o/rows' "
+                       "[while running 'ProcessSource']")
     log_text = ('Worker: severity: ERROR message: "radio: element failed: /data/a%20b%C3%BC.mp4" trace: ""\n'
                 'radio: element failed: /data/second.mp4\n')
     assert jobrun.first_error(exc, log_text) == ("FileExistsError: [Errno 17] File exists: '/o/rows' in step "
@@ -271,3 +272,46 @@ def test_failed_job_is_one_line_with_a_log(tmp_path, capsys):
     assert "Error: " in lines[0] and "/rows" in lines[0] and "in step ProcessSource" in lines[0], lines
     assert f"on {CLIP}" in lines[0] and f"full traces: {log_path}" in lines[0], lines
     assert "Traceback (most recent call last)" in log_path.read_text()
+
+
+# ---- item 5: progress and the end of train -----------------------------------------------------
+class _FakeFn:
+    """A per-item DoFn stand-in: one output per item with its frames; 'boom' raises."""
+
+    def setup(self):
+        self.ready = True
+
+    def process(self, item):
+        if item["uri"] == "boom":
+            raise OSError(28, "No space left on device")
+        yield {"status": "rows", "frames": item["frames"]}
+
+
+def test_tracked_reports_items_frames_and_the_failing_element(tmp_path, caplog):
+    from pipelines import jobrun
+
+    fns = [jobrun.Tracked(_FakeFn(), describe=jobrun.uri_of, frames=jobrun.frames_of, progress_dir=str(tmp_path))
+           for _ in range(2)]
+    bar = jobrun.Bar(str(tmp_path), 3, unit="video", desc="t", stream=None, workers=2)
+    fns[0].setup()
+    assert bar.read() == (1, 0, 0)  # one worker ready, nothing done
+    fns[1].setup()
+    assert list(fns[0].process({"uri": "a", "frames": 100})) == [{"status": "rows", "frames": 100}]
+    list(fns[1].process({"uri": "b", "frames": 25}))
+    list(fns[1].process({"uri": "c", "frames": 5}))
+    assert bar.read() == (2, 3, 130)
+    with pytest.raises(OSError, match="No space"):  # re-raised unchanged: the runner retries it
+        list(fns[0].process({"uri": "boom"}))
+    assert f"{jobrun.FAILED_MARK} boom" in caplog.text
+    assert bar.read() == (2, 3, 130)
+
+
+def test_train_ends_with_the_export_path_and_sha256(tmp_path, capsys):
+    import hashlib
+
+    from radio.train import cli as train_cli
+
+    (tmp_path / "radio.pt").write_bytes(b"weights")
+    train_cli._report_export(str(tmp_path), "radio.pt")
+    out = capsys.readouterr().out
+    assert str(tmp_path / "radio.pt") in out and hashlib.sha256(b"weights").hexdigest() in out
