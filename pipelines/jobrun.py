@@ -31,6 +31,7 @@ from typing import Callable
 
 import apache_beam as beam
 
+from preprocess import progress
 from preprocess import uri as uri_mod
 from preprocess.errors import JobFailed
 
@@ -52,8 +53,8 @@ class Tracked(beam.DoFn):
 
     def setup(self):
         self.fn.setup()
-        self.items = self.n_frames = 0
-        self._path = None
+        self.items = self.n_frames = self.partial = 0
+        self._path, self._last = None, 0.0
         if self.progress_dir:
             self._path = os.path.join(self.progress_dir, f"{os.getpid()}-{id(self):x}.json")
             self._report()  # this worker is ready
@@ -62,16 +63,26 @@ class Tracked(beam.DoFn):
         self.fn.start_bundle()
 
     def process(self, element):
+        self.partial = 0
         try:
-            for out in self.fn.process(element):
-                value = out.value if isinstance(out, beam.pvalue.TaggedOutput) else out
-                self.n_frames += int(self.frames(value) or 0)
-                yield out
+            with progress.reporting(self._frames_done):
+                outputs = list(self.fn.process(element) or ())
         except Exception:
             log.error("%s %s", FAILED_MARK, urllib.parse.quote(str(self.describe(element)), safe="/:"))
             raise
+        for out in outputs:
+            value = out.value if isinstance(out, beam.pvalue.TaggedOutput) else out
+            self.n_frames += int(self.frames(value) or 0)
         self.items += 1
+        self.partial = 0
         self._report()
+        yield from outputs
+
+    def _frames_done(self, n: int) -> None:
+        """Frames of the item in progress (``preprocess.progress.frames``), reported at most twice a second."""
+        self.partial += n
+        if time.monotonic() - self._last >= 0.5:
+            self._report()
 
     def finish_bundle(self):
         return self.fn.finish_bundle()
@@ -83,8 +94,9 @@ class Tracked(beam.DoFn):
         if self._path:
             tmp = self._path + ".tmp"
             with open(tmp, "w") as f:
-                json.dump({"items": self.items, "frames": self.n_frames}, f)
+                json.dump({"items": self.items, "frames": self.n_frames + self.partial}, f)
             os.replace(tmp, self._path)
+            self._last = time.monotonic()
 
 
 def frames_of(value) -> int:
@@ -147,7 +159,7 @@ class Bar:
                 bar.update(items - bar.n)
                 if ready and t_ready is None:
                     t_ready = time.time()
-                if items == 0 and not stop:
+                if items == 0 and frames == 0 and not stop:
                     of = f"/{self.workers}" if self.workers else ""
                     bar.set_postfix_str(f"starting workers: {ready}{of} ready (models load once per worker)")
                 else:

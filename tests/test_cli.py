@@ -282,8 +282,12 @@ class _FakeFn:
         self.ready = True
 
     def process(self, item):
+        from preprocess import progress
+
         if item["uri"] == "boom":
             raise OSError(28, "No space left on device")
+        for _ in range(item["frames"]):
+            progress.frames(1)  # frames of a long item show up while it runs
         yield {"status": "rows", "frames": item["frames"]}
 
 
@@ -299,7 +303,7 @@ def test_tracked_reports_items_frames_and_the_failing_element(tmp_path, caplog):
     assert list(fns[0].process({"uri": "a", "frames": 100})) == [{"status": "rows", "frames": 100}]
     list(fns[1].process({"uri": "b", "frames": 25}))
     list(fns[1].process({"uri": "c", "frames": 5}))
-    assert bar.read() == (2, 3, 130)
+    assert bar.read() == (2, 3, 130)  # frames reported while running are not counted twice
     with pytest.raises(OSError, match="No space"):  # re-raised unchanged: the runner retries it
         list(fns[0].process({"uri": "boom"}))
     assert f"{jobrun.FAILED_MARK} boom" in caplog.text
@@ -315,3 +319,23 @@ def test_train_ends_with_the_export_path_and_sha256(tmp_path, capsys):
     train_cli._report_export(str(tmp_path), "radio.pt")
     out = capsys.readouterr().out
     assert str(tmp_path / "radio.pt") in out and hashlib.sha256(b"weights").hexdigest() in out
+
+
+def test_frames_of_a_long_item_show_while_it_runs(tmp_path):
+    from pipelines import jobrun
+    from preprocess import progress
+
+    bar = jobrun.Bar(str(tmp_path), 1, unit="pair", desc="t", stream=None, workers=1)
+    seen = []
+
+    class Long(_FakeFn):
+        def process(self, item):
+            progress.frames(7)
+            seen.append(bar.read())
+            yield {"frames": 7}
+
+    fn = jobrun.Tracked(Long(), describe=jobrun.uri_of, frames=jobrun.frames_of, progress_dir=str(tmp_path))
+    fn.setup()
+    fn._last = float("-inf")  # past the twice-a-second throttle
+    list(fn.process({"uri": "a"}))
+    assert seen == [(1, 0, 7)] and bar.read() == (1, 1, 7)
