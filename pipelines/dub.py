@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -185,7 +186,7 @@ def main(args, beam_args) -> int:
         s = run(args.input, args.checkpoint, args.output, beam_args, config_path=args.config,
                 overrides=args.overrides, run_id=args.run_id, progress=not getattr(args, "no_progress", False))
     except (sources.SourceError, config_mod.ConfigError) as e:
-        print(f"radio dub: {e}")
+        print(f"radio dub: error: {e}", file=sys.stderr)  # one line, as radio.cli prints mistakes
         return 2
     print(f"run {s['run_id']}: {s['pairs']} pairs = {s['dubbed']} dubbed + {s['rejected']} rejected + "
           f"{s['skipped_resume']} finished earlier; {s['frames']} frames")

@@ -17,6 +17,7 @@ only through per-metric Top-K combiners, so their memory does not grow with the 
 from __future__ import annotations
 
 import logging
+import sys
 import re
 import time
 
@@ -177,7 +178,7 @@ def main(args, beam_args) -> int:
                       progress=not getattr(args, "no_progress", False))
     except (pairs_mod.PairsError, config_mod.ConfigError, WeightsError, uri_mod.UnsafePathError,
             results.RunIdError) as e:
-        print(f"radio evaluate: {e}")
+        print(f"radio evaluate: error: {e}", file=sys.stderr)  # one line, as radio.cli prints mistakes
         return 2
     print(format_summary(summary))
     return 0 if summary["counts_add_up"] else 1

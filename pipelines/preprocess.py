@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import sys
 import time
 
 import apache_beam as beam
@@ -221,7 +222,7 @@ def main(args, beam_args) -> int:
                       resume=args.resume, retry_rejects=args.retry_rejects, run_id=args.run_id,
                       progress=not args.no_progress)
     except (sources.SourceError, config_mod.ConfigError, OptionsError) as e:
-        print(f"radio preprocess: {e}")
+        print(f"radio preprocess: error: {e}", file=sys.stderr)  # one line, as radio.cli prints mistakes
         return 2
     print(format_summary(summary))
     return 0 if summary["counts_add_up"] else 1
