@@ -294,9 +294,11 @@ def run(p: beam.Pipeline, *, log_uri: str, is_local: bool, bar: Bar | None = Non
                 result = p.run()
                 if is_local:
                     result.wait_until_finish()
-                else:
-                    while result.wait_until_finish(duration=int(every * 1000)) is None or \
-                            not _terminal(result):
+                else:  # e.g. Dataflow: the job's counters every `every` seconds, then the final ones
+                    while True:
+                        result.wait_until_finish(duration=int(every * 1000))
+                        if _terminal(result):
+                            break
                         _log_counters(result, namespace)
                     _log_counters(result, namespace)
         except Exception as e:  # the job failed: its worker traces are in the log
