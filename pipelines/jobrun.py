@@ -150,7 +150,7 @@ class Bar:
     def _run(self):
         from tqdm import tqdm
 
-        t_ready = None
+        t_ready, t_frame, last = None, None, 0
         with tqdm(total=self.total or None, unit=self.unit, desc=self.desc, file=self.stream,
                   dynamic_ncols=True, mininterval=1.0) as bar:
             while True:
@@ -159,11 +159,13 @@ class Bar:
                 bar.update(items - bar.n)
                 if ready and t_ready is None:
                     t_ready = time.time()
+                if frames != last:  # the rate is over the time frames were coming in
+                    t_frame, last = time.time(), frames
                 if items == 0 and frames == 0 and not stop:
                     of = f"/{self.workers}" if self.workers else ""
                     bar.set_postfix_str(f"starting workers: {ready}{of} ready (models load once per worker)")
                 else:
-                    rate = frames / max(time.time() - (t_ready or time.time()), 1e-6)
+                    rate = frames / max((t_frame or 0) - (t_ready or 0), 1e-6) if t_frame and t_ready else 0.0
                     done = " - writing the summary" if self.total and items >= self.total and not stop else ""
                     bar.set_postfix_str(f"{frames} frames, {rate:.1f} frames/s{done}")
                 if stop:
