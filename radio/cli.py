@@ -19,9 +19,9 @@ import argparse
 import logging
 import sys
 
-BEAM_EPILOG = ("Other --options go to Apache Beam (an option neither radio nor Beam knows is an error), e.g. "
-               "--runner DataflowRunner --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py; "
-               "locally the default is one worker process per core (--direct_num_workers N to change).")
+BEAM_EPILOG = ("Other --options go to Apache Beam (an option neither radio nor Beam knows is an error), e.g.\n"
+               "  --runner DataflowRunner --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py\n"
+               "Locally the default is one worker process per core (--direct_num_workers N to change).")
 
 #: per command: examples whose --set keys exist (tests/test_cli.py loads each through the config)
 EXAMPLES = {
@@ -79,7 +79,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _epilog(command: str, *more: str) -> str:
-    return "\n".join(["examples:", *(f"  {e}" for e in EXAMPLES[command]), *more])
+    return "\n\n".join(["\n".join(["examples:", *(f"  {e}" for e in EXAMPLES[command])]), *more])
 
 
 def _add_config(p: argparse.ArgumentParser, command: str) -> None:
