@@ -176,7 +176,7 @@ def run(manifest: str, checkpoint: str, output: str, pipeline_args=(), *, config
     if folder:
         todo = [it for it in sources.read_manifest(manifest, key=("uri", "audio_uri")) if _not_done(it, output, resume)]
         bar = jobrun.Bar(folder, len(todo), unit="pair", desc="dub", stream=None,
-                         workers=min(options_mod.local_workers(p.options), max(1, len(todo))))
+                         workers=options_mod.local_workers(p.options))
     jobrun.run(p, log_uri=uri_mod.join(output, "runs", run_id, "job.log"), is_local=is_local, bar=bar, namespace=NS)
     return json.loads(uri_mod.read_bytes(summary_uri))
 

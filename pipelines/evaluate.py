@@ -162,7 +162,7 @@ def run(generated: str, output: str, pipeline_args=(), *, reference: str | None 
     build(p, generated=generated, reference=reference, out_dir=out_dir, run_id=run_id, dataset=dataset,
           method=method, cfg_dict=cfg_dict, started=started, progress_dir=folder)
     bar = jobrun.Bar(folder, n_pairs, unit="pair", desc="evaluate", stream=None,
-                     workers=min(options_mod.local_workers(p.options), n_pairs)) if folder else None
+                     workers=options_mod.local_workers(p.options)) if folder else None
     jobrun.run(p, log_uri=uri_mod.join(out_dir, "job.log"), is_local=is_local, bar=bar, namespace=NS)
     import json
 
