@@ -339,3 +339,21 @@ def test_frames_of_a_long_item_show_while_it_runs(tmp_path):
     fn._last = float("-inf")  # past the twice-a-second throttle
     list(fn.process({"uri": "a"}))
     assert seen == [(1, 0, 7)] and bar.read() == (1, 1, 7)
+
+
+def test_failed_job_with_worker_processes_keeps_their_traces_out_of_the_console(tmp_path):
+    """Two local worker processes (their tracebacks used to fill 200 lines of stderr): one line on
+    stderr, exit 1, the traces in the run's job.log."""
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "rows").write_text("not a folder")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.run([sys.executable, "-m", "radio.cli", "preprocess", "--input", CLIP, "--output", str(out),
+                        "--run-id", "r2", "--no-progress", "--direct_num_workers=2"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 1, p.stderr[-3000:]
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert "in step ProcessSource" in lines[0] and f"on {CLIP}" in lines[0], lines
+    assert p.stdout == ""
+    assert (out / "runs" / "r2" / "job.log").read_text().count("Traceback (most recent call last)") >= 1
