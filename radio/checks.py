@@ -120,6 +120,7 @@ def command(args: argparse.Namespace) -> None:
     if getattr(args, "config", None):
         exists(args.config, "--config", "config file")
     cmd = args.command
+    job_config(args)
     if cmd == "preprocess":
         output_folder(args.output)
         media_input(args.input)
@@ -137,6 +138,46 @@ def command(args: argparse.Namespace) -> None:
         output_folder(args.output)
         if args.reference:
             exists(args.reference, "--reference", "folder")
+
+
+def job_config(args: argparse.Namespace):
+    """Load the Beam job's config (a bad key or value fails here, before inputs are listed) and
+    check the landmark backend it names; returns the config (None for other commands)."""
+    if args.command not in ("preprocess", "dub", "evaluate"):
+        return None
+    from preprocess import config as config_mod
+    from radio import config_doc
+
+    cfg = config_mod.load(config_doc.config_class(args.command), args.config, args.overrides)
+    if args.command == "preprocess":
+        landmark_backend(cfg.faces.backend, cfg.faces.backend_args, "faces.backend", "faces.backend_args")
+    elif args.command == "dub":
+        landmark_backend(cfg.dub.landmark_backend, cfg.dub.landmark_args, "dub.landmark_backend", "dub.landmark_args")
+    else:
+        landmark_backend(cfg.landmarks.backend, cfg.landmarks.backend_args, "landmarks.backend",
+                         "landmarks.backend_args")
+    return cfg
+
+
+def landmark_backend(name: str, settings: dict, key: str, args_key: str) -> None:
+    """A known backend; for face_alignment, its FAN and S3FD weight files configured and present."""
+    from preprocess.landmarks import BACKEND_NAMES
+    from preprocess.weights import WeightsError
+
+    if name not in (*BACKEND_NAMES, "fan"):
+        raise CheckError(f"{key} {name!r}: expected one of {', '.join(BACKEND_NAMES)}.")
+    if name == "dlib":
+        return
+    for net in ("fan", "sfd"):
+        uri = (settings or {}).get(f"{net}_uri")
+        what = f"face_alignment {net.upper()} weights ({args_key}.{net}_uri)"
+        if not uri:
+            raise WeightsError(f"{what} not set (the README's Weights section says how), or use {key}=dlib.")
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(uri)
+        if not fs.exists(p):
+            raise WeightsError(f"{what}: weight file not found at {uri!r}.")
 
 
 def train(cfg, command: str) -> None:

@@ -357,3 +357,18 @@ def test_failed_job_with_worker_processes_keeps_their_traces_out_of_the_console(
     assert "in step ProcessSource" in lines[0] and f"on {CLIP}" in lines[0], lines
     assert p.stdout == ""
     assert (out / "runs" / "r2" / "job.log").read_text().count("Traceback (most recent call last)") >= 1
+
+
+def test_bad_set_key_names_the_closest(tmp_path, capsys):
+    assert_mistake(["evaluate", "--generated", str(DATA_DIR), "--output", str(tmp_path / "e"),
+                    "--set", "max_frame=10"], capsys, tmp_path, says="did you mean 'max_frames'?")
+
+
+def test_face_alignment_without_weights(tmp_path, capsys):
+    assert_mistake(["preprocess", "--input", CLIP, "--output", str(tmp_path / "ds"),
+                    "--set", "faces.backend=face_alignment"], capsys, tmp_path,
+                   says="faces.backend_args.fan_uri")
+    assert_mistake(["preprocess", "--input", CLIP, "--output", str(tmp_path / "ds"),
+                    "--set", "faces.backend=face_alignment",
+                    "--set", f"faces.backend_args={{fan_uri: {tmp_path}/nope.pth}}"], capsys, tmp_path,
+                   says="weight file not found")
