@@ -13,7 +13,6 @@ import importlib
 import inspect
 import io
 import json
-import re
 import textwrap
 import tokenize
 import typing
