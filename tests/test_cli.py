@@ -372,3 +372,23 @@ def test_face_alignment_without_weights(tmp_path, capsys):
                     "--set", "faces.backend=face_alignment",
                     "--set", f"faces.backend_args={{fan_uri: {tmp_path}/nope.pth}}"], capsys, tmp_path,
                    says="weight file not found")
+
+
+def test_remote_runs_log_beam_counters(caplog):
+    """On a runner without the local bar (Dataflow), the job's counters are logged as it runs."""
+    import logging
+    from types import SimpleNamespace as NS
+
+    from pipelines import jobrun
+
+    def counter(name, value):
+        return NS(key=NS(metric=NS(name=name)), committed=value, attempted=value)
+
+    class Result:
+        def metrics(self):
+            return NS(query=lambda _flt: {"counters": [counter("videos", 3), counter("frames", 450),
+                                                       counter("frames", 50)]})
+
+    with caplog.at_level(logging.INFO, logger="pipelines.jobrun"):
+        jobrun._log_counters(Result(), "radio.preprocess")
+    assert "radio.preprocess: frames 500, videos 3" in caplog.text
