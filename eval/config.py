@@ -43,20 +43,20 @@ METRICS = ("psnr", "ms_ssim", "lpips", "sync_c", "sync_d", "lmd")
 
 @dataclass
 class LpipsConfig:
-    enabled: bool = True
+    enabled: bool = True                        # false: no LPIPS column (needs no weights)
     backbone_uri: str | None = None             # torchvision alexnet-owt-7be5be79.pth (no default location)
-    backbone_sha256: str | None = ALEXNET_SHA256
+    backbone_sha256: str | None = ALEXNET_SHA256  # sha256 of backbone_uri (default: torchvision's release)
     linear_uri: str | None = None               # None: the file inside an installed lpips wheel
-    linear_sha256: str | None = LPIPS_ALEX_V01_SHA256
+    linear_sha256: str | None = LPIPS_ALEX_V01_SHA256  # sha256 of linear_uri (default: lpips v0.1 alex)
     label: str | None = None                    # shown in reports; default official/unofficial by digest
     batch_size: int = 8                         # frames per forward (8 was fastest on one CPU core)
 
 
 @dataclass
 class SyncConfig:
-    enabled: bool = True
+    enabled: bool = True                        # false: no Sync-C/Sync-D columns (needs no SyncNet weights)
     weights_uri: str | None = None              # syncnet_v2.model (no default location)
-    weights_sha256: str | None = SYNCNET_V2_SHA256
+    weights_sha256: str | None = SYNCNET_V2_SHA256  # sha256 of weights_uri (default: the official syncnet_v2.model)
     label: str | None = None                    # shown in reports; default official/unofficial by digest
     track: dict = field(default_factory=dict)   # eval.metrics.face_track.TrackConfig overrides
     box_scale: float = 1.0                      # grow the landmark backend's boxes (about their centre)
@@ -72,20 +72,20 @@ class SyncConfig:
 @dataclass
 class EvalLandmarksConfig:
     backend: str = "dlib"                       # preprocess.landmarks.get_backend name
-    backend_args: dict = field(default_factory=dict)
+    backend_args: dict = field(default_factory=dict)  # backend options (dlib: fit_boxes 5 unless set)
     tracker: dict = field(default_factory=dict)  # preprocess.track.TrackerConfig overrides
 
 
 @dataclass
 class EvalConfig:
-    protocol: str = "radio-v1"
-    crop_size: int = 256
-    length_tolerance: int = 2
-    max_frames: int | None = None
-    sample_frames: int = 3
-    sample_size: int = 160
-    min_face_coverage: float = 0.5
-    device: str = "cpu"
+    protocol: str = "radio-v1"  # evaluation crop: radio-v1 | dinet (eval.crop)
+    crop_size: int = 256        # side of the evaluation crop (>= 161 for 5-scale MS-SSIM)
+    length_tolerance: int = 2   # frames |generated - reference| may differ at 25 fps, else a length_mismatch reject
+    max_frames: int | None = None  # score only the first N frames of each pair (null: all)
+    sample_frames: int = 3      # frames per pair shown in the HTML report
+    sample_size: int = 160      # side of each report crop (PNG)
+    min_face_coverage: float = 0.5  # reference frames with a tracked face, else a no_face reject
+    device: str = "cpu"         # cpu | cuda
     lpips: LpipsConfig = field(default_factory=LpipsConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     landmarks: EvalLandmarksConfig = field(default_factory=EvalLandmarksConfig)

@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from pipelines import jobrun
 from preprocess import config as config_mod
 from preprocess import sources
 from preprocess import uri as uri_mod
@@ -37,7 +39,7 @@ NS = "radio.dub"
 @dataclass
 class DubJobConfig:
     dub: DubConfig = field(default_factory=DubConfig)
-    checkpoint_sha256: str | None = None
+    checkpoint_sha256: str | None = None        # sha256 of --checkpoint (sha256sum RUN/radio.pt)
     allow_unverified_checkpoint: bool = False   # accept a checkpoint without a pinned sha256
     device: str = "auto"                        # auto | cpu | cuda
 
@@ -130,14 +132,16 @@ def _not_done(item: dict, output: str, resume: bool) -> bool:
     return not (resume and uri_mod.exists(uri_mod.join(output, "done", f"{pair_id(item)}.json")))
 
 
-def build(p, manifest: str, checkpoint: str, output: str, cfg: dict, *, run_id: str, resume: bool, started: float):
+def build(p, manifest: str, checkpoint: str, output: str, cfg: dict, *, run_id: str, resume: bool, started: float,
+          progress_dir: str | None = None):
     items = (p | "Manifest" >> beam.Create([manifest])
                | "ListPairs" >> beam.FlatMap(sources.read_manifest, key=("uri", "audio_uri")))
     listed = items | "CountListed" >> beam.combiners.Count.Globally()
     acc = (items
            | "SkipFinished" >> beam.Filter(_not_done, output, resume)
            | "Reshuffle" >> beam.Reshuffle()
-           | "DubPair" >> beam.ParDo(DubPairFn(checkpoint, cfg, output))
+           | "DubPair" >> beam.ParDo(jobrun.Tracked(DubPairFn(checkpoint, cfg, output), describe=jobrun.uri_of,
+                                                    frames=jobrun.frames_of, progress_dir=progress_dir))
            | "Summarise" >> beam.CombineGlobally(_Count()))
 
     def write(a, n_listed):
@@ -152,7 +156,7 @@ def build(p, manifest: str, checkpoint: str, output: str, cfg: dict, *, run_id: 
 
 
 def run(manifest: str, checkpoint: str, output: str, pipeline_args=(), *, config_path=None, overrides=(),
-        run_id: str | None = None, resume: bool = True, test_pipeline=None) -> dict:
+        run_id: str | None = None, resume: bool = True, progress: bool = False, test_pipeline=None) -> dict:
     from pipelines import options as options_mod
 
     started = time.time()
@@ -162,21 +166,27 @@ def run(manifest: str, checkpoint: str, output: str, pipeline_args=(), *, config
     if not sources.is_manifest(manifest):
         raise sources.SourceError(f"Expected a .csv/.jsonl manifest with uri,audio_uri. Got {manifest!r}.")
     if test_pipeline is not None:
-        p = test_pipeline
+        p, is_local = test_pipeline, True
     else:
         job = options_mod.build(pipeline_args, job_name=f"radio-dub-{run_id.lower()}")
-        p = beam.Pipeline(runner=job.runner, options=job.options)
-    build(p, manifest, checkpoint, output, cfg, run_id=run_id, resume=resume, started=started)
-    p.run().wait_until_finish()
+        p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
+    folder = jobrun.progress_folder(is_local, progress)
+    build(p, manifest, checkpoint, output, cfg, run_id=run_id, resume=resume, started=started, progress_dir=folder)
+    bar = None
+    if folder:
+        todo = [it for it in sources.read_manifest(manifest, key=("uri", "audio_uri")) if _not_done(it, output, resume)]
+        bar = jobrun.Bar(folder, len(todo), unit="pair", desc="dub", stream=None,
+                         workers=options_mod.local_workers(p.options))
+    jobrun.run(p, log_uri=uri_mod.join(output, "runs", run_id, "job.log"), is_local=is_local, bar=bar, namespace=NS)
     return json.loads(uri_mod.read_bytes(summary_uri))
 
 
 def main(args, beam_args) -> int:
     try:
         s = run(args.input, args.checkpoint, args.output, beam_args, config_path=args.config,
-                overrides=args.overrides, run_id=args.run_id)
+                overrides=args.overrides, run_id=args.run_id, progress=not getattr(args, "no_progress", False))
     except (sources.SourceError, config_mod.ConfigError) as e:
-        print(f"radio dub: {e}")
+        print(f"radio dub: error: {e}", file=sys.stderr)  # one line, as radio.cli prints mistakes
         return 2
     print(f"run {s['run_id']}: {s['pairs']} pairs = {s['dubbed']} dubbed + {s['rejected']} rejected + "
           f"{s['skipped_resume']} finished earlier; {s['frames']} frames")

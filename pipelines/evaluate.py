@@ -17,6 +17,7 @@ only through per-metric Top-K combiners, so their memory does not grow with the 
 from __future__ import annotations
 
 import logging
+import sys
 import re
 import time
 
@@ -26,6 +27,7 @@ from apache_beam.metrics import Metrics
 from eval import clip, report, results
 from eval import pairs as pairs_mod
 from eval.config import EvalConfig
+from pipelines import jobrun
 from preprocess import config as config_mod
 from preprocess import uri as uri_mod
 from preprocess.weights import WeightsError
@@ -98,7 +100,7 @@ def _pair_id(card: dict) -> str:
 
 
 def build(p: beam.Pipeline, *, generated: str, reference: str | None, out_dir: str, run_id: str, dataset: str,
-          method: str, cfg_dict: dict, started: float):
+          method: str, cfg_dict: dict, started: float, progress_dir: str | None = None):
     """Wire the graph on ``p``; listing runs inside the job (no URI list is embedded in the graph)."""
     listed = (p | "Spec" >> beam.Create([(generated, reference)])
                 | "ListPairs" >> beam.FlatMap(lambda s: pairs_mod.list_pairs(s[0], s[1], dataset=dataset,
@@ -106,7 +108,9 @@ def build(p: beam.Pipeline, *, generated: str, reference: str | None, out_dir: s
     n_pairs = listed | "CountPairs" >> beam.combiners.Count.Globally()
     scored = (listed
               | "Reshuffle" >> beam.Reshuffle()
-              | "Score" >> beam.ParDo(ScoreFn(cfg_dict, run_id)).with_outputs(ScoreFn.REJECTS, main="scored"))
+              | "Score" >> beam.ParDo(jobrun.Tracked(ScoreFn(cfg_dict, run_id), describe=jobrun.uri_of,
+                                                   frames=jobrun.frames_of, progress_dir=progress_dir)
+                                    ).with_outputs(ScoreFn.REJECTS, main="scored"))
     rows = scored.scored | "Rows" >> beam.Map(lambda e: e["row"]) | "GatherRows" >> beam.combiners.ToList()
     frames = scored.scored | "Frames" >> beam.Map(lambda e: e["frames"]) | "GatherFrames" >> beam.combiners.ToList()
     rejects = scored[ScoreFn.REJECTS] | "GatherRejects" >> beam.combiners.ToList()
@@ -135,7 +139,7 @@ def job_name(run_id: str) -> str:
 
 def run(generated: str, output: str, pipeline_args=(), *, reference: str | None = None, run_id: str | None = None,
         dataset: str = "dataset", method: str = "method", config_path: str | None = None, overrides=(),
-        test_pipeline: beam.Pipeline | None = None) -> dict:
+        progress: bool = False, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run the evaluation job and wait; returns the run summary (OUTPUT/runs/<run_id>/summary.json)."""
     from eval.models import check_weights
     from pipelines import options as options_mod
@@ -146,16 +150,20 @@ def run(generated: str, output: str, pipeline_args=(), *, reference: str | None 
     run_id = run_id or results.default_run_id()
     out_dir = results.run_dir(output, run_id)  # validates run_id
     check_weights(cfg)  # fail here, with the fix, not on every worker
-    if next(iter(pairs_mod.list_pairs(generated, reference, dataset=dataset, method=method)), None) is None:
+    n_pairs = sum(1 for _ in pairs_mod.list_pairs(generated, reference, dataset=dataset, method=method))
+    if not n_pairs:
         raise pairs_mod.PairsError(f"No pairs: nothing to evaluate in {generated!r}.")
     if test_pipeline is not None:
-        p = test_pipeline
+        p, is_local = test_pipeline, True
     else:
         job = options_mod.build(pipeline_args, job_name=job_name(run_id))
-        p = beam.Pipeline(runner=job.runner, options=job.options)
+        p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
+    folder = jobrun.progress_folder(is_local, progress)
     build(p, generated=generated, reference=reference, out_dir=out_dir, run_id=run_id, dataset=dataset,
-          method=method, cfg_dict=cfg_dict, started=started)
-    p.run().wait_until_finish()
+          method=method, cfg_dict=cfg_dict, started=started, progress_dir=folder)
+    bar = jobrun.Bar(folder, n_pairs, unit="pair", desc="evaluate", stream=None,
+                     workers=options_mod.local_workers(p.options)) if folder else None
+    jobrun.run(p, log_uri=uri_mod.join(out_dir, "job.log"), is_local=is_local, bar=bar, namespace=NS)
     import json
 
     return json.loads(uri_mod.read_bytes(uri_mod.join(out_dir, "summary.json")))
@@ -166,10 +174,11 @@ def main(args, beam_args) -> int:
     2 on bad input (pairs, config, weights, run id)."""
     try:
         summary = run(args.generated, args.output, beam_args, reference=args.reference, run_id=args.run_id,
-                      dataset=args.dataset, method=args.method, config_path=args.config, overrides=args.overrides)
+                      dataset=args.dataset, method=args.method, config_path=args.config, overrides=args.overrides,
+                      progress=not getattr(args, "no_progress", False))
     except (pairs_mod.PairsError, config_mod.ConfigError, WeightsError, uri_mod.UnsafePathError,
             results.RunIdError) as e:
-        print(f"radio evaluate: {e}")
+        print(f"radio evaluate: error: {e}", file=sys.stderr)  # one line, as radio.cli prints mistakes
         return 2
     print(format_summary(summary))
     return 0 if summary["counts_add_up"] else 1

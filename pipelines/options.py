@@ -79,3 +79,8 @@ def check_dataflow(opts: PipelineOptions, job_name: str) -> None:
         gcp.job_name = job_name
     debug = opts.view_as(DebugOptions)
     debug.add_experiment("use_runner_v2")
+
+
+def local_workers(opts: PipelineOptions) -> int:
+    """Worker processes of a local run (what ``build`` chose, or ``--direct_num_workers``)."""
+    return int(opts.view_as(DirectOptions).direct_num_workers or 1)

@@ -19,12 +19,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import threading
+import sys
 import time
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from pipelines import jobrun
 from preprocess import config as config_mod
 from preprocess import failures, shards, source, sources
 from preprocess import uri as uri_mod
@@ -214,7 +215,7 @@ def write_summary(acc: dict, *, dataset: str, run_id: str, skipped: int, cfg: di
 
 
 def build(p: beam.Pipeline, input_spec: str, dataset: str, cfg: dict, *, run_id: str, resume: bool,
-          retry_rejects: bool, started: float):
+          retry_rejects: bool, started: float, progress_dir: str | None = None):
     """Wire the graph on ``p``. Listing runs inside the job (no URI list is embedded in the graph),
     the join with earlier runs' done markers is a CoGroupByKey (scales to 10^6 sources), and the
     summary is written by the last step, so it works the same on every runner."""
@@ -233,47 +234,13 @@ def build(p: beam.Pipeline, input_spec: str, dataset: str, cfg: dict, *, run_id:
     redone = parts[PartitionFinishedFn.UNTRUSTED] | "CountRedone" >> beam.combiners.Count.Globally()
     acc = (parts.todo
            | "Reshuffle" >> beam.Reshuffle()
-           | "ProcessSource" >> beam.ParDo(ProcessSourceFn(cfg, dataset))
+           | "ProcessSource" >> beam.ParDo(jobrun.Tracked(ProcessSourceFn(cfg, dataset), describe=jobrun.uri_of,
+                                                          frames=jobrun.frames_of, progress_dir=progress_dir))
            | "Summarise" >> beam.CombineGlobally(SummaryFn()))
     return acc | "WriteSummary" >> beam.Map(
         lambda a, n_skipped, n_redone: write_summary(a, dataset=dataset, run_id=run_id, skipped=n_skipped,
                                                      cfg=cfg, started=started, redone=n_redone),
         n_skipped=beam.pvalue.AsSingleton(skipped), n_redone=beam.pvalue.AsSingleton(redone))
-
-
-class _Progress:
-    """Local progress bar: counts done/ markers written since the job started."""
-
-    def __init__(self, dataset: str, total: int, started: float):
-        self.dataset, self.total, self.started = dataset, total, started
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True) if total else None
-
-    def _count(self) -> int:
-        import os
-
-        folder = uri_mod.join(self.dataset, shards.DONE)
-        if not uri_mod.is_local(folder) or not os.path.isdir(folder):
-            return 0
-        return sum(1 for e in os.scandir(folder) if e.name.endswith(".json") and e.stat().st_mtime >= self.started)
-
-    def _run(self):
-        from tqdm import tqdm
-
-        with tqdm(total=self.total, unit="video", desc="preprocess") as bar:
-            while not self._stop.wait(1.0):
-                bar.update(min(self._count(), self.total) - bar.n)
-            bar.update(min(self._count(), self.total) - bar.n)
-
-    def __enter__(self):
-        if self._thread:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
 
 
 def run(input_spec: str, dataset: str, pipeline_args=(), *, config_path: str | None = None,
@@ -309,16 +276,22 @@ def run_job(input_spec: str, dataset: str, pipeline_args=(), *, config_path: str
     total = 0
     schemes = tuple(cfg.input.schemes)
     if progress and is_local:  # the bar needs a total: list here too (cheap for a local corpus)
+        log.info("listing %s", input_spec)
         total = sum(1 for _ in sources.list_sources(input_spec, schemes))
+        if resume and not retry_rejects:
+            total -= len(shards.done_source_ids(dataset) & {source.source_id_of(it)
+                                                            for it in sources.list_sources(input_spec, schemes)})
     else:  # fail fast on an empty/missing input; a manifest is checked whole before its first record
         next(iter(sources.list_sources(input_spec, schemes)), None)
     shards.claim_dataset(dataset, cfg_dict, new_version=new_version)
     shards.remove_stale_temporaries(dataset)
+    folder = jobrun.progress_folder(is_local, progress)
     build(p, input_spec, dataset, cfg_dict, run_id=run_id, resume=resume, retry_rejects=retry_rejects,
-          started=started)
-    with _Progress(dataset, total, started - 1.0):
-        result = p.run()
-        result.wait_until_finish()
+          started=started, progress_dir=folder)
+    bar = jobrun.Bar(folder, total, unit="video", desc="preprocess", stream=None,
+                     workers=options_mod.local_workers(p.options)) if folder else None
+    result = jobrun.run(p, log_uri=uri_mod.join(dataset, "runs", run_id, "job.log"), is_local=is_local, bar=bar,
+                        namespace=NS)
     return json.loads(uri_mod.read_bytes(summary_uri)), result
 
 
@@ -330,12 +303,10 @@ def main(args, beam_args) -> int:
                       resume=args.resume, retry_rejects=args.retry_rejects, run_id=args.run_id,
                       progress=not args.no_progress, new_version=getattr(args, "new_version", False))
     except (sources.SourceError, config_mod.ConfigError, OptionsError) as e:
-        print(f"radio preprocess: {e}")
+        print(f"radio preprocess: error: {e}", file=sys.stderr)  # one line, as radio.cli prints mistakes
         return 2
     print(format_summary(summary))
     if summary["sources_failed"]:
-        import sys
-
         print(f"radio preprocess: {summary['sources_failed']} source(s) failed on environment errors "
               f"(first: {summary['failures'][0]['source_uri']}: {summary['failures'][0]['error']}); "
               f"rerun with --resume to finish them", file=sys.stderr)

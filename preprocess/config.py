@@ -7,6 +7,7 @@ silently ignored setting), and back into a plain dict for checkpoints and run su
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from typing import Any, TypeVar
@@ -74,9 +75,16 @@ def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}.")
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: unknown key(s) {unknown}{hint}; known: {sorted(fields)}.")
     kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # a dataclass's own checks (__post_init__): still a config mistake
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def to_dict(obj: Any) -> dict:

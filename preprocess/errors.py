@@ -13,3 +13,8 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A mistake the user can fix, found before any work: one line, exit 2."""
+
+
+class JobFailed(Exception):
+    """A job that started and failed (an environment error or a bug, not a reject): its first
+    error in one line plus the path of the log with the full traces. The CLI prints it, exit 1."""

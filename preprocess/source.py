@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DecodeConfig:
-    fps: int = 25
+    fps: int = 25               # frames per second every source is decoded at (CFR)
     chunk: int = 64              # frames per decoded chunk (memory: chunk × H × W × 3 bytes) ...
     chunk_mib: int = 16          # ... and at most this many MiB of frames per chunk (512²: 21, 1080p: 2);
     #                              under glibc's 32 MiB mmap threshold, chunk buffers are reused, not page-faulted anew
@@ -69,14 +69,14 @@ class FacesConfig:
 
 @dataclass
 class AlignConfig:
-    crop_size: int = align.CROP_SIZE
+    crop_size: int = align.CROP_SIZE  # side of the aligned face crop in pixels
     smooth_window: int = 5       # frames; centred moving average of the FFHQ quad
 
 
 @dataclass
 class OutputConfig:
     frame_format: str = "jpeg"   # jpeg | png
-    jpeg_quality: int = 95
+    jpeg_quality: int = 95       # JPEG quality of stored frames (frame_format jpeg)
     min_segment_frames: int = 25  # shorter face tracks become segment rejects
 
 

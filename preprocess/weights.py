@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import fsspec
 
+from preprocess.errors import UserError
 
-class WeightsError(RuntimeError):
+
+class WeightsError(UserError, RuntimeError):
     """A configured weight file is missing, unreadable or has the wrong hash."""
 
 

@@ -7,6 +7,7 @@
     radio dub --checkpoint URI --input MANIFEST --output URI [beam options...]
     radio evaluate --generated URI --reference URI --output URI [beam options...]
     radio model-summary [--config YAML]
+    radio config COMMAND                 every --set key of COMMAND, its default and what it does
 
 Job arguments are parsed here; any argument not listed for a command is passed through to
 Apache Beam unchanged (``--runner DataflowRunner --project … --region … --temp_location …``).
@@ -18,25 +19,84 @@ import argparse
 import logging
 import sys
 
-BEAM_EPILOG = ("Other --options go to Apache Beam unchanged, e.g. --runner DataflowRunner --project P "
-               "--region R --temp_location gs://B/tmp --setup_file ./setup.py; locally the default is "
-               "one worker process per core (--direct_num_workers N to change).")
+BEAM_EPILOG = ("Other --options go to Apache Beam (an option neither radio nor Beam knows is an error), e.g.\n"
+               "  --runner DataflowRunner --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py\n"
+               "Locally the default is one worker process per core (--direct_num_workers N to change).")
+
+#: per command: examples whose --set keys exist (tests/test_cli.py loads each through the config)
+EXAMPLES = {
+    "preprocess": ["radio preprocess --input 'videos/*.mp4' --output out/ds",
+                   "radio preprocess --input corpus.csv --output gs://B/ds --resume "
+                   "--set faces.backend=face_alignment --set faces.backend_args='{fan_uri: ..., fan_sha256: ..., "
+                   "sfd_uri: ..., sfd_sha256: ...}'"],
+    "train": ["radio train --config configs/smoke-cpu.yaml --data out/ds --output out/run",
+              "radio train --config configs/smoke-cpu.yaml --data out/ds --output out/run --set run.steps=500 "
+              "--set loss.perceptual=0"],
+    "train-sync": ["radio train-sync --config configs/smoke-cpu.yaml --data out/ds --output out/sync "
+                   "--set sync_pretrain.steps=200"],
+    "dub": ["radio dub --checkpoint out/run/radio.pt --input pairs.jsonl --output out/dub "
+            "--set checkpoint_sha256=$(sha256sum out/run/radio.pt | cut -d' ' -f1)",
+            "radio dub ... --set device=cpu --set dub.batch_size=4"],
+    "evaluate": ["radio evaluate --generated out/dub/videos --reference tests/data --output out/eval "
+                 "--set lpips.enabled=false --set sync.enabled=false",
+                 "radio evaluate --generated pairs.csv --output out/eval --set max_frames=250 "
+                 "--set length_tolerance=5"],
+    "model-summary": ["radio model-summary --config configs/paper-192.yaml --set vit.n=3"],
+}
+
+DUB_HELP = """\
+manifest (.csv with a header row, or .jsonl): one pair per record
+  uri        the video whose lower face is re-rendered
+  audio_uri  the speech to dub in (any file with an audio stream)
+  name       optional output name under OUTPUT/videos/ (default: the pair id); no '..', not absolute
+  Relative uri/audio_uri resolve against the manifest's own folder (not the current directory);
+  full URIs (gs://...) and absolute paths are used as written.
+output:
+  OUTPUT/videos/<name>.mp4  OUTPUT/done/<pair_id>.json  OUTPUT/runs/<run_id>/summary.json
+resume: running the same command again skips every pair whose OUTPUT/done/<pair_id>.json exists
+  (dubbed or rejected earlier) and dubs the rest; the pair id hashes uri and audio_uri. A killed
+  run is finished by running it again. Progress: pairs and frames done, rate and ETA."""
+
+EVALUATE_HELP = """\
+pairs: --generated DIR_OR_GLOB --reference DIR matches videos by relative path without suffix;
+  or --generated pairs.csv/.jsonl with columns generated, reference[, dataset, method, key]
+  (relative paths resolve against the manifest's folder, or --reference for reference).
+keys people reach for (radio config evaluate lists all):
+  --set lpips.enabled=false   --set sync.enabled=false   (until their weights are configured)
+  --set length_tolerance=N    frames a generated clip may differ from its reference (else a reject)
+  --set max_frames=N          score only the first N frames of each pair (long clips, memory)
+output: OUTPUT/runs/<run_id>/ metrics.parquet, rejects.parquet, summary.md/.csv, report.html"""
 
 
-def _add_config(p: argparse.ArgumentParser) -> None:
+CONFIG_COMMANDS = ("preprocess", "train", "train-sync", "dub", "evaluate", "model-summary")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line (no usage block) and exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _epilog(command: str, *more: str) -> str:
+    return "\n\n".join(["\n".join(["examples:", *(f"  {e}" for e in EXAMPLES[command])]), *more])
+
+
+def _add_config(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--config", help="YAML config file (any fsspec URI)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set faces.backend=face_alignment (repeatable)")
+                   help=f"override one config value (repeatable); `radio config {command}` lists every key")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="radio", description=__doc__.split("\nHeavy imports")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="radio", description=__doc__.split("\nHeavy imports")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    raw = {"formatter_class": argparse.RawDescriptionHelpFormatter}
 
     p = sub.add_parser("preprocess", help="videos -> Parquet dataset of aligned 192x192 crops + mel",
-                       epilog=BEAM_EPILOG)
+                       epilog=_epilog("preprocess", BEAM_EPILOG), **raw)
     p.add_argument("--input", required=True, help="glob, folder or manifest (.csv/.jsonl: uri[,speaker_id,split])")
     p.add_argument("--output", required=True, help="dataset URI (local path, gs://...)")
     p.add_argument("--resume", action="store_true",
@@ -48,9 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-rejects", action="store_true", help="with --resume: process rejected sources again")
     p.add_argument("--run-id", help="name of this run (default: UTC timestamp)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config(p)
+    _add_config(p, "preprocess")
 
-    p = sub.add_parser("inspect", help="contact sheet PNG of a dataset's crops, landmarks and mel")
+    p = sub.add_parser("inspect", help="contact sheet PNG of a dataset's crops, landmarks and mel",
+                       epilog="examples:\n  radio inspect out/ds\n  radio inspect out/ds --rows 8 --output sheet.png",
+                       **raw)
     p.add_argument("uri", help="dataset folder or one shard")
     p.add_argument("--output", help="PNG path (default: <dataset>/contact_sheet.png)")
     p.add_argument("--clip-id", help="show this segment (default: the first rows)")
@@ -59,19 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, help_ in (("train", "train RADIO on preprocessed shards"),
                         ("train-sync", "pretrain the sync discriminator S on preprocessed shards")):
-        p = sub.add_parser(name, help=help_)
+        p = sub.add_parser(name, help=help_, epilog=_epilog(
+            name, "Running the same command again resumes from the newest checkpoint in --output."), **raw)
         p.add_argument("--data", required=True, help="dataset URI written by `radio preprocess`")
         p.add_argument("--output", required=True, help="run folder URI (checkpoints, TensorBoard); reused to resume")
-        _add_config(p)
+        _add_config(p, name)
 
-    p = sub.add_parser("dub", help="dub many (video, audio) pairs with a trained checkpoint", epilog=BEAM_EPILOG)
-    p.add_argument("--checkpoint", required=True, help="RADIO checkpoint URI")
-    p.add_argument("--input", required=True, help="manifest (.csv/.jsonl) with uri (video), audio_uri[, output name]")
+    p = sub.add_parser("dub", help="dub many (video, audio) pairs with a trained checkpoint",
+                       epilog=_epilog("dub", DUB_HELP, BEAM_EPILOG), **raw)
+    p.add_argument("--checkpoint", required=True, help="RADIO checkpoint URI (RUN/radio.pt)")
+    p.add_argument("--input", required=True, help="manifest (.csv/.jsonl) with uri (video), audio_uri[, name]")
     p.add_argument("--output", required=True, help="output folder URI")
-    p.add_argument("--run-id")
-    _add_config(p)
+    p.add_argument("--run-id", help="name of this run (default: UTC timestamp)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config(p, "dub")
 
-    p = sub.add_parser("evaluate", help="score generated videos against references", epilog=BEAM_EPILOG)
+    p = sub.add_parser("evaluate", help="score generated videos against references",
+                       epilog=_epilog("evaluate", EVALUATE_HELP, BEAM_EPILOG), **raw)
     p.add_argument("--generated", required=True, help="folder/glob of generated videos, or a pairs manifest")
     p.add_argument("--reference", help="folder of reference videos (paired by relative path)")
     p.add_argument("--output", required=True, help="report folder URI")
@@ -79,12 +145,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="idempotent run name (default: today's UTC date)")
     p.add_argument("--dataset", default="dataset", help="dataset name for the summary table")
     p.add_argument("--method", default="method", help="method name for the summary table")
-    _add_config(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config(p, "evaluate")
 
-    p = sub.add_parser("model-summary", help="parameter counts of every RADIO module")
-    _add_config(p)
+    p = sub.add_parser("model-summary", help="parameter counts of every RADIO module",
+                       epilog=_epilog("model-summary"), **raw)
+    _add_config(p, "model-summary")
     p.add_argument("--resolution", type=int, help="override model resolution")
+
+    p = sub.add_parser("config", help="every --set key of a command, its default and a description",
+                       epilog="example:\n  radio config evaluate", **raw)
+    p.add_argument("target", metavar="COMMAND", choices=sorted(CONFIG_COMMANDS),
+                   help=f"one of {', '.join(sorted(CONFIG_COMMANDS))}")
     return parser
+
+
+
+BEAM_COMMANDS = ("preprocess", "dub", "evaluate")
+
+
+def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[command]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,18 +182,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(parser, args, extra)
     except Exception as e:  # a user's mistake is one line; anything else keeps its traceback
-        from preprocess.errors import UserError
+        from preprocess.errors import JobFailed, UserError
 
         if isinstance(e, UserError) and not args.verbose:
             print(f"radio {args.command}: error: {e}", file=sys.stderr)
             return 2
+        if isinstance(e, JobFailed) and not args.verbose:
+            print(f"radio {args.command}: job failed: {e}", file=sys.stderr)
+            return 1
         raise
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
-    beam_commands = {"preprocess", "dub", "evaluate"}
-    if extra and args.command not in beam_commands:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from radio import checks
+
+    checks.unknown_options(extra, subparser(parser, args.command), beam=args.command in BEAM_COMMANDS)
+    if args.command == "config":
+        from radio import config_doc
+
+        print(config_doc.render(args.target))
+        return 0
+    checks.command(args)
     if args.command == "preprocess":
         from pipelines import preprocess as job
         return job.main(args, extra)

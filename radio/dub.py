@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from preprocess import align, audio, media, video
+from preprocess import align, audio, media, progress, video
 from preprocess import uri as uri_mod
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ class _Encoder:
 
     def write(self, frame: np.ndarray) -> None:
         self.proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+        progress.frames(1)  # the progress bar's frames while a long pair is dubbed
 
     def close(self) -> None:
         self.proc.stdin.close()

@@ -96,7 +96,7 @@ def test_cli_reports_missing_dataflow_options(tmp_path, capsys):
 
     rc = cli.main(["preprocess", "--input", str(REPO / "tests" / "data" / "00015.mp4"),
                    "--output", str(tmp_path / "ds"), "--runner", "DataflowRunner", "--region", "r"])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert rc == 2 and "--project" in out and "--temp_location" in out and "--region" not in out
 
 

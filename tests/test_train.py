@@ -229,7 +229,7 @@ def test_vgg19_uses_torchvision_keys_and_loads_from_a_checked_file(tmp_path):
 
 
 def test_missing_vgg_or_sync_weights_refuse_with_a_clear_error(sample_dataset, tmp_path):
-    args = ["train", "--config", SMOKE, "--data", str(sample_dataset), "--output", str(tmp_path / "run")]
+    args = ["-v", "train", "--config", SMOKE, "--data", str(sample_dataset), "--output", str(tmp_path / "run")]
     with pytest.raises(WeightsError, match=r"VGG19.*loss\.vgg_uri.*loss\.perceptual=0"):
         radio.cli.main(args + ["--set", "loss.perceptual=1.0"])
     with pytest.raises(WeightsError, match=r"not found.*vgg19-dcbb9e9d"):

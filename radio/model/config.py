@@ -20,13 +20,13 @@ class ViTConfig:
     """ViT(n, m) of Table 3: n blocks (in the last n decoder layers unless ``layers`` names them),
     m attention layers per block, all sharing the block's key/value tokens."""
 
-    n: int = 2
-    m: int = 2
+    n: int = 2                     # ViT blocks
+    m: int = 2                     # attention layers per block
     layers: tuple[int, ...] = ()   # 1-based decoder layers; () -> the last n (5, 6 for n=2)
     dim: int = 256                 # token width d
-    heads: int = 8
+    heads: int = 8                 # attention heads
     dim_head: int = 0              # 0 -> dim // heads
-    mlp_ratio: int = 4
+    mlp_ratio: int = 4             # feed-forward width / dim
     patch_div: int = 0             # patch = H_i // patch_div; 0 -> 32 where H_i/32 is whole, else 16
 
     def __post_init__(self):
@@ -46,9 +46,9 @@ class ViTConfig:
 class AudioConfig:
     """ResNetSE34L (clovaai/voxceleb_trainer): SE basic blocks, self-attentive pooling, FC."""
 
-    blocks: tuple[int, ...] = (3, 4, 6, 3)
-    channels: tuple[int, ...] = (16, 32, 64, 128)
-    se_reduction: int = 8
+    blocks: tuple[int, ...] = (3, 4, 6, 3)  # residual blocks per stage
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # channels per stage
+    se_reduction: int = 8          # squeeze-excitation reduction
     input_norm: bool = False       # the original's InstanceNorm1d over mel bins; off for E_a (SPEC)
 
 
@@ -58,9 +58,9 @@ class SyncConfig:
 
     size: int = 144                                 # S_v input side (the 192-frame box is 144x144)
     box: tuple[int, ...] = (48, 192, 24, 168)       # rows r0:r1, cols c0:c1 in a 192 frame; scaled
-    frames: int = 5
+    frames: int = 5                                 # frames per S sample (T)
     visual_channels: tuple[int, ...] = (32, 64, 128, 256, 512)   # stem, then one stage per /2
-    embed_dim: int = 512
+    embed_dim: int = 512                            # width of S's audio/visual embeddings
     audio: AudioConfig = field(default_factory=AudioConfig)
 
 
@@ -74,18 +74,18 @@ class ModelConfig:
               'D' RADIO: ViT(n, m) blocks at those layers.
     """
 
-    resolution: int = 192
-    ablation: str = "D"
+    resolution: int = 192           # frame side in pixels: 192 (the paper) or 96 (ablations, CPU)
+    ablation: str = "D"             # Table 2 variant: A | B | C | D (RADIO)
     channels: tuple[int, ...] = (64, 128, 256, 512, 512, 512)   # encoder layers 1..6
-    style_dim: int = 512
-    audio_dim: int = 512
-    mel_bins: int = 80
-    mel_window: int = 20
+    style_dim: int = 512            # width of the style code f_s
+    audio_dim: int = 512            # width of the audio code f_a
+    mel_bins: int = 80              # mel bands per audio row
+    mel_window: int = 20            # mel rows per frame's audio window (20 rows = 200 ms)
     noise: bool = True              # per-layer noise in training (always zero in eval mode)
     vit: ViTConfig = field(default_factory=ViTConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     disc_final: int = 6             # D's last feature map side
-    mbstd_group: int = 4
+    mbstd_group: int = 4            # D's minibatch-stddev group size
     sync: SyncConfig = field(default_factory=SyncConfig)
 
     def __post_init__(self):

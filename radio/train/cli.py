@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from preprocess import uri as uri_lib
-from preprocess.config import plain
+from preprocess.config import ConfigError, plain
 
 from . import build, checkpoint, dist
 from .config import TrainConfig, from_dict, load_train_config, micro_batch, to_dict
@@ -45,7 +45,7 @@ def _with_overrides(base: dict, overrides: list[str]) -> TrainConfig:
     data = plain(base)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r}: expected key=value.")
+            raise ConfigError(f"override {item!r}: expected key=value.")
         key, raw = item.split("=", 1)
         *parents, last = key.strip().split(".")
         cur = data
@@ -161,9 +161,32 @@ def run_sync(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, *, on_
 def main(args) -> int:
     """Entry from ``radio.cli``: args.command in {train, train-sync}; args.data, args.output,
     args.config, args.overrides."""
+    from radio import checks
+
     cfg, ckpt = resolve_config(args.config, list(args.overrides or []), args.output)
     if ckpt is not None and args.command == "train" and ckpt.get("kind") != "radio":
-        raise ValueError(f"{args.output} holds '{ckpt.get('kind')}' checkpoints, not RADIO ones: use another --output.")
+        raise ConfigError(f"{args.output} holds '{ckpt.get('kind')}' checkpoints, not RADIO ones: use another --output.")
+    checks.train(cfg, args.command)
     if args.command == "train-sync":
-        return run_sync(cfg, ckpt, args.data, args.output)
-    return run_radio(cfg, ckpt, args.data, args.output)
+        rc = run_sync(cfg, ckpt, args.data, args.output)
+    else:
+        rc = run_radio(cfg, ckpt, args.data, args.output)
+    if dist.env_info().main:
+        _report_export(args.output, "sync.pt" if args.command == "train-sync" else "radio.pt")
+    return rc
+
+
+def _report_export(output: str, name: str) -> None:
+    """Say where the exported model is and its sha256 (what ``--set checkpoint_sha256=…`` pins)."""
+    from preprocess.weights import sha256_file
+
+    uri = uri_lib.join(output, name)
+    if not uri_lib.exists(uri):
+        return
+    if uri_lib.is_local(uri):
+        digest = sha256_file(uri)
+    else:
+        import hashlib
+
+        digest = hashlib.sha256(uri_lib.read_bytes(uri)).hexdigest()
+    print(f"{name}: {uri}\n  sha256 {digest}")

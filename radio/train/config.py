@@ -44,7 +44,7 @@ class DataConfig:
     workers: int = 0                # DataLoader worker processes per rank
     prefetch: int = 2               # batches each worker keeps ready
     sync_min_offset: int = 5        # train-sync negatives: audio shifted by >= this many frames
-    seed: int = 0
+    seed: int = 0                   # seed of shuffling and window sampling
     filters: FilterConfig = field(default_factory=FilterConfig)
 
     def __post_init__(self):
@@ -58,16 +58,16 @@ class DataConfig:
 class LossConfig:
     """L_total = L1 + perceptual·Σλ_i·L1(VGG_i) + adv·softplus(-D(fake)) + sync·BCE(S(fake), 1)."""
 
-    l1: float = 1.0
+    l1: float = 1.0                   # weight of the L1 reconstruction loss
     perceptual: float = 1.0           # 0 disables the VGG term (and needs no VGG weights)
     vgg_layer_weights: tuple[float, ...] = VGG_WEIGHTS   # relu1_1 ... relu5_1
     vgg_uri: str | None = None        # torchvision VGG19 state_dict (vgg19-dcbb9e9d.pth)
-    vgg_sha256: str | None = None
+    vgg_sha256: str | None = None     # sha256 of the vgg_uri file
     adv: float = 0.07                 # λ_adv
     sync: float = 0.03                # λ_s; 0 disables S (no sync checkpoint needed)
     sync_uri: str | None = None       # checkpoint written by ``radio train-sync`` (sync.pt)
-    sync_sha256: str | None = None
-    r1_gamma: float = 10.0
+    sync_sha256: str | None = None    # sha256 of the sync_uri file
+    r1_gamma: float = 10.0            # R1 penalty weight γ
     r1_every: int = 16                # lazy R1: every N steps, scaled by N (0: off)
 
     def __post_init__(self):
@@ -78,26 +78,26 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.5, 0.999)
+    lr: float = 1e-4                  # Adam learning rate (G; D too unless d_lr)
+    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas
     d_lr: float | None = None         # None: same as lr
     grad_clip: float = 0.0            # 0: off
 
 
 @dataclass
 class RunConfig:
-    steps: int = 210_000
+    steps: int = 210_000              # optimiser steps of the whole run
     batch: int = 16                   # global samples per optimiser step (see module docstring)
     accumulate: int = 1               # micro-steps per optimiser step
-    seed: int = 0
+    seed: int = 0                     # seed of weights and noise
     device: str = "auto"              # auto | cpu | cuda
     amp: str = "auto"                 # auto (bf16 on CUDA, off on CPU) | bf16 | off
     ema_decay: float = 0.999          # EMA of G per step (ramped up: min(decay, (1+s)/(10+s)))
-    log_every: int = 50
+    log_every: int = 50               # steps between log lines / TensorBoard scalars
     image_every: int = 1000           # TensorBoard image grid (0: off)
-    checkpoint_every: int = 2000
-    keep_checkpoints: int = 3
-    tf32: bool = True
+    checkpoint_every: int = 2000      # steps between checkpoints (and on SIGTERM)
+    keep_checkpoints: int = 3         # newest checkpoints kept
+    tf32: bool = True                 # TF32 matmuls on CUDA
 
     def __post_init__(self):
         if self.amp not in ("auto", "bf16", "off"):
@@ -110,10 +110,10 @@ class RunConfig:
 class SyncPretrainConfig:
     """``radio train-sync``: S alone, BCE on in-sync / shifted pairs (half negatives)."""
 
-    steps: int = 100_000
-    batch: int = 64
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
+    steps: int = 100_000  # optimiser steps of train-sync
+    batch: int = 64       # global samples per step
+    lr: float = 1e-4      # Adam learning rate
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
 
 
 @dataclass

@@ -1,0 +1,31 @@
+"""Frames done inside one long item (one 1080p pair takes a minute to dub), for progress bars.
+
+Per-clip code calls :func:`frames` as it goes; a pipeline wrapper (``pipelines.jobrun.Tracked``)
+decides where the counts go with :func:`reporting`. Without one, :func:`frames` does nothing.
+No Beam here: per-clip code may import it.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Callable
+
+_local = threading.local()
+
+
+def frames(n: int = 1) -> None:
+    """``n`` more frames of the current item are done."""
+    sink = getattr(_local, "sink", None)
+    if sink is not None:
+        sink(n)
+
+
+@contextmanager
+def reporting(sink: Callable[[int], None]):
+    """While the block runs (in this thread), :func:`frames` calls ``sink``."""
+    prev = getattr(_local, "sink", None)
+    _local.sink = sink
+    try:
+        yield
+    finally:
+        _local.sink = prev

@@ -1,0 +1,394 @@
+"""The `radio` CLI: a mistake is found before any work, in one line, exit 2, nothing written
+(issue 12 items 1 and 3); `radio config` lists every config key; help examples are valid (item 4).
+
+All of these fail before a pipeline or trainer starts, so they are quick.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA_DIR
+from preprocess import config as config_mod
+from radio import cli, config_doc
+
+REPO = Path(__file__).resolve().parents[1]
+CLIP = str(DATA_DIR / "00015.mp4")
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, float]]:
+    """Every path under ``root`` with its size and mtime: 'nothing written' compares two of these."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime) for p in sorted(root.rglob("*"))}
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    rc = cli.main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_mistake(argv, capsys, tmp_path: Path, *, says: str) -> str:
+    before = snapshot(tmp_path)
+    rc, out, err = run_cli(argv, capsys)
+    assert rc == 2, (rc, out, err)
+    lines = err.strip().splitlines()
+    assert 1 <= len(lines) <= 2 and "Traceback" not in err, err
+    assert says in err, err
+    assert snapshot(tmp_path) == before, "a mistake wrote files"
+    return err
+
+
+@pytest.fixture
+def shards_dir(tmp_path) -> Path:
+    """A dataset folder whose listing has one row shard (the checks only list it)."""
+    d = tmp_path / "ds"
+    (d / "rows").mkdir(parents=True)
+    (d / "rows" / "a.parquet").write_bytes(b"")
+    return d
+
+
+@pytest.fixture
+def a_file(tmp_path) -> Path:
+    f = tmp_path / "taken"
+    f.write_text("keep me")
+    return f
+
+
+# ---- item 1: inputs ----------------------------------------------------------------------------
+def test_glob_matching_nothing(tmp_path, capsys):
+    assert_mistake(["preprocess", "--input", str(DATA_DIR / "*.mkv"), "--output", str(tmp_path / "ds")],
+                   capsys, tmp_path, says="lists no video files")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_folder_without_videos(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert_mistake(["preprocess", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "ds")],
+                   capsys, tmp_path, says="folder lists no video files")
+
+
+def test_dub_manifest_without_audio_column(tmp_path, capsys):
+    m = tmp_path / "pairs.jsonl"
+    m.write_text('{"uri": "%s"}\n' % CLIP)
+    assert_mistake(["dub", "--checkpoint", "x.pt", "--input", str(m), "--output", str(tmp_path / "dub")],
+                   capsys, tmp_path, says="no audio_uri")
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert_mistake(["preprocess", "--input", CLIP, "--output", str(tmp_path / "ds"), "--config",
+                    str(tmp_path / "nope.yaml")], capsys, tmp_path, says="no such config file")
+
+
+# ---- item 1: outputs ---------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["preprocess", "dub", "evaluate", "train", "train-sync"])
+def test_output_is_an_existing_file(command, tmp_path, capsys, a_file, shards_dir):
+    m = tmp_path / "pairs.jsonl"
+    m.write_text('{"uri": "%s", "audio_uri": "%s"}\n' % (CLIP, CLIP))
+    argv = {"preprocess": ["preprocess", "--input", CLIP],
+            "dub": ["dub", "--checkpoint", "x.pt", "--input", str(m)],
+            "evaluate": ["evaluate", "--generated", str(DATA_DIR), "--reference", str(DATA_DIR)],
+            "train": ["train", "--config", str(REPO / "configs/smoke-cpu.yaml"), "--data", str(shards_dir)],
+            "train-sync": ["train-sync", "--data", str(shards_dir)]}[command]
+    assert_mistake(argv + ["--output", str(a_file)], capsys, tmp_path, says="is an existing file")
+    assert a_file.read_text() == "keep me"
+
+
+def test_output_under_a_file(tmp_path, capsys, a_file):
+    assert_mistake(["preprocess", "--input", CLIP, "--output", str(a_file / "ds")], capsys, tmp_path,
+                   says="is a file, so no folder")
+
+
+def test_inspect_output_is_a_folder(tmp_path, capsys, shards_dir):
+    assert_mistake(["inspect", str(shards_dir), "--output", str(tmp_path)], capsys, tmp_path,
+                   says="is an existing folder")
+
+
+# ---- item 1: train -----------------------------------------------------------------------------
+def test_train_on_a_folder_without_shards(tmp_path, capsys):
+    (tmp_path / "ds").mkdir()
+    assert_mistake(["train", "--config", str(REPO / "configs/smoke-cpu.yaml"), "--data", str(tmp_path / "ds"),
+                    "--output", str(tmp_path / "run")], capsys, tmp_path, says="no row shards")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_without_vgg19_weights(tmp_path, capsys, shards_dir):
+    err = assert_mistake(["train", "--config", str(REPO / "configs/smoke-cpu.yaml"), "--data", str(shards_dir),
+                          "--output", str(tmp_path / "run"), "--set", "loss.perceptual=1.0"],
+                         capsys, tmp_path, says="VGG19")
+    assert "loss.vgg_uri" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_bad_config_value(tmp_path, capsys, shards_dir):
+    assert_mistake(["train", "--config", str(REPO / "configs/smoke-cpu.yaml"), "--data", str(shards_dir),
+                    "--output", str(tmp_path / "run"), "--set", "run.amp=fp16"], capsys, tmp_path,
+                   says="run.amp must be auto, bf16 or off")
+
+
+def test_verbose_keeps_the_traceback(tmp_path):
+    (tmp_path / "ds").mkdir()
+    with pytest.raises(Exception, match="no row shards"):
+        cli.main(["-v", "train", "--data", str(tmp_path / "ds"), "--output", str(tmp_path / "run")])
+
+
+# ---- item 3: unknown options -------------------------------------------------------------------
+@pytest.mark.parametrize("argv,hint", [
+    (["preprocess", "--input", CLIP, "--resme"], "did you mean --resume?"),
+    (["preprocess", "--input", CLIP, "--runer", "DataflowRunner"], "did you mean --runner?"),
+    (["evaluate", "--generated", CLIP, "--refrence", CLIP], "did you mean --reference?"),
+    (["dub", "--checkpoint", "x", "--input", "p.jsonl", "--chekpoint", "y"], "did you mean --checkpoint?"),
+    (["train", "--data", "d", "--confg", "c.yaml"], "did you mean --config?"),
+])
+def test_unknown_option(argv, hint, tmp_path, capsys):
+    err = assert_mistake(argv + ["--output", str(tmp_path / "out")], capsys, tmp_path, says=hint)
+    assert "unknown option" in err
+
+
+def test_beam_options_still_pass(tmp_path):
+    """Options Beam knows are not mistakes (they reach the pipeline options unchanged)."""
+    from radio import checks
+
+    checks.unknown_options(["--runner", "DataflowRunner", "--direct_num_workers=2", "--project", "p"],
+                           cli.subparser(cli.build_parser(), "preprocess"), beam=True)
+
+
+def test_one_line_through_the_real_entry_point(tmp_path):
+    """The installed command path: a subprocess, exit status 2, one line on stderr, no output."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.run([sys.executable, "-m", "radio.cli", "preprocess", "--input", str(DATA_DIR / "*.mkv"),
+                        "--output", str(tmp_path / "ds")], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2, p
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "ds").exists()
+
+
+# ---- item 4: radio config and help -------------------------------------------------------------
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and k not in ("backend_args", "tracker",
+                                                                                      "track", "landmark_args"):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+@pytest.mark.parametrize("command", sorted(config_doc.COMMANDS))
+def test_radio_config_lists_every_key(command, capsys):
+    """Every key of the config the loader builds (flattened ``to_dict`` of the defaults) is
+    listed once with its default, and each listed key is accepted by ``--set``."""
+    rc, out, _ = run_cli(["config", command], capsys)
+    assert rc == 0
+    cls = config_doc.config_class(command)
+    lines = [ln for ln in out.splitlines() if not ln.startswith("#")]
+    listed = {ln.split(" = ", 1)[0]: ln.split(" = ", 1)[1] for ln in lines}
+    assert len(listed) == len(lines)
+    expected = _flatten(config_mod.to_dict(cls()))
+    assert set(listed) == set(expected), set(listed) ^ set(expected)
+    for key, rest in listed.items():
+        default = rest.split("  # ", 1)[0].strip()
+        loaded = config_mod.load(cls, None, [f"{key}={default}"])  # the key is real; its default parses
+        assert config_mod.to_dict(loaded) == config_mod.to_dict(cls()), key
+
+
+def test_config_descriptions_come_from_the_source():
+    rows = {k: d for k, _, d in config_doc.keys(config_doc.config_class("evaluate"))}
+    assert "fastest on one CPU core" in rows["lpips.batch_size"]
+    rows = {k: d for k, _, d in config_doc.keys(config_doc.config_class("preprocess"))}
+    assert rows["decode.backend"].startswith("auto (PyAV in-process")  # a block above the field
+    assert "glibc" in rows["decode.chunk_mib"] and "glibc" not in rows["decode.backend"]
+
+
+@pytest.mark.parametrize("command", sorted(cli.EXAMPLES))
+def test_help_examples_use_real_keys(command, capsys):
+    """Each --set in a command's help examples loads through that command's config."""
+    cls = config_doc.config_class(command)
+    sets = []
+    for example in cli.EXAMPLES[command]:
+        words = shlex.split(example.replace("$(", "'$(").replace("-f1)", "-f1)'"))
+        assert words[:2] == ["radio", command]
+        sets += [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    config_mod.load(cls, None, sets)
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out
+    if command != "preprocess":  # the key of preprocess only (issue 12: it was shown on every command)
+        assert "faces.backend" not in out
+
+
+def test_dub_and_evaluate_help_explain_inputs(capsys):
+    for command, words in (("dub", ["audio_uri", "resume", "manifest's own folder"]),
+                           ("evaluate", ["lpips.enabled", "sync.enabled", "length_tolerance", "max_frames",
+                                         "generated, reference"])):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        out = capsys.readouterr().out
+        for w in words:
+            assert w in out, (command, w)
+
+
+def test_config_classes_have_no_positional_fields():
+    """`radio config` shows defaults: every field has one."""
+    for command in config_doc.COMMANDS:
+        for f in dataclasses.fields(config_doc.config_class(command)):
+            assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+# ---- item 2: a job that fails says why in one line ---------------------------------------------
+def test_first_error_of_a_beam_failure():
+    from pipelines import jobrun
+
+    exc = RuntimeError("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+                       "FileExistsError: [Errno 17] File exists: '/o/rows'\n\nDuring handling ...\n"
+                       "RuntimeError: FileExistsError: [Errno 17] File exists: '/o/rows' "
+                       "[while running 'ProcessSource']")
+    log_text = ('Worker: severity: ERROR message: "radio: element failed: /data/a%20b%C3%BC.mp4" trace: ""\n'
+                'radio: element failed: /data/second.mp4\n')
+    assert jobrun.first_error(exc, log_text) == ("FileExistsError: [Errno 17] File exists: '/o/rows' in step "
+                                                 "ProcessSource on /data/a bü.mp4")
+    assert jobrun.first_error(MemoryError("out of memory"), "") == "MemoryError: out of memory"
+
+
+def test_failed_job_is_one_line_with_a_log(tmp_path, capsys):
+    """An environment failure inside the job (the dataset's rows/ is a file): exit 1, one line naming
+    the error, the step and the element, and the log with the full traces under runs/<run_id>/."""
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "rows").write_text("not a folder")
+    rc, _, err = run_cli(["preprocess", "--input", CLIP, "--output", str(out), "--run-id", "r1", "--no-progress",
+                          "--direct_num_workers=1"], capsys)
+    assert rc == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    log_path = out / "runs" / "r1" / "job.log"
+    assert "Error: " in lines[0] and "/rows" in lines[0] and "in step ProcessSource" in lines[0], lines
+    assert f"on {CLIP}" in lines[0] and f"full traces: {log_path}" in lines[0], lines
+    assert "Traceback (most recent call last)" in log_path.read_text()
+
+
+# ---- item 5: progress and the end of train -----------------------------------------------------
+class _FakeFn:
+    """A per-item DoFn stand-in: one output per item with its frames; 'boom' raises."""
+
+    def setup(self):
+        self.ready = True
+
+    def process(self, item):
+        from preprocess import progress
+
+        if item["uri"] == "boom":
+            raise OSError(28, "No space left on device")
+        for _ in range(item["frames"]):
+            progress.frames(1)  # frames of a long item show up while it runs
+        yield {"status": "rows", "frames": item["frames"]}
+
+
+def test_tracked_reports_items_frames_and_the_failing_element(tmp_path, caplog):
+    from pipelines import jobrun
+
+    fns = [jobrun.Tracked(_FakeFn(), describe=jobrun.uri_of, frames=jobrun.frames_of, progress_dir=str(tmp_path))
+           for _ in range(2)]
+    bar = jobrun.Bar(str(tmp_path), 3, unit="video", desc="t", stream=None, workers=2)
+    fns[0].setup()
+    assert bar.read() == (1, 0, 0)  # one worker ready, nothing done
+    fns[1].setup()
+    assert list(fns[0].process({"uri": "a", "frames": 100})) == [{"status": "rows", "frames": 100}]
+    list(fns[1].process({"uri": "b", "frames": 25}))
+    list(fns[1].process({"uri": "c", "frames": 5}))
+    assert bar.read() == (2, 3, 130)  # frames reported while running are not counted twice
+    with pytest.raises(OSError, match="No space"):  # re-raised unchanged: the runner retries it
+        list(fns[0].process({"uri": "boom"}))
+    assert f"{jobrun.FAILED_MARK} boom" in caplog.text
+    assert bar.read() == (2, 3, 130)
+
+
+def test_train_ends_with_the_export_path_and_sha256(tmp_path, capsys):
+    import hashlib
+
+    from radio.train import cli as train_cli
+
+    (tmp_path / "radio.pt").write_bytes(b"weights")
+    train_cli._report_export(str(tmp_path), "radio.pt")
+    out = capsys.readouterr().out
+    assert str(tmp_path / "radio.pt") in out and hashlib.sha256(b"weights").hexdigest() in out
+
+
+def test_frames_of_a_long_item_show_while_it_runs(tmp_path):
+    from pipelines import jobrun
+    from preprocess import progress
+
+    bar = jobrun.Bar(str(tmp_path), 1, unit="pair", desc="t", stream=None, workers=1)
+    seen = []
+
+    class Long(_FakeFn):
+        def process(self, item):
+            progress.frames(7)
+            seen.append(bar.read())
+            yield {"frames": 7}
+
+    fn = jobrun.Tracked(Long(), describe=jobrun.uri_of, frames=jobrun.frames_of, progress_dir=str(tmp_path))
+    fn.setup()
+    fn._last = float("-inf")  # past the twice-a-second throttle
+    list(fn.process({"uri": "a"}))
+    assert seen == [(1, 0, 7)] and bar.read() == (1, 1, 7)
+
+
+def test_failed_job_with_worker_processes_keeps_their_traces_out_of_the_console(tmp_path):
+    """Two local worker processes (their tracebacks used to fill 200 lines of stderr): one line on
+    stderr, exit 1, the traces in the run's job.log."""
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "rows").write_text("not a folder")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.run([sys.executable, "-m", "radio.cli", "preprocess", "--input", CLIP, "--output", str(out),
+                        "--run-id", "r2", "--no-progress", "--direct_num_workers=2"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 1, p.stderr[-3000:]
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert "in step ProcessSource" in lines[0] and f"on {CLIP}" in lines[0], lines
+    assert p.stdout == ""
+    assert (out / "runs" / "r2" / "job.log").read_text().count("Traceback (most recent call last)") >= 1
+
+
+def test_bad_set_key_names_the_closest(tmp_path, capsys):
+    assert_mistake(["evaluate", "--generated", str(DATA_DIR), "--output", str(tmp_path / "e"),
+                    "--set", "max_frame=10"], capsys, tmp_path, says="did you mean 'max_frames'?")
+
+
+def test_face_alignment_without_weights(tmp_path, capsys):
+    assert_mistake(["preprocess", "--input", CLIP, "--output", str(tmp_path / "ds"),
+                    "--set", "faces.backend=face_alignment"], capsys, tmp_path,
+                   says="faces.backend_args.fan_uri")
+    assert_mistake(["preprocess", "--input", CLIP, "--output", str(tmp_path / "ds"),
+                    "--set", "faces.backend=face_alignment",
+                    "--set", f"faces.backend_args={{fan_uri: {tmp_path}/nope.pth}}"], capsys, tmp_path,
+                   says="weight file not found")
+
+
+def test_remote_runs_log_beam_counters(caplog):
+    """On a runner without the local bar (Dataflow), the job's counters are logged as it runs."""
+    import logging
+    from types import SimpleNamespace as NS
+
+    from pipelines import jobrun
+
+    def counter(name, value):
+        return NS(key=NS(metric=NS(name=name)), committed=value, attempted=value)
+
+    class Result:
+        def metrics(self):
+            return NS(query=lambda _flt: {"counters": [counter("videos", 3), counter("frames", 450),
+                                                       counter("frames", 50)]})
+
+    with caplog.at_level(logging.INFO, logger="pipelines.jobrun"):
+        jobrun._log_counters(Result(), "radio.preprocess")
+    assert "radio.preprocess: frames 500, videos 3" in caplog.text
