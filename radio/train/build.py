@@ -14,6 +14,7 @@ from radio.model import RADIO, Discriminator, SyncNet
 
 from . import checkpoint, dist
 from .config import TrainConfig
+from .cursors import resume_point
 
 log = logging.getLogger("radio.train")
 
@@ -38,9 +39,11 @@ class Optimizers:
 
 @dataclass
 class Resume:
-    """Where a run continues from: step, data cursors {consumer: (epoch, chunk, offset)}."""
+    """Where a run continues from: step, data cursors {consumer: (epoch, chunk, offset)} and the
+    consumer slot whose batch comes next (``cursors.py``)."""
     step: int = 0
     cursors: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    next_slot: int = 0
 
 
 def select_device(name: str, info: dist.DistInfo) -> torch.device:
@@ -105,21 +108,15 @@ def build_sync(cfg: TrainConfig, device: torch.device) -> tuple[SyncNet, nn.Modu
 
 
 def restore(ckpt: dict, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-            consumers: int) -> Resume:
+            consumers: int, workers: int = 1) -> Resume:
     """Load a training checkpoint into built modules/optimisers; the data cursors to continue from.
     (RNG states are restored separately, ``restore_rng``, once nothing else will draw from them.)"""
     for name, module in modules.items():
         module.load_state_dict(ckpt["models"][name])
     for name, opt in optimizers.items():
         opt.load_state_dict(ckpt["optim"][name])
-    data = ckpt.get("data") or {}
-    cursors = {}
-    if data.get("consumers") == consumers:
-        cursors = {int(c[0]): (int(c[1]), int(c[2]), int(c[3])) for c in data.get("cursors", [])}
-    else:
-        log.warning("data layout changed (%s consumers in the checkpoint, %d now): the data stream restarts "
-                    "from its first epoch", data.get("consumers"), consumers)
-    return Resume(step=int(ckpt["step"]), cursors=cursors)
+    cursors, next_slot = resume_point(ckpt.get("data") or {}, consumers, workers)
+    return Resume(step=int(ckpt["step"]), cursors=cursors, next_slot=next_slot)
 
 
 def restore_rng(ckpt: dict, info: dist.DistInfo) -> None:
