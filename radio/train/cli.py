@@ -10,6 +10,8 @@ the run reached its last step, 143 when SIGTERM / Ctrl-C stopped it after a chec
 """
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 
 import torch
@@ -169,6 +171,10 @@ def run_sync(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, *, on_
 def main(args) -> int:
     """Entry from ``radio.cli``: args.command in {train, train-sync}; args.data, args.output,
     args.config, args.overrides."""
+    # at exit, skip the interpreter's full garbage collections over torch's objects (seconds on a busy
+    # host): a preempted rank has written its checkpoint and should be gone long before torchrun's SIGKILL
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
     cfg, ckpt = resolve_config(args.config, list(args.overrides or []), args.output)
     if ckpt is not None and args.command == "train" and ckpt.get("kind") != "radio":
         raise ValueError(f"{args.output} holds '{ckpt.get('kind')}' checkpoints, not RADIO ones: use another --output.")
