@@ -11,9 +11,10 @@ from torch import nn
 from preprocess.config import plain
 from radio.losses import freeze, load_vgg19
 from radio.model import RADIO, Discriminator, SyncNet
+from radio.model.discriminator import mbstd_group
 
 from . import checkpoint, dist
-from .config import TrainConfig
+from .config import TrainConfig, micro_batch
 from .cursors import resume_point
 
 log = logging.getLogger("radio.train")
@@ -78,11 +79,23 @@ def loss_networks(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module | N
     return vgg, sync
 
 
+def d_batch(cfg: TrainConfig, info: dist.DistInfo) -> int:
+    """Frames in each of D's calls on a rank (one micro-batch of T-frame windows), with a note when
+    model.mbstd_group does not divide it (the minibatch-stddev group is then smaller)."""
+    frames = micro_batch(cfg.run.batch, info.world, cfg.run.accumulate) * cfg.data.frames
+    group = mbstd_group(cfg.model.mbstd_group, frames)
+    if group != cfg.model.mbstd_group and info.main:
+        log.info("D's minibatch-stddev group is %d, not model.mbstd_group=%d: each rank's D sees %d frames per "
+                 "call (%d windows x %d frames), which %d does not divide", group, cfg.model.mbstd_group, frames,
+                 frames // cfg.data.frames, cfg.data.frames, cfg.model.mbstd_group)
+    return frames
+
+
 def build_radio(cfg: TrainConfig, device: torch.device, info: dist.DistInfo) -> tuple[Models, Optimizers]:
     """G, EMA, D and their Adam optimisers; G is DDP-wrapped when WORLD_SIZE > 1."""
     vgg, sync = loss_networks(cfg, device)
     generator = RADIO(cfg.model).to(device)
-    disc = Discriminator(cfg.model).to(device)
+    disc = Discriminator(cfg.model, batch=d_batch(cfg, info)).to(device)
     dist.broadcast_module(generator)          # rank 0's initial weights everywhere (seeds differ per
     dist.broadcast_module(disc)               # rank), before the EMA copy is taken
     ema = freeze(copy.deepcopy(generator))

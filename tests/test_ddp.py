@@ -1,6 +1,7 @@
-"""Preemptible training under torchrun (CPU, gloo): SIGTERM to the torchrun agent at random steps
+"""Multi-rank training under torchrun (CPU, gloo): SIGTERM to the torchrun agent at random steps
 checkpoints at the step the ranks agree on, and the resumed runs consume exactly the windows an
-uninterrupted run consumes; the cursor table of a checkpoint across resumes and layout changes."""
+uninterrupted run consumes; the cursor table of a checkpoint across resumes and layout changes;
+every model configuration through DDP steps; D's minibatch-stddev group fixed per rank."""
 from __future__ import annotations
 
 import itertools
@@ -19,6 +20,8 @@ import torch
 from preprocess import schema, shards
 from preprocess.writer import write_table_atomic
 from radio.train import checkpoint
+from radio.model import RADIO, Discriminator, ModelConfig
+from radio.train import build, dist
 from radio.train.config import load_train_config
 from radio.train.cursors import CursorTracker, resume_point
 from radio.train.data import ShardStream
@@ -149,3 +152,47 @@ def test_cursor_table_one_row_per_consumer_across_resumes_and_layouts():
     # 8 consumers cannot continue 4 streams: all start the epoch after the newest one saved
     assert resume_point(table, 8, 2) == ({k: (4, 0, -1) for k in range(8)}, 0)
     assert resume_point({}, 4, 2) == ({}, 0)
+
+
+def test_every_configuration_trains_under_ddp():
+    """Ablations A-D, ViT(n, m), noise on and off, accumulation: two DDP steps each (tests/ddp_configs.py)."""
+    from ddp_configs import CONFIGS                        # tests/ is on sys.path (pytest rootdir mode)
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "ddp_configs.py")]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    ok = [line for line in res.stdout.splitlines() if line.startswith("ok ")]
+    assert [line.split(" (")[0] for line in ok] == ["ok " + " ".join(c) for c in CONFIGS], res.stdout
+    # 4 windows over 2 ranks: 2 windows x 5 frames per D call, which group 4 does not divide
+    assert "D's minibatch-stddev group is 2, not model.mbstd_group=4: each rank's D sees 10 frames" in res.stderr
+    assert "D's minibatch-stddev group is 1, not model.mbstd_group=4: each rank's D sees 5 frames" in res.stderr
+
+
+def test_disabled_noise_is_not_built():
+    cfg = ModelConfig(resolution=64, disc_final=4, channels=(8, 8, 8, 16, 16, 16), style_dim=16, audio_dim=16,
+                      noise=False)
+    model = RADIO(cfg)
+    assert not [n for n, _ in model.named_parameters() if ".noise." in n]
+    assert len([n for n, _ in RADIO(ModelConfig(resolution=64, disc_final=4, channels=cfg.channels, style_dim=16,
+                                                audio_dim=16)).named_parameters() if ".noise." in n]) == 6
+    x = torch.zeros(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="no noise inputs"):
+        model(x, x, torch.zeros(1, 20, 80), noise=model.generator.make_noise(1))
+
+
+def test_discriminator_group_is_fixed_per_rank_batch(caplog):
+    cfg = ModelConfig(resolution=64, disc_final=4, channels=(8, 8, 8, 16, 16, 16))
+    d = Discriminator(cfg, batch=10)
+    assert d.group == 2 and d(torch.zeros(10, 3, 64, 64)).shape == (10, 1)
+    with pytest.raises(ValueError, match="built for batches of 10 frames"):
+        d(torch.zeros(9, 3, 64, 64))
+    assert Discriminator(cfg, batch=16).group == 4 and Discriminator(cfg).group == 4
+    # the paper's batch 16 on 8 GPUs: 2 windows x 5 frames per rank
+    train = load_train_config(None, ["run.batch=16"])
+    caplog.set_level("INFO", logger="radio.train")
+    assert build.d_batch(train, dist.DistInfo(rank=0, world=8)) == 10
+    assert "group is 2, not model.mbstd_group=4" in caplog.text
+    caplog.clear()
+    assert build.d_batch(train, dist.DistInfo(rank=0, world=4)) == 20 and "group is" not in caplog.text
