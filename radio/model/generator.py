@@ -80,16 +80,23 @@ class NoiseInjection(nn.Module):
 
 
 class StyledConv(nn.Module):
-    """Modulated 3x3 conv -> noise -> bias + LeakyReLU(0.2)*sqrt(2)."""
+    """Modulated 3x3 conv -> noise -> bias + LeakyReLU(0.2)*sqrt(2). Without ``noise`` (model.noise:
+    false) no noise scale is built: a weight that never gets a gradient would break DDP."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, w_dim: int, upsample: bool = False):
+    def __init__(self, in_channels: int, out_channels: int, *, w_dim: int, upsample: bool = False,
+                 noise: bool = True):
         super().__init__()
         self.conv = ModulatedConv2d(in_channels, out_channels, 3, w_dim=w_dim, upsample=upsample)
-        self.noise = NoiseInjection()
+        self.noise = NoiseInjection() if noise else None
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x, w, noise=None):
-        return fused_leaky_relu(self.noise(self.conv(x, w), noise), self.bias)
+        x = self.conv(x, w)
+        if noise is not None:
+            if self.noise is None:
+                raise ValueError("This G has no noise inputs (model.noise: false). Got a noise map.")
+            x = self.noise(x, noise)
+        return fused_leaky_relu(x, self.bias)
 
 
 class ToRGB(nn.Module):
@@ -125,7 +132,8 @@ class Generator(nn.Module):
         self.convs, self.to_rgbs = nn.ModuleList(), nn.ModuleList()
         for k in range(6):
             up = self.out_sizes[k] > self.in_sizes[k]
-            self.convs.append(StyledConv(self.in_channels[k], self.out_channels[k], w_dim=w_dim, upsample=up))
+            self.convs.append(StyledConv(self.in_channels[k], self.out_channels[k], w_dim=w_dim, upsample=up,
+                                         noise=cfg.noise))
             self.to_rgbs.append(ToRGB(self.out_channels[k], w_dim=w_dim, upsample=k > 0 and up))
         self.fidelity = {k: ("vit" if cfg.ablation == "D" else "add") for k in cfg.fidelity_layers}
         self.vit = nn.ModuleDict()

@@ -21,7 +21,7 @@ class RADIO(nn.Module):
 
     Noise: in ``train()`` mode with ``cfg.noise`` each decoder layer draws fresh noise unless
     ``noise=`` pins it; in ``eval()`` mode (inference) no noise is added, which keeps video
-    frames from flickering. ``noise=`` always wins.
+    frames from flickering. ``noise=`` always wins (with ``cfg.noise`` false G has no noise inputs).
     """
 
     def __init__(self, cfg: ModelConfig | None = None):

@@ -11,9 +11,11 @@ from torch import nn
 from preprocess.config import plain
 from radio.losses import freeze, load_vgg19
 from radio.model import RADIO, Discriminator, SyncNet
+from radio.model.discriminator import mbstd_group
 
 from . import checkpoint, dist
-from .config import TrainConfig
+from .config import TrainConfig, micro_batch
+from .cursors import resume_point
 
 log = logging.getLogger("radio.train")
 
@@ -38,9 +40,11 @@ class Optimizers:
 
 @dataclass
 class Resume:
-    """Where a run continues from: step, data cursors {consumer: (epoch, chunk, offset)}."""
+    """Where a run continues from: step, data cursors {consumer: (epoch, chunk, offset)} and the
+    consumer slot whose batch comes next (``cursors.py``)."""
     step: int = 0
     cursors: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    next_slot: int = 0
 
 
 def select_device(name: str, info: dist.DistInfo) -> torch.device:
@@ -75,11 +79,23 @@ def loss_networks(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module | N
     return vgg, sync
 
 
+def d_batch(cfg: TrainConfig, info: dist.DistInfo) -> int:
+    """Frames in each of D's calls on a rank (one micro-batch of T-frame windows), with a note when
+    model.mbstd_group does not divide it (the minibatch-stddev group is then smaller)."""
+    frames = micro_batch(cfg.run.batch, info.world, cfg.run.accumulate) * cfg.data.frames
+    group = mbstd_group(cfg.model.mbstd_group, frames)
+    if group != cfg.model.mbstd_group and info.main:
+        log.info("D's minibatch-stddev group is %d, not model.mbstd_group=%d: each rank's D sees %d frames per "
+                 "call (%d windows x %d frames), which %d does not divide", group, cfg.model.mbstd_group, frames,
+                 frames // cfg.data.frames, cfg.data.frames, cfg.model.mbstd_group)
+    return frames
+
+
 def build_radio(cfg: TrainConfig, device: torch.device, info: dist.DistInfo) -> tuple[Models, Optimizers]:
     """G, EMA, D and their Adam optimisers; G is DDP-wrapped when WORLD_SIZE > 1."""
     vgg, sync = loss_networks(cfg, device)
     generator = RADIO(cfg.model).to(device)
-    disc = Discriminator(cfg.model).to(device)
+    disc = Discriminator(cfg.model, batch=d_batch(cfg, info)).to(device)
     dist.broadcast_module(generator)          # rank 0's initial weights everywhere (seeds differ per
     dist.broadcast_module(disc)               # rank), before the EMA copy is taken
     ema = freeze(copy.deepcopy(generator))
@@ -105,21 +121,15 @@ def build_sync(cfg: TrainConfig, device: torch.device) -> tuple[SyncNet, nn.Modu
 
 
 def restore(ckpt: dict, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-            consumers: int) -> Resume:
+            consumers: int, workers: int = 1) -> Resume:
     """Load a training checkpoint into built modules/optimisers; the data cursors to continue from.
     (RNG states are restored separately, ``restore_rng``, once nothing else will draw from them.)"""
     for name, module in modules.items():
         module.load_state_dict(ckpt["models"][name])
     for name, opt in optimizers.items():
         opt.load_state_dict(ckpt["optim"][name])
-    data = ckpt.get("data") or {}
-    cursors = {}
-    if data.get("consumers") == consumers:
-        cursors = {int(c[0]): (int(c[1]), int(c[2]), int(c[3])) for c in data.get("cursors", [])}
-    else:
-        log.warning("data layout changed (%s consumers in the checkpoint, %d now): the data stream restarts "
-                    "from its first epoch", data.get("consumers"), consumers)
-    return Resume(step=int(ckpt["step"]), cursors=cursors)
+    cursors, next_slot = resume_point(ckpt.get("data") or {}, consumers, workers)
+    return Resume(step=int(ckpt["step"]), cursors=cursors, next_slot=next_slot)
 
 
 def restore_rng(ckpt: dict, info: dist.DistInfo) -> None:

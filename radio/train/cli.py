@@ -6,10 +6,12 @@ output already holds checkpoints).
 
 Running the same command again continues from the newest checkpoint in RUN/checkpoints (it logs
 "resuming from step N"); without --config the checkpoint's own config is used. Exit status: 0 when
-the run reached its last step, 143 when SIGTERM stopped it after a checkpoint.
+the run reached its last step, 143 when SIGTERM / Ctrl-C stopped it after a checkpoint (``preempt.py``).
 """
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 
 import torch
@@ -22,9 +24,9 @@ from . import build, checkpoint, dist
 from .config import TrainConfig, from_dict, load_train_config, micro_batch, to_dict
 from .data import ShardStream, make_loader
 from .logger import Board
+from .preempt import PREEMPTED, StopSignal, ignore_stop_signals
 
 log = logging.getLogger("radio.train")
-PREEMPTED = 143
 
 
 def resolve_config(config: str | None, overrides: list[str], output: str) -> tuple[TrainConfig, dict | None]:
@@ -97,70 +99,82 @@ def _run_loop(loop, *args, output: str, info, **kwargs) -> int:
     return PREEMPTED if result.preempted else 0
 
 
+def _data(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, info: dist.DistInfo, device, *,
+          mode: str, batch: int, modules: dict, optimizers: dict):
+    """Restore ``modules``/``optimizers`` from ``ckpt``, then the batch iterator continuing its data
+    stream: (resume, consumers, batches)."""
+    mb = micro_batch(batch, info.world, cfg.run.accumulate)
+    workers = max(1, cfg.data.workers)
+    consumers = info.world * workers
+    resume = build.Resume()
+    if ckpt is not None:
+        resume = build.restore(ckpt, modules, optimizers, consumers, workers)
+    _write_config(output, cfg, info)
+    stream = ShardStream(data, cfg.data, resolution=cfg.model.resolution, mode=mode, rank=info.rank,
+                         world=info.world, start=resume.cursors, worker_shift=resume.next_slot)
+    if info.main:
+        log.info("data: %d shards in %s, %d consumers (%d ranks x %d workers); batch %d = %d ranks x %d "
+                 "accumulation x %d windows of %d frames; resolution %d; amp %s", len(stream.shards), data,
+                 consumers, info.world, workers, batch, info.world, cfg.run.accumulate, mb, cfg.data.frames,
+                 cfg.model.resolution, build.amp_dtype(cfg, device))
+    batches = iter(make_loader(stream, mb, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals))
+    if ckpt is not None:
+        build.restore_rng(ckpt, info)
+    return resume, consumers, batches
+
+
 def run_radio(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, *, on_step=None) -> int:
     from .trainer import train
 
-    info, device = _setup(cfg)
-    try:
-        _announce(ckpt, output, cfg.run.steps, info)
-        mb = micro_batch(cfg.run.batch, info.world, cfg.run.accumulate)
-        models, opts = build.build_radio(cfg, device, info)
-        consumers = info.world * max(1, cfg.data.workers)
-        resume = build.Resume()
-        if ckpt is not None:
-            resume = build.restore(ckpt, {"generator": models.generator, "ema": models.ema, "disc": models.disc},
-                                   {"g": opts.g, "d": opts.d}, consumers)
-        _write_config(output, cfg, info)
-        stream = ShardStream(data, cfg.data, resolution=cfg.model.resolution, mode="radio",
-                             rank=info.rank, world=info.world, start=resume.cursors)
-        if info.main:
-            log.info("data: %d shards in %s, %d consumers (%d ranks x %d workers); batch %d = %d ranks x %d "
-                     "accumulation x %d windows of %d frames; resolution %d; amp %s", len(stream.shards), data,
-                     consumers, info.world, max(1, cfg.data.workers), cfg.run.batch, info.world,
-                     cfg.run.accumulate, mb, cfg.data.frames, cfg.model.resolution, build.amp_dtype(cfg, device))
-        batches = iter(make_loader(stream, mb, pin_memory=device.type == "cuda"))
-        if ckpt is not None:
-            build.restore_rng(ckpt, info)
-        del ckpt
-        return _run_loop(train, cfg, models, opts, batches, output=output, device=device, info=info,
-                         resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device), on_step=on_step)
-    finally:
-        dist.shutdown()
+    with StopSignal() as stop:                # from the start: a notice during set-up stops after step 1
+        info, device = _setup(cfg)
+        try:
+            _announce(ckpt, output, cfg.run.steps, info)
+            models, opts = build.build_radio(cfg, device, info)
+            resume, consumers, batches = _data(
+                cfg, ckpt, data, output, info, device, mode="radio", batch=cfg.run.batch,
+                modules={"generator": models.generator, "ema": models.ema, "disc": models.disc},
+                optimizers={"g": opts.g, "d": opts.d})
+            del ckpt
+            return _run_loop(train, cfg, models, opts, batches, output=output, device=device, info=info,
+                             resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device),
+                             on_step=on_step, stop=stop)
+        finally:
+            dist.shutdown()
 
 
 def run_sync(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, *, on_step=None) -> int:
     from .sync_trainer import train_sync
 
-    info, device = _setup(cfg)
-    try:
-        _announce(ckpt, output, cfg.sync_pretrain.steps, info)
-        if ckpt is not None and ckpt.get("kind") != "sync":
-            raise ValueError(f"{output} holds '{ckpt.get('kind')}' checkpoints, not train-sync ones: use another --output.")
-        if cfg.data.frames != cfg.model.sync.frames:
-            raise ValueError(f"train-sync needs data.frames == model.sync.frames ({cfg.model.sync.frames}). "
-                             f"Got {cfg.data.frames}.")
-        mb = micro_batch(cfg.sync_pretrain.batch, info.world, cfg.run.accumulate)
-        net, view, opt = build.build_sync(cfg, device)
-        consumers = info.world * max(1, cfg.data.workers)
-        resume = build.Resume()
-        if ckpt is not None:
-            resume = build.restore(ckpt, {"sync": net}, {"sync": opt}, consumers)
-        _write_config(output, cfg, info)
-        stream = ShardStream(data, cfg.data, resolution=cfg.model.resolution, mode="sync",
-                             rank=info.rank, world=info.world, start=resume.cursors)
-        batches = iter(make_loader(stream, mb, pin_memory=device.type == "cuda"))
-        if ckpt is not None:
-            build.restore_rng(ckpt, info)
-        del ckpt
-        return _run_loop(train_sync, cfg, net, view, opt, batches, output=output, device=device, info=info,
-                         resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device), on_step=on_step)
-    finally:
-        dist.shutdown()
+    with StopSignal() as stop:
+        info, device = _setup(cfg)
+        try:
+            _announce(ckpt, output, cfg.sync_pretrain.steps, info)
+            if ckpt is not None and ckpt.get("kind") != "sync":
+                raise ValueError(f"{output} holds '{ckpt.get('kind')}' checkpoints, not train-sync ones: "
+                                 "use another --output.")
+            if cfg.data.frames != cfg.model.sync.frames:
+                raise ValueError(f"train-sync needs data.frames == model.sync.frames ({cfg.model.sync.frames}). "
+                                 f"Got {cfg.data.frames}.")
+            net, view, opt = build.build_sync(cfg, device)
+            resume, consumers, batches = _data(cfg, ckpt, data, output, info, device, mode="sync",
+                                                  batch=cfg.sync_pretrain.batch, modules={"sync": net},
+                                                  optimizers={"sync": opt})
+            del ckpt
+            return _run_loop(train_sync, cfg, net, view, opt, batches, output=output, device=device, info=info,
+                             resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device),
+                             on_step=on_step, stop=stop)
+        finally:
+            dist.shutdown()
 
 
 def main(args) -> int:
     """Entry from ``radio.cli``: args.command in {train, train-sync}; args.data, args.output,
     args.config, args.overrides."""
+    # at exit, skip the interpreter's full garbage collections over torch's objects (seconds on a busy
+    # host): a preempted rank has written its checkpoint and should be gone long before torchrun's SIGKILL
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
     from radio import checks
 
     cfg, ckpt = resolve_config(args.config, list(args.overrides or []), args.output)

@@ -98,6 +98,8 @@ class RunConfig:
     checkpoint_every: int = 2000      # steps between checkpoints (and on SIGTERM)
     keep_checkpoints: int = 3         # newest checkpoints kept
     tf32: bool = True                 # TF32 matmuls on CUDA
+    windows_log: str | None = None    # debug: a local folder; each rank appends the windows it consumed
+    #                                   (step, consumer, cursor, clip_id, frame) to windows-rank<R>.tsv
 
     def __post_init__(self):
         if self.amp not in ("auto", "bf16", "off"):

@@ -107,17 +107,18 @@ class ShardStream(IterableDataset):
 
     ``resolution``: side R of the returned frames. ``rank``/``world``: this process's place in
     DDP. ``start``: {consumer: (epoch, chunk, offset)} of the last sample the trainer consumed;
-    the stream continues right after it.
+    the stream continues right after it. ``worker_shift``: DataLoader worker w serves consumer slot
+    ``(w + worker_shift) % workers`` (a resumed run starts with the slot whose turn it was).
     """
 
     def __init__(self, dataset: str, cfg: DataConfig, *, resolution: int, mode: str = "radio",
                  rank: int = 0, world: int = 1, start: dict[int, tuple[int, int, int]] | None = None,
-                 shard_list: list[str] | None = None):
+                 shard_list: list[str] | None = None, worker_shift: int = 0):
         if mode not in ("radio", "sync"):
             raise ValueError(f"mode must be 'radio' or 'sync'. Got {mode!r}.")
         self.dataset, self.cfg, self.mode = dataset, cfg, mode
         self.resolution, self.rank, self.world = resolution, rank, world
-        self.start = dict(start or {})
+        self.start, self.worker_shift = dict(start or {}), worker_shift
         self.shards = list(shard_list) if shard_list is not None else shards.list_shards(dataset)
         if not self.shards:
             raise FileNotFoundError(f"No row shards under {dataset!r} (expected {shards.ROWS}/*.parquet "
@@ -131,7 +132,7 @@ class ShardStream(IterableDataset):
         """(k, n) of the calling process / DataLoader worker."""
         info = get_worker_info()
         workers, wid = (info.num_workers, info.id) if info is not None else (1, 0)
-        return self.rank * workers + wid, self.world * workers
+        return self.rank * workers + (wid + self.worker_shift) % workers, self.world * workers
 
     def __iter__(self):
         k, n = self.consumer()
@@ -276,9 +277,11 @@ class ShardStream(IterableDataset):
             epoch += 1
 
 
-def make_loader(stream: ShardStream, micro_batch: int, *, pin_memory: bool = False) -> DataLoader:
-    """Batches of ``micro_batch`` samples; with workers, each worker is one consumer."""
+def make_loader(stream: ShardStream, micro_batch: int, *, pin_memory: bool = False,
+                worker_init_fn=None) -> DataLoader:
+    """Batches of ``micro_batch`` samples; with workers, each worker is one consumer (and runs
+    ``worker_init_fn(worker_id)`` first)."""
     workers = stream.cfg.workers
     kw = dict(prefetch_factor=stream.cfg.prefetch, persistent_workers=True) if workers else {}
     return DataLoader(stream, batch_size=micro_batch, num_workers=workers, pin_memory=pin_memory,
-                      drop_last=True, **kw)
+                      drop_last=True, worker_init_fn=worker_init_fn, **kw)

@@ -2,7 +2,8 @@
 single process, so the training loop reads the same with and without ``torchrun``.
 
 ``torchrun --nproc_per_node N -m radio.cli train ...`` sets RANK / WORLD_SIZE / LOCAL_RANK;
-``init()`` reads them and starts the process group (NCCL on CUDA, gloo on CPU).
+``init()`` reads them and starts the process group (NCCL on CUDA, gloo on CPU), plus a gloo
+group for host-side flags under NCCL (``any_flag``: the per-step stop vote costs no GPU sync).
 
 G is wrapped in ``DistributedDataParallel`` (one forward and one backward per micro-step).
 D is not: its step runs two forwards (fake, real), the lazy R1 pass differentiates through
@@ -18,6 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+
+
+_FLAGS = None      # gloo group for ``any_flag`` when the main backend is NCCL (None: the default group)
 
 
 @dataclass(frozen=True)
@@ -39,12 +43,14 @@ def env_info() -> DistInfo:
 
 def init(device: torch.device) -> DistInfo:
     """Start the process group when WORLD_SIZE > 1 (idempotent); returns the layout."""
+    global _FLAGS
     info = env_info()
     if info.world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
+        _FLAGS = dist.new_group(backend="gloo") if backend != "gloo" else None
     return info
 
 
@@ -53,8 +59,10 @@ def active() -> bool:
 
 
 def shutdown() -> None:
+    global _FLAGS
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _FLAGS = None
 
 
 def barrier() -> None:
@@ -107,12 +115,13 @@ def all_gather_rows(rows: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
-def any_flag(flag: bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on any (e.g. one rank got SIGTERM)."""
+def any_flag(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any (e.g. one rank got SIGTERM): one int32 MAX
+    over CPU/gloo, cheap enough for every step."""
     if not active():
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_FLAGS)
     return bool(t.item())
 
 

@@ -21,7 +21,8 @@ from .build import Resume
 from .config import TrainConfig, to_dict
 from .logger import Board, Progress
 from .steps import autocast, to_model_range
-from .trainer import CursorTracker, Result, StopSignal, _gather_rng, checkpoint_or_stop, report_progress
+from .preempt import StopSignal, stop_context
+from .trainer import Result, _gather_rng, checkpoint_or_stop, report_progress, tracker_for
 
 log = logging.getLogger("radio.train")
 
@@ -42,11 +43,11 @@ def sync_micro_step(net, train_view, batch: dict, device, *, scale: float, amp) 
 
 def _save(output, cfg, step, net, opt, tracker, consumers, info, board):
     dist.assert_in_sync({"sync": net}, next(net.parameters()).device)
-    cursors, rng = tracker.gathered(consumers), _gather_rng()
+    data, rng = tracker.state(consumers), _gather_rng()
     if info.main:
         state = {"kind": "sync", "step": step, "config": to_dict(cfg), "models": {"sync": net.state_dict()},
                  "optim": {"sync": opt.state_dict()}, "rng": rng,
-                 "data": {"consumers": consumers, "cursors": cursors}}
+                 "data": data}
         uri = checkpoint.save(output, state, keep=cfg.run.keep_checkpoints)
         sha = checkpoint.export(output, "sync.pt", {"format": "radio-sync/1", "step": step,
                                                     "model_config": to_dict(cfg)["model"],
@@ -61,13 +62,13 @@ def _save(output, cfg, step, net, opt, tracker, consumers, info, board):
 def train_sync(cfg: TrainConfig, net, train_view, opt, batches: Iterator[dict], *, output: str,
                device: torch.device, info: dist.DistInfo = dist.DistInfo(), resume: Resume = Resume(),
                consumers: int = 1, amp=None, board: Board | None = None,
-               on_step: Callable[[int, dict], None] | None = None) -> Result:
+               on_step: Callable[[int, dict], None] | None = None, stop: StopSignal | None = None) -> Result:
     p, run, step = cfg.sync_pretrain, cfg.run, resume.step
-    tracker = CursorTracker(resume.cursors)
+    tracker = tracker_for(resume, info, consumers, cfg)
     progress = Progress(p.steps, step, p.batch, run.log_every)
     result = Result(step=step)
     net.train()
-    with StopSignal() as stop:
+    with stop_context(stop) as stop:
         while step < p.steps:
             opt.zero_grad(set_to_none=True)
             for micro in range(run.accumulate):
@@ -81,10 +82,11 @@ def train_sync(cfg: TrainConfig, net, train_view, opt, batches: Iterator[dict], 
             opt.step()
             step += 1
             result.step = step
+            tracker.step_done(step)
             if on_step is not None:
                 on_step(step, logs)
             report_progress(progress, step, device, info, result, board, prefix="sync")
-            if checkpoint_or_stop(step, p.steps, run.checkpoint_every, stop, device, result,
+            if checkpoint_or_stop(step, p.steps, run.checkpoint_every, stop, result,
                                   lambda: _save(output, cfg, step, net, opt, tracker, consumers, info, board)):
                 break
     return result

@@ -4,14 +4,13 @@
 Every step: ``run.accumulate`` micro-steps (``steps.micro_step``), D's gradients averaged over
 ranks, both optimisers stepped, the EMA of G updated. Every ``log_every`` steps a progress line and
 TensorBoard scalars; every ``image_every`` an image grid; every ``checkpoint_every`` steps, at the
-end and on SIGTERM (preemptible VMs) an atomic checkpoint (``checkpoint.py``).
+end and on SIGTERM (preemptible VMs, ``preempt.py``) an atomic checkpoint (``checkpoint.py``) with the
+data cursors of every rank (``cursors.py``).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import signal
-import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -20,7 +19,9 @@ import torch
 from . import checkpoint, dist
 from .build import Models, Optimizers, Resume
 from .config import TrainConfig, to_dict
+from .cursors import CursorTracker
 from .logger import Board, Progress, image_grid
+from .preempt import PREEMPTED, StopSignal, stop_context
 from .steps import micro_step, preview, to_device, update_ema, ema_decay
 
 log = logging.getLogger("radio.train")
@@ -40,44 +41,19 @@ def report_progress(progress, step: int, device, info, result, board, prefix: st
             board.scalars({f"{prefix}/{k}" if prefix and "/" not in k else k: v for k, v in means.items()}, step)
 
 
-def checkpoint_or_stop(step: int, last_step: int, every: int, stop, device, result, save) -> bool:
+def checkpoint_or_stop(step: int, last_step: int, every: int, stop: StopSignal, result, save) -> bool:
     """After a step: ``save()`` when a checkpoint is due (every ``every`` steps, the last step, or a
-    SIGTERM); True when SIGTERM asked the loop to stop (``result.preempted`` is then set)."""
-    preempted = stop.checked(step, device)
+    stop signal on any rank); True when a signal asked the loop to stop (``result.preempted`` is then set)."""
+    preempted = stop.checked()
     if preempted or step % every == 0 or step == last_step:
         save()
     if preempted:
         result.preempted = True
-        log.warning("stopped by SIGTERM at step %d; run the same command again to resume", step)
+        since = stop.since()
+        log.warning("stopped at step %d by %s: checkpoint written%s; exit code %d, run the same command "
+                    "again to resume", step, stop.name or "a signal to another rank",
+                    "" if since is None else f" {since:.1f} s after the signal", PREEMPTED)
     return preempted
-
-
-class StopSignal:
-    """Turns SIGTERM into a flag the loop checks after each step (installed in the main thread only)."""
-
-    def __init__(self):
-        self.flag = False
-        self._old = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.flag = True
-        log.warning("SIGTERM received: checkpointing after this step")
-
-    def checked(self, step: int, device: torch.device, every: int = 10) -> bool:
-        """Whether to stop now. Under torchrun the ranks agree every ``every`` steps (a collective,
-        and a host sync, so not every step); alone, every step."""
-        if not dist.active():
-            return self.flag
-        return step % every == 0 and dist.any_flag(self.flag, device)
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
 
 
 @dataclass
@@ -87,25 +63,8 @@ class Result:
     history: list[dict] = field(default_factory=list)   # one entry per progress line
 
 
-class CursorTracker:
-    """The last (epoch, chunk, offset) the trainer consumed from each data consumer."""
-
-    def __init__(self, start: dict[int, tuple[int, int, int]] | None = None):
-        self.cursors = dict(start or {})
-
-    def update(self, batch: dict) -> None:
-        for row in batch["cursor"].tolist():
-            self.cursors[int(row[0])] = (int(row[1]), int(row[2]), int(row[3]))
-
-    def gathered(self, consumers: int) -> list[list[int]]:
-        """Every rank's cursors (a collective under torchrun)."""
-        rows = torch.full((consumers, 4), -1, dtype=torch.int64)
-        for k, (e, c, o) in self.cursors.items():
-            rows[k] = torch.tensor([k, e, c, o])
-        dev = torch.device("cuda", torch.cuda.current_device()) if (
-            dist.active() and torch.distributed.get_backend() == "nccl") else torch.device("cpu")
-        rows = dist.all_gather_rows(rows.to(dev)).cpu()
-        return [r for r in rows.tolist() if r[0] >= 0]
+def tracker_for(resume: Resume, info: dist.DistInfo, consumers: int, cfg: TrainConfig) -> CursorTracker:
+    return CursorTracker(info.rank, consumers // info.world, resume.cursors, resume.next_slot, cfg.run.windows_log)
 
 
 def _gather_rng() -> list[dict]:
@@ -122,13 +81,13 @@ def save_checkpoint(output: str, cfg: TrainConfig, step: int, models: Models, op
     """Collectives on every rank; rank 0 writes the checkpoint and the radio.pt export."""
     dist.assert_in_sync({"generator": models.generator, "ema": models.ema, "disc": models.disc},
                         next(models.generator.parameters()).device)
-    cursors, rng = tracker.gathered(consumers), _gather_rng()
+    data, rng = tracker.state(consumers), _gather_rng()
     if info.main:
         state = {"kind": "radio", "step": step, "config": to_dict(cfg),
                  "models": {"generator": models.generator.state_dict(), "ema": models.ema.state_dict(),
                             "disc": models.disc.state_dict()},
                  "optim": {"g": opts.g.state_dict(), "d": opts.d.state_dict()},
-                 "rng": rng, "data": {"consumers": consumers, "cursors": cursors}}
+                 "rng": rng, "data": data}
         uri = checkpoint.save(output, state, keep=cfg.run.keep_checkpoints)
         sha = checkpoint.export(output, "radio.pt", {"format": "radio-generator/1", "step": step,
                                                      "model_config": to_dict(cfg)["model"],
@@ -172,29 +131,31 @@ def train_step(models: Models, opts: Optimizers, cfg: TrainConfig, batches: Iter
 def train(cfg: TrainConfig, models: Models, opts: Optimizers, batches: Iterator[dict], *, output: str,
           device: torch.device, info: dist.DistInfo = dist.DistInfo(), resume: Resume = Resume(),
           consumers: int = 1, amp: torch.dtype | None = None,
-          on_step: Callable[[int, dict], None] | None = None, board: Board | None = None) -> Result:
+          on_step: Callable[[int, dict], None] | None = None, board: Board | None = None,
+          stop: StopSignal | None = None) -> Result:
     """Train from ``resume.step`` to ``cfg.run.steps``. ``batches`` yields micro-batches (dicts from
-    ``data.ShardStream``); ``on_step(step, logs)`` is called after each step (tests, hooks)."""
+    ``data.ShardStream``); ``on_step(step, logs)`` is called after each step (tests, hooks); ``stop``:
+    an installed ``StopSignal`` (else one is installed for the loop)."""
     run, step = cfg.run, resume.step
-    tracker = CursorTracker(resume.cursors)
+    tracker = tracker_for(resume, info, consumers, cfg)
     progress = Progress(run.steps, step, run.batch, run.log_every)
     result = Result(step=step)
     models.generator.train()
     models.disc.train()
-    with StopSignal() as stop:
+    with stop_context(stop) as stop:
         while step < run.steps:
             logs, (target, reference, mel, fake) = train_step(models, opts, cfg, batches, step, device, amp,
                                                               tracker=tracker, progress=progress)
             step += 1
             result.step = step
-
+            tracker.step_done(step)
             if on_step is not None:
                 on_step(step, logs)
             report_progress(progress, step, device, info, result, board)
             if board is not None and info.main and run.image_every and step % run.image_every == 0:
                 board.image("samples/masked-ref-G-ema-gt",
                             image_grid(preview(models, target, reference, mel, fake, amp)), step)
-            if checkpoint_or_stop(step, run.steps, run.checkpoint_every, stop, device, result,
+            if checkpoint_or_stop(step, run.steps, run.checkpoint_every, stop, result,
                                   lambda: save_checkpoint(output, cfg, step, models, opts, tracker,
                                                           consumers, info, board)):
                 break
