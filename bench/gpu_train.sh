@@ -3,7 +3,8 @@
 # windows (each T=5 target frames + 5 references + 5 mel windows = 80 generated frames per step),
 # bf16 autocast, 3 warmup + 10 timed steps, then the same at 96x96 (the ablation setting). Random
 # weights (VGG19 and S included) and synthetic frames: no dataset, no weight files, no network.
-# Prints it/s, s/step, frames/s and peak memory (torch.cuda.max_memory_allocated).
+# Prints it/s, s/step, frames/s and peak memory (torch.cuda.max_memory_allocated) for the plain
+# step, then for each speed switch of TrainConfig.speed added in turn (--ladder; issue 14).
 #
 #   bash bench/gpu_train.sh                      # on the GPU machine, from anywhere
 #   bash bench/gpu_train.sh --device cpu --steps 2   # CPU smoke: smoke-cpu widths, batch 1, 96x96
@@ -32,6 +33,6 @@ PY
 status=0
 for res in 192 96; do
   "$PY" bench/train.py --device cuda --config configs/paper-192.yaml --resolution "$res" --batch 16 --amp bf16 \
-    --warmup 3 --steps 10 "$@" || status=$?
+    --warmup 3 --steps 8 --ladder "$@" || status=$?
 done
 exit $status

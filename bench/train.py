@@ -10,7 +10,9 @@ Batch = windows per step; each window is T=5 target frames (+5 references, 5 mel
 ``--batch 16`` is 80 generated frames per step. Device defaults: CUDA: batch 16, 3 warmup and 10
 timed steps, bf16 autocast; CPU: batch 1, 1 warmup and 3 timed steps, fp32.
 ``--data DATASET`` also times the shard reader (decode + resize) on a real dataset.
-Not part of the tests.
+``--ladder`` times the plain step, then each speed switch of ``TrainConfig.speed`` added in turn
+(issue 14: channels_last, fold_blur, fused_act, R1 on one frame per window in bf16, torch.compile),
+one line per rung, at each resolution. Not part of the tests.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import torch  # noqa: E402
 
 from radio.losses import VGG19Features, freeze  # noqa: E402
 from radio.model import RADIO, Discriminator, SyncNet  # noqa: E402
-from radio.train import dist  # noqa: E402
+from radio.train import dist, speed  # noqa: E402
 from radio.train.build import Models, Optimizers  # noqa: E402
 from radio.train.config import load_train_config  # noqa: E402
 from radio.train.trainer import train_step  # noqa: E402
@@ -53,6 +55,7 @@ def build(cfg, device, vgg: bool, sync: bool) -> tuple[Models, Optimizers]:
     models = Models(g, g, freeze(copy.deepcopy(g)), d,
                     freeze(VGG19Features()).to(device) if vgg else None,
                     freeze(SyncNet(cfg.model)).to(device) if sync else None)
+    speed.apply(models, cfg.speed)
     o = cfg.optim
     return models, Optimizers(torch.optim.Adam(g.parameters(), lr=o.lr, betas=tuple(o.betas)),
                               torch.optim.Adam(d.parameters(), lr=o.lr, betas=tuple(o.betas)))
@@ -63,10 +66,34 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench_step(args, res: int, device: torch.device) -> None:
+# Speed switches added one by one (each rung keeps the ones before it).
+LADDER = (
+    ("plain", []),
+    ("+channels_last", ["speed.channels_last=true"]),
+    ("+fold_blur", ["speed.fold_blur=true"]),
+    ("+fused_act", ["speed.fused_act=true"]),
+    ("+r1 1 frame/window bf16", ["speed.r1_frames=1", "speed.r1_amp=true"]),
+    ("+compile", ["speed.compile=true"]),
+)
+
+
+def bench_ladder(args, res: int, device: torch.device) -> None:
+    sets: list[str] = []
+    for name, extra in LADDER:
+        sets = sets + extra
+        print(f"== {res}x{res} {name}")
+        try:
+            bench_step(args, res, device, extra_sets=sets)
+        except Exception as e:   # a rung that fails (e.g. compile on an old driver) must not hide the rest
+            print(f"  failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def bench_step(args, res: int, device: torch.device, extra_sets: list[str] = ()) -> None:
     over = [f"model.resolution={res}", f"run.batch={args.batch}", "run.accumulate=1",
             f"loss.perceptual={1.0 if args.vgg else 0.0}", f"loss.sync={0.03 if args.sync else 0.0}"]
-    cfg = load_train_config(args.config, over + list(args.set))
+    cfg = load_train_config(args.config, over + list(args.set) + list(extra_sets))
     torch.manual_seed(0)
     models, opts = build(cfg, device, cfg.loss.perceptual > 0, cfg.loss.sync > 0)
     amp = torch.bfloat16 if args.amp == "bf16" else None
@@ -140,6 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-sync", dest="sync", action="store_false", help="without the sync loss")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--ladder", action="store_true", help="plain step, then each speed switch added in turn")
     p.add_argument("--data", help="also time reading a real dataset")
     p.add_argument("--data-samples", type=int, default=20)
     args = p.parse_args(argv)
@@ -162,7 +190,7 @@ def main(argv=None) -> int:
     failed = 0
     for res in args.resolution:
         try:
-            bench_step(args, res, device)
+            bench_ladder(args, res, device) if args.ladder else bench_step(args, res, device)
         except torch.cuda.OutOfMemoryError as e:
             failed = 1
             print(f"{res}x{res} batch {args.batch}: CUDA out of memory ({str(e).splitlines()[0]}); "

@@ -28,7 +28,7 @@ from einops import rearrange
 from torch import nn
 
 from .config import ModelConfig
-from .layers import BLUR_KERNEL, Blur, EqualLinear, Upsample, fused_leaky_relu
+from .layers import BLUR_KERNEL, Blur, EqualLinear, Upsample, fold_fir, fused_leaky_relu
 from .vit import ViTBlock
 
 
@@ -37,7 +37,11 @@ class ModulatedConv2d(nn.Module):
 
     Affine w -> style s (B, C_in), bias initialised to 1; weight' = weight * s; with
     ``demodulate`` each output channel is divided by sqrt(sum weight'^2 + 1e-8).
+    ``fold_blur`` (a speed switch, same result up to rounding): the transposed convolution and
+    the [1,3,3,1] blur after it as one transposed convolution with the folded kernel.
     """
+
+    fold_blur = False
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, w_dim: int,
                  demodulate: bool = True, upsample: bool = False, eps: float = 1e-8):
@@ -55,7 +59,11 @@ class ModulatedConv2d(nn.Module):
         style = self.modulation(w)                                   # (B, C_in)
         weight = self.weight * self.scale                            # (C_out, C_in, k, k)
         x = x * rearrange(style, "b c -> b c 1 1")
-        if self.upsample:
+        if self.upsample and self.fold_blur:
+            kh = self.blur.kernel.shape[0]
+            x = F.conv_transpose2d(x, fold_fir(weight.transpose(0, 1), self.blur.kernel), stride=2,
+                                   padding=kh - 1 - self.blur.pad[0])
+        elif self.upsample:
             x = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
         else:
             x = F.conv2d(x, weight, padding=self.padding)
@@ -83,6 +91,8 @@ class StyledConv(nn.Module):
     """Modulated 3x3 conv -> noise -> bias + LeakyReLU(0.2)*sqrt(2). Without ``noise`` (model.noise:
     false) no noise scale is built: a weight that never gets a gradient would break DDP."""
 
+    fused = False          # speed switch, see layers.FusedLeakyReLU
+
     def __init__(self, in_channels: int, out_channels: int, *, w_dim: int, upsample: bool = False,
                  noise: bool = True):
         super().__init__()
@@ -96,7 +106,7 @@ class StyledConv(nn.Module):
             if self.noise is None:
                 raise ValueError("This G has no noise inputs (model.noise: false). Got a noise map.")
             x = self.noise(x, noise)
-        return fused_leaky_relu(x, self.bias)
+        return fused_leaky_relu(x, self.bias, fused=self.fused)
 
 
 class ToRGB(nn.Module):

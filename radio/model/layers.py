@@ -42,6 +42,21 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, *, up: int = 1, down: int =
     return F.conv2d(x, weight, stride=down, groups=c)
 
 
+def fold_fir(weight: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Full 2-D convolution of every (out, in) slice of ``weight`` (O, I, k, k) with the FIR
+    ``kernel`` (kh, kw) as ``upfirdn2d`` applies it -> (O, I, k + kh - 1, k + kw - 1).
+
+    One convolution with this kernel equals "blur, then convolve" (stride-2 downsampling) and
+    "transposed convolve, then blur" (stride-2 upsampling): the [1,3,3,1] blur folded into the
+    resampling convolution, as StyleGAN2-ADA's ``conv2d_resample`` folds it into one kernel
+    launch. Costs one small op on the weights per forward instead of a pass over the activations.
+    """
+    o, i, k, _ = weight.shape
+    kh, kw = kernel.shape
+    fir = torch.flip(kernel, [0, 1]).to(weight.dtype).view(1, 1, kh, kw)
+    return F.conv_transpose2d(weight.reshape(o * i, 1, k, k), fir).view(o, i, k + kh - 1, k + kw - 1)
+
+
 class Blur(nn.Module):
     """FIR low-pass ([1,3,3,1] by default) with explicit padding; ``upsample_factor`` rescales the gain."""
 
@@ -56,7 +71,13 @@ class Blur(nn.Module):
 
 
 class Upsample(nn.Module):
-    """2x FIR upsampling (ToRGB skip path): (B, C, H, W) -> (B, C, 2H, 2W)."""
+    """2x FIR upsampling (ToRGB skip path): (B, C, H, W) -> (B, C, 2H, 2W).
+
+    ``fold_blur`` (a speed switch, same result): one strided depthwise transposed convolution
+    instead of zero insertion + padding + FIR.
+    """
+
+    fold_blur = False
 
     def __init__(self, *, kernel=BLUR_KERNEL, factor: int = 2):
         super().__init__()
@@ -67,28 +88,66 @@ class Upsample(nn.Module):
         self.pad = ((p + 1) // 2 + factor - 1, p // 2)
 
     def forward(self, x):
+        kh = self.kernel.shape[0]
+        crop = kh - 1 - self.pad[0]      # transposed conv output, minus what the pad did not add
+        if self.fold_blur and crop >= 0 and self.pad[0] - self.pad[1] == self.factor - 1:
+            c = x.shape[1]
+            fir = torch.flip(self.kernel, [0, 1]).to(x.dtype).expand(c, 1, *self.kernel.shape)
+            return F.conv_transpose2d(x, fir, stride=self.factor, padding=crop, groups=c)
         return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
 
 
+class _BiasLeakyReLU(torch.autograd.Function):
+    """y = leaky_relu(x + bias) * scale, keeping only y for backward (StyleGAN2's fused_bias_act
+    saves its output, not its input): one saved tensor instead of two, and the backward is one
+    elementwise pass. Twice differentiable (R1's double backward): the slope mask is piecewise
+    constant, so the backward is linear in the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, x, bias, negative_slope: float, scale: float):
+        y = x if bias is None else x + bias.view(1, -1, *([1] * (x.ndim - 2)))
+        y = F.leaky_relu(y, negative_slope) * scale
+        ctx.save_for_backward(y)
+        ctx.slope, ctx.scale, ctx.has_bias = negative_slope, scale, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        gain = torch.where(y > 0, ctx.scale, ctx.slope * ctx.scale).to(grad.dtype)   # at 0: the slope, as F.leaky_relu
+        gx = grad * gain
+        gb = gx.sum(dim=[d for d in range(gx.ndim) if d != 1]) if ctx.has_bias else None
+        return gx, gb, None, None
+
+
 def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor | None = None, *,
-                     negative_slope: float = 0.2, scale: float = math.sqrt(2)) -> torch.Tensor:
-    """bias (per channel, dim 1) + LeakyReLU(0.2) * sqrt(2), the plain version of StyleGAN2's fused op."""
+                     negative_slope: float = 0.2, scale: float = math.sqrt(2), fused: bool = False) -> torch.Tensor:
+    """bias (per channel, dim 1) + LeakyReLU(0.2) * sqrt(2), the plain version of StyleGAN2's fused op;
+    ``fused=True`` (a speed switch, same values) runs it as one autograd node (``_BiasLeakyReLU``)."""
+    if fused:
+        if bias is not None:
+            bias = bias.to(x.dtype)
+        return _BiasLeakyReLU.apply(x, bias, negative_slope, scale)
     if bias is not None:
         x = x + bias.view(1, -1, *([1] * (x.ndim - 2)))
     return F.leaky_relu(x, negative_slope) * scale
 
 
 class FusedLeakyReLU(nn.Module):
+    fused = False          # speed switch (radio.train.speed): one autograd node for bias + act
+
     def __init__(self, channels: int):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x):
-        return fused_leaky_relu(x, self.bias)
+        return fused_leaky_relu(x, self.bias, fused=self.fused)
 
 
 class EqualLinear(nn.Module):
     """Linear layer with equalised learning rate; ``activation=True`` fuses bias + LeakyReLU*sqrt(2)."""
+
+    fused = False          # speed switch, see FusedLeakyReLU
 
     def __init__(self, in_dim: int, out_dim: int, *, bias: bool = True, bias_init: float = 0.0,
                  lr_mul: float = 1.0, activation: bool = False):
@@ -102,7 +161,7 @@ class EqualLinear(nn.Module):
     def forward(self, x):
         bias = self.bias * self.lr_mul if self.bias is not None else None
         if self.activation:
-            return fused_leaky_relu(F.linear(x, self.weight * self.scale), bias)
+            return fused_leaky_relu(F.linear(x, self.weight * self.scale), bias, fused=self.fused)
         return F.linear(x, self.weight * self.scale, bias)
 
 
@@ -123,7 +182,11 @@ class ConvLayer(nn.Sequential):
     """[Blur] -> EqualConv2d (stride 2 when ``downsample``) -> [bias + LeakyReLU(0.2)*sqrt(2)].
 
     (B, C_in, H, W) -> (B, C_out, H, W), or (B, C_out, H/2, W/2) with ``downsample``.
+    ``fold_blur`` (a speed switch, same result up to rounding): the blur and the strided
+    convolution as one convolution with the folded kernel (``fold_fir``).
     """
+
+    fold_blur = False
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
                  downsample: bool = False, bias: bool = True, activate: bool = True):
@@ -139,6 +202,20 @@ class ConvLayer(nn.Sequential):
         if activate:
             layers.append(FusedLeakyReLU(out_channels))
         super().__init__(*layers)
+        self.downsample = downsample
+
+    def forward(self, x):
+        if not (self.fold_blur and self.downsample):
+            return super().forward(x)
+        blur, conv, *rest = self
+        pad0, pad1 = blur.pad
+        if pad0 != pad1:
+            x = F.pad(x, [pad0, pad1, pad0, pad1])
+            pad0 = 0
+        x = F.conv2d(x, fold_fir(conv.weight * conv.scale, blur.kernel), conv.bias, stride=2, padding=pad0)
+        for layer in rest:
+            x = layer(x)
+        return x
 
 
 class ResDownBlock(nn.Module):

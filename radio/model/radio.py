@@ -37,6 +37,7 @@ class RADIO(nn.Module):
                                          reduction=a.se_reduction, norm="instance", act="lrelu",
                                          n_mels=cfg.mel_bins, input_norm=a.input_norm)
         self.generator = Generator(cfg)
+        self.memory_format = torch.contiguous_format   # of the folded frames (speed.channels_last)
 
     def encode(self, target: torch.Tensor, reference: torch.Tensor, mel: torch.Tensor):
         """Frames folded: target, reference (N, 3, R, R), mel (N, 20, 80) ->
@@ -61,6 +62,8 @@ class RADIO(nn.Module):
             t = target.shape[1]
             target, reference = (rearrange(x, "b t c h w -> (b t) c h w") for x in (target, reference))
             mel = rearrange(mel, "b t n f -> (b t) n f")
+        if self.memory_format != torch.contiguous_format:
+            target, reference = (x.contiguous(memory_format=self.memory_format) for x in (target, reference))
         if mel.shape[0] != target.shape[0]:
             raise ValueError(f"Expected one mel window per frame. Got {mel.shape[0]} for {target.shape[0]}.")
         content, w, style = self.encode(target, reference, mel)

@@ -30,6 +30,13 @@ class Models:
     disc: Discriminator
     vgg: nn.Module | None = None
     sync: SyncNet | None = None
+    d_fast: nn.Module | None = None          # D for the non-R1 passes (compiled under speed.compile)
+    memory_format: torch.memory_format = torch.contiguous_format   # of every frame batch (speed)
+
+    @property
+    def d(self) -> nn.Module:
+        """D as its loss and G's adversarial term call it; R1 calls ``disc`` (eager)."""
+        return self.d_fast if self.d_fast is not None else self.disc
 
 
 @dataclass
@@ -102,11 +109,15 @@ def build_radio(cfg: TrainConfig, device: torch.device, info: dist.DistInfo) -> 
     g_train: nn.Module = generator
     if dist.active():
         g_train = nn.parallel.DistributedDataParallel(
-            generator, device_ids=[device.index] if device.type == "cuda" else None)
+            generator, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=cfg.speed.broadcast_buffers)
     o = cfg.optim
     opt_g = torch.optim.Adam(generator.parameters(), lr=o.lr, betas=tuple(o.betas))
     opt_d = torch.optim.Adam(disc.parameters(), lr=o.d_lr or o.lr, betas=tuple(o.betas))
-    return Models(generator, g_train, ema, disc, vgg, sync), Optimizers(opt_g, opt_d)
+    from . import speed
+
+    models = speed.apply(Models(generator, g_train, ema, disc, vgg, sync), cfg.speed)
+    return models, Optimizers(opt_g, opt_d)
 
 
 def build_sync(cfg: TrainConfig, device: torch.device) -> tuple[SyncNet, nn.Module, torch.optim.Optimizer]:

@@ -109,6 +109,29 @@ class RunConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """Speed switches for the training step (``radio.train.speed``), all off by default. Each one
+    keeps what is computed up to float rounding (tests/test_speed.py checks losses and gradients
+    against the plain path); bench/device.sh measures them one by one on a GPU."""
+
+    channels_last: bool = False       # G, D, VGG19 and S (and their inputs) in NHWC memory layout
+    compile: bool = False             # torch.compile G, VGG19 and D's non-R1 passes (R1 stays eager)
+    compile_backend: str = "inductor"  # torch.compile backend (tests use aot_eager on CPU)
+    fold_blur: bool = False           # [1,3,3,1] blur folded into the resampling convolutions
+    fused_act: bool = False           # bias + LeakyReLU as one autograd node saving only its output
+    r1_frames: int = 0                # R1 on this many frames per T-frame window (0: every frame)
+    r1_amp: bool = False              # R1's forward/double backward under the run's autocast (bf16)
+    r1_reuse_forward: bool = False    # with r1_frames 0: R1 from D's own forward on the real frames
+    broadcast_buffers: bool = True    # DDP broadcast of G's buffers each step (they are constant)
+
+    def __post_init__(self):
+        if self.r1_frames < 0:
+            raise ValueError(f"speed.r1_frames must be >= 0. Got {self.r1_frames}.")
+        if self.r1_reuse_forward and self.r1_frames:
+            raise ValueError("speed.r1_reuse_forward needs speed.r1_frames: 0 (D's forward covers every frame).")
+
+
+@dataclass
 class SyncPretrainConfig:
     """``radio train-sync``: S alone, BCE on in-sync / shifted pairs (half negatives)."""
 
@@ -125,9 +148,13 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     sync_pretrain: SyncPretrainConfig = field(default_factory=SyncPretrainConfig)
 
     def __post_init__(self):
+        if self.speed.r1_frames > self.data.frames:
+            raise ValueError(f"speed.r1_frames must be <= data.frames ({self.data.frames}). "
+                             f"Got {self.speed.r1_frames}.")
         if self.loss.sync and self.data.frames != self.model.sync.frames:
             raise ValueError(f"The sync loss needs data.frames == model.sync.frames "
                              f"({self.model.sync.frames}). Got {self.data.frames}.")

@@ -3,11 +3,17 @@
 Per micro-batch (b windows of T frames, folded to N = b·T frames for D and VGG):
     fake  = G(target, reference, mel)                      (b, T, 3, R, R)
     L_D   = softplus(D(fake.detach())) + softplus(-D(target))          -> D.grad
-    [R1 steps: + γ/2 · r1_every · |∇D(target)|^2, computed in fp32]    -> D.grad
+    [R1 steps: + γ/2 · r1_every · |∇D(target)|^2, in fp32 by default]  -> D.grad
     L_G   = l1·L1 + perceptual·VGG + λ_adv·softplus(-D(fake)) + λ_s·BCE(S(fake, A_centre), 1)
                                                                        -> G.grad (D frozen)
 D and G are then stepped together by the caller, each from the same D (simultaneous updates),
 which needs one G forward per micro-step instead of two.
+
+R1 speed switches (``cfg.speed``): ``r1_frames`` k > 0 takes the penalty on k evenly spread frames
+of each T-frame window (R1 is a mean over frames, so the subset estimates the same value without
+rescaling, at k/T of the double-backward cost); ``r1_amp`` runs that pass under the run's autocast
+(bf16) instead of fp32; ``r1_reuse_forward`` (every frame) differentiates D's own forward on the
+real frames instead of running a second one.
 """
 from __future__ import annotations
 
@@ -42,8 +48,17 @@ def to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Te
     return target, reference, batch["mel"].to(device, non_blocking=nb).float()
 
 
-def fold(x: torch.Tensor) -> torch.Tensor:
-    return rearrange(x, "b t c h w -> (b t) c h w")
+def fold(x: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """(b, T, C, H, W) -> (b·T, C, H, W), in ``memory_format`` (speed.channels_last)."""
+    x = rearrange(x, "b t c h w -> (b t) c h w")
+    return x if memory_format == torch.contiguous_format else x.contiguous(memory_format=memory_format)
+
+
+def r1_frame_index(frames: int, k: int) -> list[int]:
+    """k evenly spread frames of a T-frame window (k=1: the centre frame; k=0 or k=T: all)."""
+    if k <= 0 or k >= frames:
+        return list(range(frames))
+    return [(2 * j + 1) * frames // (2 * k) for j in range(k)]
 
 
 def micro_step(models: Models, cfg: TrainConfig, target: torch.Tensor, reference: torch.Tensor,
@@ -52,31 +67,38 @@ def micro_step(models: Models, cfg: TrainConfig, target: torch.Tensor, reference
 
     Returns detached loss terms and the generated frames.
     """
-    dev, lc, disc = target.device, cfg.loss, models.disc
+    dev, lc, disc, sp, mf = target.device, cfg.loss, models.disc, cfg.speed, models.memory_format
     with autocast(dev, amp):
         fake = models.g_train(target, reference, mel)
 
     # ---- D ----
     disc.requires_grad_(True)
+    reuse = r1 and sp.r1_reuse_forward
+    real = fold(target, mf).detach().requires_grad_(reuse)
     with autocast(dev, amp):
-        d_loss = losses.d_logistic_loss(disc(fold(target)), disc(fold(fake.detach())))
-    (d_loss * scale).backward()
-    logs = {"d": d_loss.detach()}
+        real_pred = (disc if reuse else models.d)(real)       # R1 differentiates the eager D
+        d_loss = losses.d_logistic_loss(real_pred, models.d(fold(fake.detach(), mf)))
+    logs, d_total = {"d": d_loss.detach()}, d_loss
     if r1:
-        real = fold(target).detach().requires_grad_(True)
-        r1_loss = losses.d_r1_loss(disc(real), real)
-        (lc.r1_gamma / 2 * r1_loss * lc.r1_every * scale).backward()
+        if reuse:
+            r1_loss = losses.d_r1_loss(real_pred, real)
+        else:
+            sub = fold(target[:, r1_frame_index(target.shape[1], sp.r1_frames)], mf).detach().requires_grad_(True)
+            with autocast(dev, amp if sp.r1_amp else None):
+                r1_loss = losses.d_r1_loss(disc(sub), sub)
+        d_total = d_total + lc.r1_gamma / 2 * r1_loss * lc.r1_every
         logs["r1"] = r1_loss.detach()
+    (d_total * scale).backward()
 
     # ---- G ----
     disc.requires_grad_(False)
     with autocast(dev, amp):
-        flat_fake, flat_real = fold(fake), fold(target)
+        flat_fake, flat_real = fold(fake, mf), fold(target, mf)
         terms = {"l1": losses.l1_loss(flat_fake, flat_real)}
         if models.vgg is not None:
             terms["vgg"] = losses.perceptual_loss(models.vgg, flat_fake, flat_real, lc.vgg_layer_weights)
         if lc.adv > 0:
-            terms["adv"] = losses.g_nonsaturating_loss(disc(flat_fake))
+            terms["adv"] = losses.g_nonsaturating_loss(models.d(flat_fake))
         if models.sync is not None:
             terms["sync"] = losses.sync_loss(models.sync, fake, mel[:, mel.shape[1] // 2])
     weights = {"l1": lc.l1, "vgg": lc.perceptual, "adv": lc.adv, "sync": lc.sync}
