@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="RADIO checkpoint URI")
     p.add_argument("--input", required=True, help="manifest (.csv/.jsonl) with uri (video), audio_uri[, output name]")
     p.add_argument("--output", required=True, help="output folder URI")
+    p.add_argument("--references", type=int, metavar="K",
+                   help="dub each pair with K reference frames spread over the video's poses (default 1)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="dub every pair again (default: skip pairs finished with the same checkpoint and settings)")
+    p.add_argument("--retry-rejects", action="store_true", help="dub rejected pairs again")
     p.add_argument("--run-id")
     _add_config(p)
 

@@ -50,6 +50,7 @@ import torch
 
 from preprocess import align, audio, media, video
 from preprocess import uri as uri_mod
+from preprocess.config import ConfigError, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +93,13 @@ class DubConfig:
 
     def __post_init__(self):
         if self.length not in LENGTHS:
-            raise ValueError(f"Expected dub.length in {LENGTHS}. Got {self.length!r}.")
+            raise ConfigError(f"Expected dub.length in {LENGTHS}. Got {self.length!r}.")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"Expected dub.precision in {PRECISIONS}. Got {self.precision!r}.")
+            raise ConfigError(f"Expected dub.precision in {PRECISIONS}. Got {self.precision!r}.")
         if self.references < 1 or self.batch_size < 1 or self.queue_batches < 1:
-            raise ValueError("Expected dub.references, dub.batch_size and dub.queue_batches >= 1.")
+            raise ConfigError("Expected dub.references, dub.batch_size and dub.queue_batches >= 1.")
         if self.fps < 0:
-            raise ValueError(f"Expected dub.fps >= 0 (0 = the source's rate). Got {self.fps}.")
+            raise ConfigError(f"Expected dub.fps >= 0 (0 = the source's rate). Got {self.fps}.")
 
 
 SPEED_FIELDS = ("batch_size", "chunk", "queue_batches", "threads")
@@ -106,8 +107,6 @@ SPEED_FIELDS = ("batch_size", "chunk", "queue_batches", "threads")
 
 def output_config(cfg: DubConfig) -> dict:
     """The settings an output depends on (an output's identity, with the checkpoint's sha256)."""
-    from preprocess.config import to_dict
-
     return {k: v for k, v in to_dict(cfg).items() if k not in SPEED_FIELDS}
 
 
@@ -338,7 +337,7 @@ def audio_plan(speech: media.MediaInfo, cfg: DubConfig, out_seconds: float, spee
         if pad:
             args += ["-af", "apad"]
     if cfg.length == "video":
-        args += ["-t", f"{out_seconds:.6f}"]
+        args += ["-t", f"{float(out_seconds):.6f}"]
     return {"args": args, "audio": how, "audio_rate": rate, "audio_channels": channels,
             "audio_codec": speech.audio_codec}
 
