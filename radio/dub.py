@@ -202,6 +202,9 @@ def background(it: Iterable, maxsize: int) -> Iterator:
         except BaseException as e:  # handed to the consumer, which re-raises it
             put((False, e))
             return
+        finally:
+            if hasattr(it, "close"):
+                it.close()  # an upstream stage stops with this one
         put((True, _DONE))
 
     t = threading.Thread(target=work, daemon=True, name="radio-dub-stage")

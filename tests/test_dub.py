@@ -321,3 +321,29 @@ def test_dub_refuses_unpinned_checkpoint(tmp_path, checkpoint):
         load_generator(checkpoint[0], None)
     with pytest.raises(WeightsError, match="expected"):
         load_generator(checkpoint[0], "0" * 64)
+
+
+def test_background_stages_keep_order_raise_and_stop():
+    import threading
+
+    closed = []
+
+    def numbers():
+        try:
+            yield from range(1000)
+        finally:
+            closed.append(True)
+
+    assert list(dub.background((x * 2 for x in dub.background(range(50), 2)), 3)) == list(range(0, 100, 2))
+    g = dub.background(dub.background(numbers(), 2), 2)
+    assert next(g) == 0 and next(g) == 1
+    g.close()  # the consumer stops: both stages stop, the source generator is closed
+    assert closed == [True]
+
+    def disk_full():
+        yield 1
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):  # an environment error reaches the caller as it is
+        list(dub.background(disk_full(), 1))
+    assert not [t for t in threading.enumerate() if t.name == "radio-dub-stage"]
