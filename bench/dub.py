@@ -3,12 +3,13 @@ the time goes (busy seconds per stage; decode + warp, the model and paste-back +
 in threads, so the stages add up to more than the wall time when the overlap works).
 
 Random weights (timing only): the paper's RADIO at 192² by default (``--model smoke`` for the
-narrow CPU test widths). The clip is ``tests/data/liveportrait_d12.mp4`` (512², 25 fps), cut to
+narrow CPU test widths, ``--model identity`` for no model at all: the CPU side alone). The clip is ``tests/data/liveportrait_d12.mp4`` (512², 25 fps), cut to
 ``--seconds``; ``--size 1920x1080`` pads it to 1080p first (written under ``--work``).
 
     PYTHONPATH=. python bench/dub.py --seconds 2                      # CPU here: short run
     PYTHONPATH=. python bench/dub.py --seconds 20 --batch 64          # GPU: bf16, the worker's cores
     PYTHONPATH=. python bench/dub.py --size 1920x1080 --seconds 4 --references 3
+    PYTHONPATH=. python bench/dub.py --model identity --seconds 4     # the CPU side without a model
 """
 from __future__ import annotations
 
@@ -41,6 +42,14 @@ def make_clip(work: Path, seconds: float, size: str | None) -> Path:
     return dst
 
 
+class _Identity(torch.nn.Module):
+    class cfg:
+        resolution = 192
+
+    def forward(self, target, reference, mel):
+        return target
+
+
 def build_model(kind: str, device: str):
     import yaml
 
@@ -48,6 +57,8 @@ def build_model(kind: str, device: str):
     from radio.model import RADIO, ModelConfig
 
     torch.manual_seed(0)
+    if kind == "identity":  # no model: what the CPU side (decode, track, warp, paste, encode) sustains
+        return _Identity()
     if kind == "paper":
         cfg = ModelConfig(resolution=192)
     else:  # the narrow widths of configs/smoke-cpu.yaml
@@ -58,7 +69,7 @@ def build_model(kind: str, device: str):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--model", choices=("paper", "smoke"), default="paper")
+    ap.add_argument("--model", choices=("paper", "smoke", "identity"), default="paper")
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--size", help="WxH to pad the clip to (e.g. 1920x1080); default its own 512x512")
     ap.add_argument("--batch", type=int, default=None, help="frames per model call (default 16 CPU, 64 GPU)")

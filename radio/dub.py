@@ -76,6 +76,7 @@ class DubConfig:
     crop_size: int = align.CROP_SIZE
     smooth_window: int = 5
     crf: int = 18
+    x264_preset: str = "medium"    # libx264 speed/size trade-off (ultrafast … veryslow)
     mask_feather: float = 0.04     # Gaussian feather of the lower-face mask, in crop sides
     tracker: dict = field(default_factory=dict)
     landmark_backend: str = "dlib"
@@ -348,12 +349,12 @@ def audio_plan(speech: media.MediaInfo, cfg: DubConfig, out_seconds: float, spee
 class _Encoder:
     """ffmpeg: raw RGB frames on stdin + the speech file -> H.264 + speech mp4 (list args, no shell)."""
 
-    def __init__(self, dst: str, w: int, h: int, audio_path: str, audio_index: int, crf: int, fps: Fraction,
-                 audio_args: list[str], comment: str = ""):
+    def __init__(self, dst: str, w: int, h: int, audio_path: str, audio_index: int, crf: int, preset: str,
+                 fps: Fraction, audio_args: list[str], comment: str = ""):
         cmd = [media.ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
                "-i", media.ffmpeg_input(audio_path), "-map", "0:v:0", "-map", f"1:{audio_index}",
-               "-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p",
+               "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
                "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", *audio_args, "-metadata", f"comment={comment}",
                "-movflags", "+faststart", "file:" + os.path.abspath(dst)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -438,8 +439,8 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
     ref_t = _to_model(ref_crops, res, device)                     # (K,3,r,r)
     starts = mel_window_starts(n_out, fps)
     plan = audio_plan(speech, cfg, n_out / fps, speech_s)
-    encs = [_Encoder(p, info.width, info.height, audio_path, speech.audio_index, cfg.crf, fps, plan["args"],
-                     comment) for p in out_paths]
+    encs = [_Encoder(p, info.width, info.height, audio_path, speech.audio_index, cfg.crf, cfg.x264_preset, fps,
+                     plan["args"], comment) for p in out_paths]
     threads = cfg.threads or os.cpu_count() or 1
     pool = ThreadPoolExecutor(threads, thread_name_prefix="radio-paste")
     masks_cache: dict = {}
