@@ -253,25 +253,93 @@ def mel_windows_at(mel: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return mel[np.clip(rows, 0, len(mel) - 1)]
 
 
+class TrackStream:
+    """Pass 1 in its own thread: the face track of a video, readable while it is being made.
+
+    Segments come out of the tracker in order (one main face), so after a segment ending at
+    frame e is out, every frame < e is known: in a segment (affine + crop landmarks) or without a
+    face. ``get(i)`` waits until frame i is known; pass 2 runs right behind the tracker."""
+
+    def __init__(self, path: str, info, backend, cfg: DubConfig, fps=25, timer: _Timer | None = None):
+        self.path, self.info, self.backend, self.cfg, self.fps = path, info, backend, cfg, fps
+        self.timer = timer or _Timer()
+        self.tracks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.known = 0           # frames < known are final
+        self.done = False
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="radio-dub-track")
+
+    def start(self) -> "TrackStream":
+        self._thread.start()
+        return self
+
+    def _frames(self):
+        for block in video.iter_frames(self.path, info=self.info, fps=self.fps, chunk=self.cfg.chunk):
+            if self._stop.is_set():
+                return
+            yield block
+
+    def _run(self):
+        from preprocess import track
+
+        try:
+            tcfg = track.tracker_config(self.cfg.tracker, min_segment_frames=1)
+            waited = _Timer()
+            frames = waited.timed("wait", background(self.timer.timed("decode", self._frames()), 2))
+            t0 = time.perf_counter()
+            for seg in track.track_faces(frames, self.backend, tcfg):
+                affines = align.segment_affines(seg.landmarks, self.cfg.smooth_window, size=self.cfg.crop_size)
+                new = {seg.start + i: (a, align.apply_affine(a, seg.landmarks[i]).astype(np.float32))
+                       for i, a in enumerate(affines.astype(np.float64))}
+                with self._cond:
+                    self.tracks.update(new)
+                    self.known = seg.start + len(new)
+                    self._cond.notify_all()
+            self.timer.add("track", time.perf_counter() - t0 - waited.seconds.get("wait", 0.0))
+        except BaseException as e:  # re-raised in the reading thread
+            self.error = e
+        finally:
+            with self._cond:
+                self.done = True
+                self._cond.notify_all()
+
+    def _wait(self, ready) -> None:
+        with self._cond:
+            while not (ready() or self.done):
+                self._cond.wait(0.5)
+        if self.error is not None:
+            raise self.error
+
+    def get(self, i: int):
+        """(affine, crop landmarks) of frame i, or None without a face there."""
+        self._wait(lambda: self.known > i)
+        return self.tracks.get(i)
+
+    def first(self) -> int | None:
+        """The first face frame (None: no face in the whole video)."""
+        self._wait(lambda: bool(self.tracks))
+        return min(self.tracks) if self.tracks else None
+
+    def all(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        self._wait(lambda: False)
+        return self.tracks
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def track_affines(path: str, info, backend, cfg: DubConfig, fps=25,
                   timer: _Timer | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Pass 1: {frame index: (affine (2,3), crop landmarks (68,2))} for frames with a tracked face,
-    frames counted at ``fps``. Decoding runs one block ahead in a thread."""
-    from preprocess import track
-
-    timer = timer or _Timer()
-    tcfg = track.tracker_config(cfg.tracker, min_segment_frames=1)
-    waited = _Timer()
-    frames = waited.timed("wait", background(
-        timer.timed("decode", video.iter_frames(path, info=info, fps=fps, chunk=cfg.chunk)), 2))
-    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    t0 = time.perf_counter()
-    for seg in track.track_faces(frames, backend, tcfg):
-        affines = align.segment_affines(seg.landmarks, cfg.smooth_window, size=cfg.crop_size)
-        for i, a in enumerate(affines.astype(np.float64)):
-            out[seg.start + i] = (a, align.apply_affine(a, seg.landmarks[i]).astype(np.float32))
-    timer.add("track", time.perf_counter() - t0 - waited.seconds.get("wait", 0.0))
-    return out
+    """Pass 1 whole: {frame index: (affine (2,3), crop landmarks (68,2))} for frames with a
+    tracked face, frames counted at ``fps``."""
+    stream = TrackStream(path, info, backend, cfg, fps, timer).start()
+    try:
+        return stream.all()
+    finally:
+        stream.stop()
 
 
 def choose_references(tracks: dict[int, tuple[np.ndarray, np.ndarray]], k: int) -> list[int]:
@@ -427,107 +495,115 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
     if n_out < 1:
         raise DubError("audio", "too_short", "the speech is shorter than one frame")
     timer.add("audio", time.perf_counter() - t0)
-    tracks = track_affines(video_path, info, backend, cfg, fps, timer)
-    if not tracks:
-        raise DubError("faces", "no_face", "no face track in the video")
-    refs = choose_references(tracks, cfg.references)
-    t1 = time.perf_counter()
-    ref_crops = _grab_references(video_path, info, tracks, refs, cfg, fps)
-    timer.add("references", time.perf_counter() - t1)
-    res = model.cfg.resolution
-    K = len(refs)
-    ref_t = _to_model(ref_crops, res, device)                     # (K,3,r,r)
-    starts = mel_window_starts(n_out, fps)
-    plan = audio_plan(speech, cfg, n_out / fps, speech_s)
-    encs = [_Encoder(p, info.width, info.height, audio_path, speech.audio_index, cfg.crf, cfg.x264_preset, fps,
-                     plan["args"], comment) for p in out_paths]
-    threads = cfg.threads or os.cpu_count() or 1
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="radio-paste")
-    masks_cache: dict = {}
-
-    def batches():
-        """(frames, crops or None, (affine, lm) or None) per batch of up to batch_size frames."""
-        batch: list = []
-        for k, frame in _looped_frames(video_path, info, n_out, cfg.chunk, fps):
-            src = k % max(n_video, 1)
-            t = time.perf_counter()
-            item = (k, frame, align.warp_face(frame, tracks[src][0], cfg.crop_size), tracks[src]) \
-                if src in tracks else (k, frame, None, None)
-            timer.add("warp", time.perf_counter() - t)
-            batch.append(item)
-            if len(batch) >= cfg.batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-    def infer(batch):
-        faces = [b for b in batch if b[2] is not None]
-        gens = None
-        if faces:
-            t = time.perf_counter()
-            target = _to_model(np.stack([b[2] for b in faces]), res, device)
-            n = len(faces)
-            win = mel_windows_at(mel, starts[[b[0] for b in faces]])
-            win = torch.from_numpy(audio.model_input(win)).float().to(device)
-            with _autocast(device, cfg.precision):  # all K references in one call: (K·n, ...)
-                out = model(target.repeat(K, 1, 1, 1), ref_t.repeat_interleave(n, 0), win.repeat(K, 1, 1))
-            gens = _from_model(out, cfg.crop_size).reshape(K, n, cfg.crop_size, cfg.crop_size, 3)
-            timer.add("model", time.perf_counter() - t)
-        return batch, gens
-
-    def paste_one(args):
-        frame, gen, (affine, lm) = args
-        key = lm.tobytes()
-        mask = masks_cache.get(key)
-        if mask is None:
-            mask = masks_cache[key] = lower_face_mask(lm, cfg.crop_size, cfg.mask_feather)
-        return paste_back(frame, gen, mask, affine)
-
-    def paste_and_write(batch, gens):
-        t = time.perf_counter()
-        faces = [b for b in batch if b[2] is not None]
-        jobs = [(b[1], gens[r, i], b[3]) for r in range(K) for i, b in enumerate(faces)]
-        pasted = list(pool.map(paste_one, jobs))
-        timer.add("paste", time.perf_counter() - t)
-        t = time.perf_counter()
-        for r, enc in enumerate(encs):
-            i = 0
-            for b in batch:
-                if b[2] is None:
-                    enc.write(b[1])
-                else:
-                    enc.write(pasted[r * len(faces) + i])
-                    i += 1
-        timer.add("encode_write", time.perf_counter() - t)
-        masks_cache.clear()
-        return len(faces)
-
-    n_dubbed = 0
+    # pass 1 in a thread; pass 2 right behind it (with one reference; K > 1 waits for the whole
+    # track, as the references are chosen over all its poses)
+    stream = TrackStream(video_path, info, backend, cfg, fps, timer).start()
     try:
-        # thread 1 decodes + warps, thread 2 runs the model, this thread pastes (pool) + encodes
-        inferred = background((infer(b) for b in background(batches(), cfg.queue_batches)), cfg.queue_batches)
-        for batch, gens in inferred:
-            n_dubbed += paste_and_write(batch, gens)
-    finally:
-        pool.shutdown()
-        errors = []
-        for enc in encs:
-            try:
+        if cfg.references == 1:
+            first = stream.first()
+            refs = [] if first is None else [first]
+        else:
+            refs = choose_references(stream.all(), cfg.references) if stream.all() else []
+        if not refs:
+            raise DubError("faces", "no_face", "no face track in the video")
+        t1 = time.perf_counter()
+        ref_crops = _grab_references(video_path, info, stream.tracks, refs, cfg, fps)
+        timer.add("references", time.perf_counter() - t1)
+        res = model.cfg.resolution
+        K = len(refs)
+        ref_t = _to_model(ref_crops, res, device)                     # (K,3,r,r)
+        starts = mel_window_starts(n_out, fps)
+        plan = audio_plan(speech, cfg, n_out / fps, speech_s)
+        encs = [_Encoder(p, info.width, info.height, audio_path, speech.audio_index, cfg.crf, cfg.x264_preset, fps,
+                         plan["args"], comment) for p in out_paths]
+        threads = cfg.threads or os.cpu_count() or 1
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="radio-paste")
+        masks_cache: dict = {}
+
+        def batches():
+            """(frames, crops or None, (affine, lm) or None) per batch of up to batch_size frames."""
+            batch: list = []
+            for k, frame in _looped_frames(video_path, info, n_out, cfg.chunk, fps):
+                tr = stream.get(k % max(n_video, 1))
                 t = time.perf_counter()
-                enc.close()
-                timer.add("encode_finish", time.perf_counter() - t)
-            except DubError as e:
-                errors.append(e)
-    if errors:
-        raise errors[0]
-    secs = time.perf_counter() - t0
-    return {"frames": n_out, "frames_dubbed": n_dubbed, "video_frames": n_video, "references": refs,
-            "source_fps": round(float(info.fps), 3), "source_vfr": bool(info.is_vfr),
-            "output_fps": str(fps), "width": info.width, "height": info.height,
-            "speech_seconds": round(speech_s, 3), **{k: v for k, v in plan.items() if k != "args"},
-            "seconds": round(secs, 3), "fps": round(n_out / max(secs, 1e-9), 2),
-            "seconds_by_stage": {k: round(v, 3) for k, v in sorted(timer.seconds.items())}}
+                item = (k, frame, align.warp_face(frame, tr[0], cfg.crop_size), tr) if tr else (k, frame, None, None)
+                timer.add("warp", time.perf_counter() - t)
+                batch.append(item)
+                if len(batch) >= cfg.batch_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+        def infer(batch):
+            faces = [b for b in batch if b[2] is not None]
+            gens = None
+            if faces:
+                t = time.perf_counter()
+                target = _to_model(np.stack([b[2] for b in faces]), res, device)
+                n = len(faces)
+                win = mel_windows_at(mel, starts[[b[0] for b in faces]])
+                win = torch.from_numpy(audio.model_input(win)).float().to(device)
+                with _autocast(device, cfg.precision):  # all K references in one call: (K·n, ...)
+                    out = model(target.repeat(K, 1, 1, 1), ref_t.repeat_interleave(n, 0), win.repeat(K, 1, 1))
+                gens = _from_model(out, cfg.crop_size).reshape(K, n, cfg.crop_size, cfg.crop_size, 3)
+                timer.add("model", time.perf_counter() - t)
+            return batch, gens
+
+        def paste_one(args):
+            frame, gen, (affine, lm) = args
+            key = lm.tobytes()
+            mask = masks_cache.get(key)
+            if mask is None:
+                mask = masks_cache[key] = lower_face_mask(lm, cfg.crop_size, cfg.mask_feather)
+            return paste_back(frame, gen, mask, affine)
+
+        def paste_and_write(batch, gens):
+            t = time.perf_counter()
+            faces = [b for b in batch if b[2] is not None]
+            jobs = [(b[1], gens[r, i], b[3]) for r in range(K) for i, b in enumerate(faces)]
+            pasted = list(pool.map(paste_one, jobs))
+            timer.add("paste", time.perf_counter() - t)
+            t = time.perf_counter()
+            for r, enc in enumerate(encs):
+                i = 0
+                for b in batch:
+                    if b[2] is None:
+                        enc.write(b[1])
+                    else:
+                        enc.write(pasted[r * len(faces) + i])
+                        i += 1
+            timer.add("encode_write", time.perf_counter() - t)
+            masks_cache.clear()
+            return len(faces)
+
+        n_dubbed = 0
+        try:
+            # thread 1 decodes + warps, thread 2 runs the model, this thread pastes (pool) + encodes
+            inferred = background((infer(b) for b in background(batches(), cfg.queue_batches)), cfg.queue_batches)
+            for batch, gens in inferred:
+                n_dubbed += paste_and_write(batch, gens)
+        finally:
+            pool.shutdown()
+            errors = []
+            for enc in encs:
+                try:
+                    t = time.perf_counter()
+                    enc.close()
+                    timer.add("encode_finish", time.perf_counter() - t)
+                except DubError as e:
+                    errors.append(e)
+        if errors:
+            raise errors[0]
+        secs = time.perf_counter() - t0
+        return {"frames": n_out, "frames_dubbed": n_dubbed, "video_frames": n_video, "references": refs,
+                "source_fps": round(float(info.fps), 3), "source_vfr": bool(info.is_vfr),
+                "output_fps": str(fps), "width": info.width, "height": info.height,
+                "speech_seconds": round(speech_s, 3), **{k: v for k, v in plan.items() if k != "args"},
+                "seconds": round(secs, 3), "fps": round(n_out / max(secs, 1e-9), 2),
+                "seconds_by_stage": {k: round(v, 3) for k, v in sorted(timer.seconds.items())}}
+    finally:
+        stream.stop()
 
 
 def dub_uris(video_uri: str, audio_uri: str, out_uris: str | list[str], model, backend, cfg: DubConfig,
