@@ -88,6 +88,9 @@ def test_dub_pipeline_end_to_end(tmp_path, checkpoint, other_checkpoint):
     assert top < 3.0 and bottom > 2 * top, (top, bottom)
     (line,) = [r for r in s["pairs_list"] if r["name"] == "spk15 dubbed.mp4"]
     assert (line["source_fps"], line["output_fps"], line["frames"], line["audio_rate"]) == (25, "25", 30, 8000)
+    text = dub_job.format_summary(s)
+    assert "spk15 dubbed.mp4: dubbed, 25 -> 25 fps, 30 frames, 224x224, audio 8000 Hz 1 ch (aac 128k)" in text, text
+    assert "rejected (no_face)" in text and "4 pairs = 1 dubbed + 3 rejected + 0 finished earlier" in text
     # rerun: every pair is finished by the same checkpoint and settings, nothing redone
     s2 = dub_job.run(str(manifest), ckpt, str(out), args, overrides=[f"checkpoint_sha256={sha}"], run_id="t2")
     assert s2["skipped_resume"] == 4 and s2["dubbed"] == 0
