@@ -350,3 +350,28 @@ def test_background_stages_keep_order_raise_and_stop():
     with pytest.raises(OSError, match="No space"):  # an environment error reaches the caller as it is
         list(dub.background(disk_full(), 1))
     assert not [t for t in threading.enumerate() if t.name == "radio-dub-stage"]
+
+
+def test_vfr_source_becomes_cfr_at_its_average_rate(tmp_path, model, backend):
+    from fractions import Fraction
+
+    info = media.MediaInfo(path="x", has_video=True, has_audio=False, is_vfr=True, fps=14.98,
+                           r_frame_rate="25/1", avg_frame_rate="749/50")
+    assert dub.output_rate(info) == Fraction(749, 50) and dub.output_rate(info, 25.0) == 25
+    assert dub.output_rate(media.MediaInfo(path="x", has_video=True, has_audio=False, fps=29.97,
+                                           r_frame_rate="30000/1001", avg_frame_rate="29970/1000")) == Fraction(30000, 1001)
+    # a real VFR file: 3 of every 5 frames of a 25 fps clip kept with their timestamps (15 fps on average)
+    src = tmp_path / "vfr.mp4"
+    ffmpeg("-i", f"file:{DATA_DIR / '00086.mp4'}", "-t", "2", "-vf", "select='lt(mod(n\\,5)\\,3)'", "-fps_mode", "vfr",
+           "-c:v", "libx264", "-preset", "ultrafast", "-an", f"file:{src}")
+    vinfo = media.probe(str(src))
+    assert vinfo.is_vfr
+    speech = tmp_path / "speech.wav"
+    ffmpeg("-i", f"file:{DATA_DIR / 'david4.wav'}", "-t", "1.0", f"file:{speech}")
+    out = tmp_path / "out.mp4"
+    s = dub.dub_clip(str(src), str(speech), str(out), model, backend, dub.DubConfig(batch_size=8))
+    rate = Fraction(vinfo.avg_frame_rate)
+    assert s["output_fps"] == str(rate) and s["source_vfr"]
+    oinfo = media.probe(str(out))
+    assert not oinfo.is_vfr and Fraction(oinfo.r_frame_rate) == rate, oinfo
+    assert len(video.read_frames(str(out), fps=rate)) == s["frames"] == int(np.ceil(float(rate)))
