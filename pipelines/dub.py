@@ -1,39 +1,69 @@
 """Beam pipeline: bulk dubbing of (video, speech) pairs with a trained RADIO checkpoint.
 
-    ListPairs -> [SkipFinished] -> Reshuffle -> DubPair -> Summarise -> WriteSummary
+    ListPairs -> Reshuffle -> DubPair (skips what is finished) -> Summarise -> WriteSummary
 
 Input: a manifest (.csv / .jsonl) with ``uri`` (video), ``audio_uri`` (speech) and optionally
 ``name`` (relative output name, checked: no '..', no absolute path). Output folder:
 
-    OUTPUT/videos/<name or pair_id>.mp4   dubbed videos (written atomically)
-    OUTPUT/done/<pair_id>.json            one result per pair (status, frames, fps, or the reject)
-    OUTPUT/runs/<run_id>/summary.json     counts that add up: pairs = dubbed + rejected + skipped
+    OUTPUT/videos/<name>.mp4            dubbed videos (reference 0: the first face frame)
+    OUTPUT/videos/<name>.ref<k>.mp4     with ``--references K``: reference k = 1..K-1
+    OUTPUT/done/<pair key>.json         one result per pair (status, frames, rates, or the reject)
+    OUTPUT/evaluate_pairs.jsonl         every dubbed video against its source video, ready for
+                                        ``radio evaluate --generated OUTPUT/evaluate_pairs.jsonl``
+                                        (keys ``<name>#ref<k>`` with K > 1: reference spread)
+    OUTPUT/runs/<run_id>/summary.json   counts that add up: pairs = dubbed + rejected + skipped
+
+**What a pair is.** A pair is its output name (two manifest lines with the same output name are
+refused before any work, naming both lines). What made its output is recorded in its done marker
+and in each video's metadata (``comment``): the video and speech URIs, the checkpoint's sha256
+and the dub settings that change the output (``radio.dub.output_config``; not batch sizes or
+threads). With ``--resume`` (the default) a pair is skipped only when its marker was made by
+exactly that; anything else — another checkpoint, other settings, other inputs, or a video
+without a marker — is dubbed again and its earlier outputs are replaced whole, atomically (the
+summary counts these as ``replaced``). ``--no-resume`` dubs every pair again; ``--retry-rejects``
+dubs rejected pairs again.
+
+Up front, before any work (one line, exit 2): the manifest, output names, the checkpoint (exists,
+sha256 pinned and equal, loads as a RADIO generator) and the landmark backend's weights.
 
 The checkpoint and landmark backend load once per worker (``setup``), on the GPU when the worker
 has one. Per-pair work is ``radio.dub.dub_uris``.
 """
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
-import sys
+import os
+import posixpath
+import re
 import time
 import traceback
 from dataclasses import dataclass, field
 
 import apache_beam as beam
+import fsspec
 from apache_beam.metrics import Metrics
 
 from pipelines import jobrun
 from preprocess import config as config_mod
 from preprocess import sources
 from preprocess import uri as uri_mod
-from radio.dub import DubConfig, DubError
+from preprocess.errors import UserError
+from preprocess.media import MediaError
+from radio.dub import DubConfig, DubError, output_config
 
 log = logging.getLogger(__name__)
 NS = "radio.dub"
+MANIFEST_KEY = ("uri", "audio_uri", "name")
+EVAL_MANIFEST = "evaluate_pairs.jsonl"
+
+
+class DubInputError(UserError, ValueError):
+    """A dub job that cannot start: bad manifest names, checkpoint or weights."""
 
 
 @dataclass
@@ -48,18 +78,59 @@ def pair_id(item: dict) -> str:
     return hashlib.sha1(f"{item['uri']}\n{item.get('audio_uri')}".encode()).hexdigest()[:16]
 
 
-def output_uri(output: str, item: dict) -> str:
-    name = item.get("name") or f"{pair_id(item)}.mp4"
-    if not name.endswith(".mp4"):
-        name += ".mp4"
-    return uri_mod.join(output, "videos", name)
+def output_name(item: dict) -> str:
+    """The pair's output name under videos/ (``name`` or the pair id, with .mp4)."""
+    name = (item.get("name") or "").strip() or pair_id(item)
+    return name if name.endswith(".mp4") else name + ".mp4"
+
+
+def output_uris(output: str, item: dict, references: int = 1) -> list[str]:
+    """videos/<name>.mp4 for reference 0, videos/<name>.ref<k>.mp4 for the others."""
+    name = output_name(item)
+    stem = name[:-len(".mp4")]
+    return [uri_mod.join(output, "videos", name if k == 0 else f"{stem}.ref{k}.mp4") for k in range(references)]
+
+
+def pair_key(item: dict) -> str:
+    return hashlib.sha1(output_name(item).encode()).hexdigest()[:16]
+
+
+def done_uri(output: str, item: dict) -> str:
+    return uri_mod.join(output, "done", f"{pair_key(item)}.json")
+
+
+def identity(item: dict, checkpoint_sha256: str, cfg: DubConfig) -> dict:
+    """What makes a pair's outputs: inputs, checkpoint and the output-affecting dub settings."""
+    ident = {"video": item["uri"], "audio": item.get("audio_uri"), "checkpoint_sha256": checkpoint_sha256,
+             "dub": output_config(cfg)}
+    ident["made_by"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    return ident
+
+
+def _read_marker(uri: str) -> dict | None:
+    try:
+        return json.loads(uri_mod.read_bytes(uri))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def finished(marker: dict | None, made_by: str, retry_rejects: bool) -> bool:
+    """Whether an earlier result can stand: made by exactly this, and complete."""
+    if not marker or marker.get("made_by") != made_by:
+        return False
+    if marker.get("status") == "dubbed":
+        return all(uri_mod.exists(u) for u in marker.get("outputs", []))
+    return marker.get("status") == "rejected" and not retry_rejects
 
 
 class DubPairFn(beam.DoFn):
-    def __init__(self, checkpoint: str, cfg: dict, output: str):
-        self.checkpoint, self.cfg_dict, self.output = checkpoint, cfg, output
+    def __init__(self, checkpoint: str, checkpoint_sha256: str, cfg: dict, output: str, *, resume: bool,
+                 retry_rejects: bool):
+        self.checkpoint, self.checkpoint_sha256, self.cfg_dict, self.output = checkpoint, checkpoint_sha256, cfg, output
+        self.resume, self.retry_rejects = resume, retry_rejects
         self.dubbed = Metrics.counter(NS, "pairs_dubbed")
         self.rejected = Metrics.counter(NS, "pairs_rejected")
+        self.skipped = Metrics.counter(NS, "pairs_skipped_resume")
         self.frames = Metrics.counter(NS, "frames")
 
     def setup(self):
@@ -72,125 +143,249 @@ class DubPairFn(beam.DoFn):
         dev = self.cfg.device
         self.device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else
                                    ("cpu" if dev == "auto" else dev))
-        self.model = load_generator(self.checkpoint, self.cfg.checkpoint_sha256,
-                                    allow_unverified=self.cfg.allow_unverified_checkpoint).to(self.device)
+        self.model = load_generator(self.checkpoint, self.checkpoint_sha256).to(self.device)
         self.backend = get_backend(self.cfg.dub.landmark_backend, **self.cfg.dub.landmark_args)
 
     def process(self, item: dict):
         from radio.dub import dub_uris
 
-        pid = pair_id(item)
-        result = {"pair_id": pid, "uri": item["uri"], "audio_uri": item.get("audio_uri")}
+        ident = identity(item, self.checkpoint_sha256, self.cfg.dub)
+        marker_uri = done_uri(self.output, item)
+        earlier = _read_marker(marker_uri)
+        if self.resume and finished(earlier, ident["made_by"], self.retry_rejects):
+            self.skipped.inc()
+            yield dict(earlier, status_now="skipped")
+            return
+        outs = output_uris(self.output, item, self.cfg.dub.references)
+        result = {"pair_id": pair_id(item), "pair_key": pair_key(item), "name": output_name(item),
+                  "uri": item["uri"], "audio_uri": item.get("audio_uri"), **ident,
+                  "replaced": any(uri_mod.exists(u) for u in outs)
+                  and not (earlier and earlier.get("made_by") == ident["made_by"])}
         try:
             if not item.get("audio_uri"):
                 raise DubError("input", "no_audio_uri", "manifest row has no audio_uri")
-            out = output_uri(self.output, item)
-            stats = dub_uris(item["uri"], item["audio_uri"], out, self.model, self.backend, self.cfg.dub,
-                             self.device)
-            result.update(status="dubbed", output=out, **stats)
+            comment = json.dumps({k: ident[k] for k in ("made_by", "checkpoint_sha256", "dub")}, sort_keys=True)
+            stats = dub_uris(item["uri"], item["audio_uri"], outs, self.model, self.backend, self.cfg.dub,
+                             self.device, comment)
+            result.update(status="dubbed", outputs=outs, **stats)
             self.dubbed.inc()
-            self.frames.inc(stats["frames"])
-        except Exception as e:  # per-pair boundary: a typed reject, the job goes on
-            stage = getattr(e, "stage", "internal")
-            reason = getattr(e, "reason", "internal_error")
-            if not isinstance(e, DubError) and not hasattr(e, "reason"):
-                log.exception("dubbing failed on %s", item["uri"])
+            self.frames.inc(stats["frames"] * len(outs))
+        except (DubError, MediaError) as e:  # a fact about this pair: a typed reject, the job goes on
+            # (anything else — no space, I/O, out of memory — propagates: the runner retries the pair)
+            stage, reason = e.stage, e.reason
             result.update(status="rejected", stage=stage, reason=reason, error_type=type(e).__name__,
                           message=traceback.format_exception_only(type(e), e)[-1].strip()[:2000])
             self.rejected.inc()
             Metrics.counter(NS, f"rejects_{reason}").inc()
-        uri_mod.write_bytes_atomic(uri_mod.join(self.output, "done", f"{pid}.json"),
-                                   json.dumps(result, sort_keys=True).encode())
-        yield result
+        # outputs of an earlier, different make that this one does not overwrite (fewer references)
+        for stale in sorted(set((earlier or {}).get("outputs", [])) - set(result.get("outputs", []))):
+            fs, path = fsspec.core.url_to_fs(stale)
+            if fs.exists(path):
+                fs.rm(path)
+        uri_mod.write_bytes_atomic(marker_uri, json.dumps(result, sort_keys=True).encode())
+        yield dict(result, status_now=result["status"])
+
+
+def pair_line(r: dict) -> dict:
+    """What the summary lists of one pair."""
+    keys = ("name", "status", "reason", "source_fps", "output_fps", "frames", "video_frames", "width", "height",
+            "audio_rate", "audio_channels", "audio", "references", "replaced")
+    return {k: r[k] for k in keys if k in r}
 
 
 class _Count(beam.CombineFn):
     def create_accumulator(self):
-        return {"dubbed": 0, "rejected": 0, "frames": 0, "rejects_by_reason": {}}
+        return {"dubbed": 0, "rejected": 0, "skipped": 0, "replaced": 0, "frames": 0, "rejects_by_reason": {},
+                "pairs_list": [], "eval_rows": []}
 
     def add_input(self, acc, r):
-        acc[r["status"]] += 1
-        acc["frames"] += r.get("frames", 0)
-        if r["status"] == "rejected":
+        acc[r["status_now"]] += 1
+        if r["status_now"] != "skipped":
+            acc["frames"] += r.get("frames", 0) * len(r.get("outputs", [])) if r["status"] == "dubbed" else 0
+            acc["replaced"] += int(bool(r.get("replaced")))
+        if r["status_now"] == "rejected":
             acc["rejects_by_reason"][r["reason"]] = acc["rejects_by_reason"].get(r["reason"], 0) + 1
+        acc["pairs_list"].append(dict(pair_line(r), now=r["status_now"]))
+        if r["status"] == "dubbed":
+            outs = r["outputs"]
+            stem = r["name"][:-len(".mp4")]
+            acc["eval_rows"] += [{"generated": u, "reference": r["uri"],
+                                  "key": stem if len(outs) == 1 else f"{stem}#ref{k}"} for k, u in enumerate(outs)]
         return acc
 
     def merge_accumulators(self, accs):
         out = self.create_accumulator()
         for a in accs:
-            for k in ("dubbed", "rejected", "frames"):
+            for k in ("dubbed", "rejected", "skipped", "replaced", "frames"):
                 out[k] += a[k]
             for k, v in a["rejects_by_reason"].items():
                 out["rejects_by_reason"][k] = out["rejects_by_reason"].get(k, 0) + v
+            out["pairs_list"] += a["pairs_list"]
+            out["eval_rows"] += a["eval_rows"]
         return out
 
     def extract_output(self, acc):
         return acc
 
 
-def _not_done(item: dict, output: str, resume: bool) -> bool:
-    return not (resume and uri_mod.exists(uri_mod.join(output, "done", f"{pair_id(item)}.json")))
+def write_summary(a: dict, n_listed: int, *, output: str, run_id: str, checkpoint: str, checkpoint_sha256: str,
+                  cfg: dict, started: float) -> dict:
+    eval_rows = sorted(a.pop("eval_rows"), key=lambda r: r["key"])
+    s = dict(a, run_id=run_id, pairs=n_listed, skipped_resume=a.pop("skipped"), output=output,
+             checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256, config=cfg,
+             pairs_list=sorted(a["pairs_list"], key=lambda r: r["name"]),
+             evaluate_manifest=uri_mod.join(output, EVAL_MANIFEST), wall_seconds=round(time.time() - started, 2))
+    s["counts_add_up"] = s["pairs"] == s["dubbed"] + s["rejected"] + s["skipped_resume"]
+    uri_mod.write_bytes_atomic(s["evaluate_manifest"], "".join(json.dumps(r, sort_keys=True) + "\n"
+                                                               for r in eval_rows).encode())
+    data = json.dumps(s, indent=2, sort_keys=True).encode()
+    uri_mod.write_bytes_atomic(uri_mod.join(output, "runs", run_id, "summary.json"), data)
+    uri_mod.write_bytes_atomic(uri_mod.join(output, "summary.json"), data)
+    return s
 
 
-def build(p, manifest: str, checkpoint: str, output: str, cfg: dict, *, run_id: str, resume: bool, started: float,
-          progress_dir: str | None = None):
+def build(p, manifest: str, checkpoint: str, output: str, cfg: dict, *, run_id: str, resume: bool,
+          retry_rejects: bool = False, checkpoint_sha256: str, started: float, progress_dir: str | None = None):
     items = (p | "Manifest" >> beam.Create([manifest])
-               | "ListPairs" >> beam.FlatMap(sources.read_manifest, key=("uri", "audio_uri")))
+               | "ListPairs" >> beam.FlatMap(sources.read_manifest, key=MANIFEST_KEY))
     listed = items | "CountListed" >> beam.combiners.Count.Globally()
     acc = (items
-           | "SkipFinished" >> beam.Filter(_not_done, output, resume)
            | "Reshuffle" >> beam.Reshuffle()
-           | "DubPair" >> beam.ParDo(jobrun.Tracked(DubPairFn(checkpoint, cfg, output), describe=jobrun.uri_of,
-                                                    frames=jobrun.frames_of, progress_dir=progress_dir))
+           | "DubPair" >> beam.ParDo(jobrun.Tracked(
+               DubPairFn(checkpoint, checkpoint_sha256, cfg, output, resume=resume, retry_rejects=retry_rejects),
+               describe=jobrun.uri_of, frames=jobrun.frames_of, progress_dir=progress_dir))
            | "Summarise" >> beam.CombineGlobally(_Count()))
+    return acc | "WriteSummary" >> beam.Map(
+        write_summary, n_listed=beam.pvalue.AsSingleton(listed), output=output, run_id=run_id,
+        checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256, cfg=cfg, started=started)
 
-    def write(a, n_listed):
-        s = dict(a, run_id=run_id, pairs=n_listed, skipped_resume=n_listed - a["dubbed"] - a["rejected"],
-                 output=output, checkpoint=checkpoint, wall_seconds=round(time.time() - started, 2))
-        data = json.dumps(s, indent=2, sort_keys=True).encode()
-        uri_mod.write_bytes_atomic(uri_mod.join(output, "runs", run_id, "summary.json"), data)
-        uri_mod.write_bytes_atomic(uri_mod.join(output, "summary.json"), data)
-        return s
 
-    return acc | "WriteSummary" >> beam.Map(write, n_listed=beam.pvalue.AsSingleton(listed))
+# ------------------------------------------------------------------------------ up-front checks
+def _numbered_records(manifest: str) -> list[tuple[int, dict]]:
+    """(line number, raw record) of a manifest already read once by ``sources.read_manifest``."""
+    text = uri_mod.read_bytes(manifest).decode("utf-8-sig")
+    if manifest.lower().endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(text))
+        return [(reader.line_num, rec) for rec in reader]
+    return [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def check_pairs(manifest: str, output: str) -> list[dict]:
+    """The manifest's pairs; refuses unsafe or duplicate output names, naming both lines."""
+    if not sources.is_manifest(manifest):
+        raise sources.SourceError(f"Expected a .csv/.jsonl manifest with uri,audio_uri. Got {manifest!r}.")
+    items = list(sources.read_manifest(manifest, key=MANIFEST_KEY))
+    if not items:
+        raise DubInputError(f"{manifest}: no pairs.")
+    for item in items:
+        try:
+            output_uris(output, item)
+        except uri_mod.UnsafePathError as e:
+            raise DubInputError(f"{manifest}: output name {item.get('name')!r}: {e}") from e
+    seen: dict[str, int] = {}
+    for line, rec in _numbered_records(manifest):
+        name = rec.get("name") if isinstance(rec, dict) else None
+        if isinstance(name, str) and name.strip():
+            out = output_name({"name": name})
+            if out in seen:
+                raise DubInputError(f"{manifest}: lines {seen[out]} and {line} both write videos/{out}; "
+                                    "give each pair its own name.")
+            seen[out] = line
+    return items
+
+
+def check_checkpoint(checkpoint: str, job: DubJobConfig) -> str:
+    """The checkpoint's sha256, once it is found, matches its pin and loads as a RADIO generator."""
+    from preprocess.weights import WeightsError, resolve_weights
+    from radio.train.checkpoint import load_generator
+
+    pin = job.checkpoint_sha256
+    if pin is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", str(pin)):
+        raise DubInputError(f"checkpoint_sha256: expected 64 hex digits (quote it: an all-digit value reads as a "
+                            f"number). Got {pin!r}.")
+    try:
+        found = resolve_weights(checkpoint, job.checkpoint_sha256, name="RADIO checkpoint",
+                                allow_unverified=job.allow_unverified_checkpoint,
+                                how_to_get="Pin it with --set checkpoint_sha256=<sha256 of the file>.")
+        load_generator(found.path, found.sha256)
+    except WeightsError as e:
+        raise DubInputError(str(e)) from e
+    except Exception as e:  # not a RADIO checkpoint (pickle, keys, shapes): say so in one line
+        raise DubInputError(f"RADIO checkpoint {checkpoint!r} does not load: "
+                            f"{traceback.format_exception_only(type(e), e)[-1].strip()[:300]}") from e
+    return found.sha256
+
+
+def check_landmarks(job: DubJobConfig) -> None:
+    from preprocess.landmarks import get_backend
+
+    try:
+        get_backend(job.dub.landmark_backend, **job.dub.landmark_args)
+    except Exception as e:  # missing weights or bad settings: one line
+        raise DubInputError(f"landmark backend {job.dub.landmark_backend!r}: "
+                            f"{traceback.format_exception_only(type(e), e)[-1].strip()[:300]}") from e
 
 
 def run(manifest: str, checkpoint: str, output: str, pipeline_args=(), *, config_path=None, overrides=(),
-        run_id: str | None = None, resume: bool = True, progress: bool = False, test_pipeline=None) -> dict:
+        run_id: str | None = None, resume: bool = True, retry_rejects: bool = False, references: int | None = None,
+        progress: bool = False, test_pipeline=None) -> dict:
     from pipelines import options as options_mod
 
     started = time.time()
-    cfg = config_mod.to_dict(config_mod.load(DubJobConfig, config_path, overrides))
+    if references is not None:
+        overrides = [*overrides, f"dub.references={references}"]
+    job_cfg = config_mod.load(DubJobConfig, config_path, overrides)
+    cfg = config_mod.to_dict(job_cfg)
     run_id = run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    if "://" not in output:
+        output = os.path.abspath(output)  # outputs are named in evaluate_pairs.jsonl by full path
     summary_uri = uri_mod.join(output, "runs", run_id, "summary.json")
-    if not sources.is_manifest(manifest):
-        raise sources.SourceError(f"Expected a .csv/.jsonl manifest with uri,audio_uri. Got {manifest!r}.")
+    pairs = check_pairs(manifest, output)
+    sha = check_checkpoint(checkpoint, job_cfg)
+    check_landmarks(job_cfg)
     if test_pipeline is not None:
         p, is_local = test_pipeline, True
     else:
         job = options_mod.build(pipeline_args, job_name=f"radio-dub-{run_id.lower()}")
         p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
     folder = jobrun.progress_folder(is_local, progress)
-    build(p, manifest, checkpoint, output, cfg, run_id=run_id, resume=resume, started=started, progress_dir=folder)
+    build(p, manifest, checkpoint, output, cfg, run_id=run_id, resume=resume, retry_rejects=retry_rejects,
+          checkpoint_sha256=sha, started=started, progress_dir=folder)
     bar = None
-    if folder:
-        todo = [it for it in sources.read_manifest(manifest, key=("uri", "audio_uri")) if _not_done(it, output, resume)]
-        bar = jobrun.Bar(folder, len(todo), unit="pair", desc="dub", stream=None,
+    if folder:   # pairs finished earlier pass through at once
+        bar = jobrun.Bar(folder, len(pairs), unit="pair", desc="dub", stream=None,
                          workers=options_mod.local_workers(p.options))
     jobrun.run(p, log_uri=uri_mod.join(output, "runs", run_id, "job.log"), is_local=is_local, bar=bar, namespace=NS)
     return json.loads(uri_mod.read_bytes(summary_uri))
 
 
-def main(args, beam_args) -> int:
-    try:
-        s = run(args.input, args.checkpoint, args.output, beam_args, config_path=args.config,
-                overrides=args.overrides, run_id=args.run_id, progress=not getattr(args, "no_progress", False))
-    except (sources.SourceError, config_mod.ConfigError) as e:
-        print(f"radio dub: error: {e}", file=sys.stderr)  # one line, as radio.cli prints mistakes
-        return 2
-    print(f"run {s['run_id']}: {s['pairs']} pairs = {s['dubbed']} dubbed + {s['rejected']} rejected + "
-          f"{s['skipped_resume']} finished earlier; {s['frames']} frames")
+def format_summary(s: dict, max_pairs: int = 20) -> str:
+    lines = [f"run {s['run_id']}: {s['pairs']} pairs = {s['dubbed']} dubbed + {s['rejected']} rejected + "
+             f"{s['skipped_resume']} finished earlier (same checkpoint and settings); {s['frames']} frames"
+             + ("" if s["counts_add_up"] else "  (DOES NOT ADD UP)")]
+    if s.get("replaced"):
+        lines.append(f"  {s['replaced']} earlier outputs made otherwise (checkpoint, settings or inputs) replaced")
     if s["rejects_by_reason"]:
-        print("  rejects: " + ", ".join(f"{k} {v}" for k, v in sorted(s["rejects_by_reason"].items())))
-    print(f"  videos: {uri_mod.join(s['output'], 'videos')}")
-    return 0
+        lines.append("  rejects: " + ", ".join(f"{k} {v}" for k, v in sorted(s["rejects_by_reason"].items())))
+    lines.append(f"  checkpoint sha256 {s['checkpoint_sha256'][:16]}…")
+    for r in s["pairs_list"][:max_pairs]:
+        if r["status"] == "dubbed":
+            lines.append(f"  {r['name']}: {r['now']}, {r['source_fps']:g} -> {r['output_fps']} fps, "
+                         f"{r['frames']} frames, {r['width']}x{r['height']}, audio {r['audio_rate']} Hz "
+                         f"{r['audio_channels']} ch ({r['audio']})"
+                         + (f", {len(r['references'])} references" if len(r.get("references", [])) > 1 else ""))
+        else:
+            lines.append(f"  {r['name']}: rejected ({r.get('reason')})")
+    if len(s["pairs_list"]) > max_pairs:
+        lines.append(f"  … {len(s['pairs_list']) - max_pairs} more pairs in {posixpath.join(s['output'], 'summary.json')}")
+    lines.append(f"  videos: {uri_mod.join(s['output'], 'videos')}   evaluate: {s['evaluate_manifest']}")
+    return "\n".join(lines)
+
+
+def main(args, beam_args) -> int:
+    s = run(args.input, args.checkpoint, args.output, beam_args, config_path=args.config,
+            overrides=args.overrides, run_id=args.run_id, resume=not getattr(args, "no_resume", False),
+            retry_rejects=getattr(args, "retry_rejects", False), references=getattr(args, "references", None),
+            progress=not getattr(args, "no_progress", False))
+    print(format_summary(s))
+    return 0 if s["counts_add_up"] else 1

@@ -25,11 +25,13 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from eval import clip, report, results
+from eval import reference_spread
 from eval import pairs as pairs_mod
 from eval.config import EvalConfig
 from pipelines import jobrun
 from preprocess import config as config_mod
 from preprocess import uri as uri_mod
+from pipelines.reference_spread import ReferenceSpread
 from preprocess.weights import WeightsError
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,9 @@ def build(p: beam.Pipeline, *, generated: str, reference: str | None, out_dir: s
              for m in CARD_METRICS]
     worst = worst | "Worst" >> beam.Flatten()
     samples = cards | "Samples" >> beam.combiners.Top.Of(SAMPLES_K, key=_pair_id, reverse=True)
+    # reference sensitivity (keys <pair>#ref<k> from `radio dub --references K`): reference_spread.json/.csv
+    _ = (scored.scored | "SpreadRows" >> beam.Map(lambda e: e["row"])
+                       | "ReferenceSpread" >> ReferenceSpread(out_dir))
     inputs = {"generated": generated, "reference": reference, "dataset": dataset, "method": method}
     return (p | "RunDir" >> beam.Create([out_dir])
               | "WriteRun" >> beam.Map(
@@ -181,6 +186,8 @@ def main(args, beam_args) -> int:
         print(f"radio evaluate: error: {e}", file=sys.stderr)  # one line, as radio.cli prints mistakes
         return 2
     print(format_summary(summary))
+    for line in reference_spread.format_lines(reference_spread.read(summary["output"])):  # --references K
+        print(line)
     return 0 if summary["counts_add_up"] else 1
 
 

@@ -48,14 +48,21 @@ DUB_HELP = """\
 manifest (.csv with a header row, or .jsonl): one pair per record
   uri        the video whose lower face is re-rendered
   audio_uri  the speech to dub in (any file with an audio stream)
-  name       optional output name under OUTPUT/videos/ (default: the pair id); no '..', not absolute
+  name       optional output name under OUTPUT/videos/ (default: the pair id); no '..', not absolute;
+             two lines with one name are refused before any work
   Relative uri/audio_uri resolve against the manifest's own folder (not the current directory);
   full URIs (gs://...) and absolute paths are used as written.
 output:
-  OUTPUT/videos/<name>.mp4  OUTPUT/done/<pair_id>.json  OUTPUT/runs/<run_id>/summary.json
-resume: running the same command again skips every pair whose OUTPUT/done/<pair_id>.json exists
-  (dubbed or rejected earlier) and dubs the rest; the pair id hashes uri and audio_uri. A killed
-  run is finished by running it again. Progress: pairs and frames done, rate and ETA."""
+  OUTPUT/videos/<name>.mp4 (with --references K also <name>.ref<k>.mp4)  OUTPUT/done/<id>.json
+  OUTPUT/runs/<run_id>/summary.json  OUTPUT/evaluate_pairs.jsonl (ready for radio evaluate --generated)
+  The video keeps its size and frame rate (VFR: CFR at its average rate); the speech keeps its own
+  sample rate and channels (stream copy, else AAC). --set dub.length=video follows the video instead.
+resume (the default): running the same command again skips a pair only when its done marker names
+  the same checkpoint sha256, the same output-affecting settings and inputs, and its files exist;
+  anything else is dubbed again and replaces the earlier file. --no-resume redoes every pair,
+  --retry-rejects redoes rejected ones. A killed run is finished by running it again.
+  Progress: pairs and frames done, rate and ETA.
+"""
 
 EVALUATE_HELP = """\
 pairs: --generated DIR_OR_GLOB --reference DIR matches videos by relative path without suffix;
@@ -132,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="RADIO checkpoint URI (RUN/radio.pt)")
     p.add_argument("--input", required=True, help="manifest (.csv/.jsonl) with uri (video), audio_uri[, name]")
     p.add_argument("--output", required=True, help="output folder URI")
+    p.add_argument("--references", type=int, metavar="K",
+                   help="dub each pair with K reference frames spread over the video's poses (default 1)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="dub every pair again (default: skip pairs finished with the same checkpoint and settings)")
+    p.add_argument("--retry-rejects", action="store_true", help="dub rejected pairs again")
     p.add_argument("--run-id", help="name of this run (default: UTC timestamp)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config(p, "dub")

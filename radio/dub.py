@@ -1,23 +1,48 @@
 """Single-clip dubbing: a video + new speech -> the video with its lower face re-synthesised.
 
-    pass 1: decode (25 fps) -> track main face -> smoothed FFHQ affines per frame (small arrays)
-    pass 2: decode again -> warp 192² crops -> RADIO (reference = the first face frame, §4.1;
-            T=1) -> paste back with the inverse affine through a feathered lower-face mask
-            -> ffmpeg (H.264 + the new audio as AAC)
+    pass 1: decode (at the output rate) -> track main face -> smoothed FFHQ affines per frame
+    refs:   K reference frames: the first face frame (§4.1) + frames far apart in pose
+    pass 2: decode again -> warp 192² crops -> RADIO (T=1, K references batched together)
+            -> paste back with the inverse affine through a feathered lower-face mask
+            -> ffmpeg (H.264, and the given speech: stream copy, or AAC at 128 kb/s a channel)
 
-Two decodes keep memory flat in video length (pass 2 streams frames straight into the
-encoder). Frames without a tracked face pass through unchanged. When the speech is longer than
-the video, the video loops (as Wav2Lip does); when shorter, the output ends with the speech.
+Pass 2 is a pipeline of threads joined by bounded queues, so decoding + warping, the model and
+paste-back + encoding overlap (the model runs in the calling thread; paste-back of a batch is
+spread over ``DubConfig.threads`` threads, OpenCV releasing the GIL). Memory stays flat in video
+length: frames stream from the decoder into the encoder.
+
+Output rules (SPEC "Dubbing output"):
+
+- **Frame rate and size.** The output has the source's resolution and frame rate (a VFR source
+  becomes CFR at its average rate; ``fps`` > 0 forces a rate). Output frame k at time
+  t_k = k / fps takes the 20 mel rows starting at row round(100·t_k) − 8 (half up), edge-padded;
+  at 25 fps that is frame k's window [4k − 8, 4k + 12) of training.
+- **Length** (``length``): ``"speech"`` (default) — the output lasts as long as the speech and
+  the video loops when the speech is longer (as Wav2Lip); ``"video"`` — the output lasts as long
+  as the video, the speech cut or padded with silence.
+- **Speech.** The model sees the 16 kHz mono mel; the output carries the given speech at its own
+  sample rate and channels: stream-copied when MP4 holds its codec (AAC, MP3, ALAC, AC-3, Opus)
+  and no padding is needed, else AAC at ``audio_kbps_per_channel`` (default 128 kb/s a channel,
+  transparent for speech).
+
+Frames without a tracked face pass through unchanged.
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
+import queue
+import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator
+from fractions import Fraction
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -25,8 +50,13 @@ import torch
 
 from preprocess import align, audio, media, progress, video
 from preprocess import uri as uri_mod
+from preprocess.config import ConfigError, to_dict
 
 log = logging.getLogger(__name__)
+
+LENGTHS = ("speech", "video")
+PRECISIONS = ("auto", "fp32", "bf16")
+COPY_CODECS = frozenset({"aac", "mp3", "alac", "ac3", "eac3", "opus"})  # MP4 holds these as they are
 
 
 class DubError(RuntimeError):
@@ -42,15 +72,43 @@ class DubError(RuntimeError):
 
 @dataclass
 class DubConfig:
-    batch_size: int = 8
+    # what the output looks like (part of each output's identity, see OUTPUT_FIELDS)
     crop_size: int = align.CROP_SIZE
     smooth_window: int = 5
-    chunk: int = 32
     crf: int = 18
+    x264_preset: str = "medium"    # libx264 speed/size trade-off (ultrafast … veryslow)
     mask_feather: float = 0.04     # Gaussian feather of the lower-face mask, in crop sides
     tracker: dict = field(default_factory=dict)
     landmark_backend: str = "dlib"
     landmark_args: dict = field(default_factory=dict)
+    length: str = "speech"         # speech: the video loops to the speech | video: speech cut/padded
+    fps: float = 0.0               # output frame rate; 0 = the source's (VFR: its average)
+    references: int = 1            # reference frames per pair (first face frame + pose-spread ones)
+    audio_kbps_per_channel: int = 128
+    precision: str = "auto"        # auto: bf16 on GPU, fp32 on CPU | fp32 | bf16
+    # how fast (not part of the identity)
+    batch_size: int = 16           # frames per model call (× references)
+    chunk: int = 32                # decoded frames per block
+    queue_batches: int = 4         # batches in flight between the threads
+    threads: int = 0               # paste-back threads; 0 = the worker's cores
+
+    def __post_init__(self):
+        if self.length not in LENGTHS:
+            raise ConfigError(f"Expected dub.length in {LENGTHS}. Got {self.length!r}.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"Expected dub.precision in {PRECISIONS}. Got {self.precision!r}.")
+        if self.references < 1 or self.batch_size < 1 or self.queue_batches < 1:
+            raise ConfigError("Expected dub.references, dub.batch_size and dub.queue_batches >= 1.")
+        if self.fps < 0:
+            raise ConfigError(f"Expected dub.fps >= 0 (0 = the source's rate). Got {self.fps}.")
+
+
+SPEED_FIELDS = ("batch_size", "chunk", "queue_batches", "threads")
+
+
+def output_config(cfg: DubConfig) -> dict:
+    """The settings an output depends on (an output's identity, with the checkpoint's sha256)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in SPEED_FIELDS}
 
 
 def lower_face_mask(crop_landmarks: np.ndarray, size: int, feather: float) -> np.ndarray:
@@ -93,17 +151,212 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, mask: np.ndarray, affine: np
     return out
 
 
-def track_affines(path: str, info, backend, cfg: DubConfig) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Pass 1: {frame index: (affine (2,3), crop landmarks (68,2))} for frames with a tracked face."""
-    from preprocess import track
+class _Timer:
+    """Busy seconds per stage, from several threads."""
 
-    tcfg = track.tracker_config(cfg.tracker, min_segment_frames=1)
-    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for seg in track.track_faces(video.iter_frames(path, info=info, chunk=cfg.chunk), backend, tcfg):
-        affines = align.segment_affines(seg.landmarks, cfg.smooth_window, size=cfg.crop_size)
-        for i, a in enumerate(affines.astype(np.float64)):
-            out[seg.start + i] = (a, align.apply_affine(a, seg.landmarks[i]).astype(np.float32))
-    return out
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, secs: float) -> None:
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + secs
+
+    def timed(self, stage: str, it: Iterable):
+        """``it``, with the time spent producing each item added to ``stage``."""
+        it = iter(it)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                x = next(it)
+            except StopIteration:
+                return
+            finally:
+                self.add(stage, time.perf_counter() - t0)
+            yield x
+
+
+_DONE = object()
+
+
+def background(it: Iterable, maxsize: int) -> Iterator:
+    """Iterate ``it`` in a thread, at most ``maxsize`` items ahead; its exceptions re-raise here.
+
+    Closing the returned generator stops the thread at its next item."""
+    q: queue.Queue = queue.Queue(maxsize)
+    stop = threading.Event()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for x in it:
+                if not put((True, x)):
+                    return
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            put((False, e))
+            return
+        finally:
+            if hasattr(it, "close"):
+                it.close()  # an upstream stage stops with this one
+        put((True, _DONE))
+
+    t = threading.Thread(target=work, daemon=True, name="radio-dub-stage")
+    t.start()
+    try:
+        while True:
+            ok, x = q.get()
+            if not ok:
+                raise x
+            if x is _DONE:
+                return
+            yield x
+    finally:
+        stop.set()
+        t.join()
+
+
+def output_rate(info: media.MediaInfo, fps: float = 0.0) -> Fraction:
+    """Output frame rate: ``fps`` when > 0, else the source's (CFR: r_frame_rate; VFR: average)."""
+    if fps > 0:
+        return Fraction(fps).limit_denominator(1001)
+    for s in ((info.avg_frame_rate,) if info.is_vfr else (info.r_frame_rate, info.avg_frame_rate)):
+        try:
+            r = Fraction(s)
+        except (ValueError, ZeroDivisionError):
+            continue
+        if 0 < r <= 240:
+            return r
+    if info.fps > 0:
+        return Fraction(info.fps).limit_denominator(1001)
+    raise DubError("probe", "no_frame_rate", "the video has no usable frame rate")
+
+
+def mel_window_starts(n_frames: int, fps: Fraction) -> np.ndarray:
+    """First mel row of each output frame's window: round(100·k/fps) − 8, half up (exact)."""
+    k = np.arange(n_frames, dtype=np.int64)
+    num, den = fps.numerator, fps.denominator
+    return (200 * k * den + num) // (2 * num) - 8  # floor(100·k·den/num + 1/2)
+
+
+def mel_windows_at(mel: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """(k,) first rows -> (k, 20, 80) windows, rows clamped to the clip (edge padding)."""
+    n = audio.WINDOW_ROWS[1] - audio.WINDOW_ROWS[0]
+    rows = np.asarray(starts, np.int64)[:, None] + np.arange(n)[None, :]
+    return mel[np.clip(rows, 0, len(mel) - 1)]
+
+
+class TrackStream:
+    """Pass 1 in its own thread: the face track of a video, readable while it is being made.
+
+    Segments come out of the tracker in order (one main face), so after a segment ending at
+    frame e is out, every frame < e is known: in a segment (affine + crop landmarks) or without a
+    face. ``get(i)`` waits until frame i is known; pass 2 runs right behind the tracker."""
+
+    def __init__(self, path: str, info, backend, cfg: DubConfig, fps=25, timer: _Timer | None = None):
+        self.path, self.info, self.backend, self.cfg, self.fps = path, info, backend, cfg, fps
+        self.timer = timer or _Timer()
+        self.tracks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.known = 0           # frames < known are final
+        self.done = False
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="radio-dub-track")
+
+    def start(self) -> "TrackStream":
+        self._thread.start()
+        return self
+
+    def _frames(self):
+        for block in video.iter_frames(self.path, info=self.info, fps=self.fps, chunk=self.cfg.chunk):
+            if self._stop.is_set():
+                return
+            yield block
+
+    def _run(self):
+        from preprocess import track
+
+        try:
+            tcfg = track.tracker_config(self.cfg.tracker, min_segment_frames=1)
+            waited = _Timer()
+            frames = waited.timed("wait", background(self.timer.timed("decode", self._frames()), 2))
+            t0 = time.perf_counter()
+            for seg in track.track_faces(frames, self.backend, tcfg):
+                affines = align.segment_affines(seg.landmarks, self.cfg.smooth_window, size=self.cfg.crop_size)
+                new = {seg.start + i: (a, align.apply_affine(a, seg.landmarks[i]).astype(np.float32))
+                       for i, a in enumerate(affines.astype(np.float64))}
+                with self._cond:
+                    self.tracks.update(new)
+                    self.known = seg.start + len(new)
+                    self._cond.notify_all()
+            self.timer.add("track", time.perf_counter() - t0 - waited.seconds.get("wait", 0.0))
+        except BaseException as e:  # re-raised in the reading thread
+            self.error = e
+        finally:
+            with self._cond:
+                self.done = True
+                self._cond.notify_all()
+
+    def _wait(self, ready) -> None:
+        with self._cond:
+            while not (ready() or self.done):
+                self._cond.wait(0.5)
+        if self.error is not None:
+            raise self.error
+
+    def get(self, i: int):
+        """(affine, crop landmarks) of frame i, or None without a face there."""
+        self._wait(lambda: self.known > i)
+        return self.tracks.get(i)
+
+    def first(self) -> int | None:
+        """The first face frame (None: no face in the whole video)."""
+        self._wait(lambda: bool(self.tracks))
+        return min(self.tracks) if self.tracks else None
+
+    def all(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        self._wait(lambda: False)
+        return self.tracks
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def track_affines(path: str, info, backend, cfg: DubConfig, fps=25,
+                  timer: _Timer | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Pass 1 whole: {frame index: (affine (2,3), crop landmarks (68,2))} for frames with a
+    tracked face, frames counted at ``fps``."""
+    stream = TrackStream(path, info, backend, cfg, fps, timer).start()
+    try:
+        return stream.all()
+    finally:
+        stream.stop()
+
+
+def choose_references(tracks: dict[int, tuple[np.ndarray, np.ndarray]], k: int) -> list[int]:
+    """``k`` reference frame indexes spread over the video's poses: the first face frame, then
+    greedily the tracked frame farthest (mean landmark distance in the aligned crop, where head
+    yaw/pitch and expression remain after alignment) from those chosen. Deterministic; the first
+    j of k are the choice for j (ties: the earliest frame). Fewer frames than k: repeats."""
+    idx = np.array(sorted(tracks))
+    pts = np.stack([tracks[i][1] for i in idx]).reshape(len(idx), -1, 2)
+    chosen = [0]
+    dist = np.full(len(idx), np.inf)
+    while len(chosen) < k:
+        d = np.linalg.norm(pts - pts[chosen[-1]], axis=-1).mean(-1)
+        dist = np.minimum(dist, d)
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt if dist[nxt] > 0 else 0)
+    return [int(idx[c]) for c in chosen]
 
 
 def _to_model(crops: np.ndarray, res: int, device) -> torch.Tensor:
@@ -122,12 +375,12 @@ def _from_model(x: torch.Tensor, size: int) -> np.ndarray:
     return a
 
 
-def _looped_frames(path: str, info, n_out: int, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(output index, frame) for n_out frames, looping the video when it is shorter."""
+def _looped_frames(path: str, info, n_out: int, chunk: int, fps) -> Iterator[tuple[int, np.ndarray]]:
+    """(output index, frame) for n_out frames at ``fps``, looping the video when it is shorter."""
     k = 0
     while k < n_out:
         produced = 0
-        for block in video.iter_frames(path, info=info, chunk=chunk):
+        for block in video.iter_frames(path, info=info, fps=fps, chunk=chunk):
             for frame in block:
                 if k >= n_out:
                     return
@@ -138,117 +391,235 @@ def _looped_frames(path: str, info, n_out: int, chunk: int) -> Iterator[tuple[in
             raise DubError("decode", "no_frames", "the video decoded to no frames")
 
 
-class _Encoder:
-    """ffmpeg: raw RGB frames on stdin + an audio file -> H.264/AAC mp4 (list args, no shell)."""
+def audio_plan(speech: media.MediaInfo, cfg: DubConfig, out_seconds: float, speech_seconds: float) -> dict:
+    """How the speech goes into the output: ffmpeg output arguments and what the summary says.
 
-    def __init__(self, dst: str, w: int, h: int, audio_path: str, crf: int, fps: int = 25):
+    Stream copy when MP4 holds the codec and nothing needs padding; else AAC at the speech's own
+    rate and channels, ``audio_kbps_per_channel`` each. ``length='video'`` cuts the speech to the
+    video (``-t``) or pads it with silence (``apad``)."""
+    channels, rate = speech.audio_channels or 1, speech.audio_rate
+    pad = cfg.length == "video" and speech_seconds < out_seconds
+    if speech.audio_codec in COPY_CODECS and not pad:
+        args, how = ["-c:a", "copy"], "copy"
+    else:
+        kbps = cfg.audio_kbps_per_channel * channels
+        args, how = ["-c:a", "aac", "-b:a", f"{kbps}k"], f"aac {kbps}k"
+        if rate:
+            args += ["-ar", str(rate)]
+        if pad:
+            args += ["-af", "apad"]
+    if cfg.length == "video":
+        args += ["-t", f"{float(out_seconds):.6f}"]
+    return {"args": args, "audio": how, "audio_rate": rate, "audio_channels": channels,
+            "audio_codec": speech.audio_codec}
+
+
+class _Encoder:
+    """ffmpeg: raw RGB frames on stdin + the speech file -> H.264 + speech mp4 (list args, no shell)."""
+
+    def __init__(self, dst: str, w: int, h: int, audio_path: str, audio_index: int, crf: int, preset: str,
+                 fps: Fraction, audio_args: list[str], comment: str = ""):
         cmd = [media.ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
-               *media.cli_input(audio_path), "-map", "0:v:0", "-map", "1:a:0",
-               "-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p",
-               "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:a", "aac", "-b:a", "128k", "-shortest",
+               *media.cli_input(audio_path), "-map", "0:v:0", "-map", f"1:{audio_index}",
+               "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
+               "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", *audio_args, "-metadata", f"comment={comment}",
                "-movflags", "+faststart", "file:" + os.path.abspath(dst)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._err: list[bytes] = []
+        self._reader = threading.Thread(target=lambda: self._err.append(self.proc.stderr.read()), daemon=True)
+        self._reader.start()  # drain stderr so ffmpeg never blocks on it
 
     def write(self, frame: np.ndarray) -> None:
-        self.proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+        try:
+            self.proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+        except BrokenPipeError:
+            self.close()  # raises with ffmpeg's message
+            raise
         progress.frames(1)  # the progress bar's frames while a long pair is dubbed
 
     def close(self) -> None:
-        self.proc.stdin.close()
-        err = self.proc.stderr.read().decode(errors="replace")
-        if self.proc.wait() != 0:
+        if not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        rc = self.proc.wait()
+        self._reader.join()
+        if rc != 0:
+            err = b"".join(self._err).decode(errors="replace")
             raise DubError("encode", "ffmpeg_failed", f"ffmpeg failed: {err[-1000:]}")
 
 
-@torch.no_grad()
-def dub_clip(video_path: str, audio_path: str, out_path: str, model, backend, cfg: DubConfig,
-             device: str | torch.device = "cpu") -> dict:
-    """Dub one local video with one local speech file into ``out_path`` (local .mp4).
+def _autocast(device, precision: str):
+    dev = torch.device(device)
+    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
 
-    ``model``: a RADIO generator in eval mode on ``device``. Returns counts and timings."""
+
+def _grab_references(path: str, info, tracks: dict, refs: list[int], cfg: DubConfig, fps) -> np.ndarray:
+    """(K, S, S, 3) crops of the reference frames (decodes up to the last one)."""
+    want, crops = sorted(set(refs)), {}
+    for k, frame in _looped_frames(path, info, max(want) + 1, cfg.chunk, fps):
+        if k in want:
+            crops[k] = align.warp_face(frame, tracks[k][0], cfg.crop_size)
+    return np.stack([crops[r] for r in refs])
+
+
+@torch.no_grad()
+def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model, backend, cfg: DubConfig,
+             device: str | torch.device = "cpu", comment: str = "") -> dict:
+    """Dub one local video with one local speech file into local .mp4 file(s): one per reference
+    (``cfg.references``; reference 0 is the first face frame). ``model``: a RADIO generator in
+    eval mode on ``device`` (anything with ``model(target, reference, mel)`` and
+    ``model.cfg.resolution``). ``comment`` goes into each output's metadata. Returns counts, rates
+    and the busy seconds of each stage."""
+    out_paths = [out_paths] if isinstance(out_paths, str) else list(out_paths)
+    if len(out_paths) != cfg.references:
+        raise ValueError(f"Expected {cfg.references} output paths (dub.references). Got {len(out_paths)}.")
     t0 = time.perf_counter()
+    timer = _Timer()
     try:
         info = media.validate(media.probe(video_path), need_video=True)
     except media.MediaError as e:
         raise DubError(e.stage, e.reason, str(e)) from e
     try:
-        wav = audio.load_audio(audio_path, align_to_video=False)
+        speech = media.probe(audio_path)
+        wav = audio.load_audio(audio_path, info=speech, align_to_video=False)
     except media.MediaError as e:
         raise DubError("audio", e.reason, str(e)) from e
     mel = audio.log_mel(wav)
-    n_out = int(np.ceil(len(wav) * 25 / audio.SAMPLE_RATE))
+    fps = output_rate(info, cfg.fps)
+    speech_s = len(wav) / audio.SAMPLE_RATE
+    n_video = video.frame_count(info, fps)
+    n_out = n_video if cfg.length == "video" else int(math.ceil(speech_s * fps - 1e-9))
     if n_out < 1:
         raise DubError("audio", "too_short", "the speech is shorter than one frame")
-    tracks = track_affines(video_path, info, backend, cfg)
-    if not tracks:
-        raise DubError("faces", "no_face", "no face track in the video")
-    n_video = video.frame_count(info)
-    t_track = time.perf_counter() - t0
-    res = model.cfg.resolution
-    first = min(tracks)
-    ref_crop = None
-    # speech for the output: 16 kHz wav beside the output (the encoder muxes it, cut to the video)
-    tmp_dir = tempfile.mkdtemp(prefix="radio-dub-")
-    wav_path = os.path.join(tmp_dir, "speech.wav")
-    import soundfile as sf
-
-    sf.write(wav_path, wav, audio.SAMPLE_RATE, subtype="PCM_16")
-    enc = _Encoder(out_path, info.width, info.height, wav_path, cfg.crf)
-    batch: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    n_dubbed = 0
-
-    def run_batch():
-        nonlocal n_dubbed
-        if not batch:
-            return
-        idx = np.array([b[0] for b in batch])
-        crops = np.stack([b[2] for b in batch])
-        target = _to_model(crops, res, device)
-        ref = _to_model(ref_crop[None], res, device).expand_as(target)
-        win = torch.from_numpy(audio.model_input(audio.mel_windows(mel, idx))).float().to(device)
-        out = _from_model(model(target, ref, win), cfg.crop_size)
-        for (k, frame, _crop, affine, lm), gen in zip(batch, out):
-            mask = lower_face_mask(lm, cfg.crop_size, cfg.mask_feather)
-            enc.write(paste_back(frame, gen, mask, affine))
-        n_dubbed += len(batch)
-        batch.clear()
-
+    timer.add("audio", time.perf_counter() - t0)
+    # pass 1 in a thread; pass 2 right behind it (with one reference; K > 1 waits for the whole
+    # track, as the references are chosen over all its poses)
+    stream = TrackStream(video_path, info, backend, cfg, fps, timer).start()
     try:
-        for k, frame in _looped_frames(video_path, info, n_out, cfg.chunk):
-            src = k % max(n_video, 1)
-            if ref_crop is None and src == first:
-                ref_crop = align.warp_face(frame, tracks[first][0], cfg.crop_size)
-            if src in tracks and ref_crop is not None:
-                affine, lm = tracks[src]
-                batch.append((k, frame, align.warp_face(frame, affine, cfg.crop_size), affine, lm))
+        if cfg.references == 1:
+            first = stream.first()
+            refs = [] if first is None else [first]
+        else:
+            refs = choose_references(stream.all(), cfg.references) if stream.all() else []
+        if not refs:
+            raise DubError("faces", "no_face", "no face track in the video")
+        t1 = time.perf_counter()
+        ref_crops = _grab_references(video_path, info, stream.tracks, refs, cfg, fps)
+        timer.add("references", time.perf_counter() - t1)
+        res = model.cfg.resolution
+        K = len(refs)
+        ref_t = _to_model(ref_crops, res, device)                     # (K,3,r,r)
+        starts = mel_window_starts(n_out, fps)
+        plan = audio_plan(speech, cfg, n_out / fps, speech_s)
+        encs = [_Encoder(p, info.width, info.height, audio_path, speech.audio_index, cfg.crf, cfg.x264_preset, fps,
+                         plan["args"], comment) for p in out_paths]
+        threads = cfg.threads or os.cpu_count() or 1
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="radio-paste")
+        masks_cache: dict = {}
+
+        def batches():
+            """(frames, crops or None, (affine, lm) or None) per batch of up to batch_size frames."""
+            batch: list = []
+            for k, frame in _looped_frames(video_path, info, n_out, cfg.chunk, fps):
+                tr = stream.get(k % max(n_video, 1))
+                t = time.perf_counter()
+                item = (k, frame, align.warp_face(frame, tr[0], cfg.crop_size), tr) if tr else (k, frame, None, None)
+                timer.add("warp", time.perf_counter() - t)
+                batch.append(item)
                 if len(batch) >= cfg.batch_size:
-                    run_batch()
-            else:
-                run_batch()  # keep the output in order
-                enc.write(frame)
-        run_batch()
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+        def infer(batch):
+            faces = [b for b in batch if b[2] is not None]
+            gens = None
+            if faces:
+                t = time.perf_counter()
+                target = _to_model(np.stack([b[2] for b in faces]), res, device)
+                n = len(faces)
+                win = mel_windows_at(mel, starts[[b[0] for b in faces]])
+                win = torch.from_numpy(audio.model_input(win)).float().to(device)
+                with _autocast(device, cfg.precision):  # all K references in one call: (K·n, ...)
+                    out = model(target.repeat(K, 1, 1, 1), ref_t.repeat_interleave(n, 0), win.repeat(K, 1, 1))
+                gens = _from_model(out, cfg.crop_size).reshape(K, n, cfg.crop_size, cfg.crop_size, 3)
+                timer.add("model", time.perf_counter() - t)
+            return batch, gens
+
+        def paste_one(args):
+            frame, gen, (affine, lm) = args
+            key = lm.tobytes()
+            mask = masks_cache.get(key)
+            if mask is None:
+                mask = masks_cache[key] = lower_face_mask(lm, cfg.crop_size, cfg.mask_feather)
+            return paste_back(frame, gen, mask, affine)
+
+        def paste_and_write(batch, gens):
+            t = time.perf_counter()
+            faces = [b for b in batch if b[2] is not None]
+            jobs = [(b[1], gens[r, i], b[3]) for r in range(K) for i, b in enumerate(faces)]
+            pasted = list(pool.map(paste_one, jobs))
+            timer.add("paste", time.perf_counter() - t)
+            t = time.perf_counter()
+            for r, enc in enumerate(encs):
+                i = 0
+                for b in batch:
+                    if b[2] is None:
+                        enc.write(b[1])
+                    else:
+                        enc.write(pasted[r * len(faces) + i])
+                        i += 1
+            timer.add("encode_write", time.perf_counter() - t)
+            masks_cache.clear()
+            return len(faces)
+
+        n_dubbed = 0
+        try:
+            # thread 1 decodes + warps, thread 2 runs the model, this thread pastes (pool) + encodes
+            inferred = background((infer(b) for b in background(batches(), cfg.queue_batches)), cfg.queue_batches)
+            for batch, gens in inferred:
+                n_dubbed += paste_and_write(batch, gens)
+        finally:
+            pool.shutdown()
+            errors = []
+            for enc in encs:
+                try:
+                    t = time.perf_counter()
+                    enc.close()
+                    timer.add("encode_finish", time.perf_counter() - t)
+                except DubError as e:
+                    errors.append(e)
+        if errors:
+            raise errors[0]
+        secs = time.perf_counter() - t0
+        return {"frames": n_out, "frames_dubbed": n_dubbed, "video_frames": n_video, "references": refs,
+                "source_fps": round(float(info.fps), 3), "source_vfr": bool(info.is_vfr),
+                "output_fps": str(fps), "width": info.width, "height": info.height,
+                "speech_seconds": round(speech_s, 3), **{k: v for k, v in plan.items() if k != "args"},
+                "seconds": round(secs, 3), "fps": round(n_out / max(secs, 1e-9), 2),
+                "seconds_by_stage": {k: round(v, 3) for k, v in sorted(timer.seconds.items())}}
     finally:
-        enc.close()
-        for f in os.listdir(tmp_dir):
-            os.unlink(os.path.join(tmp_dir, f))
-        os.rmdir(tmp_dir)
-    secs = time.perf_counter() - t0
-    return {"frames": n_out, "frames_dubbed": n_dubbed, "video_frames": n_video, "seconds": round(secs, 3),
-            "seconds_tracking": round(t_track, 3), "fps": round(n_out / max(secs, 1e-9), 2)}
+        stream.stop()
 
 
-def dub_uris(video_uri: str, audio_uri: str, out_uri: str, model, backend, cfg: DubConfig, device="cpu") -> dict:
-    """``dub_clip`` for any fsspec URIs; the output appears atomically under ``out_uri``."""
+def dub_uris(video_uri: str, audio_uri: str, out_uris: str | list[str], model, backend, cfg: DubConfig,
+             device="cpu", comment: str = "") -> dict:
+    """``dub_clip`` for any fsspec URIs; each output appears atomically under its URI (replacing
+    any earlier file whole)."""
+    out_uris = [out_uris] if isinstance(out_uris, str) else list(out_uris)
     with uri_mod.local_copy(video_uri) as v, uri_mod.local_copy(audio_uri) as a:
         tmp_dir = tempfile.mkdtemp(prefix="radio-dubout-")
         try:
-            local = os.path.join(tmp_dir, "out.mp4")
-            stats = dub_clip(v, a, local, model, backend, cfg, device)
-            with open(local, "rb") as f:
-                uri_mod.write_bytes_atomic(out_uri, f.read())
+            local = [os.path.join(tmp_dir, f"out{i}.mp4") for i in range(len(out_uris))]
+            stats = dub_clip(v, a, local, model, backend, cfg, device, comment)
+            for src, dst in zip(local, out_uris):
+                with open(src, "rb") as f:
+                    uri_mod.write_bytes_atomic(dst, f.read())
         finally:
-            for f in os.listdir(tmp_dir):
-                os.unlink(os.path.join(tmp_dir, f))
-            os.rmdir(tmp_dir)
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     return stats

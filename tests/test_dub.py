@@ -14,6 +14,7 @@ import torch
 
 from conftest import DATA_DIR, ffmpeg, make_testsrc
 from preprocess import align, media, video
+from preprocess import config as config_mod
 from radio import dub
 from radio.model.config import ModelConfig
 from radio.model.radio import RADIO
@@ -55,7 +56,7 @@ def test_paste_back_of_its_own_crop_leaves_frame_unchanged():
     assert (out2[eyes[1], eyes[0]] == frame[eyes[1], eyes[0]]).all()
 
 
-def test_dub_pipeline_end_to_end(tmp_path, checkpoint):
+def test_dub_pipeline_end_to_end(tmp_path, checkpoint, other_checkpoint):
     from pipelines import dub as dub_job
 
     ckpt, sha = checkpoint
@@ -85,9 +86,234 @@ def test_dub_pipeline_end_to_end(tmp_path, checkpoint):
     top = np.abs(dubbed[:, :60].astype(int) - src[:, :60].astype(int)).mean()
     bottom = np.abs(dubbed[:, 140:200, 60:160].astype(int) - src[:, 140:200, 60:160].astype(int)).mean()
     assert top < 3.0 and bottom > 2 * top, (top, bottom)
-    # rerun: every pair is finished, nothing redone
+    (line,) = [r for r in s["pairs_list"] if r["name"] == "spk15 dubbed.mp4"]
+    assert (line["source_fps"], line["output_fps"], line["frames"], line["audio_rate"]) == (25, "25", 30, 8000)
+    text = dub_job.format_summary(s)
+    assert "spk15 dubbed.mp4: dubbed, 25 -> 25 fps, 30 frames, 224x224, audio 8000 Hz 1 ch (aac 128k)" in text, text
+    assert "rejected (no_face)" in text and "4 pairs = 1 dubbed + 3 rejected + 0 finished earlier" in text
+    # rerun: every pair is finished by the same checkpoint and settings, nothing redone
     s2 = dub_job.run(str(manifest), ckpt, str(out), args, overrides=[f"checkpoint_sha256={sha}"], run_id="t2")
     assert s2["skipped_resume"] == 4 and s2["dubbed"] == 0
+    # another checkpoint: the outputs were made by something else, so they are dubbed again and replaced
+    ckpt2, sha2 = other_checkpoint
+    before = (out / "videos" / "spk15 dubbed.mp4").read_bytes()
+    s3 = dub_job.run(str(manifest), ckpt2, str(out), args, overrides=[f"checkpoint_sha256={sha2}"], run_id="t3")
+    assert s3["dubbed"] == 1 and s3["rejected"] == 3 and s3["skipped_resume"] == 0 and s3["replaced"] == 1, s3
+    assert (out / "videos" / "spk15 dubbed.mp4").read_bytes() != before
+    assert json.loads(_comment(out / "videos" / "spk15 dubbed.mp4"))["checkpoint_sha256"] == sha2
+    # output-affecting settings count too; speed settings do not
+    s4 = dub_job.run(str(manifest), ckpt2, str(out), args, overrides=[f"checkpoint_sha256={sha2}", "dub.batch_size=3"],
+                     run_id="t4")
+    assert s4["skipped_resume"] == 4, s4
+    s5 = dub_job.run(str(manifest), ckpt2, str(out), args, overrides=[f"checkpoint_sha256={sha2}", "dub.crf=30"],
+                     run_id="t5", retry_rejects=False)
+    assert s5["dubbed"] == 1 and s5["rejected"] == 3 and s5["skipped_resume"] == 0, s5
+    # --retry-rejects redoes only the rejected pairs; --no-resume redoes every pair
+    s6 = dub_job.run(str(manifest), ckpt2, str(out), args, overrides=[f"checkpoint_sha256={sha2}", "dub.crf=30"],
+                     run_id="t6", retry_rejects=True)
+    assert (s6["dubbed"], s6["rejected"], s6["skipped_resume"]) == (0, 3, 1), s6
+    s7 = dub_job.run(str(manifest), ckpt2, str(out), args, overrides=[f"checkpoint_sha256={sha2}", "dub.crf=30"],
+                     run_id="t7", resume=False)
+    assert (s7["dubbed"], s7["rejected"], s7["skipped_resume"], s7["replaced"]) == (1, 3, 0, 0), s7
+    ev = [json.loads(x) for x in (out / "evaluate_pairs.jsonl").read_text().splitlines()]
+    assert ev == [{"generated": str(out / "videos" / "spk15 dubbed.mp4"), "key": "spk15 dubbed",
+                   "reference": str(DATA_DIR / "00015.mp4")}]
+
+
+def _comment(path) -> str:
+    import av
+
+    with av.open(str(path)) as c:
+        return c.metadata.get("comment", "")
+
+
+@pytest.fixture(scope="module")
+def other_checkpoint(tmp_path_factory) -> tuple[str, str]:
+    torch.manual_seed(1)
+    cfg = ModelConfig(resolution=96)
+    from preprocess.config import to_dict
+
+    path = tmp_path_factory.mktemp("ckpt2") / "radio.pt"
+    torch.save({"model": RADIO(cfg).state_dict(), "model_config": to_dict(cfg)}, path)
+    return str(path), hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    from radio.train.checkpoint import load_generator
+
+    return load_generator(*checkpoint)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from preprocess.landmarks import get_backend
+
+    return get_backend("dlib")
+
+
+def test_mel_window_at_each_frame_time():
+    from fractions import Fraction
+
+    assert (dub.mel_window_starts(5, Fraction(25)) == np.arange(5) * 4 - 8).all()  # training's window
+    # 30 fps: t_k = k/30 s, rows round(100·k/30) − 8, half up
+    assert dub.mel_window_starts(7, Fraction(30)).tolist() == [-8, -5, -1, 2, 5, 9, 12]
+    assert dub.mel_window_starts(3, Fraction(30000, 1001)).tolist() == [-8, -5, -1]
+    mel = np.arange(10 * 80, dtype=np.float32).reshape(10, 80)
+    w = dub.mel_windows_at(mel, np.array([-8, 5]))
+    assert w.shape == (2, 20, 80) and (w[0, :8] == mel[0]).all() and (w[1, 4] == mel[9]).all()
+
+
+def test_speech_keeps_its_rate_and_channels(tmp_path, model, backend):
+    """48 kHz stereo speech (PCM, so it is re-encoded as AAC) comes out 48 kHz stereo, each channel
+    correlating ≥ 0.99 with the input; AAC speech is stream-copied."""
+    from preprocess import audio
+
+    speech = tmp_path / "speech48.wav"
+    # left: the recorded speech; right: the same speech 7 ms later with a 300 Hz hum (channels differ)
+    ffmpeg("-i", f"file:{DATA_DIR / 'david4.wav'}", "-f", "lavfi", "-i", "sine=frequency=300:sample_rate=48000",
+           "-filter_complex", "[0:a]aresample=48000,atrim=0:1.6,asplit[l][r0];[r0]adelay=7[r1];"
+           "[1:a]atrim=0:1.6,volume=0.2[s];[r1][s]amix=inputs=2:duration=first[r];[l][r]join=inputs=2:channel_layout=stereo",
+           "-c:a", "pcm_s16le", f"file:{speech}")
+    cfg = dub.DubConfig(batch_size=8)
+    out = tmp_path / "out.mp4"
+    stats = dub.dub_clip(str(DATA_DIR / "00015.mp4"), str(speech), str(out), model, backend, cfg)
+    assert stats["audio"] == "aac 256k" and (stats["audio_rate"], stats["audio_channels"]) == (48000, 2)
+    info = media.probe(str(out))
+    assert (info.audio_rate, info.audio_channels, info.audio_codec) == (48000, 2, "aac")
+    src = _pcm(speech, 48000, 2)
+    got = _pcm(out, 48000, 2)
+    n = min(len(src), len(got))
+    assert n > 0.95 * len(src)
+    for ch in range(2):
+        r = np.corrcoef(src[:n, ch], got[:n, ch])[0, 1]
+        assert r >= 0.99, (ch, r)
+    # the model still heard the 16 kHz mono mix: the output has as many frames as the speech lasts
+    assert stats["frames"] == 40 and len(video.read_frames(str(out))) == 40
+    # AAC speech: stream copy, byte-identical packets
+    aac = tmp_path / "speech.m4a"
+    ffmpeg("-i", f"file:{speech}", "-c:a", "aac", "-b:a", "192k", f"file:{aac}")
+    stats = dub.dub_clip(str(DATA_DIR / "00015.mp4"), str(aac), str(tmp_path / "copy.mp4"), model, backend, cfg)
+    assert stats["audio"] == "copy"
+    assert np.array_equal(_pcm(aac, 48000, 2), _pcm(tmp_path / "copy.mp4", 48000, 2))
+    assert audio.SAMPLE_RATE == 16000
+
+
+def _pcm(path, rate: int, channels: int) -> np.ndarray:
+    import subprocess
+
+    raw = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", f"file:{path}", "-vn", "-ac", str(channels),
+                          "-ar", str(rate), "-f", "s16le", "pipe:1"], capture_output=True, check=True).stdout
+    return np.frombuffer(raw, "<i2").reshape(-1, channels).astype(np.float64)
+
+
+def test_source_frame_rate_size_and_length_policy(tmp_path, model, backend):
+    """A 30 fps source comes out 30 fps at its own size; length follows the speech (the video
+    loops) or the video (the speech is cut, or padded with silence)."""
+    src = tmp_path / "src30.mp4"
+    ffmpeg("-i", f"file:{DATA_DIR / '00015.mp4'}", "-t", "1.2", "-vf", "fps=30,scale=240:224", "-c:v", "libx264",
+           "-preset", "ultrafast", "-crf", "18", "-an", f"file:{src}")
+    speech = tmp_path / "speech.wav"
+    ffmpeg("-i", f"file:{DATA_DIR / 'david4.wav'}", "-t", "2.0", f"file:{speech}")
+    short = tmp_path / "short.wav"
+    ffmpeg("-i", f"file:{DATA_DIR / 'david4.wav'}", "-t", "0.5", f"file:{short}")
+    out = tmp_path / "speech.mp4"
+    s = dub.dub_clip(str(src), str(speech), str(out), model, backend, dub.DubConfig(batch_size=8))
+    info = media.probe(str(out))
+    assert (info.width, info.height, info.r_frame_rate) == (240, 224, "30/1")
+    assert s["frames"] == 60 and s["video_frames"] == 36 and s["output_fps"] == "30"
+    frames = video.read_frames(str(out), fps=30)
+    assert len(frames) == 60
+    # looped: output frame 36 shows source frame 0 again (up to the paste-back and re-encoding)
+    source = video.read_frames(str(src), fps=30)
+    assert np.abs(frames[36, :60].astype(int) - source[0, :60].astype(int)).mean() < 3
+    for speech_file in (speech, short):  # longer speech is cut, shorter is padded
+        out = tmp_path / f"video_{speech_file.stem}.mp4"
+        s = dub.dub_clip(str(src), str(speech_file), str(out), model, backend,
+                         dub.DubConfig(batch_size=8, length="video"))
+        info = media.probe(str(out))
+        assert s["frames"] == 36 and len(video.read_frames(str(out), fps=30)) == 36
+        assert abs(info.audio_duration_s - 1.2) < 0.05, info.audio_duration_s
+    with pytest.raises(config_mod.ConfigError):
+        config_mod.from_dict(dub.DubConfig, {"length": "loop"})
+
+
+def test_duplicate_names_and_bad_checkpoints_are_refused_up_front(tmp_path, checkpoint):
+    from pipelines import dub as dub_job
+    from radio.cli import main
+
+    ckpt, sha = checkpoint
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in [
+        {"uri": str(DATA_DIR / "00015.mp4"), "audio_uri": str(DATA_DIR / "david4.wav"), "name": "same"},
+        {"uri": str(DATA_DIR / "00086.mp4"), "audio_uri": str(DATA_DIR / "david4.wav"), "name": "other"},
+        {"uri": str(DATA_DIR / "00086.mp4"), "audio_uri": str(DATA_DIR / "david4.wav"), "name": "same.mp4"}]))
+    with pytest.raises(dub_job.DubInputError, match=r"lines 1 and 3 both write videos/same.mp4"):
+        dub_job.check_pairs(str(manifest), str(tmp_path / "out"))
+    csv_manifest = tmp_path / "pairs.csv"
+    csv_manifest.write_text(f"uri,audio_uri,name\n{DATA_DIR / '00015.mp4'},{DATA_DIR / 'david4.wav'},a\n"
+                            f"{DATA_DIR / '00086.mp4'},{DATA_DIR / 'david4.wav'},a\n")
+    with pytest.raises(dub_job.DubInputError, match=r"lines 2 and 3 both write videos/a.mp4"):
+        dub_job.check_pairs(str(csv_manifest), str(tmp_path / "out"))
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"uri": str(DATA_DIR / "00015.mp4"), "audio_uri": str(DATA_DIR / "david4.wav")}))
+    cases = [(manifest, ckpt, sha, "both write videos/same.mp4"),
+             (good, ckpt, "f" * 64, "expected " + "f" * 64),
+             (good, ckpt, "0" * 64, "expected 64 hex digits"),
+             (good, ckpt, None, "no sha256 configured"),
+             (good, str(tmp_path / "missing.pt"), sha, "not found"),
+             (good, str(DATA_DIR / "david4.wav"), hashlib.sha256((DATA_DIR / "david4.wav").read_bytes()).hexdigest(),
+              "does not load")]
+    for m, c, pin, msg in cases:
+        err = tmp_path / "err.txt"
+        argv = ["dub", "--checkpoint", c, "--input", str(m), "--output", str(tmp_path / "out")]
+        if pin:
+            argv += ["--set", f"checkpoint_sha256={pin}"]
+        import contextlib
+        import io
+
+        buf = io.StringIO()
+        with contextlib.redirect_stderr(buf):
+            rc = main(argv)
+        lines = buf.getvalue().strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and msg in lines[0], (rc, lines)
+        err.write_text(lines[0])
+    assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_references_spread_over_poses(tmp_path, checkpoint):
+    """``--references 3``: three outputs per pair, reference 0 the first face frame, the others far
+    apart in pose; the first j of K references are the choice for j."""
+    from pipelines import dub as dub_job
+
+    rng = np.random.default_rng(0)
+    tracks = {i: (None, rng.normal(96, 1, (68, 2)).astype(np.float32)) for i in range(3, 50)}
+    tracks[20] = (None, tracks[20][1] + 30)
+    tracks[40] = (None, tracks[40][1] - 15)
+    assert dub.choose_references(tracks, 3) == [3, 20, 40]
+    assert dub.choose_references(tracks, 2) == [3, 20] and dub.choose_references(tracks, 1) == [3]
+    assert dub.choose_references({5: tracks[5]}, 2) == [5, 5]
+
+    ckpt, sha = checkpoint
+    speech = tmp_path / "speech.wav"
+    ffmpeg("-i", f"file:{DATA_DIR / 'david4.wav'}", "-t", "0.6", f"file:{speech}")
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text(json.dumps({"uri": str(DATA_DIR / "00086.mp4"), "audio_uri": str(speech), "name": "a/b"}))
+    out = tmp_path / "out"
+    s = dub_job.run(str(manifest), ckpt, str(out), ["--direct_num_workers=1"], references=3,
+                    overrides=[f"checkpoint_sha256={sha}"], run_id="r")
+    assert s["dubbed"] == 1 and s["frames"] == 45
+    (line,) = s["pairs_list"]
+    refs = line["references"]
+    assert len(refs) == 3 and refs[0] == 0 and len(set(refs)) == 3
+    names = sorted(p.name for p in (out / "videos" / "a").iterdir())
+    assert names == ["b.mp4", "b.ref1.mp4", "b.ref2.mp4"]
+    ev = [json.loads(x) for x in (out / "evaluate_pairs.jsonl").read_text().splitlines()]
+    assert [e["key"] for e in ev] == ["a/b#ref0", "a/b#ref1", "a/b#ref2"]
+    # back to one reference: the extra outputs of the earlier make are removed
+    s = dub_job.run(str(manifest), ckpt, str(out), ["--direct_num_workers=1"], overrides=[f"checkpoint_sha256={sha}"],
+                    run_id="r2")
+    assert s["dubbed"] == 1 and sorted(p.name for p in (out / "videos" / "a").iterdir()) == ["b.mp4"]
 
 
 def test_dub_refuses_unpinned_checkpoint(tmp_path, checkpoint):
@@ -98,3 +324,54 @@ def test_dub_refuses_unpinned_checkpoint(tmp_path, checkpoint):
         load_generator(checkpoint[0], None)
     with pytest.raises(WeightsError, match="expected"):
         load_generator(checkpoint[0], "0" * 64)
+
+
+def test_background_stages_keep_order_raise_and_stop():
+    import threading
+
+    closed = []
+
+    def numbers():
+        try:
+            yield from range(1000)
+        finally:
+            closed.append(True)
+
+    assert list(dub.background((x * 2 for x in dub.background(range(50), 2)), 3)) == list(range(0, 100, 2))
+    g = dub.background(dub.background(numbers(), 2), 2)
+    assert next(g) == 0 and next(g) == 1
+    g.close()  # the consumer stops: both stages stop, the source generator is closed
+    assert closed == [True]
+
+    def disk_full():
+        yield 1
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):  # an environment error reaches the caller as it is
+        list(dub.background(disk_full(), 1))
+    assert not [t for t in threading.enumerate() if t.name == "radio-dub-stage"]
+
+
+def test_vfr_source_becomes_cfr_at_its_average_rate(tmp_path, model, backend):
+    from fractions import Fraction
+
+    info = media.MediaInfo(path="x", has_video=True, has_audio=False, is_vfr=True, fps=14.98,
+                           r_frame_rate="25/1", avg_frame_rate="749/50")
+    assert dub.output_rate(info) == Fraction(749, 50) and dub.output_rate(info, 25.0) == 25
+    assert dub.output_rate(media.MediaInfo(path="x", has_video=True, has_audio=False, fps=29.97,
+                                           r_frame_rate="30000/1001", avg_frame_rate="29970/1000")) == Fraction(30000, 1001)
+    # a real VFR file: 3 of every 5 frames of a 25 fps clip kept with their timestamps (15 fps on average)
+    src = tmp_path / "vfr.mp4"
+    ffmpeg("-i", f"file:{DATA_DIR / '00086.mp4'}", "-t", "2", "-vf", "select='lt(mod(n\\,5)\\,3)'", "-fps_mode", "vfr",
+           "-c:v", "libx264", "-preset", "ultrafast", "-an", f"file:{src}")
+    vinfo = media.probe(str(src))
+    assert vinfo.is_vfr
+    speech = tmp_path / "speech.wav"
+    ffmpeg("-i", f"file:{DATA_DIR / 'david4.wav'}", "-t", "1.0", f"file:{speech}")
+    out = tmp_path / "out.mp4"
+    s = dub.dub_clip(str(src), str(speech), str(out), model, backend, dub.DubConfig(batch_size=8))
+    rate = Fraction(vinfo.avg_frame_rate)
+    assert s["output_fps"] == str(rate) and s["source_vfr"]
+    oinfo = media.probe(str(out))
+    assert not oinfo.is_vfr and Fraction(oinfo.r_frame_rate) == rate, oinfo
+    assert len(video.read_frames(str(out), fps=rate)) == s["frames"] == int(np.ceil(float(rate)))
