@@ -32,7 +32,13 @@ def _overlaps(fig) -> list[tuple[str, str]]:
 
     fig.canvas.draw()
     r = fig.canvas.get_renderer()
-    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    undrawn = set()  # tick labels of ticks outside the view: matplotlib keeps but does not draw them
+    for ax in fig.axes:
+        for axis, (lo, hi) in ((ax.xaxis, sorted(ax.get_xlim())), (ax.yaxis, sorted(ax.get_ylim()))):
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if not lo - 1e-12 <= tick.get_loc() <= hi + 1e-12:
+                    undrawn |= {id(tick.label1), id(tick.label2)}
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and id(t) not in undrawn]
     boxes = [(repr(t.get_text()), t.get_window_extent(r)) for t in texts]
     pictures = [(f"picture in {ax.get_title()!r}", ax.get_window_extent(r))
                 for ax in fig.findobj(lambda a: hasattr(a, "get_images") and a.get_images())
@@ -84,3 +90,91 @@ def test_contact_sheet_has_a_legend_for_marks_and_scores():
     from PIL import Image
 
     assert Image.open(io.BytesIO(png)).size[0] > 600
+
+
+# ------------------------------------------------------------------------------ evaluation report
+def _demo():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "report_demo.py"
+    spec = importlib.util.spec_from_file_location("report_demo", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _html(rows: list[dict], rejects=()) -> str:
+    from eval import report, results
+
+    summary = {"run_id": "r", **results.summarise(rows, list(rejects), len(rows) + len(rejects))}
+    return report.render_html(rows, list(rejects), summary, {})
+
+
+def test_report_of_few_clips_has_no_histogram_but_every_clip_with_its_padded_frames():
+    from eval import report
+
+    rows = _demo().demo_rows(4, lpips=False, sync=False)
+    rows[2]["crop_flagged_frames"] = 17
+    assert report.histograms_png(rows) is None
+    html = _html(rows)
+    assert "alt='histograms'" not in html and f"drawn from {report.MIN_HIST_CLIPS} scored clips on (4 here)" in html
+    assert "<h2>Per-clip scores (4)</h2>" in html
+    for r in rows:
+        assert f"<td class=l>{r['key']}</td>" in html
+    assert "<td class=flag>17</td>" in html
+    flagged = sum(r["crop_flagged_frames"] for r in rows)
+    assert f"{flagged} in {sum(1 for r in rows if r['crop_flagged_frames'])} of 4 clips" in html
+    md = report.table_markdown(rows)
+    assert "padded frames (clips)" in md and f"| {flagged} (" in md
+    five = _demo().demo_rows(5, lpips=False, sync=False)
+    assert report.histograms_png(five) is not None and "alt='histograms'" in _html(five)
+
+
+def test_switched_off_metrics_say_disabled_not_missing():
+    from eval import report
+
+    off = _demo().demo_rows(6, lpips=False, sync=False)
+    assert report.disabled_metrics(off) == {"lpips", "sync_c", "sync_d"}
+    html, md = _html(off), report.table_markdown(off)
+    assert html.count("<td class=off>disabled</td>") == 3 + 1 + 1  # Table 1 cells, Sync counts, the group's
+    assert "scored without Sync" not in html and "Sync-C/D</td><td class=off>disabled" in html
+    assert "| disabled | disabled | disabled |" in md and "| 6 | disabled |" in md
+    on = _demo().demo_rows(6, lpips=True, sync=True)
+    for r in on[:2]:  # Sync on, but not computable for two clips: that is "missing", not "disabled"
+        r.update(sync_c=None, sync_d=None, sync_missing=True, sync_missing_reason="no face track")
+    assert report.disabled_metrics(on) == set()
+    html = _html(on)
+    assert "disabled" not in html and "scored without Sync (no track / no audio)</td><td>2</td>" in html
+
+
+def test_report_histogram_ticks_are_few_and_plain():
+    """MS-SSIM's narrow range: at most 5 x ticks per panel, no offset text, integer clip counts."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from eval import report
+
+    rows = _demo().demo_rows(8, methods=("a", "b"))
+    for k, r in enumerate(rows):
+        r["ms_ssim"] = 0.98731 + 1e-5 * k
+    real_close = plt.close
+    captured = []
+    plt.close = lambda fig=None: captured.append(fig)  # keep the figure to inspect it
+    try:
+        assert report.histograms_png(rows) is not None
+    finally:
+        plt.close = real_close
+    fig = captured[0]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        xt = [t for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+        assert 2 <= len(xt) <= 5, ax.get_title()
+        assert ax.xaxis.get_offset_text().get_text() == ""
+        assert all(float(t.get_text().replace("−", "-")) == int(float(t.get_text().replace("−", "-")))
+                   for t in ax.get_yticklabels() if t.get_text())
+    assert _overlaps(fig) == []
+    real_close(fig)
