@@ -262,7 +262,7 @@ def histograms_png(rows: list[dict]) -> bytes | None:
 
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
-h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}h3{font-size:15px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}.ok{color:#1a7f37}.bad{color:#b3261e;font-weight:bold}
 .note{font-size:12px;color:#555}.warn{background:#fff4e5;border:1px solid #f0b36b;padding:6px 10px;font-size:13px}
@@ -393,6 +393,34 @@ def _provenance(summary: dict, rows: list[dict]) -> str:
             f"{_e(json.dumps(summary.get('config'), indent=2, sort_keys=True))}</pre></details>")
 
 
+def _cards_sections(rows: list[dict], cards: dict) -> list[str]:
+    """Worst clips per metric, then sample clips not shown above. When every scored clip is in
+    every worst list (a run of a few clips), the clips are shown once, not once per metric."""
+    by_pair = {r["pair_id"]: r for r in rows}
+    worst = {m: v for m, v in (cards.get("worst") or {}).items() if v}
+    shown: set[str] = set()
+    parts = []
+    if worst and len(rows) > max(len(v) for v in worst.values()):
+        parts.append("<h2>Worst clips per metric</h2>")
+        for metric, label, higher, _ in METRICS:
+            if worst.get(metric):
+                parts.append(f"<h3>{label} {arrow(higher)} — {'lowest' if higher else 'highest'} first</h3>")
+                parts.append("<div class=cards>" + "".join(_card_html(c, metric, by_pair.get(c["pair_id"]))
+                                                           for c in worst[metric]) + "</div>")
+                shown |= {c["pair_id"] for c in worst[metric]}
+        title = "More sample clips"
+    else:  # few clips: every one of them, once
+        title = "Clips"
+    rest = {c["pair_id"]: c for lst in ([] if shown else worst.values()) for c in lst}
+    rest.update({c["pair_id"]: c for c in cards.get("samples") or [] if c["pair_id"] not in shown})
+    if rest:
+        parts += [f"<h2>{title} <span class=note>(generated | reference)</span></h2>",
+                  "<div class=cards>" + "".join(_card_html(c, row=by_pair.get(c["pair_id"]))
+                                                for _, c in sorted(rest.items(), key=lambda kv: str(kv[1]["key"])))
+                  + "</div>"]
+    return parts
+
+
 def render_html(rows: list[dict], rejects: list[dict], summary: dict, cards: dict | None = None) -> str:
     """The self-contained report page (see the module docstring)."""
     cards = cards or {}
@@ -412,20 +440,7 @@ def render_html(rows: list[dict], rejects: list[dict], summary: dict, cards: dic
                      f"({len(rows)} here); the per-clip scores are below.</p>")
     if rows:
         parts += [f"<h2>Per-clip scores ({len(rows)})</h2>", _per_clip_html(rows)]
-    by_pair = {r["pair_id"]: r for r in rows}
-    worst = cards.get("worst") or {}
-    if any(worst.values()):
-        parts.append("<h2>Worst clips per metric</h2>")
-        for metric, label, higher, _ in METRICS:
-            if worst.get(metric):
-                parts.append(f"<h3>{label} {arrow(higher)} — lowest first</h3>" if higher
-                             else f"<h3>{label} {arrow(higher)} — highest first</h3>")
-                parts.append("<div class=cards>" + "".join(_card_html(c, metric, by_pair.get(c["pair_id"]))
-                                                           for c in worst[metric]) + "</div>")
-    if cards.get("samples"):
-        parts += ["<h2>Sample clips</h2>",
-                  "<div class=cards>" + "".join(_card_html(c, row=by_pair.get(c["pair_id"])) for c in cards["samples"])
-                  + "</div>"]
+    parts += _cards_sections(rows, cards)
     parts.append(f"<h2>Rejects ({len(rejects)})</h2>")
     if rejects:
         shown = rejects[:500]

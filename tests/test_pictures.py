@@ -178,3 +178,31 @@ def test_report_histogram_ticks_are_few_and_plain():
                    for t in ax.get_yticklabels() if t.get_text())
     assert _overlaps(fig) == []
     real_close(fig)
+
+
+def _card(row: dict) -> dict:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 4)).save(buf, format="PNG")
+    return {**{k: row[k] for k in ("pair_id", "key", "dataset", "method", "psnr", "ms_ssim", "lmd")},
+            "sample_png": buf.getvalue(), "sample_frames": [1, 2]}
+
+
+def test_a_run_of_few_clips_shows_each_clip_once_with_its_padded_frames():
+    from eval import report, results
+
+    rows = _demo().demo_rows(1, lpips=False, sync=False)
+    rows[0].update(crop_flagged_frames=174, n_frames=174)
+    card = _card(rows[0])
+    cards = {"worst": {"psnr": [card], "ms_ssim": [card], "lmd": [card]}, "samples": [card]}
+    html = report.render_html(rows, [], {"run_id": "r", **results.summarise(rows, [], 1)}, cards)
+    assert "Worst clips per metric" not in html and "<h2>Clips" in html
+    assert html.count("<div class=card>") == 1 and "174 of 174 frames padded" in html
+    many = _demo().demo_rows(8)
+    worst = {"psnr": [_card(r) for r in many[:3]], "lmd": [_card(r) for r in many[1:4]]}
+    samples = [_card(r) for r in (many[0], many[6])]
+    html = report.render_html(many, [], {"run_id": "r", **results.summarise(many, [], 8)},
+                              {"worst": worst, "samples": samples})
+    assert "Worst clips per metric" in html and "More sample clips" in html
+    assert html.count("<div class=card>") == 3 + 3 + 1  # the sample already among the worst is not repeated
