@@ -8,7 +8,9 @@ local runner with its defaults:
 - ``stages``: the run summary's ``seconds_by_stage`` added up (probe, audio, decode, track,
   align, encode, write: the per-source work, summed over workers);
 - ``start-up``: ``wall - stages``, everything that is not per-source work (interpreter, imports,
-  Beam, worker processes, landmark model load, warm-up, listing, summary).
+  Beam, worker processes, landmark model load, warm-up, listing, summary);
+- ``cpu``: user + system CPU seconds of the whole process tree (Beam's worker processes too):
+  on a loaded machine wall times stretch with the load, CPU seconds much less.
 
 ``cold`` runs first, with an empty bytecode cache (``PYTHONPYCACHEPREFIX`` set to a new folder,
 so every module is compiled as on a first run); with ``--evict`` it also drops the page cache of
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -87,19 +90,22 @@ def one_run(repo: Path, inputs: list[Path], work: Path, env: dict) -> dict:
     load = os.getloadavg()[0]
     cmd = [sys.executable, "-m", "radio.cli", "preprocess", "--input", str(src / "*.mp4"),
            "--output", str(out), "--no-progress", "--run-id", "bench"]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"radio preprocess failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
     stages = sum(summary["seconds_by_stage"].values())
-    return {"wall": wall, "stages": stages, "startup": wall - stages, "load": load,
+    return {"wall": wall, "stages": stages, "startup": wall - stages, "cpu": cpu, "load": load,
             "frames": summary["frames"], "inputs": summary["inputs"]}
 
 
 def fmt(r: dict) -> str:
-    return (f"wall {r['wall']:6.2f} s  stages {r['stages']:5.2f} s  start-up {r['startup']:5.2f} s"
+    return (f"wall {r['wall']:6.2f} s  stages {r['stages']:5.2f} s  start-up {r['startup']:5.2f} s  cpu {r['cpu']:5.2f} s"
             f"  (load {r['load']:.1f}, {r['inputs']} inputs, {r['frames']} frames)")
 
 
@@ -108,6 +114,7 @@ def main() -> int:
     ap.add_argument("--repo", type=Path, default=REPO, help="checkout whose code runs (default: this one)")
     ap.add_argument("--repeat", type=int, default=3, help="warm runs per case")
     ap.add_argument("--evict", action="store_true", help="cold: also drop the page cache of venv + repo")
+    ap.add_argument("--no-cold", action="store_true", help="warm runs only")
     ap.add_argument("--breakdown", action="store_true", help="also time the pieces in one process")
     ap.add_argument("--cases", default=",".join(CASES), help="comma list of: " + ", ".join(CASES))
     args = ap.parse_args()
@@ -124,12 +131,12 @@ def main() -> int:
                 venv = Path(sys.prefix)
                 gib = evict([venv, repo]) / 2 ** 30
                 print(f"{case}: evicted {gib:.2f} GiB of page cache ({venv}, {repo})")
-            cold = one_run(repo, inputs, work, env)
-            print(f"{case:8s} cold  {fmt(cold)}")
+            if not args.no_cold:
+                print(f"{case:8s} cold  {fmt(one_run(repo, inputs, work, env))}")
             warm = [one_run(repo, inputs, work, base_env) for _ in range(args.repeat)]
             for r in warm:
                 print(f"{case:8s} warm  {fmt(r)}")
-            for key in ("wall", "startup"):
+            for key in ("wall", "startup", "cpu"):
                 vals = [r[key] for r in warm]
                 print(f"{case:8s} warm  {key}: min {min(vals):.2f} s, median {statistics.median(vals):.2f} s")
         if args.breakdown:
