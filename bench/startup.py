@@ -136,7 +136,7 @@ def main() -> int:
             warm = [one_run(repo, inputs, work, base_env) for _ in range(args.repeat)]
             for r in warm:
                 print(f"{case:8s} warm  {fmt(r)}")
-            for key in ("wall", "startup", "cpu"):
+            for key in ("wall", "startup", "cpu") if warm else ():
                 vals = [r[key] for r in warm]
                 print(f"{case:8s} warm  {key}: min {min(vals):.2f} s, median {statistics.median(vals):.2f} s")
         if args.breakdown:
