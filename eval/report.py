@@ -163,7 +163,7 @@ def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
                 f"{summary['rejected']} rejected" + ("" if summary["counts_add_up"] else " (DOES NOT ADD UP)")
                 + _reasons(summary) + ".", ""]
     out += lines + [""]
-    counts = ["| Dataset | Method | clips scored | Sync missing | frames | padded frames (clips) |",
+    counts = ["| Dataset | Method | clips scored | Sync missing | frames | padded frames |",
               "|---|---|---|---|---|---|"]
     for d in datasets:
         for m in methods:
@@ -172,14 +172,18 @@ def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
                 missing = "disabled" if "sync_c" in off else sum(1 for r in grp if r.get("sync_missing"))
                 flagged = [r.get("crop_flagged_frames") or 0 for r in grp]
                 counts.append(f"| {d} | {m} | {len(grp)} | {missing} | {sum(r.get('n_frames') or 0 for r in grp)} | "
-                              f"{sum(flagged)} ({sum(1 for f in flagged if f)}) |")
-    out += counts + ["", f"Cells: mean ± half-width of the {CI_METHOD}."]
+                              f"{sum(flagged)} ({_clips(sum(1 for f in flagged if f))}) |")
+    out += counts + ["", f"Cells: mean ± half-width of the {CI_METHOD}."] + ([f"Padded frames: {FLAGGED_NOTE}."] if rows else [])
     out += [f"Crop protocol {', '.join(sorted({str(r.get('protocol')) for r in rows}))} at "
             f"{', '.join(sorted({str(r.get('crop_size')) for r in rows}))} px; landmarks "
             f"{', '.join(sorted({str(r.get('landmark_backend')) for r in rows}))}; LMD landmarks: "
             f"{rows[0].get('lmd_landmarks') if rows else '–'}."] if rows else []
     out += footnotes(table)
     return "\n".join(out) + "\n"
+
+
+def _clips(n: int) -> str:
+    return f"{n} clip" + ("" if n == 1 else "s")
 
 
 def _reasons(summary: dict) -> str:
@@ -313,8 +317,8 @@ def _counts_html(summary: dict, rows: list[dict]) -> str:
             + ("<tr><td class=l>Sync-C/D</td><td class=off>disabled</td></tr>" if sync_off else
                f"<tr><td class=l>scored without Sync (no track / no audio)</td><td>{summary.get('sync_missing', 0)}</td></tr>")
             + f"<tr><td class=l>frames scored</td><td>{summary.get('frames_scored', 0)}</td></tr>"
-            f"<tr><td class=l>padded frames</td><td>{sum(flagged)} in {sum(1 for f in flagged if f)} of {len(rows)} clips"
-            "</td></tr>"
+            f"<tr><td class=l>padded frames</td><td>{sum(flagged)} in {sum(1 for f in flagged if f)} of "
+            f"{_clips(len(rows))}</td></tr>"
             "</table>"
             + (f"<table><tr><th class=l>dataset</th><th class=l>method</th><th>scored</th><th>rejected</th>"
                f"<th>Sync missing</th></tr>{groups}</table>" if groups else ""))
