@@ -49,7 +49,7 @@ UNOFFICIAL_MARK = {"lpips": "†", "sync_c": "‡", "sync_d": "‡"}
 
 MIN_HIST_CLIPS = 5   # fewer clip scores than this: no histogram (the per-clip table shows them)
 PER_CLIP_ROWS = 200  # clips listed in the HTML's per-clip table (all of them are in metrics.parquet)
-FLAGGED_NOTE = ("padded: frames whose evaluation crop box leaves the frame and is filled by repeating the "
+FLAGGED_NOTE = ("frames whose evaluation crop box leaves the frame and is filled by repeating the "
                 "border (radio-v1 protocol), or out-of-frame / unstable-radius frames (dinet); they are "
                 "scored, not dropped")
 
@@ -362,7 +362,7 @@ def _per_clip_html(rows: list[dict]) -> str:
                  + "".join(f"<td>{_fmt(r.get(m), dec)}</td>" for m, _, _, dec in METRICS if m not in off) + "</tr>")
     more = (f"<p class=note>… {len(rows) - PER_CLIP_ROWS} more clips in metrics.parquet</p>"
             if len(rows) > PER_CLIP_ROWS else "")
-    return f"<table>{head}{body}</table>{more}<p class=note>{_e(FLAGGED_NOTE)}.</p>"
+    return f"<table>{head}{body}</table>{more}<p class=note>Padded frames: {_e(FLAGGED_NOTE)}.</p>"
 
 
 def _card_html(card: dict, metric: str | None = None, row: dict | None = None) -> str:
