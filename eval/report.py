@@ -47,6 +47,26 @@ CI_METHOD = ("two-sided 95 % Student-t interval of the mean clip score: mean ± 
 UNOFFICIAL_MARK = {"lpips": "†", "sync_c": "‡", "sync_d": "‡"}
 
 
+MIN_HIST_CLIPS = 5   # fewer clip scores than this: no histogram (the per-clip table shows them)
+PER_CLIP_ROWS = 200  # clips listed in the HTML's per-clip table (all of them are in metrics.parquet)
+FLAGGED_NOTE = ("frames whose evaluation crop box leaves the frame and is filled by repeating the "
+                "border (radio-v1 protocol), or out-of-frame / unstable-radius frames (dinet); they are "
+                "scored, not dropped")
+
+
+def disabled_metrics(rows: list[dict]) -> set[str]:
+    """Metrics switched off for every row (``lpips.enabled`` / ``sync.enabled`` false): LPIPS is
+    null only when it is off; ``sync_missing`` is null only when Sync is off."""
+    if not rows:
+        return set()
+    out = set()
+    if all(r.get("lpips") is None for r in rows):
+        out.add("lpips")
+    if all(r.get("sync_missing") is None for r in rows):
+        out |= {"sync_c", "sync_d"}
+    return out
+
+
 def arrow(higher: bool) -> str:
     return "↑" if higher else "↓"
 
@@ -100,7 +120,9 @@ def _fmt(x: float, dec: int) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.{dec}f}"
 
 
-def _cell(c: dict | None, dec: int) -> str:
+def _cell(c: dict | None, dec: int, disabled: set[str] = frozenset()) -> str:
+    if c is not None and c["metric"] in disabled:
+        return "disabled"
     if c is None or c["n"] == 0:
         return "–"
     mark = UNOFFICIAL_MARK.get(c["metric"], "") if c["unofficial"] else ""
@@ -129,10 +151,11 @@ def footnotes(table: list[dict]) -> list[str]:
 def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
     table = summary_table(rows)
     datasets, methods, cells = _grid(table)
+    off = disabled_metrics(rows)
     head = ["Method"] + [f"{d} {label}{arrow(h)}" for d in datasets for _, label, h, _ in METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
-        vals = [_cell(cells.get((d, m, metric)), dec) for d in datasets for metric, _, _, dec in METRICS]
+        vals = [_cell(cells.get((d, m, metric)), dec, off) for d in datasets for metric, _, _, dec in METRICS]
         lines.append("| " + " | ".join([m] + vals) + " |")
     out = ["# Evaluation summary", ""]
     if summary:
@@ -140,20 +163,27 @@ def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
                 f"{summary['rejected']} rejected" + ("" if summary["counts_add_up"] else " (DOES NOT ADD UP)")
                 + _reasons(summary) + ".", ""]
     out += lines + [""]
-    counts = ["| Dataset | Method | clips scored | Sync missing | frames |", "|---|---|---|---|---|"]
+    counts = ["| Dataset | Method | clips scored | Sync missing | frames | padded frames |",
+              "|---|---|---|---|---|---|"]
     for d in datasets:
         for m in methods:
             grp = [r for r in rows if r["dataset"] == d and r["method"] == m]
             if grp:
-                counts.append(f"| {d} | {m} | {len(grp)} | {sum(1 for r in grp if r.get('sync_missing'))} | "
-                              f"{sum(r.get('n_frames') or 0 for r in grp)} |")
-    out += counts + ["", f"Cells: mean ± half-width of the {CI_METHOD}."]
+                missing = "disabled" if "sync_c" in off else sum(1 for r in grp if r.get("sync_missing"))
+                flagged = [r.get("crop_flagged_frames") or 0 for r in grp]
+                counts.append(f"| {d} | {m} | {len(grp)} | {missing} | {sum(r.get('n_frames') or 0 for r in grp)} | "
+                              f"{sum(flagged)} ({_clips(sum(1 for f in flagged if f))}) |")
+    out += counts + ["", f"Cells: mean ± half-width of the {CI_METHOD}."] + ([f"Padded frames: {FLAGGED_NOTE}."] if rows else [])
     out += [f"Crop protocol {', '.join(sorted({str(r.get('protocol')) for r in rows}))} at "
             f"{', '.join(sorted({str(r.get('crop_size')) for r in rows}))} px; landmarks "
             f"{', '.join(sorted({str(r.get('landmark_backend')) for r in rows}))}; LMD landmarks: "
             f"{rows[0].get('lmd_landmarks') if rows else '–'}."] if rows else []
     out += footnotes(table)
     return "\n".join(out) + "\n"
+
+
+def _clips(n: int) -> str:
+    return f"{n} clip" + ("" if n == 1 else "s")
 
 
 def _reasons(summary: dict) -> str:
@@ -188,37 +218,47 @@ def _png_b64(data: bytes) -> str:
 
 
 def histograms_png(rows: list[dict]) -> bytes | None:
-    """One panel per metric with any value, clip scores, one colour per method."""
+    """One panel per metric with at least ``MIN_HIST_CLIPS`` clip scores (None when no metric has):
+    per bin one bar per method side by side, integer clip counts, at most 5 x ticks with the
+    plain decimals (MS-SSIM's narrow ranges stay readable)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    present = [(m, label, h) for m, label, h, _ in METRICS if len(_finite(r.get(m) for r in rows))]
+    present = [(m, label, h, dec) for m, label, h, dec in METRICS
+               if len(_finite(r.get(m) for r in rows)) >= MIN_HIST_CLIPS]
     if not present:
         return None
-    methods = sorted({(r["dataset"], r["method"]) for r in rows})
+    groups = sorted({(r["dataset"], r["method"]) for r in rows})
+    several_datasets = len({d for d, _ in groups}) > 1
     cols = min(3, len(present))
     nrows = math.ceil(len(present) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
-    for ax, (metric, label, higher) in zip(axes.flat, present):
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.0 * nrows + 0.3), squeeze=False, layout="constrained")
+    for ax, (metric, label, higher, _) in zip(axes.flat, present):
         allv = _finite(r.get(metric) for r in rows)
         lo, hi = float(allv.min()), float(allv.max())
         pad = 0.0 if hi > lo else max(abs(lo) * 1e-3, 1e-3)  # all equal (e.g. identity): one visible bar
-        bins = np.linspace(lo - pad, hi + pad, 21)
-        for d, m in methods:
+        bins = np.linspace(lo - pad, hi + pad, min(21, max(6, len(allv) // 2)))
+        values, labels = [], []
+        for d, m in groups:
             v = _finite(r.get(metric) for r in rows if r["dataset"] == d and r["method"] == m)
             if len(v):
-                ax.hist(v, bins=bins, alpha=0.6, label=f"{m} ({d})" if len({x[0] for x in methods}) > 1 else m)
-        ax.set_title(f"{label} {arrow(higher)}  (n={len(allv)})", fontsize=10)
-        ax.set_ylabel("clips", fontsize=8)
-        ax.tick_params(labelsize=8)
+                values.append(v)
+                labels.append(f"{m} ({d})" if several_datasets else m)
+        ax.hist(values, bins=bins, label=labels, rwidth=0.9)
+        ax.set_title(f"{label} {arrow(higher)}  (n={len(allv)} clips)", fontsize=10)
+        ax.set_ylabel("clips", fontsize=9)
+        ax.tick_params(labelsize=9)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
         ax.ticklabel_format(axis="x", useOffset=False, style="plain")
     for ax in list(axes.flat)[len(present):]:
         ax.axis("off")
-    if len(methods) > 1:
-        axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
+    if len(groups) > 1:
+        fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside upper center", ncol=min(6, len(groups)),
+                   fontsize=9, frameon=False)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
@@ -226,12 +266,13 @@ def histograms_png(rows: list[dict]) -> bytes | None:
 
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
-h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}h3{font-size:15px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}.ok{color:#1a7f37}.bad{color:#b3261e;font-weight:bold}
 .note{font-size:12px;color:#555}.warn{background:#fff4e5;border:1px solid #f0b36b;padding:6px 10px;font-size:13px}
 .cards{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid #ddd;padding:6px;font-size:12px;max-width:340px}
-.card .img{display:block;margin-top:4px;background-repeat:no-repeat}code{font-size:12px}"""
+.card .img{display:block;margin-top:4px;background-repeat:no-repeat}code{font-size:12px}
+td.off,.off{color:#777;font-style:italic}td.flag{color:#9a5b00;font-weight:bold}"""
 
 
 def _e(x) -> str:
@@ -241,6 +282,7 @@ def _e(x) -> str:
 def _html_table(rows: list[dict]) -> str:
     table = summary_table(rows)
     datasets, methods, cells = _grid(table)
+    off = disabled_metrics(rows)
     h1 = "<tr><th class=l rowspan=2>Method</th>" + "".join(
         f"<th colspan={len(METRICS)} style='text-align:center'>{_e(d)}</th>" for d in datasets) + "</tr>"
     h2 = "<tr>" + "".join(f"<th>{label}{arrow(h)}</th>" for _ in datasets for _, label, h, _ in METRICS) + "</tr>"
@@ -251,25 +293,33 @@ def _html_table(rows: list[dict]) -> str:
             for metric, _, _, dec in METRICS:
                 c = cells.get((d, m, metric))
                 n = f"<br><span class=note>n={c['n']}</span>" if c and c["n"] else ""
-                tds += f"<td>{_e(_cell(c, dec))}{n}</td>"
+                text = _cell(c, dec, off)
+                tds += f"<td class=off>{text}</td>" if text == "disabled" else f"<td>{_e(text)}{n}</td>"
         body += f"<tr><td class=l>{_e(m)}</td>{tds}</tr>"
     notes = "".join(f"<p class=warn>{_e(n)}</p>" for n in footnotes(table))
     return f"<table>{h1}{h2}{body}</table>{notes}"
 
 
-def _counts_html(summary: dict) -> str:
+def _counts_html(summary: dict, rows: list[dict]) -> str:
     ok = summary["counts_add_up"]
+    sync_off = "sync_c" in disabled_metrics(rows)
+    flagged = [r.get("crop_flagged_frames") or 0 for r in rows]
     reasons = "".join(f"<tr><td class=l>&nbsp;&nbsp;{_e(k)}</td><td>{v}</td></tr>"
                       for k, v in sorted((summary.get("rejects_by_reason") or {}).items()))
     groups = "".join(f"<tr><td class=l>{_e(g['dataset'])}</td><td class=l>{_e(g['method'])}</td><td>{g['scored']}</td>"
-                     f"<td>{g['rejected']}</td><td>{g['sync_missing']}</td></tr>" for g in summary.get("groups", []))
+                     f"<td>{g['rejected']}</td>" + ("<td class=off>disabled</td>" if sync_off else f"<td>{g['sync_missing']}</td>")
+                     + "</tr>" for g in summary.get("groups", []))
     return (f"<table><tr><td class=l>pairs listed</td><td>{summary['inputs']}</td></tr>"
             f"<tr><td class=l>scored</td><td>{summary['scored']}</td></tr>"
             f"<tr><td class=l>rejected</td><td>{summary['rejected']}</td></tr>{reasons}"
             f"<tr><td class=l>scored + rejected = listed</td><td class={'ok' if ok else 'bad'}>"
             f"{'yes' if ok else 'NO'}</td></tr>"
-            f"<tr><td class=l>scored without Sync (no track / no audio)</td><td>{summary.get('sync_missing', 0)}</td></tr>"
-            f"<tr><td class=l>frames scored</td><td>{summary.get('frames_scored', 0)}</td></tr></table>"
+            + ("<tr><td class=l>Sync-C/D</td><td class=off>disabled</td></tr>" if sync_off else
+               f"<tr><td class=l>scored without Sync (no track / no audio)</td><td>{summary.get('sync_missing', 0)}</td></tr>")
+            + f"<tr><td class=l>frames scored</td><td>{summary.get('frames_scored', 0)}</td></tr>"
+            f"<tr><td class=l>padded frames</td><td>{sum(flagged)} in {sum(1 for f in flagged if f)} of "
+            f"{_clips(len(rows))}</td></tr>"
+            "</table>"
             + (f"<table><tr><th class=l>dataset</th><th class=l>method</th><th>scored</th><th>rejected</th>"
                f"<th>Sync missing</th></tr>{groups}</table>" if groups else ""))
 
@@ -292,9 +342,34 @@ def _image_styles(cards: dict) -> str:
     return "\n".join(rules)
 
 
-def _card_html(card: dict, metric: str | None = None) -> str:
+def _flagged_text(row: dict | None) -> str:
+    if not row or row.get("crop_flagged_frames") is None:
+        return ""
+    return f"{row['crop_flagged_frames']} of {row.get('n_frames')} frames padded"
+
+
+def _per_clip_html(rows: list[dict]) -> str:
+    """Every clip's scores and padded frames (the first PER_CLIP_ROWS by key)."""
+    off = disabled_metrics(rows)
+    shown = sorted(rows, key=lambda r: (str(r["key"]), str(r["method"]), str(r["dataset"])))
+    head = ("<tr><th class=l>key</th><th class=l>method</th><th>frames scored</th><th>padded frames</th>"
+            + "".join(f"<th>{label}{arrow(h)}</th>" for m, label, h, _ in METRICS if m not in off) + "</tr>")
+    body = ""
+    for r in shown[:PER_CLIP_ROWS]:
+        f = r.get("crop_flagged_frames")
+        body += (f"<tr><td class=l>{_e(r['key'])}</td><td class=l>{_e(r['method'])}</td><td>{_e(r.get('n_frames'))}</td>"
+                 f"<td{' class=flag' if f else ''}>{_e('–' if f is None else f)}</td>"
+                 + "".join(f"<td>{_fmt(r.get(m), dec)}</td>" for m, _, _, dec in METRICS if m not in off) + "</tr>")
+    more = (f"<p class=note>… {len(rows) - PER_CLIP_ROWS} more clips in metrics.parquet</p>"
+            if len(rows) > PER_CLIP_ROWS else "")
+    return f"<table>{head}{body}</table>{more}<p class=note>Padded frames: {_e(FLAGGED_NOTE)}.</p>"
+
+
+def _card_html(card: dict, metric: str | None = None, row: dict | None = None) -> str:
     vals = " · ".join(f"{label} {_fmt(card.get(m), dec)}" for m, label, _, dec in METRICS
                       if card.get(m) is not None)
+    flagged = _flagged_text(row)
+    vals += f" · {flagged}" if flagged else ""
     img = (f"<div class='img s-{_e(card['pair_id'])}' role=img aria-label='generated | reference'></div>"
            if card.get("sample_png") else "")
     head = f"<b>{_e(card['key'])}</b> <span class=note>{_e(card['method'])} / {_e(card['dataset'])}</span>"
@@ -305,14 +380,49 @@ def _card_html(card: dict, metric: str | None = None) -> str:
 
 def _provenance(summary: dict, rows: list[dict]) -> str:
     w = summary.get("weights") or {}
-    items = "".join(f"<tr><td class=l>{_e(k)}</td><td class=l><code>{_e(', '.join(v) or '–')}</code></td></tr>"
-                    for k, v in w.items())
+    off = disabled_metrics(rows)
+
+    def value(k: str, v: list) -> str:
+        metric = "lpips" if k.startswith("lpips") else "sync_c" if k.startswith("sync") else None
+        if metric in off and not v:
+            return "<span class=off>disabled</span>"
+        return f"<code>{_e(', '.join(v) or '–')}</code>"
+
+    items = "".join(f"<tr><td class=l>{_e(k)}</td><td class=l>{value(k, v)}</td></tr>" for k, v in w.items())
     proto = sorted({f"{r.get('protocol')} @ {r.get('crop_size')}" for r in rows})
     return (f"<table><tr><td class=l>crop protocol</td><td class=l>{_e(', '.join(proto) or '–')}</td></tr>"
             f"<tr><td class=l>LMD landmarks</td><td class=l>{_e(rows[0].get('lmd_landmarks') if rows else '–')}</td></tr>"
             f"<tr><td class=l>confidence intervals</td><td class=l>{_e(CI_METHOD)}</td></tr>{items}</table>"
             f"<details><summary class=note>config</summary><pre class=note>"
             f"{_e(json.dumps(summary.get('config'), indent=2, sort_keys=True))}</pre></details>")
+
+
+def _cards_sections(rows: list[dict], cards: dict) -> list[str]:
+    """Worst clips per metric, then sample clips not shown above. When every scored clip is in
+    every worst list (a run of a few clips), the clips are shown once, not once per metric."""
+    by_pair = {r["pair_id"]: r for r in rows}
+    worst = {m: v for m, v in (cards.get("worst") or {}).items() if v}
+    shown: set[str] = set()
+    parts = []
+    if worst and len(rows) > max(len(v) for v in worst.values()):
+        parts.append("<h2>Worst clips per metric</h2>")
+        for metric, label, higher, _ in METRICS:
+            if worst.get(metric):
+                parts.append(f"<h3>{label} {arrow(higher)} — {'lowest' if higher else 'highest'} first</h3>")
+                parts.append("<div class=cards>" + "".join(_card_html(c, metric, by_pair.get(c["pair_id"]))
+                                                           for c in worst[metric]) + "</div>")
+                shown |= {c["pair_id"] for c in worst[metric]}
+        title = "More sample clips"
+    else:  # few clips: every one of them, once
+        title = "Clips"
+    rest = {c["pair_id"]: c for lst in ([] if shown else worst.values()) for c in lst}
+    rest.update({c["pair_id"]: c for c in cards.get("samples") or [] if c["pair_id"] not in shown})
+    if rest:
+        parts += [f"<h2>{title} <span class=note>(generated | reference)</span></h2>",
+                  "<div class=cards>" + "".join(_card_html(c, row=by_pair.get(c["pair_id"]))
+                                                for _, c in sorted(rest.items(), key=lambda kv: str(kv[1]["key"])))
+                  + "</div>"]
+    return parts
 
 
 def render_html(rows: list[dict], rejects: list[dict], summary: dict, cards: dict | None = None) -> str:
@@ -323,23 +433,18 @@ def render_html(rows: list[dict], rejects: list[dict], summary: dict, cards: dic
              f"<h1>radio evaluation — run {_e(summary.get('run_id'))}</h1>",
              f"<p class=note>finished {_e(summary.get('finished_utc'))} · generated <code>{_e(summary.get('generated'))}"
              f"</code> · reference <code>{_e(summary.get('reference') or '–')}</code> · output <code>{_e(summary.get('output'))}"
-             f"</code></p>", "<h2>Counts</h2>", _counts_html(summary), "<h2>Summary (Table 1 layout)</h2>",
+             f"</code></p>", "<h2>Counts</h2>", _counts_html(summary, rows), "<h2>Summary (Table 1 layout)</h2>",
              _html_table(rows) if rows else "<p>No pair was scored.</p>",
              f"<p class=note>Cells: mean ± half-width of the {_e(CI_METHOD)}.</p>"]
     hist = histograms_png(rows) if rows else None
     if hist:
         parts += ["<h2>Distributions of clip scores</h2>", f"<img alt='histograms' src='{_png_b64(hist)}'>"]
-    worst = cards.get("worst") or {}
-    if any(worst.values()):
-        parts.append("<h2>Worst clips per metric</h2>")
-        for metric, label, higher, _ in METRICS:
-            if worst.get(metric):
-                parts.append(f"<h3>{label} {arrow(higher)} — lowest first</h3>" if higher
-                             else f"<h3>{label} {arrow(higher)} — highest first</h3>")
-                parts.append("<div class=cards>" + "".join(_card_html(c, metric) for c in worst[metric]) + "</div>")
-    if cards.get("samples"):
-        parts += ["<h2>Sample clips</h2>",
-                  "<div class=cards>" + "".join(_card_html(c) for c in cards["samples"]) + "</div>"]
+    elif rows:
+        parts.append(f"<p class=note>No histograms: they are drawn from {MIN_HIST_CLIPS} scored clips on "
+                     f"({len(rows)} here); the per-clip scores are below.</p>")
+    if rows:
+        parts += [f"<h2>Per-clip scores ({len(rows)})</h2>", _per_clip_html(rows)]
+    parts += _cards_sections(rows, cards)
     parts.append(f"<h2>Rejects ({len(rejects)})</h2>")
     if rejects:
         shown = rejects[:500]

@@ -17,8 +17,10 @@ Dataflow job after four, losing the rest of the run.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import logging
+import os
 import sys
 import time
 
@@ -268,13 +270,17 @@ def run_job(input_spec: str, dataset: str, pipeline_args=(), *, config_path: str
     cfg_dict = config_mod.to_dict(cfg)
     run_id = run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     summary_uri = uri_mod.join(dataset, "runs", run_id, "summary.json")  # validates run_id
+    # fail fast on a missing input; and no more local worker processes than inputs (one input
+    # runs in this process: no worker start-up at all)
+    schemes = tuple(cfg.input.schemes)
+    n_first = sum(1 for _ in itertools.islice(sources.list_sources(input_spec, schemes), os.cpu_count() or 1))
     if test_pipeline is not None:
         p, is_local = test_pipeline, True
     else:
-        job = options_mod.build(pipeline_args, job_name=f"radio-preprocess-{run_id.lower()}")
+        job = options_mod.build(pipeline_args, job_name=f"radio-preprocess-{run_id.lower()}",
+                                workers=max(1, n_first))
         p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
     total = 0
-    schemes = tuple(cfg.input.schemes)
     if progress and is_local:  # the bar needs a total: list here too (cheap for a local corpus)
         log.info("listing %s", input_spec)
         total = sum(1 for _ in sources.list_sources(input_spec, schemes))

@@ -451,11 +451,54 @@ def _decode_pyav(p: str, sr: int, info: MediaInfo, channels: int, emit: "_MonoSi
 
 @functools.lru_cache(maxsize=4)
 def _mel_basis(sr: int) -> np.ndarray:
-    import librosa
+    """librosa.filters.mel (slaney scale and norm, htk=False), in numpy: ``(n_mels, 1 + n_fft//2)``.
 
+    The same float64 operations in the same order as librosa 0.11, so the basis is bit-identical
+    (tests/test_media.py checks); numpy instead of librosa because importing librosa's STFT pulls
+    in scipy.signal and numba, ~1 s of every worker's start."""
     m = MEL_PARAMS
-    return librosa.filters.mel(sr=sr, n_fft=m["n_fft"], n_mels=m["n_mels"], fmin=m["fmin"],
-                               fmax=m["fmax"], htk=m["htk"], norm=m["norm"]).astype(np.float32)
+    if m["htk"] or m["norm"] != "slaney":
+        raise ValueError("the numpy mel basis implements htk=False, norm='slaney' only")
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+
+    def hz_to_mel(f: float) -> float:
+        return min_log_mel + np.log(f / min_log_hz) / logstep if f >= min_log_hz else f / f_sp
+
+    mels = np.linspace(hz_to_mel(m["fmin"]), hz_to_mel(m["fmax"]), m["n_mels"] + 2)
+    mel_f = f_sp * mels
+    log_t = mels >= min_log_mel
+    mel_f[log_t] = min_log_hz * np.exp(logstep * (mels[log_t] - min_log_mel))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, np.fft.rfftfreq(n=m["n_fft"], d=1.0 / sr))
+    weights = np.zeros((m["n_mels"], 1 + m["n_fft"] // 2), dtype=np.float32)
+    for i in range(m["n_mels"]):
+        weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
+    weights *= (2.0 / (mel_f[2: m["n_mels"] + 2] - mel_f[: m["n_mels"]]))[:, np.newaxis]
+    return weights
+
+
+@functools.lru_cache(maxsize=2)
+def _hann(n: int) -> np.ndarray:
+    """scipy.signal.get_window("hann", n, fftbins=True): the periodic Hann window, float64."""
+    return (0.5 + 0.5 * np.cos(np.linspace(-np.pi, np.pi, n + 1)))[:n]
+
+
+def _stft_magnitude(y: np.ndarray) -> np.ndarray:
+    """|librosa.stft(y)| for MEL_PARAMS (centred, reflect padding, periodic Hann window):
+    ``(n_rows, 1 + n_fft//2)`` float32. As librosa: float64 window × float32 frames, numpy's
+    rfft, cast to complex64, then the magnitude; in blocks of 256 frames (~5 MB)."""
+    m = MEL_PARAMS
+    n_fft, hop = m["n_fft"], m["hop_length"]
+    if m["window"] != "hann" or m["win_length"] != n_fft or not m["center"]:
+        raise ValueError("the numpy STFT implements a centred hann window of n_fft samples only")
+    padded = np.pad(y, n_fft // 2, mode=m["pad_mode"])
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+    window = _hann(n_fft)
+    out = np.empty((len(frames), 1 + n_fft // 2), np.float32)
+    for s in range(0, len(frames), 256):
+        out[s: s + 256] = np.abs(np.fft.rfft(window * frames[s: s + 256], axis=-1).astype(np.complex64))
+    return out
 
 
 def log_mel(wav: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -463,11 +506,9 @@ def log_mel(wav: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
 
     Pre-emphasis 0.97, STFT (n_fft = win = 1280, hop 160, hann, centred, reflect padding),
     |STFT| through an 80-band slaney mel filterbank (55–7600 Hz), ``log10(max(mel, 1e-5))``.
-    Row r is centred at r/100 s. See ``MEL_PARAMS``.
+    Row r is centred at r/100 s. See ``MEL_PARAMS``. numpy only (librosa's values, see
+    ``_mel_basis``).
     """
-    import librosa
-    from scipy.signal import lfilter
-
     if sr != MEL_PARAMS["sr"]:
         raise ValueError(f"Expected sr={MEL_PARAMS['sr']} (the mel parameters assume it). Got {sr}.")
     wav = np.asarray(wav)
@@ -477,11 +518,11 @@ def log_mel(wav: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     if len(wav) <= m["n_fft"] // 2:
         raise MediaError("audio", "too_short",
                          f"Expected more than {m['n_fft'] // 2} samples. Got {len(wav)}.")
-    y = lfilter([1.0, -m["preemphasis"]], [1.0], wav.astype(np.float64)).astype(np.float32)
-    spec = np.abs(librosa.stft(y=y, n_fft=m["n_fft"], hop_length=m["hop_length"],
-                               win_length=m["win_length"], window=m["window"],
-                               center=m["center"], pad_mode=m["pad_mode"]))
-    mel = _mel_basis(sr) @ spec  # (80, n_rows)
+    x = wav.astype(np.float64)
+    y = x.copy()  # scipy.signal.lfilter([1, -preemphasis], [1], x)
+    y[1:] += -m["preemphasis"] * x[:-1]
+    spec = _stft_magnitude(y.astype(np.float32))
+    mel = _mel_basis(sr) @ spec.T  # (80, n_rows), the operand layout of librosa's
     return np.ascontiguousarray(np.log10(np.maximum(mel, m["floor"])).T, dtype=np.float32)
 
 

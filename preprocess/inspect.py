@@ -2,7 +2,8 @@
 
 Each row of the sheet is one segment: evenly spaced aligned crops with their 68 landmarks drawn
 (eyes green, mouth red, nose tip index 33 yellow, the canonical eye/mouth midpoints as crosses),
-and the segment's log-mel spectrogram below, with the frames' positions marked.
+and the segment's log-mel spectrogram below, with the frames' positions marked. A legend on top
+says what the marks and the ``s=`` (detector score) in each crop's title mean.
 """
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ def load_segments(uri: str, n: int, clip_id: str | None = None) -> list[dict]:
     return out
 
 
+#: (colour, marker, what): the marks drawn on every crop, in the sheet's legend
+MARKS = (("white", "o", "68 landmarks"), ("lime", "o", "eyes (36–47)"), ("red", "o", "mouth (48–67)"),
+         ("yellow", "o", "nose tip (33)"), ("cyan", "+", "where alignment puts the eye / mouth centre"))
+SCORE_NOTE = ("f = frame index in the segment,  s = score of the face tracker's latest detection "
+              "(dlib HOG: above 0 is a face, higher is surer; S3FD: probability).  "
+              "White lines on the mel: the frames shown.")
+
+
 def draw_landmarks(ax, lm: np.ndarray) -> None:
     ax.scatter(lm[:, 0], lm[:, 1], s=1.5, c="white", linewidths=0)
     ax.scatter(lm[36:48, 0], lm[36:48, 1], s=2.5, c="lime", linewidths=0)
@@ -43,39 +52,75 @@ def draw_landmarks(ax, lm: np.ndarray) -> None:
         ax.plot([x, x], [y - 4, y + 4], c="cyan", lw=0.5)
 
 
-def contact_sheet(segments: list[dict], frames_per_row: int = 8) -> bytes:
-    """Render segments to PNG bytes."""
+def _segment_header(seg: dict, width_in: float) -> str:
+    q = (("landmark_jitter", "eye jitter {:.2f} px"), ("crop_shake", "crop shake {:.2f} px"),
+         ("face_size", "face {:.0f} px"), ("outside_frac", "{:.0%} of crop outside the frame"))
+    parts = [f"{seg['source_uri'].split('/')[-1]}", f"segment {seg['clip_id']}",
+             f"start {seg['segment_start_s']:.2f} s", f"{seg['n_frames']} frames"]
+    parts += [fmt.format(seg[k]) for k, fmt in q if seg.get(k) is not None]
+    line, lines = "", []
+    per_line = max(20, int(width_in * 72 / (8 * 0.62)))  # characters of an 8 pt font across the row
+    for part in parts:
+        if line and len(line) + 3 + len(part) > per_line:
+            lines.append(line)
+            line = part
+        else:
+            line = f"{line} · {part}" if line else part
+    return "\n".join(lines + [line])
+
+
+def sheet_figure(segments: list[dict], frames_per_row: int = 8):
+    """The contact sheet as a matplotlib Figure: a legend on top, then per segment a header,
+    its crops (titled ``f<index> s=<score>``) and its mel. Constrained layout keeps every label
+    inside its own segment's band (tests check no text overlaps another or a picture)."""
     import matplotlib
-    matplotlib.use("Agg")
+    matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     if not segments:
         raise ValueError("Expected at least one segment to draw. Got none.")
     n = len(segments)
-    fig = plt.figure(figsize=(frames_per_row * 1.6, n * 2.6), dpi=110)
-    grid = fig.add_gridspec(n * 2, frames_per_row, height_ratios=[1.6, 0.9] * n, hspace=0.6, wspace=0.04)
-    for r, seg in enumerate(segments):
+    width = max(frames_per_row, 4) * 1.6
+    fig = plt.figure(figsize=(width, 0.9 + n * 3.0), dpi=110, layout="constrained")
+    top, *bands = fig.subfigures(n + 1, 1, height_ratios=[0.9] + [3.0] * n)
+    handles = [Line2D([], [], ls="", marker=m, ms=5 if m == "o" else 7, mew=1.2, mfc=c, mec=c, label=t)
+               for c, m, t in MARKS]
+    ax = top.add_subplot()
+    ax.axis("off")
+    ax.legend(handles=handles, loc="upper center", ncol=len(MARKS), fontsize=7, frameon=True,
+              facecolor="0.35", edgecolor="0.35", labelcolor="white", handletextpad=0.3, columnspacing=1.2,
+              title="marks on the crops", title_fontsize=7)
+    ax.text(0.5, 0.05, SCORE_NOTE, ha="center", va="bottom", fontsize=6.5, wrap=True, transform=ax.transAxes)
+    for band, seg in zip(bands, segments):
         t = seg["n_frames"]
         idx = np.linspace(0, t - 1, min(frames_per_row, t)).round().astype(int)
+        band.suptitle(_segment_header(seg, width), x=0.01, ha="left", fontsize=8, fontweight="bold")
+        grid = band.add_gridspec(2, frames_per_row, height_ratios=[1.6, 0.9])
         for c, i in enumerate(idx):
-            ax = fig.add_subplot(grid[2 * r, c])
+            ax = band.add_subplot(grid[0, c])
             ax.imshow(seg["frames"][i])
             draw_landmarks(ax, seg["landmarks"][i])
             ax.set_xticks([]), ax.set_yticks([])
-            ax.set_title(f"f{i} s={seg['detector_score'][i]:.2f}", fontsize=6)
-        ax = fig.add_subplot(grid[2 * r + 1, :])
+            ax.set_title(f"f{i} s={seg['detector_score'][i]:.2f}", fontsize=6, pad=2)
+        ax = band.add_subplot(grid[1, :])
         ax.imshow(seg["mel"].T, origin="lower", aspect="auto", cmap="magma")
         for i in idx:
             ax.axvline(4 * i + 2, c="w", lw=0.4)
         ax.set_yticks([])
-        ax.set_xlabel("mel rows (4 per video frame)", fontsize=6)
-        ax.tick_params(labelsize=5)
-        q = {k: seg.get(k) for k in ("landmark_jitter", "crop_shake", "face_size")}
-        ax.set_title(f"{seg['clip_id']}  {seg['source_uri'].split('/')[-1]}  start {seg['segment_start_s']:.2f}s  "
-                     f"{t} frames  " + "  ".join(f"{k}={v:.2f}" for k, v in q.items() if v is not None),
-                     fontsize=7, loc="left")
+        ax.set_ylabel("mel", fontsize=6)
+        ax.set_xlabel("mel rows (4 per video frame)", fontsize=6, labelpad=1)
+        ax.tick_params(labelsize=5, pad=1)
+    return fig
+
+
+def contact_sheet(segments: list[dict], frames_per_row: int = 8) -> bytes:
+    """Render segments to PNG bytes."""
+    import matplotlib.pyplot as plt
+
+    fig = sheet_figure(segments, frames_per_row)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
 

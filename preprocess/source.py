@@ -112,7 +112,7 @@ def load_backend(cfg: PreprocessConfig):
 
 
 def warm_up() -> None:
-    """Import librosa and build the mel basis once per worker (~2.5 s), and import PyAV (~50 ms),
+    """Build the mel basis and window once per worker, and import PyAV (~50 ms together),
     so that the first source's stage times (and the per-stage counters) measure the work, not
     the imports."""
     import av  # noqa: F401  (probe, audio and decode run in-process through it)

@@ -155,7 +155,7 @@ def test_reports_hold_the_numbers(first_run):
     md, html = first_run["md"], first_run["html"]
     assert "| Method | testset PSNR↑ | testset MS-SSIM↑ | testset LPIPS↓ | testset Sync-C↑ | testset Sync-D↓ | testset LMD↓ |" in md
     assert "| identity | 100.00 ± 0.00 | 1.0000 ± 0.0000 | 0.0000 ± 0.0000† |" in md
-    assert f"| x264-crf45 | {bad['psnr']:.2f} | {bad['ms_ssim']:.4f} | {bad['lpips']:.4f}† | – | – | {bad['lmd']:.3f} |" in md
+    assert f"| x264-crf45 | {bad['psnr']:.2f} | {bad['ms_ssim']:.4f} | {bad['lpips']:.4f}† | disabled | disabled | {bad['lmd']:.3f} |" in md  # Sync off
     assert "6 pairs = 4 scored + 2 rejected (length_mismatch 1, missing_file 1)" in md
     assert "unofficial weights (random backbone (test))" in md and "Student-t" in md
     table = {r["method"]: r for r in csv.DictReader(io.StringIO(first_run["csv"]))}
