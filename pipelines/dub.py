@@ -346,7 +346,8 @@ def run(manifest: str, checkpoint: str, output: str, pipeline_args=(), *, config
     if test_pipeline is not None:
         p, is_local = test_pipeline, True
     else:
-        job = options_mod.build(pipeline_args, job_name=f"radio-dub-{run_id.lower()}")
+        job = options_mod.build(pipeline_args, job_name=f"radio-dub-{run_id.lower()}",   # no more local
+                                workers=max(1, min(len(pairs), os.cpu_count() or 1)))  # workers than pairs
         p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
     folder = jobrun.progress_folder(is_local, progress)
     build(p, manifest, checkpoint, output, cfg, run_id=run_id, resume=resume, retry_rejects=retry_rejects,
