@@ -26,6 +26,7 @@ from typing import Optional
 
 import numpy as np
 
+from preprocess import failures
 from preprocess.media import (MediaError, MediaInfo, cli_error, cli_input, ffmpeg_bin, open_av,
                               probe, _check_file, _PyAVShort, _stderr_tail, pyav_or_cli)
 
@@ -246,6 +247,7 @@ def _decode_ffmpeg(p: str, sr: int, info: MediaInfo, channels: int, sink: "_Mono
         err = _stderr_tail(errf.read().decode("utf-8", "replace"))
     if killed.is_set():
         raise MediaError("audio", "timeout", f"ffmpeg ran over {AUDIO_TIMEOUT_S:.0f} s", p)
+    failures.raise_if_killed(rc, "ffmpeg")   # the OOM killer, not the file: retried, not a reject
     if rc != 0 or got < 4 * channels:
         raise cli_error("audio", err, p, f"ffmpeg exited with {rc}")
 

@@ -62,6 +62,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Optional
 
+from preprocess import failures
+
 __all__ = [
     "MediaError",
     "MediaInfo",
@@ -338,6 +340,7 @@ def _probe_ffprobe(p: str) -> dict:
     except subprocess.TimeoutExpired as e:
         raise MediaError("probe", "timeout", f"ffprobe ran over {PROBE_TIMEOUT_S:.0f} s", p) from e
     err = res.stderr.decode("utf-8", "replace")
+    failures.raise_if_killed(res.returncode, "ffprobe")   # the OOM killer, not the file: retried, not a reject
     if res.returncode != 0:
         raise cli_error("probe", _stderr_tail(err), p, "ffprobe failed")
     try:

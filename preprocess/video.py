@@ -43,6 +43,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from preprocess import failures
 from preprocess.media import (MediaError, MediaInfo, cli_error, cli_input, ffmpeg_bin, frames_at,
                               open_av, probe, _check_file, _rate, _stderr_tail)
 
@@ -397,6 +398,7 @@ def _ffmpeg_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, in
             proc.stdout.close()
         errf.seek(0)
         err = _stderr_tail(errf.read().decode("utf-8", "replace"))
+    failures.raise_if_killed(rc, "ffmpeg")   # the OOM killer, not the file: retried, not a reject
     if rc != 0 or produced == 0 and (n_out or 0) > 0:
         raise cli_error("decode", err, p, f"ffmpeg exited with {rc}")
     if n_out is None or produced >= n_out:

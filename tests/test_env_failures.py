@@ -409,3 +409,29 @@ def test_gcs_outage_mid_run_fails_sources_then_resume_finishes(clips, outage_gcs
     summary = pipeline.run(spec, ds, ONE_WORKER, overrides=opts, resume=True, run_id="resumed")
     assert (summary["skipped_resume"], summary["sources_with_rows"], summary["sources_failed"]) == (1, 2, 0)
     assert len(shards.list_shards(ds)) == 3 and shards.list_rejects(ds) == []
+
+
+def test_an_oom_killed_ffmpeg_in_decode_audio_and_probe_is_retried_not_rejected(tmp_path, monkeypatch):
+    """The CLI paths themselves: an ffmpeg/ffprobe that dies by SIGKILL (what the kernel's OOM killer
+    sends) raises an environment failure, not the 'undecodable' reject a real decode error gives."""
+    from preprocess import audio, media, video
+
+    clip = DATA_DIR / "00015.mp4"
+    info = media.probe(clip)
+    killed = tmp_path / "killed-by-oom"
+    killed.write_text("#!/bin/sh\nkill -9 $$\n")
+    killed.chmod(0o755)
+    for var in ("RADIO_FFMPEG", "RADIO_FFPROBE"):
+        monkeypatch.setenv(var, str(killed))
+    with pytest.raises(failures.EnvironmentFailure, match="ffmpeg was killed by SIGKILL"):
+        next(video.iter_frames(clip, info, backend="ffmpeg"))
+    with pytest.raises(failures.EnvironmentFailure, match="ffmpeg was killed by SIGKILL"):
+        audio.load_audio(clip, backend="ffmpeg")
+    with pytest.raises(failures.EnvironmentFailure, match="ffprobe was killed by SIGKILL"):
+        media.probe(clip, backend="ffprobe")
+    failing = tmp_path / "fails"
+    failing.write_text("#!/bin/sh\necho 'Invalid data found when processing input' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setenv("RADIO_FFMPEG", str(failing))
+    with pytest.raises(media.MediaError):     # an ffmpeg that fails on its own is the file's business
+        next(video.iter_frames(clip, info, backend="ffmpeg"))
