@@ -24,11 +24,12 @@ if __name__ == "__main__":  # run as a script: the repo's packages, not bench/pr
 
 import argparse
 import json
-import resource
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from bench.memory import peak_rss_mib  # noqa: E402
 
 REPO = Path(_HERE).parent
 CLIP = REPO / "tests" / "data" / "00015.mp4"  # 224², 25 fps (time base 1/12800), AAC 16 kHz, 6.96 s
@@ -89,12 +90,12 @@ def worker_main(argv) -> None:
     cfg = config_mod.load(source.PreprocessConfig, None, a.overrides)
     backend = source.load_backend(cfg)
     source.warm_up()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = peak_rss_mib()
     t = time.perf_counter()
     result = source.run_source({"uri": os.path.abspath(a.clip)}, cfg, backend, a.dataset)
     out = {"status": result["status"], "reasons": sorted(set(result["reject_reasons"])),
            "frames": result["frames"], "segments": result["segments"], "wall_s": time.perf_counter() - t,
-           "baseline_mib": base, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+           "baseline_mib": base, "maxrss_mib": peak_rss_mib()}
     print("RESULT " + json.dumps(out))
 
 

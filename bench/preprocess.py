@@ -38,12 +38,13 @@ elif __name__ == "__main__":  # run as a script: the repo's packages, not this f
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from bench.memory import peak_rss_mib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -185,7 +186,7 @@ def worker_main(argv) -> None:
     else:
         out = worker_baseline(a.clip, a.max_frames)
     # peak RSS of this process (ffmpeg children are separate processes, a few tens of MiB)
-    out["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["maxrss_mib"] = peak_rss_mib()
     print("RESULT " + json.dumps(out))
 
 

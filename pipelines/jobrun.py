@@ -274,7 +274,7 @@ def first_error(exc: BaseException, log_text: str) -> str:
     inner = _EXC_LINE.match(msg)
     if etype.endswith("RuntimeError") and inner:  # Beam re-raises as RuntimeError("Type: message")
         etype, msg = inner.group(1), inner.group(2)
-    step = _STEP.search(msg)
+    step = _STEP.search(msg) or _STEP.search(text)   # a worker's child error: the step on its own line
     msg = _STEP.sub("", msg).strip()
     where = f" in step {step.group(1)}" if step else ""
     m = re.search(re.escape(FAILED_MARK) + r" ([^\s\"']+)", log_text)

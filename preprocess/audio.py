@@ -489,7 +489,7 @@ def _hann(n: int) -> np.ndarray:
 def _stft_magnitude(y: np.ndarray) -> np.ndarray:
     """|librosa.stft(y)| for MEL_PARAMS (centred, reflect padding, periodic Hann window):
     ``(n_rows, 1 + n_fft//2)`` float32. As librosa: float64 window × float32 frames, numpy's
-    rfft, cast to complex64, then the magnitude; in blocks of 256 frames (~5 MB)."""
+    rfft, cast to complex64, then the magnitude; in blocks of 128 frames (~2.6 MB)."""
     m = MEL_PARAMS
     n_fft, hop = m["n_fft"], m["hop_length"]
     if m["window"] != "hann" or m["win_length"] != n_fft or not m["center"]:
@@ -498,8 +498,8 @@ def _stft_magnitude(y: np.ndarray) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
     window = _hann(n_fft)
     out = np.empty((len(frames), 1 + n_fft // 2), np.float32)
-    for s in range(0, len(frames), 256):
-        out[s: s + 256] = np.abs(np.fft.rfft(window * frames[s: s + 256], axis=-1).astype(np.complex64))
+    for s in range(0, len(frames), 128):
+        out[s: s + 128] = np.abs(np.fft.rfft(window * frames[s: s + 128], axis=-1).astype(np.complex64))
     return out
 
 

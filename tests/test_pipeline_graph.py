@@ -43,7 +43,11 @@ def test_dataflow_graph_is_built_and_translated_without_submitting(tmp_path, mon
     assert job.options.view_as(GoogleCloudOptions).job_name == "radio-preprocess-test"
     assert "use_runner_v2" in job.options.view_as(DebugOptions).experiments
     p = beam.Pipeline(runner=job.runner, options=job.options)
-    pipeline.build(p, "gs://radio-test-bucket/in/*.mp4", "gs://radio-test-bucket/ds", {}, run_id="t",
+    from preprocess import config as config_mod
+    from preprocess.source import PreprocessConfig
+
+    cfg = config_mod.to_dict(PreprocessConfig())
+    pipeline.build(p, "gs://radio-test-bucket/in/*.mp4", "gs://radio-test-bucket/ds", cfg, run_id="t",
                    resume=True, retry_rejects=False, started=0.0)
     nodes = _applied(p)
     assert [s for s in STEPS if s not in nodes] == []
