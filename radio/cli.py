@@ -2,6 +2,7 @@
 
     radio preprocess --input GLOB_OR_MANIFEST --output URI [beam options...]
     radio inspect URI [--output sheet.png]
+    radio compact --input DATASET --output DATASET2 [--set target_shard_mib=256] [beam options...]
     radio train --config configs/smoke-cpu.yaml --data URI --output URI
     radio train-sync --config configs/smoke-cpu.yaml --data URI --output URI
     radio dub --checkpoint URI --input MANIFEST --output URI [beam options...]
@@ -43,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-rejects", action="store_true", help="with --resume: process rejected sources again")
     p.add_argument("--run-id", help="name of this run (default: UTC timestamp)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config(p)
+
+    p = sub.add_parser("compact", help="pack a dataset's per-source shards into large ones with a clip index",
+                       epilog=BEAM_EPILOG)
+    p.add_argument("--input", required=True, help="dataset URI written by `radio preprocess`")
+    p.add_argument("--output", required=True, help="new dataset URI (rerun: same output, finished files kept)")
     _add_config(p)
 
     p = sub.add_parser("inspect", help="contact sheet PNG of a dataset's crops, landmarks and mel")
@@ -104,11 +111,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
-    beam_commands = {"preprocess", "dub", "evaluate"}
+    beam_commands = {"preprocess", "dub", "evaluate", "compact"}
     if extra and args.command not in beam_commands:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "preprocess":
         from pipelines import preprocess as job
+        return job.main(args, extra)
+    if args.command == "compact":
+        from pipelines import compact as job
         return job.main(args, extra)
     if args.command == "inspect":
         from preprocess import inspect as job

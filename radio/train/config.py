@@ -41,6 +41,8 @@ class DataConfig:
     #                                 (e.g. train, or eval to keep them out of training)
     strict: bool = False            # a shard failing its footer check stops training (else: skipped)
     read_threads: int = 8           # parallel piece reads per consumer (fsspec)
+    piece_mib: float = 4.0          # read unit: consecutive row groups of a shard up to this size
+    #                                 (a per-source shard is one piece; `radio compact` row groups)
     frames: int = 5                 # T consecutive target frames per sample (S needs 5)
     reference: str = "auto"         # 'clip' | 'speaker' | 'auto' (speaker when the row names one)
     samples_per_row: int = 8        # windows drawn from one segment per epoch (0: every window)
@@ -55,8 +57,8 @@ class DataConfig:
     def __post_init__(self):
         if self.reference not in ("clip", "speaker", "auto"):
             raise ValueError(f"data.reference must be clip, speaker or auto. Got {self.reference!r}.")
-        if not self.unsplit:
-            raise ValueError("data.unsplit must be auto, error or a split name.")
+        if not self.unsplit or self.piece_mib <= 0:
+            raise ValueError("data.unsplit must be auto, error or a split name; data.piece_mib > 0.")
         if self.frames < 1 or self.shuffle_shards < 1 or self.samples_per_row < 0 or self.read_threads < 1:
             raise ValueError("data.frames, data.shuffle_shards and data.read_threads must be >= 1, samples_per_row >= 0.")
 

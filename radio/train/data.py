@@ -19,7 +19,7 @@ Shards and pieces: at start every shard's footer is checked (``preprocess.catalo
 cached per dataset listing); a shard with a bad footer, another schema version or a missing column
 is skipped with a warning naming it, or stops the run before any step with ``data.strict``. The
 good shards are cut into pieces (``catalog.pieces``): a small per-source shard is one piece, a
-large compacted one (``radio compact``) one piece per ~4 MiB of row groups, so both layouts read
+large compacted one (``radio compact``) one piece per ``data.piece_mib`` of row groups, so both layouts read
 the same way.
 
 Splits: ``data.split`` keeps rows of that split. Rows without a split count as training data when
@@ -172,7 +172,7 @@ class ShardStream(IterableDataset):
                                     "written by `radio preprocess` or `radio compact`).")
         self.infos = self._drop_bad(infos)
         self.shards = [i.uri for i in self.infos]
-        self.pieces = catalog.pieces(self.infos)
+        self.pieces = catalog.pieces(self.infos, int(cfg.piece_mib * 2**20))
         self.unsplit = self._unsplit()
         self.half = cfg.frames // 2
         extra = 1 if mode == "radio" else 0           # a reference outside the window must exist
