@@ -109,12 +109,37 @@ def assign(n_pieces: int, k: int, n: int) -> tuple[list[int], bool]:
     return list(range(n_pieces)), True
 
 
+class Frames:
+    """The encoded frames of one row: zero-copy views into the loaded Arrow buffers (no Python
+    object per frame, so loading a chunk in the background barely holds the GIL)."""
+    __slots__ = ("data", "offsets")
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray):
+        self.data, self.offsets = data, offsets
+
+    @classmethod
+    def of_column(cls, column) -> list[Frames]:
+        """One Frames per row of a ``list<binary>`` column (a pyarrow ChunkedArray)."""
+        lists = column.combine_chunks()
+        rows = lists.offsets.to_numpy()
+        values = lists.values
+        offsets = np.frombuffer(values.buffers()[1], np.int32)[values.offset:values.offset + len(values) + 1]
+        data = np.frombuffer(values.buffers()[2], np.uint8)
+        return [cls(data, offsets[rows[i]:rows[i + 1] + 1]) for i in range(len(lists))]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, f: int) -> np.ndarray:
+        return self.data[self.offsets[f]:self.offsets[f + 1]]
+
+
 @dataclass
 class Row:
     """One usable segment of a loaded chunk (frames stay JPEG/PNG-encoded until a sample needs them)."""
     clip_id: str
     speaker: str | None
-    frames: list
+    frames: Frames
     mel: np.ndarray            # (4n, 80) raw log10 mel
     shard: int                 # piece index
     index: int                 # row within the piece
@@ -257,11 +282,13 @@ class ShardStream(IterableDataset):
                 keep.append(r)
         if not keep:
             return []
+        data = table.select(DATA_COLUMNS).take(keep)
         rows = []
-        for r, d in zip(keep, table.select(DATA_COLUMNS).take(keep).to_pylist()):
+        for r, frames, mel, shape in zip(keep, Frames.of_column(data.column("frames")),
+                                         data.column("mel").to_pylist(), data.column("mel_shape").to_pylist()):
             m = metas[r]
-            mel = np.frombuffer(d["mel"], np.float16).reshape(d["mel_shape"]).astype(np.float32)
-            rows.append(Row(clip_id=m["clip_id"], speaker=m["speaker_id"], frames=d["frames"], mel=mel,
+            rows.append(Row(clip_id=m["clip_id"], speaker=m["speaker_id"], frames=frames,
+                            mel=np.frombuffer(mel, np.float16).reshape(shape).astype(np.float32),
                             shard=p, index=r, source=m["source_uri"], start=int(m["start_frame"])))
         return rows
 
@@ -339,7 +366,7 @@ class ShardStream(IterableDataset):
         return img
 
     def _frames(self, pairs) -> torch.Tensor:
-        return torch.from_numpy(np.stack([self._frame(r, f) for r, f in pairs])).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(np.stack([self._frame(r, f) for r, f in pairs])).permute(0, 3, 1, 2)   # collate copies
 
     def realise(self, rows: list[Row], plan: tuple, cursor: tuple) -> dict:
         idx, i = plan[0], plan[1]
