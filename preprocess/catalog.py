@@ -187,16 +187,19 @@ def check(dataset: str, columns: list[str], *, threads: int = 32,
 
 
 def pieces(infos: list[ShardInfo], piece_bytes: int = PIECE_BYTES) -> list[Piece]:
-    """Read units of the good shards: consecutive row groups of one shard, each at least
-    ``piece_bytes`` (the last one of a shard may be smaller); a small shard is one piece."""
+    """Read units of the good shards: runs of consecutive row groups of one shard of at most
+    ``piece_bytes`` (a larger row group is a piece alone); a small shard is one piece."""
     out = []
     for s, info in enumerate(infos):
+        sizes = [nbytes for _, nbytes in info.groups]
         first, acc = 0, 0
-        for g, (_, nbytes) in enumerate(info.groups):
+        for g, nbytes in enumerate(sizes):
+            if g > first and acc + nbytes > piece_bytes:
+                out.append(Piece(s, first, g - first, False))
+                first, acc = g, 0
             acc += nbytes
-            if acc >= piece_bytes or g == len(info.groups) - 1:
-                out.append(Piece(s, first, g - first + 1, first == 0 and g == len(info.groups) - 1))
-                first, acc = g + 1, 0
+        if sizes:
+            out.append(Piece(s, first, len(sizes) - first, first == 0))
     return out
 
 

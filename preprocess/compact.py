@@ -5,7 +5,7 @@ slow to list and read on an object store. ``radio compact`` (``pipelines/compact
 functions into Beam) rewrites a dataset as
 
     DATASET2/
-      rows/part-NNNNN-<hash>.parquet     SEGMENT_SCHEMA rows of many sources, row groups of about
+      rows/part-NNNNN-<hash>.parquet     SEGMENT_SCHEMA rows of many sources, row groups of at most
                                          ``row_group_mib`` (the training loader's read unit)
       index/part-NNNNN-<hash>.parquet    clip_id -> shard (file name under rows/), row (0-based)
       rejects/part-NNNNN-<hash>.parquet  the input's reject records, packed the same way
@@ -144,12 +144,12 @@ def write_group(dst: str, group: Group, cfg: CompactConfig) -> dict:
             if rows_kind:
                 start = writer.n_rows + sum(t.num_rows for t in pending)
                 index += [(c, group.name, start + r) for r, c in enumerate(table.column("clip_id").to_pylist())]
-                for r in range(table.num_rows):
+                for r in range(table.num_rows):            # row groups of at most ``target``
                     one = table.slice(r, 1)
+                    if pending and pending_bytes + one.nbytes > target:
+                        flush()
                     pending.append(one)
                     pending_bytes += one.nbytes
-                    if pending_bytes >= target:
-                        flush()
             else:
                 pending.append(table)
         flush()

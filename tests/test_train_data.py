@@ -202,3 +202,10 @@ def test_stream_is_the_same_with_one_or_many_read_threads(shard_set):
         return [(s["clip_id"], int(s["center"]), s["ref_frame"].tolist())
                 for s in stream.iter_consumer(0, 1, epochs=2)]
     assert run(1) == run(6)
+
+
+def test_pieces_cut_shards_at_row_groups_up_to_the_piece_size():
+    big = catalog.ShardInfo("big", 0, "", rows=5, groups=[(1, 1), (1, 1), (1, 1), (1, 5), (1, 1)])
+    small = catalog.ShardInfo("small", 0, "", rows=2, groups=[(1, 1), (1, 1)])
+    assert [(p.shard, p.first, p.count, p.whole) for p in catalog.pieces([big, small], piece_bytes=2)] == [
+        (0, 0, 2, False), (0, 2, 1, False), (0, 3, 1, False), (0, 4, 1, False), (1, 0, 2, True)]
