@@ -40,7 +40,7 @@ seeded by (seed, consumer, epoch, chunk), then decoded one by one. The shuffle b
 chunk, and a cursor is enough to restart the exact stream: skip to its chunk, re-plan, continue.
 While one chunk is consumed, a background thread loads the next (its pieces read in parallel,
 ``data.read_threads``), so at most two chunks are in memory and no batch waits for a chunk read;
-the reads start in step with the consumer over the first half of the chunk, so their CPU (Parquet
+the reads start in step with the consumer over the first 3/4 of the chunk, so their CPU (Parquet
 decoding, HTTP) is spread out instead of slowing the batches at the start of every chunk.
 """
 from __future__ import annotations
@@ -486,7 +486,7 @@ def _freeze_once() -> None:
 class _Pace:
     """How far the consumer is through its current chunk; the next chunk's piece reads wait for it
     (``load_chunk``), all of them started by ``SPREAD`` of the way through."""
-    SPREAD = 0.5
+    SPREAD = 0.75
 
     def __init__(self):
         self.done = 0.0
