@@ -46,7 +46,7 @@ class ShardInfo:
     split_rows: int = -1                      # rows whose split is set (-1: no statistics)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Piece:
     """Row groups ``first .. first + count - 1`` of shard ``shard`` (an index into the good shards)."""
     shard: int
@@ -161,7 +161,7 @@ def _save_cache(path: str, infos: list[ShardInfo]) -> None:
     os.replace(tmp, path)
 
 
-def check(dataset: str, columns: list[str], *, threads: int = 32,
+def check(dataset: str, columns: list[str], *, threads: int = 64,
           share: Callable[[list, Callable[[list], list]], list] | None = None) -> list[ShardInfo]:
     """Every shard of ``dataset`` with its footer checked (see the module docstring).
 

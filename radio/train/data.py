@@ -194,15 +194,14 @@ class ShardStream(IterableDataset):
         self.dataset, self.cfg, self.mode = dataset, cfg, mode
         self.resolution, self.rank, self.world = resolution, rank, world
         self.start = dict(start or {})
-        infos = catalog.check(dataset, META_COLUMNS + DATA_COLUMNS, threads=cfg.read_threads,
-                              share=_share(rank, world))
+        infos = catalog.check(dataset, META_COLUMNS + DATA_COLUMNS, share=_share(rank, world))
         if not infos:
             raise FileNotFoundError(f"No row shards under {dataset!r} (expected rows/*.parquet "
                                     "written by `radio preprocess` or `radio compact`).")
-        self.infos = self._drop_bad(infos)
-        self.shards = [i.uri for i in self.infos]
-        self.pieces = catalog.pieces(self.infos, int(cfg.piece_mib * 2**20))
-        self.unsplit = self._unsplit()
+        good = self._drop_bad(infos)
+        self.shards = [i.uri for i in good]
+        self.pieces = catalog.pieces(good, int(cfg.piece_mib * 2**20))
+        self.unsplit = self._unsplit(good)      # the footers are not kept: 10^6 of them weigh GBs
         self.half = cfg.frames // 2
         extra = 1 if mode == "radio" else 0           # a reference outside the window must exist
         self.min_frames = max(cfg.filters.min_frames, cfg.frames + extra)
@@ -228,11 +227,11 @@ class ShardStream(IterableDataset):
                         len(bad), len(infos), named, more)
         return good
 
-    def _unsplit(self) -> str:
+    def _unsplit(self, infos: list[catalog.ShardInfo]) -> str:
         """The split of rows without one (module docstring); raises when it is undecided."""
         cfg = self.cfg
-        total = sum(i.rows for i in self.infos)
-        split_rows = sum(i.split_rows if i.split_rows >= 0 else _count_split(i.uri) for i in self.infos)
+        total = sum(i.rows for i in infos)
+        split_rows = sum(i.split_rows if i.split_rows >= 0 else _count_split(i.uri) for i in infos)
         missing = total - split_rows
         if cfg.unsplit not in ("auto", "error"):
             return cfg.unsplit
@@ -240,7 +239,7 @@ class ShardStream(IterableDataset):
             return "train"
         if cfg.unsplit == "auto" and split_rows == 0:
             return "train"                             # no split anywhere: a corpus from a glob
-        example = next(i for i in self.infos if i.rows > (i.split_rows if i.split_rows >= 0 else _count_split(i.uri)))
+        example = next(i for i in infos if i.rows > (i.split_rows if i.split_rows >= 0 else _count_split(i.uri)))
         clip = _example_unsplit(example.uri)
         raise DataError(f"{missing} of {total} rows in {self.dataset} have no split while {split_rows} have one "
                         f"(e.g. clip {clip} in {example.uri}): set data.unsplit to the split they belong to "
@@ -300,8 +299,8 @@ class ShardStream(IterableDataset):
                    stats: Counter | None = None, pool: ThreadPoolExecutor | None = None,
                    pace: _Pace | None = None) -> list[Row]:
         """The usable rows of ``piece_ids`` (read in parallel on ``pool``), in piece order. With
-        ``pace``, piece j's read starts once the consumer is j/len of the way through
-        ``_Pace.SPREAD`` of the chunk it is on, so the reads' CPU is spread over the chunk."""
+        ``pace``, piece j > read_threads starts once the consumer is (j - read_threads)/len of the
+        way through ``_Pace.SPREAD`` of the chunk it is on, so the reads' CPU is spread over it."""
         def load(p):
             counts = Counter()
             return self.load_piece(p, k, n, row_split, counts), counts
@@ -311,8 +310,8 @@ class ShardStream(IterableDataset):
         else:
             futures = []
             for j, p in enumerate(piece_ids):
-                if pace is not None:
-                    pace.wait(j / len(piece_ids))
+                if pace is not None:           # the first read_threads pieces start at once
+                    pace.wait(max(0, j - self.cfg.read_threads) / len(piece_ids))
                 futures.append(pool.submit(load, p))
             parts = [f.result() for f in futures]
         for _, counts in parts:
@@ -478,7 +477,6 @@ def _freeze_once() -> None:
     """Move what exists now (modules, models, this stream) out of the collector's reach, once per
     process: a full collection then skips it instead of stalling a batch for 0.1-0.4 s."""
     if not _FROZEN:
-        gc.collect()
         gc.freeze()
         _FROZEN.append(True)
 
