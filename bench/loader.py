@@ -124,6 +124,9 @@ def main(argv=None) -> int:
     p.add_argument("--shuffle-shards", type=int, default=64, help="pieces per shuffle chunk")
     p.add_argument("--read-threads", type=int, default=8)
     p.add_argument("--target-shard-mib", type=float, default=64.0, help="radio compact's output shard size")
+    p.add_argument("--row-group-mib", type=float, default=4.0, help="radio compact's row group size")
+    p.add_argument("--piece-mib", type=float, default=4.0, help="data.piece_mib: the loader's read unit")
+    p.add_argument("--only", choices=["local", "gcs", "compact"], nargs="+", default=["local", "gcs", "compact"])
     p.add_argument("--keep", help="build the dataset here (reused when it exists)")
     args = p.parse_args(argv)
 
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
 
     cfg = load_train_config(str(ROOT / "configs" / "paper-192.yaml"),
                             [f"data.shuffle_shards={args.shuffle_shards}", f"data.read_threads={args.read_threads}",
-                             "data.workers=0"]).data
+                             f"data.piece_mib={args.piece_mib}", "data.workers=0"]).data
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="radio-bench-loader-"))
     os.environ["RADIO_CACHE_DIR"] = str(tmp / "cache")
     shutil.rmtree(tmp / "cache", ignore_errors=True)
@@ -161,13 +164,16 @@ def main(argv=None) -> int:
 
         t0 = time.perf_counter()
         summary = compact_job.run("gs://bench/small", "gs://bench/compact", ["--direct_num_workers=1"],
-                                  overrides=[f"target_shard_mib={args.target_shard_mib}"])
+                                  overrides=[f"target_shard_mib={args.target_shard_mib}",
+                                             f"row_group_mib={args.row_group_mib}"])
         print(f"radio compact gs:// -> gs://: {summary['input_shards']} shards -> {summary['shards']} "
               f"({summary['rows']} rows) in {time.perf_counter() - t0:.0f} s")
-        runs = [("local, per-source", str(small)), ("fake-gcs, per-source", "gs://bench/small"),
-                ("fake-gcs, compacted", "gs://bench/compact")]
+        runs = [(name, ds) for key, name, ds in (("local", "local, per-source", str(small)),
+                                                  ("gcs", "fake-gcs, per-source", "gs://bench/small"),
+                                                  ("compact", "fake-gcs, compacted", "gs://bench/compact"))
+                if key in args.only]
         print(f"one consumer, 192x192, batch {args.batch}, shuffle_shards {args.shuffle_shards}, "
-              f"read_threads {args.read_threads}, {args.windows} windows each:")
+              f"read_threads {args.read_threads}, piece_mib {args.piece_mib}, {args.windows} windows each:")
         for name, ds in runs:
             r = measure(ds, cfg, args.batch, args.windows)
             print(f"  {name:22s} {r['shards']:5d} shards {r['pieces']:5d} pieces | check {r['check_cold_s']:.2f} s "

@@ -337,30 +337,37 @@ class ShardStream(IterableDataset):
             pool = [idx]
             if cfg.reference != "clip" and row.speaker:
                 pool = pools[row.speaker]
-            for i in centers.tolist():
-                if self.mode == "radio":
-                    plans.append((idx, i, self._references(rows, pool, idx, i, rng)))
-                else:
-                    plans.append((idx, i, *self._sync_audio(row.n, i, rng)))
+            if self.mode == "radio":
+                refs = self._references(rows, pool, idx, centers, rng)
+                plans += [(idx, i, r) for i, r in zip(centers.tolist(), refs)]
+            else:
+                plans += [(idx, i, *self._sync_audio(row.n, i, rng)) for i in centers.tolist()]
         order = rng.permutation(len(plans))
         return [plans[j] for j in order]
 
-    def _references(self, rows, pool, idx, i, rng) -> tuple:
-        """T (row, frame) pairs, uniform over the pool's frames, never within frames i-h..i+h of the
-        target's source video (same source_uri, absolute frame), whichever segment holds them."""
-        sizes = np.array([rows[p].n for p in pool])
-        cum = np.cumsum(sizes)
-        target = rows[idx]
-        at = target.start + i
-        refs = []
-        while len(refs) < self.cfg.frames:
-            u = int(rng.integers(cum[-1]))
-            j = int(np.searchsorted(cum, u, side="right"))
-            p, f = pool[j], u - (int(cum[j - 1]) if j else 0)
-            if rows[p].source == target.source and abs(rows[p].start + f - at) <= self.half:
-                continue
-            refs.append((p, f))
-        return tuple(refs)
+    def _references(self, rows, pool, idx, centers, rng) -> list[tuple]:
+        """For each center i, T (row, frame) pairs, uniform over the pool's frames, never within
+        frames i-h..i+h of the target's source video (same source_uri, absolute frame), whichever
+        segment holds them. Drawn for all centers at once (planning runs beside the consumer)."""
+        t, target = self.cfg.frames, rows[idx]
+        cum = np.concatenate([[0], np.cumsum([rows[p].n for p in pool])])
+        starts = np.array([rows[p].start for p in pool])
+        same = np.array([rows[p].source == target.source for p in pool])
+        u = rng.integers(cum[-1], size=(len(centers), 2 * t))       # oversampled: few are refused
+        j = np.searchsorted(cum, u, side="right") - 1
+        f = u - cum[j]
+        near = same[j] & (np.abs(starts[j] + f - (target.start + centers[:, None])) <= self.half)
+        out = []
+        for c, i in enumerate(centers.tolist()):
+            refs = [(pool[int(j[c, k])], int(f[c, k])) for k in np.flatnonzero(~near[c])[:t]]
+            while len(refs) < t:                                      # rare: one more at a time
+                uu = int(rng.integers(cum[-1]))
+                jj = int(np.searchsorted(cum, uu, side="right")) - 1
+                ff = uu - int(cum[jj])
+                if not (same[jj] and abs(int(starts[jj]) + ff - target.start - i) <= self.half):
+                    refs.append((pool[jj], ff))
+            out.append(tuple(refs))
+        return out
 
     def _sync_audio(self, n: int, i: int, rng) -> tuple[int, float]:
         """(audio center, label): half the time a center >= sync_min_offset frames away.
