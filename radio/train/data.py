@@ -299,8 +299,8 @@ class ShardStream(IterableDataset):
                    stats: Counter | None = None, pool: ThreadPoolExecutor | None = None,
                    pace: _Pace | None = None) -> list[Row]:
         """The usable rows of ``piece_ids`` (read in parallel on ``pool``), in piece order. With
-        ``pace``, piece j > read_threads starts once the consumer is (j - read_threads)/len of the
-        way through ``_Pace.SPREAD`` of the chunk it is on, so the reads' CPU is spread over it."""
+        ``pace``, piece j > AT_ONCE starts once the consumer is (j - AT_ONCE)/len of the way through
+        ``_Pace.SPREAD`` of the chunk it is on, so the reads' CPU is spread over it."""
         def load(p):
             counts = Counter()
             return self.load_piece(p, k, n, row_split, counts), counts
@@ -310,8 +310,8 @@ class ShardStream(IterableDataset):
         else:
             futures = []
             for j, p in enumerate(piece_ids):
-                if pace is not None:           # the first read_threads pieces start at once
-                    pace.wait(max(0, j - self.cfg.read_threads) / len(piece_ids))
+                if pace is not None:           # the first AT_ONCE pieces start at once
+                    pace.wait(max(0, j - _Pace.AT_ONCE) / len(piece_ids))
                 futures.append(pool.submit(load, p))
             parts = [f.result() for f in futures]
         for _, counts in parts:
@@ -492,6 +492,7 @@ class _Pace:
     """How far the consumer is through its current chunk; the next chunk's piece reads wait for it
     (``load_chunk``), all of them started by ``SPREAD`` of the way through."""
     SPREAD = 0.75
+    AT_ONCE = 2
 
     def __init__(self):
         self.done = 0.0
