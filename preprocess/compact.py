@@ -69,7 +69,8 @@ def check_paths(src: str, dst: str) -> None:
     a, b = src.rstrip("/"), dst.rstrip("/")
     if a == b or b.startswith(a + "/"):
         raise CompactError(f"--output must be outside --input. Got {dst!r} for {src!r}.")
-    if not catalog.list_detail(src):
+    fs, path = fsspec.core.url_to_fs(src)
+    if not fs.isdir(f"{path.rstrip('/')}/{shards.ROWS}"):      # cheap: no listing of 10^6 shards here
         raise CompactError(f"No row shards under {src!r} (expected rows/*.parquet written by `radio preprocess`).")
     foreign = [u for u, _, _ in catalog.list_detail(dst) if not u.rsplit("/", 1)[-1].startswith("part-")]
     if foreign:
