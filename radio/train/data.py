@@ -49,9 +49,10 @@ import gc
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -433,7 +434,6 @@ class ShardStream(IterableDataset):
         stats: dict[int, Counter] = {}
         produced: Counter = Counter()
         reader = ThreadPoolExecutor(max(1, self.cfg.read_threads), thread_name_prefix=f"radio-read-{k}")
-        ahead = ThreadPoolExecutor(1, thread_name_prefix=f"radio-chunk-{k}")
 
         def load(key, pace):
             epoch, c, ids, _ = key
@@ -445,11 +445,11 @@ class ShardStream(IterableDataset):
         _freeze_once()
         try:
             key = next(keys, None)
-            pending = ahead.submit(load, key, None) if key is not None else None
+            pending = _background(load, key, None) if key is not None else None
             while key is not None:
                 rows, plans = pending.result()
                 nxt, pace = next(keys, None), _Pace()
-                pending = ahead.submit(load, nxt, pace) if nxt is not None else None
+                pending = _background(load, nxt, pace) if nxt is not None else None
                 epoch, c, _, last = key
                 for o in range(offset0 + 1, len(plans)):
                     produced[epoch] += 1
@@ -463,7 +463,6 @@ class ShardStream(IterableDataset):
                 key = nxt
         finally:
             pace.release()
-            ahead.shutdown(wait=False, cancel_futures=True)
             reader.shutdown(wait=False, cancel_futures=True)
 
     def _end_epoch(self, k: int, n: int, epoch: int, produced: int, pieces: int, row_split: bool,
@@ -475,6 +474,20 @@ class ShardStream(IterableDataset):
                 f"Data consumer {k} of {n} has no usable rows in {self.dataset!r} "
                 f"({len(self.shards)} shards, {len(self.pieces)} pieces; row filter counts {dict(stats)}). "
                 "Use fewer ranks/data.workers, relax data.filters / data.split, or add data.")
+
+
+def _background(fn, *args) -> Future:
+    """``fn(*args)`` on a daemon thread (a chunk load waiting on its pace never blocks exit)."""
+    future: Future = Future()
+
+    def run():
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001  (handed to the consumer by .result())
+                future.set_exception(e)
+    threading.Thread(target=run, name="radio-next-chunk", daemon=True).start()
+    return future
 
 
 _FROZEN = []
