@@ -152,7 +152,7 @@ def test_a_shard_damaged_past_its_footer_is_named_and_skipped(sample_dataset, tm
     stream = ShardStream(str(tmp_path), _cfg(), resolution=96)
     assert len(stream.shards) == 2                        # the footer is fine
     assert {s["clip_id"] for s in stream.iter_consumer(0, 1, epochs=1)} == {"ok"}
-    assert f"skipping unreadable piece" in caplog.text and bad in caplog.text
+    assert "skipping unreadable piece" in caplog.text and bad in caplog.text
     with pytest.raises(DataError, match=f"Unreadable shard {bad}"):
         list(ShardStream(str(tmp_path), _cfg(strict=True), resolution=96).iter_consumer(0, 1, epochs=1))
 
