@@ -124,6 +124,9 @@ def command(args: argparse.Namespace) -> None:
     if cmd == "preprocess":
         output_folder(args.output)
         media_input(args.input)
+    elif cmd == "compact":
+        dataset(args.input, "--input")
+        output_folder(args.output)
     elif cmd == "inspect":
         dataset(args.uri, "URI")
         if args.output:

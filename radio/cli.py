@@ -2,6 +2,7 @@
 
     radio preprocess --input GLOB_OR_MANIFEST --output URI [beam options...]
     radio inspect URI [--output sheet.png]
+    radio compact --input DATASET --output DATASET2 [--set target_shard_mib=256] [beam options...]
     radio train --config configs/smoke-cpu.yaml --data URI --output URI
     radio train-sync --config configs/smoke-cpu.yaml --data URI --output URI
     radio dub --checkpoint URI --input MANIFEST --output URI [beam options...]
@@ -25,6 +26,9 @@ BEAM_EPILOG = ("Other --options go to Apache Beam (an option neither radio nor B
 
 #: per command: examples whose --set keys exist (tests/test_cli.py loads each through the config)
 EXAMPLES = {
+    "compact": ["radio compact --input out/ds --output out/ds-compact",
+                "radio compact --input gs://B/ds --output gs://B/ds-packed --set target_shard_mib=512 "
+                "--runner DataflowRunner ..."],
     "preprocess": ["radio preprocess --input 'videos/*.mp4' --output out/ds",
                    "radio preprocess --input corpus.csv --output gs://B/ds --resume "
                    "--set faces.backend=face_alignment --set faces.backend_args='{fan_uri: ..., fan_sha256: ..., "
@@ -75,7 +79,7 @@ keys people reach for (radio config evaluate lists all):
 output: OUTPUT/runs/<run_id>/ metrics.parquet, rejects.parquet, summary.md/.csv, report.html"""
 
 
-CONFIG_COMMANDS = ("preprocess", "train", "train-sync", "dub", "evaluate", "model-summary")
+CONFIG_COMMANDS = ("preprocess", "compact", "train", "train-sync", "dub", "evaluate", "model-summary")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="name of this run (default: UTC timestamp)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config(p, "preprocess")
+
+    p = sub.add_parser("compact", help="pack a dataset's per-source shards into large ones with a clip index",
+                       epilog=_epilog("compact", "Reruns write the same shards (names hash the inputs); a changed "
+                                      "input rewrites only its group.", BEAM_EPILOG), **raw)
+    p.add_argument("--input", required=True, help="dataset URI written by `radio preprocess`")
+    p.add_argument("--output", required=True, help="new dataset URI (rerun: same output, finished files kept)")
+    _add_config(p, "compact")
 
     p = sub.add_parser("inspect", help="contact sheet PNG of a dataset's crops, landmarks and mel",
                        epilog="examples:\n  radio inspect out/ds\n  radio inspect out/ds --rows 8 --output sheet.png",
@@ -173,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
-BEAM_COMMANDS = ("preprocess", "dub", "evaluate")
+BEAM_COMMANDS = ("preprocess", "compact", "dub", "evaluate")
 
 
 def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
@@ -217,6 +228,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: 
     checks.command(args)
     if args.command == "preprocess":
         from pipelines import preprocess as job
+        return job.main(args, extra)
+    if args.command == "compact":
+        from pipelines import compact as job
         return job.main(args, extra)
     if args.command == "inspect":
         from preprocess import inspect as job

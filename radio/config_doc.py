@@ -21,6 +21,7 @@ from functools import lru_cache
 #: command -> "module:Class" of its config root (the class ``--config``/``--set`` fill)
 COMMANDS = {
     "preprocess": "preprocess.source:PreprocessConfig",
+    "compact": "preprocess.compact:CompactConfig",
     "train": "radio.train.config:TrainConfig",
     "train-sync": "radio.train.config:TrainConfig",
     "dub": "pipelines.dub:DubJobConfig",

@@ -211,3 +211,17 @@ def sample_dataset(tmp_path_factory) -> Path:
                                 cfg, backend, str(out))
         assert res["status"] == "rows", res
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shard_check_cache(tmp_path_factory):
+    """Footer-check caches (``preprocess.catalog``) in a session temp dir, not ~/.cache."""
+    import os
+
+    saved = os.environ.get("RADIO_CACHE_DIR")
+    os.environ["RADIO_CACHE_DIR"] = str(tmp_path_factory.mktemp("radio_cache"))
+    yield
+    if saved is None:
+        os.environ.pop("RADIO_CACHE_DIR", None)
+    else:
+        os.environ["RADIO_CACHE_DIR"] = saved

@@ -35,12 +35,19 @@ class FilterConfig:
 
 @dataclass
 class DataConfig:
-    split: str | None = "train"     # keep rows whose ``split`` equals this (None: all rows; rows
-    #                                 without a split count as "train")
+    split: str | None = "train"     # keep rows whose ``split`` equals this (None: all rows)
+    unsplit: str = "auto"           # the split of rows without one: auto (train when no row of the
+    #                                 dataset has a split, else refuse), error, or a split name
+    #                                 (e.g. train, or eval to keep them out of training)
+    strict: bool = False            # a shard failing its footer check stops training (else: skipped)
+    read_threads: int = 8           # parallel piece reads per consumer (fsspec)
+    piece_mib: float = 4.0          # read unit: consecutive row groups of a shard up to this size
+    #                                 (a per-source shard is one piece; `radio compact` row groups)
     frames: int = 5                 # T consecutive target frames per sample (S needs 5)
     reference: str = "auto"         # 'clip' | 'speaker' | 'auto' (speaker when the row names one)
     samples_per_row: int = 8        # windows drawn from one segment per epoch (0: every window)
-    shuffle_shards: int = 16        # shuffle buffer: all samples of this many shards, fully mixed
+    shuffle_shards: int = 16        # shuffle buffer: all samples of this many pieces (a per-source
+    #                                 shard, or ~4 MiB of a compacted one), fully mixed
     workers: int = 0                # DataLoader worker processes per rank
     prefetch: int = 2               # batches each worker keeps ready
     sync_min_offset: int = 5        # train-sync negatives: audio shifted by >= this many frames
@@ -50,8 +57,10 @@ class DataConfig:
     def __post_init__(self):
         if self.reference not in ("clip", "speaker", "auto"):
             raise ValueError(f"data.reference must be clip, speaker or auto. Got {self.reference!r}.")
-        if self.frames < 1 or self.shuffle_shards < 1 or self.samples_per_row < 0:
-            raise ValueError("data.frames and data.shuffle_shards must be >= 1, samples_per_row >= 0.")
+        if not self.unsplit or self.piece_mib <= 0:
+            raise ValueError("data.unsplit must be auto, error or a split name; data.piece_mib > 0.")
+        if self.frames < 1 or self.shuffle_shards < 1 or self.samples_per_row < 0 or self.read_threads < 1:
+            raise ValueError("data.frames, data.shuffle_shards and data.read_threads must be >= 1, samples_per_row >= 0.")
 
 
 @dataclass

@@ -1,0 +1,236 @@
+"""Compacted datasets: the rows of many small per-source shards packed into few large ones.
+
+``radio preprocess`` writes one Parquet file per source video; 10^6 sources are 10^6 small objects,
+slow to list and read on an object store. ``radio compact`` (``pipelines/compact.py`` wires these
+functions into Beam) rewrites a dataset as
+
+    DATASET2/
+      rows/part-NNNNN-<hash>.parquet     SEGMENT_SCHEMA rows of many sources, row groups of at most
+                                         ``row_group_mib`` (the training loader's read unit)
+      index/part-NNNNN-<hash>.parquet    clip_id -> shard (file name under rows/), row (0-based)
+      rejects/part-NNNNN-<hash>.parquet  the input's reject records, packed the same way
+      runs/..., summary.json, ...        every other file and folder of the input, copied as is
+      compact.json                       written last: layout, input, sizes and counts
+
+Inputs (sorted by name) are packed greedily into groups of about ``target_shard_mib``; a group's
+file name is its position and a hash of its members' names and sizes, so the same input gives the
+same names and bytes, a rerun skips groups whose index file exists (written after their shard),
+and output files of an earlier plan that the new one lacks are removed. Rows keep their schema,
+so every reader of per-source datasets (training, inspect) reads compacted ones too.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from preprocess import catalog, schema, shards
+from preprocess import uri as uri_mod
+from preprocess.errors import UserError
+from preprocess.writer import AtomicParquetWriter, write_table_atomic
+
+LAYOUT = "radio-compact/1"
+INDEX, MARKER = "index", "compact.json"
+PER_SOURCE = (shards.ROWS, shards.REJECTS, shards.DONE, INDEX, MARKER)   # not copied as is
+INDEX_SCHEMA = pa.schema([pa.field("clip_id", pa.string(), nullable=False),
+                          pa.field("shard", pa.string(), nullable=False),
+                          pa.field("row", pa.int64(), nullable=False)])
+
+
+class CompactError(UserError, ValueError):
+    pass
+
+
+@dataclass
+class CompactConfig:
+    target_shard_mib: float = 256.0    # output shard size (inputs are packed up to about this)
+    row_group_mib: float = catalog.PIECE_BYTES / 2**20   # read unit of the training loader
+
+    def __post_init__(self):
+        if self.target_shard_mib <= 0 or self.row_group_mib <= 0:
+            raise ValueError("target_shard_mib and row_group_mib must be > 0.")
+
+
+@dataclass(frozen=True)
+class Group:
+    """One output file: its name under rows/ (or rejects/) and its inputs [(uri, size)]."""
+    kind: str                    # 'rows' | 'rejects'
+    name: str
+    inputs: tuple
+
+
+def check_paths(src: str, dst: str) -> None:
+    """User mistakes, before any work: no input rows, output inside the input, a per-source output."""
+    a, b = src.rstrip("/"), dst.rstrip("/")
+    if a == b or b.startswith(a + "/"):
+        raise CompactError(f"--output must be outside --input. Got {dst!r} for {src!r}.")
+    fs, path = fsspec.core.url_to_fs(src)
+    if not fs.isdir(f"{path.rstrip('/')}/{shards.ROWS}"):      # cheap: no listing of 10^6 shards here
+        raise CompactError(f"No row shards under {src!r} (expected rows/*.parquet written by `radio preprocess`).")
+    foreign = [u for u, _, _ in catalog.list_detail(dst) if not u.rsplit("/", 1)[-1].startswith("part-")]
+    if foreign:
+        raise CompactError(f"{dst!r} holds rows that `radio compact` did not write (e.g. {foreign[0]}): "
+                           "use an empty or earlier compact output.")
+
+
+def list_inputs(src: str, kind: str) -> list[tuple[str, int]]:
+    return [(u, size) for u, size, _ in catalog.list_detail(src, kind)]
+
+
+def plan(inputs: list[tuple[str, int]], kind: str, target_bytes: float) -> list[Group]:
+    """Inputs (sorted by name) packed greedily into groups of about ``target_bytes``."""
+    groups, members, acc = [], [], 0
+    for uri, size in sorted(inputs):
+        members.append((uri, int(size)))
+        acc += int(size)
+        if acc >= target_bytes:
+            groups.append(members)
+            members, acc = [], 0
+    if members:
+        groups.append(members)
+    out = []
+    for i, m in enumerate(groups):
+        key = json.dumps([kind, [(u.rsplit("/", 1)[-1], s) for u, s in m]]).encode()
+        out.append(Group(kind, f"part-{i:05d}-{hashlib.sha1(key).hexdigest()[:12]}.parquet", tuple(m)))
+    return out
+
+
+class _TableWriter(AtomicParquetWriter):
+    def write_table(self, table: pa.Table) -> None:
+        self._writer.write_table(table.cast(self.schema))
+        self.n_rows += table.num_rows
+
+
+def _read(uri: str) -> pa.Table:
+    with fsspec.open(uri, "rb") as f:
+        return pq.read_table(f)
+
+
+def write_group(dst: str, group: Group, cfg: CompactConfig) -> dict:
+    """Write one output file (and for rows its index); skipped when already committed. Returns
+    {kind, name, rows, inputs, skipped, bad: [(uri, why)]}: an input whose footer fails the check
+    is left out and named."""
+    out = uri_mod.join(dst, group.kind, group.name)
+    done = {"kind": group.kind, "name": group.name, "inputs": len(group.inputs), "bad": []}
+    marker = uri_mod.join(dst, INDEX, group.name) if group.kind == shards.ROWS else out
+    if uri_mod.exists(marker):
+        with fsspec.open(marker, "rb") as f:
+            return dict(done, rows=pq.read_metadata(f).num_rows, skipped=True)
+    rows_kind = group.kind == shards.ROWS
+    base = schema.SEGMENT_SCHEMA if rows_kind else schema.REJECT_SCHEMA
+    meta = schema.file_metadata({"compacted_from": [u.rsplit("/", 1)[-1] for u, _ in group.inputs]})
+    writer = _TableWriter(out, base, meta)
+    index, pending, pending_bytes = [], [], 0
+    target = cfg.row_group_mib * 2**20
+
+    def flush():
+        nonlocal pending, pending_bytes
+        if pending:
+            writer.write_table(pa.concat_tables(pending))
+        pending, pending_bytes = [], 0
+
+    try:
+        for uri, size in group.inputs:
+            if rows_kind:
+                info = catalog.inspect_footer(uri, size, "", list(base.names))
+                if info.error:
+                    done["bad"].append((uri, info.error))
+                    continue
+            table = _read(uri).select(base.names).cast(base)
+            if rows_kind:
+                start = writer.n_rows + sum(t.num_rows for t in pending)
+                index += [(c, group.name, start + r) for r, c in enumerate(table.column("clip_id").to_pylist())]
+                for r in range(table.num_rows):            # row groups of at most ``target``
+                    one = table.slice(r, 1)
+                    if pending and pending_bytes + one.nbytes > target:
+                        flush()
+                    pending.append(one)
+                    pending_bytes += one.nbytes
+            else:
+                pending.append(table)
+        flush()
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()
+    if rows_kind:
+        write_table_atomic(marker, [{"clip_id": c, "shard": s, "row": r} for c, s, r in index], INDEX_SCHEMA)
+    return dict(done, rows=writer.n_rows, skipped=False)
+
+
+def copy_metadata(src: str, dst: str) -> list[str]:
+    """Every file and folder of the input other than the per-source ones (run summaries, config
+    fingerprint, ...), copied as is; returns their names."""
+    fs, path = fsspec.core.url_to_fs(src)
+    copied = []
+    for entry in sorted(fs.ls(path, detail=True), key=lambda e: e["name"]):
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if name in PER_SOURCE or name.startswith("."):
+            continue
+        files = fs.find(entry["name"]) if entry["type"] == "directory" else [entry["name"]]
+        for f in files:
+            rel = posixpath.relpath(f, path)
+            if any(part.startswith(".") for part in rel.split("/")):
+                continue
+            uri_mod.write_bytes_atomic(uri_mod.join(dst, rel), fs.cat_file(f))
+        copied.append(name)
+    return copied
+
+
+def remove_stale(dst: str, groups: list[str]) -> list[str]:
+    """Output files of an earlier plan (part-* not in ``groups``, under rows/, index/, rejects/)."""
+    keep = set(groups)
+    fs, path = fsspec.core.url_to_fs(dst)
+    gone = []
+    for sub in (shards.ROWS, INDEX, shards.REJECTS):
+        folder = f"{path.rstrip('/')}/{sub}"
+        if not fs.isdir(folder):
+            continue
+        for f in fs.ls(folder, detail=False):
+            name = f.rsplit("/", 1)[-1]
+            if name.startswith("part-") and f"{sub}/{name}" not in keep:
+                fs.rm(f)
+                gone.append(f"{sub}/{name}")
+    return gone
+
+
+def finish(src: str, dst: str, results: list[dict], cfg: CompactConfig) -> dict:
+    """After every group: copy the metadata, drop stale files, write compact.json (last; the
+    driver removed the old one before the job started)."""
+    results = sorted(results, key=lambda r: (r["kind"], r["name"]))
+    names = [f"{r['kind']}/{r['name']}" for r in results]
+    names += [f"{INDEX}/{r['name']}" for r in results if r["kind"] == shards.ROWS]
+    stale = remove_stale(dst, names)
+    copied = copy_metadata(src, dst)
+    rows = [r for r in results if r["kind"] == shards.ROWS]
+    summary = {
+        "layout": LAYOUT, "input": src, "config": {"target_shard_mib": cfg.target_shard_mib,
+                                                   "row_group_mib": cfg.row_group_mib},
+        "input_shards": sum(r["inputs"] for r in rows),
+        "input_reject_files": sum(r["inputs"] for r in results if r["kind"] == shards.REJECTS),
+        "shards": len(rows), "rows": sum(r["rows"] for r in rows),
+        "reject_files": len(results) - len(rows),
+        "rejects": sum(r["rows"] for r in results if r["kind"] == shards.REJECTS),
+        "bad_input_shards": sorted([list(b) for r in rows for b in r["bad"]]),
+        "copied": copied,
+    }
+    uri_mod.write_bytes_atomic(uri_mod.join(dst, MARKER), json.dumps(summary, indent=2, sort_keys=True).encode())
+    summary["written"] = sum(not r["skipped"] for r in results)
+    summary["removed_stale"] = stale
+    return summary
+
+
+def lookup(dataset: str, clip_ids) -> dict[str, tuple[str, int]]:
+    """{clip_id: (shard URI, row)} from a compacted dataset's index."""
+    want = set(clip_ids)
+    out = {}
+    for uri, _, _ in catalog.list_detail(dataset, INDEX):
+        for r in _read(uri).to_pylist():
+            if r["clip_id"] in want:
+                out[r["clip_id"]] = (uri_mod.join(dataset, shards.ROWS, r["shard"]), r["row"])
+    return out
