@@ -3,7 +3,10 @@
 * the landmark backend (``preprocess.landmarks``, dlib by default): reference face tracks, the
   generated video's face boxes for Sync, and the landmarks of both videos for LMD;
 * LPIPS v0.1 AlexNet (:func:`eval.metrics.lpips.load_lpips`) unless ``lpips.enabled`` is false;
-* SyncNet (:func:`eval.metrics.syncnet.load_syncnet`) unless ``sync.enabled`` is false.
+* SyncNet (:func:`eval.metrics.syncnet.load_syncnet`) unless ``sync.enabled`` is false;
+* S3FD (:class:`eval.metrics.s3fd.S3FD`) for Sync's face boxes when its weights are configured
+  (``sync.s3fd_uri``, or the face_alignment backend's ``sfd_uri``); otherwise Sync uses the
+  landmark backend's tracker boxes, labelled as the fallback in every row.
 
 Weights come only from configured URIs with a verified sha256; a missing one raises
 :class:`preprocess.weights.WeightsError` naming the file, how to get it and how to switch the
@@ -28,11 +31,13 @@ class EvalModels:
     lpips: object | None         # eval.metrics.lpips.LPIPSAlex
     syncnet: object | None       # eval.metrics.syncnet.SyncNet
     lpips_label: str | None = None
+    sync_detector: object | None = None  # eval.metrics.s3fd.S3FD when its weights are configured
 
     def describe(self) -> dict:
         """Weight hashes and labels recorded in every score row."""
         lm = self.landmarks.describe()
-        out = {"landmark_backend": lm["backend"], "landmark_weights": dict(lm["weights"])}
+        out = {"landmark_backend": lm["backend"], "landmark_weights": dict(lm["weights"]),
+               "landmark_fitting": landmark_fitting(self.landmarks)}
         if self.lpips is not None:
             out.update(self.lpips.weights_info)
             out["lpips_label"] = self.lpips_label
@@ -41,6 +46,18 @@ class EvalModels:
             out["sync_official_weights"] = self.syncnet.weights_info["official_weights"]
             out["sync_label"] = self.syncnet.weights_info["weights"]
         return out
+
+
+def landmark_fitting(backend) -> dict:
+    """How LMD's landmarks are fitted: the backend and its fitting parameters (part of the protocol).
+
+    dlib: ``fit_boxes`` fits from the box and shifted copies, averaged (``fit_shift`` of the side);
+    face_alignment: one FAN fit per box, ``flip_input`` averaging the mirrored heatmaps."""
+    out = {"backend": backend.name, "fit_boxes": int(getattr(backend, "fit_boxes", 1))}
+    for k in ("fit_shift", "flip_input", "upsample"):
+        if hasattr(backend, k):
+            out[k] = getattr(backend, k)
+    return out
 
 
 def _with_hint(e: WeightsError, metric: str) -> WeightsError:
@@ -76,7 +93,14 @@ def load_models(cfg: EvalConfig) -> EvalModels:
                                    device=cfg.device)
         except WeightsError as e:
             raise _with_hint(e, "sync") from e
-    return EvalModels(landmarks=backend, lpips=lpips_model, syncnet=syncnet, lpips_label=lpips_label)
+    detector = None
+    s3fd_uri, s3fd_sha = cfg.sync.s3fd_weights(cfg.landmarks)
+    if syncnet is not None and s3fd_uri:
+        from eval.metrics.s3fd import S3FD
+
+        detector = S3FD(s3fd_uri, s3fd_sha, device=cfg.device, conf_th=cfg.sync.s3fd_conf, scale=cfg.sync.s3fd_scale)
+    return EvalModels(landmarks=backend, lpips=lpips_model, syncnet=syncnet, lpips_label=lpips_label,
+                      sync_detector=detector)
 
 
 def check_weights(cfg: EvalConfig) -> None:

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from preprocess import uri as uri_mod
 from preprocess.errors import UserError
 
-SCHEMA_VERSION = "radio-eval/1"
+SCHEMA_VERSION = "radio-eval/2"
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _PAIR_FIELDS = [
@@ -60,14 +60,20 @@ METRICS_SCHEMA = pa.schema(_PAIR_FIELDS + [
     pa.field("sync_n_windows", pa.int32()),
     pa.field("sync_missing", pa.bool_()),         # null: disabled
     pa.field("sync_missing_reason", pa.string()),
+    pa.field("sync_status", pa.string()),         # scored | too_short_for_sync | no_face_track | no_audio | audio_error | disabled
     pa.field("protocol", pa.string()),
-    pa.field("crop_size", pa.int32()),
+    pa.field("protocol_version", pa.int32()),     # eval.crop.PROTOCOL_VERSIONS (dinet 2: DINet's inference crop)
+    pa.field("crop_size", pa.int32()),            # radio-v1 side; dinet mouth_region_size
+    pa.field("crop_height", pa.int32()),
+    pa.field("crop_width", pa.int32()),
     pa.field("crop_flagged_frames", pa.int32()),  # radio-v1 padded / dinet out-of-frame or unstable
     pa.field("frame_height", pa.int32()),
     pa.field("frame_width", pa.int32()),
     pa.field("generated_resized", pa.bool_()),
     pa.field("landmark_backend", pa.string()),
     pa.field("landmark_weights", pa.string()),    # JSON {file: sha256}
+    pa.field("landmark_fitting", pa.string()),    # JSON {backend, fit_boxes, fit_shift, ...}: part of LMD's protocol
+    pa.field("landmark_fit_boxes", pa.int32()),   # box fits averaged per landmark set
     pa.field("lmd_landmarks", pa.string()),
     pa.field("lpips_backbone_sha256", pa.string()),
     pa.field("lpips_linear_sha256", pa.string()),
@@ -76,7 +82,8 @@ METRICS_SCHEMA = pa.schema(_PAIR_FIELDS + [
     pa.field("syncnet_sha256", pa.string()),
     pa.field("sync_official_weights", pa.bool_()),
     pa.field("sync_label", pa.string()),
-    pa.field("sync_boxes", pa.string()),
+    pa.field("sync_boxes", pa.string()),          # how Sync's face boxes were found (detector, settings)
+    pa.field("sync_box_source", pa.string()),     # s3fd (as official) | <backend>_tracker (fallback)
     pa.field("sync_track_config", pa.string()),   # JSON TrackConfig
     pa.field("seconds", pa.float64()),
     pa.field("timings", pa.string()),             # JSON {stage: seconds}

@@ -233,7 +233,8 @@ def test_dinet_crop_formula():
     lm[3, 8, 1] = 200.0  # one frame with a longer face: r_3 = floor(1.05·100/2) = 52 > 1.5·31
     frames = np.random.default_rng(0).integers(0, 255, (n, 240, 260, 3), dtype=np.uint8)
     gt, pred, info = ec.crop_dinet(frames, frames, lm)
-    assert gt.shape == (n, 256, 256, 3) and info["protocol"] == "dinet"
+    assert gt.shape == (n, 416, 320, 3) and info["protocol"] == "dinet" and info["version"] == 2
+    assert ec.dinet_size(256) == (416, 320) and ec.PROTOCOL_VERSIONS == {"radio-v1": 1, "dinet": 2}
     np.testing.assert_array_equal(gt, pred)
     # r_t = floor(1.05·max(60, 40)/2) = 31, except frame 3 (52); window max over t-2..t+2
     np.testing.assert_array_equal(info["radius_t"], [31, 31, 31, 52, 31, 31, 31])
@@ -242,14 +243,31 @@ def test_dinet_crop_formula():
     np.testing.assert_array_equal(info["boxes"][0], [120 - r - q, 100 - r, 120 + r + q, 100 + 2 * r + q])
     np.testing.assert_array_equal(info["unstable_radius"], [False, True, True, True, True, True, False])
     assert not info["out_of_frame"].any()
-    # the crop is the box, resized
+    # the crop is the box, resized bilinearly to DINet's 416×320 (h×w)
     x0, y0, x1, y1 = info["boxes"][0]
-    want = cv2.resize(frames[0, y0:y1, x0:x1], (256, 256), interpolation=cv2.INTER_AREA)
+    want = cv2.resize(frames[0, y0:y1, x0:x1], (320, 416), interpolation=cv2.INTER_LINEAR)
     np.testing.assert_array_equal(gt[0], want)
     # a box leaving the frame is flagged and edge-padded, not dropped
     lm2 = _synthetic_landmarks(n, y29=20.0, chin=80.0)
-    g2, _, info2 = ec.crop_dinet(frames, frames, lm2, size=(416, 320))
+    g2, _, info2 = ec.crop_dinet(frames, frames, lm2)
     assert info2["out_of_frame"].all() and g2.shape == (n, 416, 320, 3)
+
+
+def test_dinet_crop_casts_landmarks_to_int_first():
+    """DINet's inference.py: ``astype(int)`` before the radius. Float 60.6 px gives r_t 31; the
+    int landmarks (161 − 100 = 61) give floor(1.05·61/2) = 32, so r = 36, not 32."""
+    n = 5
+    lm = _synthetic_landmarks(n, y29=100.4, x33=120.7, chin=161.0)
+    frames = np.random.default_rng(1).integers(0, 255, (n, 260, 260, 3), dtype=np.uint8)
+    _, _, info = ec.crop_dinet(frames, frames, lm)
+    np.testing.assert_array_equal(info["radius_t"], [32] * n)
+    np.testing.assert_array_equal(info["radius"], [36] * n)
+    r, q = 36, 9  # x33 -> 120, y29 -> 100
+    np.testing.assert_array_equal(info["boxes"][0], [120 - r - q, 100 - r, 120 + r + q, 100 + 2 * r + q])
+    # DINet's own arithmetic on the int landmarks (compute_crop_radius, then the slice)
+    li = lm.astype(int)
+    rad = np.max(np.stack([(li.max(axis=1)[:, 1] - li[:, 29, 1]) * 1.05, (li[:, 54, 0] - li[:, 48, 0]) * 1.05], 1), 1) // 2
+    assert (int(rad.max() / 4) + 1) * 4 == 36
 
 
 def test_crop_pair_dispatch_and_errors(clip):
@@ -259,7 +277,7 @@ def test_crop_pair_dispatch_and_errors(clip):
     with pytest.raises(ValueError, match=r"Expected pred_frames uint8 of the ground truth's shape"):
         ec.crop_pair("dinet", frames, frames[:, :256], lm)
     gt, pred, info = ec.crop_pair("dinet", frames, frames, lm)
-    assert gt.shape[1:3] == (256, 256) and info["protocol"] == "dinet"
+    assert gt.shape[1:3] == (416, 320) and info["protocol"] == "dinet"
 
 
 # ---------------------------------------------------------------- LPIPS

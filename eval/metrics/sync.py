@@ -13,8 +13,10 @@ Three layers, each usable alone:
    network), MFCC (:mod:`eval.metrics.mfcc`) of the 16 kHz audio at int16 scale;
    ``min_length = min(n_frames, floor(n_samples / 640))`` and windows ``v = 0 … min_length − 6``
    (video frames v … v+4, MFCC frames 4v … 4v+19), batches of 20.
-3. :func:`evaluate_sync` — tracks (:mod:`eval.metrics.face_track`) + 1 + 2 on a full-frame
-   video; a clip without a usable track is reported missing, never scored.
+3. :class:`SyncStream` / :func:`evaluate_sync` — tracks (:mod:`eval.metrics.face_track`) + 1 + 2
+   on a full-frame video, fed in chunks (only embeddings are kept); a clip without a usable track
+   is reported missing with a ``status`` (``too_short_for_sync`` when tracks of ``min_track``
+   frames or fewer were dropped, as officially), never scored.
 
 **Zero-padding bias on short clips.** At offset k = j − vshift the first or last |k| of the N
 windows are compared with the zero padding, i.e. ``dists = ‖v_i‖`` — typically far larger than
@@ -39,7 +41,7 @@ import torch.nn.functional as F
 
 from preprocess.weights import WeightsError
 
-from .face_track import TrackConfig, build_tracks, crop_track, track_audio
+from .face_track import TrackConfig, crop_frames, shot_tracks, smooth_track, track_audio
 from .mfcc import mfcc
 from .syncnet import SyncNet
 
@@ -103,6 +105,65 @@ def audio_mfcc(audio, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return mfcc(x, SAMPLE_RATE).T
 
 
+class WindowEmbedder:
+    """SyncNet embeddings of one track's 5-frame windows, fed crops chunk by chunk.
+
+    ``push`` crops (L', 224, 224, 3) uint8 **RGB** in order; ``finish`` returns the (N, 1024)
+    video and audio embeddings, N = min(L, floor(n_samples / 640)) − 5. Windows go through the
+    network in batches of ``batch_size`` by window index (0…19, 20…39, …), whatever the chunk
+    sizes, so the result is bitwise the one of the whole track at once; only the crops of one
+    batch (plus 4) are held.
+    """
+
+    def __init__(self, model: SyncNet, audio, n_crops: int, sample_rate: int = SAMPLE_RATE,
+                 batch_size: int = BATCH_SIZE):
+        if model.weights_info is None:
+            raise WeightsError("SyncNet has no loaded weights; build it with load_syncnet() "
+                               "(a randomly initialised network never scores).")
+        self.model, self.batch_size = model, batch_size
+        self.cc = torch.from_numpy(audio_mfcc(audio, sample_rate)).float()  # (13, M')
+        min_length = min(int(n_crops), len(np.asarray(audio)) // SAMPLES_PER_FRAME)
+        self.last = min_length - WINDOW
+        if self.last <= 0:
+            raise ValueError(f"Expected more than {WINDOW} frames of video and audio. Got {min_length}.")
+        self.device = next(model.parameters()).device
+        self.pending = np.empty((0, 224, 224, 3), np.uint8)
+        self.start = 0  # track row of pending[0]
+        self.next = 0   # first window of the next batch
+        self.v_out, self.a_out = [], []
+
+    def push(self, crops) -> None:
+        crops = np.asarray(crops)
+        if crops.ndim != 4 or crops.shape[1:] != (224, 224, 3) or crops.dtype != np.uint8:
+            raise ValueError(f"Expected crops uint8 of shape (L, 224, 224, 3). Got {crops.dtype} {crops.shape}.")
+        self.pending = np.concatenate([self.pending, crops]) if len(self.pending) else crops
+        while self.next < self.last:
+            stop = min(self.last, self.next + self.batch_size)
+            if self.start + len(self.pending) < stop - 1 + WINDOW:
+                return
+            self._batch(range(self.next, stop))
+            self.next = stop
+            self.pending = self.pending[stop - self.start:]
+            self.start = stop
+
+    def _batch(self, js: range) -> None:
+        lo = js[0] - self.start
+        part = self.pending[lo:lo + len(js) - 1 + WINDOW]
+        vid = torch.from_numpy(np.ascontiguousarray(part[..., ::-1].transpose(3, 0, 1, 2))).float()  # (3, L, H, W) BGR
+        cc = self.cc
+        with torch.no_grad():
+            im = torch.stack([vid[:, j - js[0]:j - js[0] + WINDOW] for j in js]).to(self.device)
+            au = torch.stack([cc[None, :, j * MFCC_PER_FRAME:j * MFCC_PER_FRAME + 20] for j in js]).to(self.device)
+            self.v_out.append(self.model.forward_lip(im).cpu())
+            self.a_out.append(self.model.forward_aud(au).cpu())
+
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.next < self.last:
+            raise ValueError(f"Expected crops for {self.last + WINDOW - 1} frames. Got {self.start + len(self.pending)}.")
+        self.pending = self.pending[:0]
+        return torch.cat(self.v_out), torch.cat(self.a_out)
+
+
 def sync_embeddings(model: SyncNet, crops, audio, sample_rate: int = SAMPLE_RATE,
                     batch_size: int = BATCH_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """Video and audio embeddings of one track's windows.
@@ -110,58 +171,93 @@ def sync_embeddings(model: SyncNet, crops, audio, sample_rate: int = SAMPLE_RATE
     crops: (L, 224, 224, 3) uint8 **RGB**; audio: (M,) 16 kHz aligned with the crops' first
     frame. Returns two (N, 1024) float32 tensors, N = min(L, floor(M / 640)) − 5.
     """
-    if model.weights_info is None:
-        raise WeightsError("SyncNet has no loaded weights; build it with load_syncnet() "
-                           "(a randomly initialised network never scores).")
     crops = np.asarray(crops)
-    if crops.ndim != 4 or crops.shape[1:] != (224, 224, 3) or crops.dtype != np.uint8:
-        raise ValueError(f"Expected crops uint8 of shape (L, 224, 224, 3). Got {crops.dtype} {crops.shape}.")
-    cc = torch.from_numpy(audio_mfcc(audio, sample_rate)).float()  # (13, M')
-    min_length = min(len(crops), len(np.asarray(audio)) // SAMPLES_PER_FRAME)
-    last = min_length - WINDOW
-    if last <= 0:
-        raise ValueError(f"Expected more than {WINDOW} frames of video and audio. Got {min_length}.")
-    device = next(model.parameters()).device
-    vid = torch.from_numpy(np.ascontiguousarray(crops[..., ::-1].transpose(3, 0, 1, 2))).float()  # (3, L, H, W) BGR
-    v_out, a_out = [], []
-    with torch.no_grad():
-        for i in range(0, last, batch_size):
-            js = range(i, min(last, i + batch_size))
-            im = torch.stack([vid[:, j:j + WINDOW] for j in js]).to(device)
-            au = torch.stack([cc[None, :, j * MFCC_PER_FRAME:j * MFCC_PER_FRAME + 20] for j in js]).to(device)
-            v_out.append(model.forward_lip(im).cpu())
-            a_out.append(model.forward_aud(au).cpu())
-    return torch.cat(v_out), torch.cat(a_out)
+    emb = WindowEmbedder(model, audio, len(crops), sample_rate, batch_size)
+    emb.push(crops)
+    return emb.finish()
+
+
+#: ``status`` of a Sync result: scored, or why not
+SYNC_STATUSES = ("scored", "too_short_for_sync", "no_face_track")
+
+
+class SyncStream:
+    """Sync-C/D of a full-frame 25 fps clip, fed its frames chunk by chunk (bounded memory).
+
+    boxes: per frame (K_t, 4) face boxes [x1, y1, x2, y2] of the whole clip (small; from a first
+    pass); audio: (M,) 16 kHz mono from the clip's start. ``push(start, frames)`` takes frames
+    ``start…`` (T', H, W, 3) uint8 RGB in order; ``finish()`` returns :func:`evaluate_sync`'s dict.
+    Only per-track embeddings and one batch of crops are kept, never frames.
+    """
+
+    def __init__(self, model: SyncNet, boxes, audio, sample_rate: int = SAMPLE_RATE,
+                 config: TrackConfig = TrackConfig(), vshift: int = VSHIFT):
+        if model.weights_info is None:
+            raise WeightsError("SyncNet has no loaded weights; build it with load_syncnet().")
+        self.model, self.config, self.vshift, self.sample_rate = model, config, vshift, sample_rate
+        self.n_frames = len(boxes)
+        self.meta = {**model.weights_info, "vshift": vshift, "track_config": dataclasses.asdict(config)}
+        self.tracks, self.dropped = shot_tracks(boxes, config)
+        self.dets = [smooth_track(tr, config) for tr in self.tracks]
+        self.embedders, self.errors = [], []
+        for tr in self.tracks:
+            try:
+                self.embedders.append(WindowEmbedder(model, track_audio(audio, tr, sample_rate, config.frame_rate),
+                                                     len(tr["frame"]), sample_rate))
+            except ValueError as e:  # audio shorter than one window
+                self.embedders.append(None)
+                self.errors.append(str(e))
+
+    def push(self, start: int, frames) -> None:
+        frames = np.asarray(frames)
+        stop = start + len(frames)
+        for tr, dets, emb in zip(self.tracks, self.dets, self.embedders):
+            if emb is None:
+                continue
+            first = int(tr["frame"][0])
+            lo, hi = max(start, first), min(stop, int(tr["frame"][-1]) + 1)
+            if lo < hi:
+                emb.push(crop_frames(frames[lo - start:hi - start], dets, range(lo - first, hi - first), self.config))
+
+    def finish(self) -> dict:
+        results = []
+        for tr, emb in zip(self.tracks, self.embedders):
+            if emb is None:
+                continue
+            r = sync_scores(*emb.finish(), self.vshift)
+            r["frames"] = (int(tr["frame"][0]), int(tr["frame"][-1]) + 1)
+            results.append(r)
+        if not results:
+            short = any(d["reason"] == "short" for d in self.dropped) or bool(self.errors)
+            status = "too_short_for_sync" if short else "no_face_track"
+            why = (f"no face track longer than {self.config.min_track} frames (tracks of "
+                   f"{sorted(d['n_boxes'] for d in self.dropped if d['reason'] == 'short')} boxes dropped, "
+                   f"clip {self.n_frames} frames)" if short else
+                   f"no face track with faces over {self.config.min_face_size} px")
+            return {"missing": True, "status": status, "reason": "; ".join([why] + self.errors[:1]),
+                    "tracks": [], "dropped": self.dropped, **self.meta}
+        w = np.array([r["n_windows"] for r in results], dtype=np.float64)
+        return {"missing": False, "status": "scored",
+                "sync_c": float(np.dot(w, [r["sync_c"] for r in results]) / w.sum()),
+                "sync_d": float(np.dot(w, [r["sync_d"] for r in results]) / w.sum()),
+                "offset": results[int(np.argmax(w))]["offset"], "n_windows": int(w.sum()),
+                "tracks": results, "dropped": self.dropped, **self.meta}
 
 
 def evaluate_sync(model: SyncNet, frames, boxes, audio, sample_rate: int = SAMPLE_RATE,
                   config: TrackConfig = TrackConfig(), vshift: int = VSHIFT) -> dict:
-    """Sync-C/D of a full-frame 25 fps clip.
+    """Sync-C/D of a full-frame 25 fps clip held in memory (:class:`SyncStream` in one chunk).
 
     frames: (T, H, W, 3) uint8 RGB (the pasted-back video, never 192 crops); boxes: per frame
     (K_t, 4) face boxes [x1, y1, x2, y2]; audio: (M,) 16 kHz mono from the clip's start.
     Each track is scored; the clip's ``sync_c``/``sync_d`` are the window-weighted means over
-    tracks and ``offset`` that of the longest track. No track -> ``{'missing': True, ...}``.
+    tracks and ``offset`` that of the longest track. No track -> ``{'missing': True, 'status':
+    'too_short_for_sync' | 'no_face_track', ...}``: tracks of ``min_track`` frames or fewer are
+    dropped as officially.
     """
     frames = np.asarray(frames)
     if len(boxes) != len(frames):
         raise ValueError(f"Expected one box list per frame ({len(frames)}). Got {len(boxes)}.")
-    if model.weights_info is None:
-        raise WeightsError("SyncNet has no loaded weights; build it with load_syncnet().")
-    meta = {**model.weights_info, "vshift": vshift, "track_config": dataclasses.asdict(config)}
-    tracks = build_tracks(boxes, config)
-    results = []
-    for tr in tracks:
-        crops, _ = crop_track(frames, tr, config)
-        v, a = sync_embeddings(model, crops, track_audio(audio, tr, sample_rate, config.frame_rate), sample_rate)
-        r = sync_scores(v, a, vshift)
-        r["frames"] = (int(tr["frame"][0]), int(tr["frame"][-1]) + 1)
-        results.append(r)
-    if not results:
-        return {"missing": True, "reason": f"no face track longer than {config.min_track} frames "
-                f"with faces over {config.min_face_size} px", "tracks": [], **meta}
-    w = np.array([r["n_windows"] for r in results], dtype=np.float64)
-    return {"missing": False, "sync_c": float(np.dot(w, [r["sync_c"] for r in results]) / w.sum()),
-            "sync_d": float(np.dot(w, [r["sync_d"] for r in results]) / w.sum()),
-            "offset": results[int(np.argmax(w))]["offset"], "n_windows": int(w.sum()),
-            "tracks": results, **meta}
+    stream = SyncStream(model, boxes, audio, sample_rate, config, vshift)
+    stream.push(0, frames)
+    return stream.finish()
