@@ -36,7 +36,9 @@
    ``disabled``; when not scored, ``sync_missing`` with a reason (the pair is still scored).
 
 Every data problem raises :class:`PairReject` with a reason from :data:`REJECT_REASONS`;
-anything else is a bug and propagates.
+anything else propagates to the caller, whose per-pair boundary (:func:`failure_reject`) turns it
+into a ``scoring_error`` reject unless it is an environment failure (``OSError``,
+``MemoryError``), which propagates so the runner retries the pair.
 
 Memory: bounded by the block size, not the length. Each pass holds about two blocks of
 ``cfg.chunk_frames`` frames per video (16 frames of 1080p ≈ 100 MB per block) plus per frame:
@@ -67,7 +69,9 @@ log = logging.getLogger(__name__)
 
 FPS = 25
 SAMPLES_PER_FRAME = 16000 // FPS
-REJECT_REASONS = ("missing_file", "length_mismatch", "no_face", "undecodable")
+REJECT_REASONS = ("missing_file", "length_mismatch", "no_face", "undecodable", "scoring_error")
+#: failures of the machine, not of the pair: never a reject, the runner retries the element
+ENVIRONMENT_ERRORS = (OSError, MemoryError)
 NO_CAP = 10 ** 9  # tracker segment cap: one segment per continuous track
 #: frames per pytorch_msssim call. Measured on one CPU core at 256² (NCHW input): 26 ms/frame at 1,
 #: 50 at 4, 80 at 32 (five float maps per frame leave the cache as the batch grows); results are
@@ -93,6 +97,16 @@ class PairReject(Exception):
 
     def __reduce__(self):
         return (type(self), (self.reason, self.message, self.side, self.stage))
+
+
+def failure_reject(e: Exception) -> PairReject | None:
+    """The per-pair boundary's verdict on an unexpected exception: ``None`` for an environment
+    failure (re-raise it: retried, the run ends non-zero), else a ``scoring_error`` reject
+    naming the exception, so one bad pair of a million does not end the run. ``radio evaluate``
+    exits 1 when there is any."""
+    if isinstance(e, ENVIRONMENT_ERRORS):
+        return None
+    return PairReject("scoring_error", f"{type(e).__name__}: {e}", "pair", "evaluate")
 
 
 def _media_reject(e: MediaError, side: str) -> PairReject:

@@ -126,8 +126,13 @@ def footnotes(table: list[dict]) -> list[str]:
     return notes
 
 
+def _table(rows: list[dict], summary: dict | None) -> list[dict]:
+    """The run's exact table (``summary['table']``, from the combiner) or one from ``rows``."""
+    return (summary or {}).get("table") or summary_table(rows)
+
+
 def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
-    table = summary_table(rows)
+    table = _table(rows, summary)
     datasets, methods, cells = _grid(table)
     head = ["Method"] + [f"{d} {label}{arrow(h)}" for d in datasets for _, label, h, _ in METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -137,23 +142,33 @@ def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
     out = ["# Evaluation summary", ""]
     if summary:
         out += [f"Run `{summary.get('run_id')}`: {summary['inputs']} pairs = {summary['scored']} scored + "
-                f"{summary['rejected']} rejected" + ("" if summary["counts_add_up"] else " (DOES NOT ADD UP)")
-                + _reasons(summary) + ".", ""]
+                f"{summary['rejected']} rejected" + _reasons(summary) + unpaired_note(summary)
+                + ("" if summary["counts_add_up"] else " (DOES NOT ADD UP)") + ".", ""]
     out += lines + [""]
     counts = ["| Dataset | Method | clips scored | Sync missing | frames |", "|---|---|---|---|---|"]
-    for d in datasets:
-        for m in methods:
-            grp = [r for r in rows if r["dataset"] == d and r["method"] == m]
-            if grp:
-                counts.append(f"| {d} | {m} | {len(grp)} | {sum(1 for r in grp if r.get('sync_missing'))} | "
-                              f"{sum(r.get('n_frames') or 0 for r in grp)} |")
+    for g in (summary or {}).get("groups") or results_groups(rows):
+        if g["scored"]:
+            counts.append(f"| {g['dataset']} | {g['method']} | {g['scored']} | {g['sync_missing']} | {g['frames']} |")
     out += counts + ["", f"Cells: mean ± half-width of the {CI_METHOD}."]
     out += [f"Crop protocol {', '.join(sorted({str(r.get('protocol')) for r in rows}))} at "
             f"{', '.join(sorted({str(r.get('crop_size')) for r in rows}))} px; landmarks "
             f"{', '.join(sorted({str(r.get('landmark_backend')) for r in rows}))}; LMD landmarks: "
-            f"{rows[0].get('lmd_landmarks') if rows else '–'}."] if rows else []
+            f"{rows[0].get('lmd_landmarks') if rows else '–'}; landmark fitting: "
+            f"{', '.join(sorted({str(r.get('landmark_fitting')) for r in rows}))}."] if rows else []
     out += footnotes(table)
     return "\n".join(out) + "\n"
+
+
+def results_groups(rows: list[dict]) -> list[dict]:
+    """Per (dataset, method) counts of scored rows (when no run summary is at hand)."""
+    from eval import aggregate
+
+    return aggregate.summarise(rows, [], len(rows))["groups"]
+
+
+def unpaired_note(summary: dict) -> str:
+    n = summary.get("unpaired") or 0
+    return f" + {n} unpaired (references without a generated clip)" if n else ""
 
 
 def _reasons(summary: dict) -> str:
@@ -161,9 +176,9 @@ def _reasons(summary: dict) -> str:
     return "" if not r else " (" + ", ".join(f"{k} {v}" for k, v in sorted(r.items())) + ")"
 
 
-def table_csv(rows: list[dict]) -> str:
+def table_csv(rows: list[dict], summary: dict | None = None) -> str:
     """Wide CSV: one row per method; per dataset × metric the columns mean, ci95 (half-width), n."""
-    table = summary_table(rows)
+    table = _table(rows, summary)
     datasets, methods, cells = _grid(table)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -238,8 +253,8 @@ def _e(x) -> str:
     return html.escape("" if x is None else str(x))
 
 
-def _html_table(rows: list[dict]) -> str:
-    table = summary_table(rows)
+def _html_table(rows: list[dict], summary: dict | None = None) -> str:
+    table = _table(rows, summary)
     datasets, methods, cells = _grid(table)
     h1 = "<tr><th class=l rowspan=2>Method</th>" + "".join(
         f"<th colspan={len(METRICS)} style='text-align:center'>{_e(d)}</th>" for d in datasets) + "</tr>"
@@ -266,9 +281,12 @@ def _counts_html(summary: dict) -> str:
     return (f"<table><tr><td class=l>pairs listed</td><td>{summary['inputs']}</td></tr>"
             f"<tr><td class=l>scored</td><td>{summary['scored']}</td></tr>"
             f"<tr><td class=l>rejected</td><td>{summary['rejected']}</td></tr>{reasons}"
-            f"<tr><td class=l>scored + rejected = listed</td><td class={'ok' if ok else 'bad'}>"
+            f"<tr><td class=l>unpaired (references without a generated clip)</td><td>{summary.get('unpaired', 0)}</td></tr>"
+            f"<tr><td class=l>scored + rejected + unpaired = listed</td><td class={'ok' if ok else 'bad'}>"
             f"{'yes' if ok else 'NO'}</td></tr>"
             f"<tr><td class=l>scored without Sync (no track / no audio)</td><td>{summary.get('sync_missing', 0)}</td></tr>"
+            f"<tr><td class=l>&nbsp;&nbsp;too_short_for_sync (tracks ≤ min_track frames)</td>"
+            f"<td>{summary.get('too_short_for_sync', 0)}</td></tr>"
             f"<tr><td class=l>frames scored</td><td>{summary.get('frames_scored', 0)}</td></tr></table>"
             + (f"<table><tr><th class=l>dataset</th><th class=l>method</th><th>scored</th><th>rejected</th>"
                f"<th>Sync missing</th></tr>{groups}</table>" if groups else ""))
@@ -307,9 +325,12 @@ def _provenance(summary: dict, rows: list[dict]) -> str:
     w = summary.get("weights") or {}
     items = "".join(f"<tr><td class=l>{_e(k)}</td><td class=l><code>{_e(', '.join(v) or '–')}</code></td></tr>"
                     for k, v in w.items())
-    proto = sorted({f"{r.get('protocol')} @ {r.get('crop_size')}" for r in rows})
+    proto = sorted({f"{r.get('protocol')} v{r.get('protocol_version')} @ {r.get('crop_height')}x{r.get('crop_width')}"
+                    for r in rows})
+    fitting = sorted({str(r.get("landmark_fitting")) for r in rows})
     return (f"<table><tr><td class=l>crop protocol</td><td class=l>{_e(', '.join(proto) or '–')}</td></tr>"
             f"<tr><td class=l>LMD landmarks</td><td class=l>{_e(rows[0].get('lmd_landmarks') if rows else '–')}</td></tr>"
+            f"<tr><td class=l>LMD landmark fitting</td><td class=l>{_e(', '.join(fitting) or '–')}</td></tr>"
             f"<tr><td class=l>confidence intervals</td><td class=l>{_e(CI_METHOD)}</td></tr>{items}</table>"
             f"<details><summary class=note>config</summary><pre class=note>"
             f"{_e(json.dumps(summary.get('config'), indent=2, sort_keys=True))}</pre></details>")
@@ -324,7 +345,7 @@ def render_html(rows: list[dict], rejects: list[dict], summary: dict, cards: dic
              f"<p class=note>finished {_e(summary.get('finished_utc'))} · generated <code>{_e(summary.get('generated'))}"
              f"</code> · reference <code>{_e(summary.get('reference') or '–')}</code> · output <code>{_e(summary.get('output'))}"
              f"</code></p>", "<h2>Counts</h2>", _counts_html(summary), "<h2>Summary (Table 1 layout)</h2>",
-             _html_table(rows) if rows else "<p>No pair was scored.</p>",
+             _html_table(rows, summary) if rows else "<p>No pair was scored.</p>",
              f"<p class=note>Cells: mean ± half-width of the {_e(CI_METHOD)}.</p>"]
     hist = histograms_png(rows) if rows else None
     if hist:
@@ -359,7 +380,7 @@ def write_report(out_dir: str, rows: list[dict], rejects: list[dict], summary: d
     files = {"summary_md": uri_mod.join(out_dir, "summary.md"), "summary_csv": uri_mod.join(out_dir, "summary.csv"),
              "report_html": uri_mod.join(out_dir, "report.html")}
     uri_mod.write_bytes_atomic(files["summary_md"], table_markdown(rows, summary).encode())
-    uri_mod.write_bytes_atomic(files["summary_csv"], table_csv(rows).encode())
+    uri_mod.write_bytes_atomic(files["summary_csv"], table_csv(rows, summary).encode())
     uri_mod.write_bytes_atomic(files["report_html"], render_html(rows, rejects, summary, cards).encode())
     return files
 

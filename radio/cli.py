@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="report folder URI")
     p.add_argument("--run-id", "--run_id", dest="run_id",
                    help="idempotent run name (default: today's UTC date)")
-    p.add_argument("--dataset", default="dataset", help="dataset name for the summary table")
-    p.add_argument("--method", default="method", help="method name for the summary table")
+    p.add_argument("--dataset", default=None, help="dataset name for the summary table (default: the reference folder's name)")
+    p.add_argument("--method", default=None, help="method name for the summary table (default: the generated folder's name)")
     _add_config(p)
 
     p = sub.add_parser("model-summary", help="parameter counts of every RADIO module")

@@ -164,7 +164,7 @@ def test_reports_hold_the_numbers(first_run):
     assert float(table["identity"]["testset/lmd/mean"]) == 0.0 and table["identity"]["testset/lmd/n"] == "3"
     assert table["identity"]["testset/lpips/unofficial"] == LPIPS_LABEL
     assert html.startswith("<!doctype html>") and "data:image/png;base64," in html
-    assert f"{bad['psnr']:.2f}" in html and "length_mismatch" in html and "scored + rejected = listed" in html
+    assert f"{bad['psnr']:.2f}" in html and "length_mismatch" in html and "scored + rejected + unpaired = listed" in html
     assert "<script" not in html and "src='http" not in html  # self-contained
 
 
