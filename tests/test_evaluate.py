@@ -324,3 +324,94 @@ def test_mean_ci_is_the_t_interval():
     one = report.mean_ci([2.0])
     assert one["n"] == 1 and math.isnan(one["half"])
     assert report.mean_ci([None])["n"] == 0
+
+
+# ------------------------------------------------------------------------------- issue 13
+def _s3fd_file(path: Path, face_logit: float = 10.0, side_full: float = 1024.0) -> str:
+    """Seeded random S3FD (face_alignment's network) whose heads are pinned so that only the
+    coarsest level (step 128) fires, everywhere with logit ``face_logit`` and boxes of
+    ``side_full`` px (full frame) about its priors. On a 512² frame (128² scaled: a 2×2 map,
+    priors at 64 and 192) boxes of 256 scaled px overlap their row/column neighbours by IoU 0.33
+    (gone at NMS 0.3) and the diagonal one by 0.14 (gone at NMS 0.1): one box is left."""
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+
+    torch.manual_seed(0)
+    net = s3fd()
+    state = net.state_dict()
+    for k in state:
+        if "mbox_conf" in k or "mbox_loc" in k:
+            state[k] = torch.zeros_like(state[k])
+    state["conv3_3_norm_mbox_conf.bias"][3] = -10.0
+    for lvl in ("conv4_3_norm", "conv5_3_norm", "fc7", "conv6_2"):
+        state[f"{lvl}_mbox_conf.bias"][1] = -10.0
+    state["conv7_2_mbox_conf.bias"][1] = face_logit
+    prior_scaled = 128 * 4.0
+    state["conv7_2_mbox_loc.bias"][2:] = float(np.log(side_full * 0.25 / prior_scaled) / 0.2)
+    torch.save(state, path)
+    return str(path)
+
+
+def test_s3fd_boxes_as_the_official_pipeline(tmp_path):
+    from eval.metrics import s3fd
+
+    f = _s3fd_file(tmp_path / "s3fd.pth")
+    det = s3fd.S3FD(f, _sha(f))
+    frame = np.zeros((512, 512, 3), np.uint8)
+    boxes = det.detect(frame)
+    assert boxes.shape == (1, 5) and boxes[0, 4] > 0.9
+    # the first prior, (64, 64) of 128 scaled = the frame's centre, 256 scaled -> 1024 full px
+    np.testing.assert_allclose(boxes[0, :4], [256 - 512, 256 - 512, 256 + 512, 256 + 512], atol=1e-3)
+    weak_file = _s3fd_file(tmp_path / "weak.pth", face_logit=1.0)
+    weak = s3fd.S3FD(weak_file, _sha(weak_file))
+    assert weak.detect(frame).shape == (0, 5)  # p = sigmoid(1) ≈ 0.73 < conf 0.9
+    assert "conf 0.9, scale 0.25" in det.describe()
+    with pytest.raises(WeightsError, match="published prefix 619a316812"):
+        s3fd.S3FD(f, None)  # no sha256 configured and not the published file
+
+
+def test_sync_uses_s3fd_when_configured_and_says_so(tmp_path, weights):
+    from eval.models import load_models
+
+    f = _s3fd_file(tmp_path / "s3fd.pth")
+    common = ["max_frames=40", "lpips.enabled=false", f"sync.weights_uri={weights['sync']}",
+              f"sync.weights_sha256={weights['sync_sha']}", "sync.label=random (test)"]
+    clip = str(DATA_DIR / "retalking_face5.mp4")
+    cfg = config_mod.load(EvalConfig, None, common + [f"sync.s3fd_uri={f}", f"sync.s3fd_sha256={_sha(f)}",
+                                                      "sync.track={min_track: 20}"])
+    row, _ = clip_mod.evaluate_pair(clip, clip, cfg, load_models(cfg))
+    assert row["sync_box_source"] == "s3fd" and row["sync_boxes"].startswith("s3fd every frame")
+    assert row["sync_status"] == "scored" and row["sync_missing"] is False and 30 <= row["sync_n_windows"] <= 35
+    # no S3FD file: the dlib fallback, labelled; 40 frames < min_track 100: too_short_for_sync
+    cfg = config_mod.load(EvalConfig, None, common)
+    row, _ = clip_mod.evaluate_pair(clip, clip, cfg, load_models(cfg))
+    assert row["sync_box_source"] == "dlib_tracker" and "fallback, not S3FD" in row["sync_boxes"]
+    assert row["sync_status"] == "too_short_for_sync" and row["sync_missing"] is True and row["sync_c"] is None
+    assert "100" in row["sync_missing_reason"]
+    s = results.summarise([{**row, "pair_id": "p", "key": "k", "dataset": "d", "method": "m"}], [], 1)
+    assert s["too_short_for_sync"] == 1 and s["sync_status"] == {"too_short_for_sync": 1}
+    assert "too_short_for_sync" in report.render_html([{**row, "pair_id": "p", "key": "k", "dataset": "d",
+                                                        "method": "m"}], [], {**s, "run_id": "x"})
+
+
+def test_streamed_pair_scores_equal_the_in_memory_path(weights, inputs):
+    """Blocks of 7 frames against the whole pair in one block: the same rows and per-frame scores
+    (an x264 crf-45 copy against its source; radio-v1 with LPIPS and Sync, then dinet)."""
+    from eval.models import load_models
+
+    gen, ref = str(inputs["root"] / "gen" / "00015_crf45.mp4"), str(DATA_DIR / "00015.mp4")
+    base = ["max_frames=36", *_lpips_overrides(weights), f"sync.weights_uri={weights['sync']}",
+            f"sync.weights_sha256={weights['sync_sha']}", "sync.track={min_track: 20}"]
+    for overrides in (base, base + ["protocol=dinet", "lpips.enabled=false", "sync.enabled=false"]):
+        cfgs = [config_mod.load(EvalConfig, None, overrides + [f"chunk_frames={c}"]) for c in (7, 10_000)]
+        (r1, f1), (r2, f2) = [clip_mod.evaluate_pair(gen, ref, cfg, load_models(cfg)) for cfg in cfgs]
+        skip = {"seconds", "timings"}
+        assert {k: v for k, v in r1.items() if k not in skip} == {k: v for k, v in r2.items() if k not in skip}
+        for k in ("frame_index", "psnr", "ms_ssim", "lmd"):
+            np.testing.assert_array_equal(f1[k], f2[k])
+        if f1["lpips"] is not None:
+            np.testing.assert_allclose(f1["lpips"], f2["lpips"], rtol=1e-6, atol=1e-7)
+        assert f1["sample_png"] == f2["sample_png"]
+        assert 15 < r1["psnr"] < 40 and r1["lmd"] > 0
+    assert r1["protocol"] == "dinet" and r1["protocol_version"] == 2 and (r1["crop_height"], r1["crop_width"]) == (416, 320)
+    assert json.loads(r1["landmark_fitting"]) == {"backend": "dlib", "fit_boxes": 5, "fit_shift": 0.03, "upsample": 0}
+    assert r1["landmark_fit_boxes"] == 5

@@ -464,3 +464,64 @@ def test_sync_end_to_end_random_weights(random_syncnet_file):
     # the same with too short a clip: reported missing, not scored
     short = sy.evaluate_sync(model, frames[:90], boxes[:90], audio)
     assert short["missing"] is True and short["official_weights"] is False and "tracks" in short
+
+
+def test_syncnet_loads_a_legacy_serialization_with_official_keys(tmp_path):
+    """``syncnet_v2.model`` is a 2017 torch file: the legacy (non-zip) format, an OrderedDict keyed
+    like ``SyncNetInstance`` (``__S__.`` prefix, no ``num_batches_tracked``). It must load with
+    ``weights_only=True``."""
+    import collections
+    import zipfile
+
+    torch.manual_seed(3)
+    ref = sn.SyncNet()
+    state = collections.OrderedDict((f"__S__.{k}", v) for k, v in ref.state_dict().items()
+                                    if "num_batches" not in k)
+    path = tmp_path / "syncnet_v2.model"
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)  # really the legacy format
+    model = sn.load_syncnet(str(path), _sha(path))
+    for k, v in ref.state_dict().items():
+        if "num_batches" not in k:
+            assert torch.equal(model.state_dict()[k], v), k
+    assert model.weights_info["syncnet_sha256"] == _sha(path) and model.weights_info["official_weights"] is False
+
+
+def test_shot_tracks_follow_track_shot():
+    """syncnet_python's ``track_shot``: tracks of min_track boxes or fewer are dropped (reason
+    'short'), a shot shorter than min_track has none, and a face right after a taken one in the
+    same frame is skipped in that frame (the list is edited while it is iterated)."""
+    box = np.array([50.0, 50.0, 200.0, 200.0])
+    kept, dropped = ft.shot_tracks([box[None]] * 100)
+    assert kept == [] and dropped == [{"n_boxes": 100, "reason": "short"}]
+    kept, dropped = ft.shot_tracks([box[None]] * 60)  # the shot itself is under min_track
+    assert kept == [] and dropped[0]["reason"] == "short"
+    cfg = ft.TrackConfig(min_track=3, min_face_size=10)
+    far = box + 500
+    # frame 0 holds [box, far, box+1]: box starts the track, `far` is skipped (list edited while
+    # iterated), box+1 joins the track in the same frame (IoU > 0.5 with box)
+    frames = [np.stack([box, far, box + 1])] + [box[None]] * 4
+    kept, dropped = ft.shot_tracks(frames, cfg)
+    assert [len(t["frame"]) for t in kept] == [5] and len(kept[0]["frame"]) == 5
+    assert dropped == [{"n_boxes": 1, "reason": "short"}]  # `far` alone on the next pass
+    kept, dropped = ft.shot_tracks([np.array([[0, 0, 5, 5.0]])] * 10, cfg)
+    assert kept == [] and dropped == [{"n_boxes": 10, "reason": "small"}]
+
+
+def test_sync_stream_in_chunks_is_bitwise_the_whole(random_syncnet_file):
+    """Windows go through SyncNet in the same batches whatever the chunking."""
+    model = sn.load_syncnet(random_syncnet_file, _sha(random_syncnet_file), label="random (test)")
+    frames = _read("00086.mp4", range(60))
+    boxes = [np.array([[40.0, 30.0, 190.0, 200.0]])] * 60
+    audio = _audio("00086.mp4")
+    cfg = ft.TrackConfig(min_track=20, min_face_size=50)
+    whole = sy.evaluate_sync(model, frames, boxes, audio, config=cfg)
+    stream = sy.SyncStream(model, boxes, audio, config=cfg)
+    for i in range(0, 60, 7):
+        stream.push(i, frames[i:i + 7])
+    parts = stream.finish()
+    assert whole["status"] == parts["status"] == "scored"
+    np.testing.assert_array_equal(whole["tracks"][0]["dists"], parts["tracks"][0]["dists"])
+    assert (whole["sync_c"], whole["sync_d"], whole["offset"]) == (parts["sync_c"], parts["sync_d"], parts["offset"])
+    short = sy.evaluate_sync(model, frames, boxes, audio)  # default min_track 100 > 60 frames
+    assert short["missing"] is True and short["status"] == "too_short_for_sync"
