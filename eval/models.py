@@ -118,6 +118,14 @@ def check_weights(cfg: EvalConfig) -> None:
     if cfg.sync.enabled:
         wanted.append(("sync", "SyncNet weights (sync.weights_uri)", cfg.sync.weights_uri,
                        cfg.sync.weights_sha256, SYNC_HOW_TO_GET))
+    s3fd_uri, s3fd_sha = cfg.sync.s3fd_weights(cfg.landmarks)
+    if cfg.sync.enabled and s3fd_uri:
+        from eval.metrics.s3fd import HOW_TO_GET as S3FD_HOW_TO_GET
+
+        fs, path = fsspec.core.url_to_fs(s3fd_uri)
+        if not fs.exists(path):
+            raise WeightsError(f"S3FD weights (sync.s3fd_uri): weight file not found at {s3fd_uri!r}. "
+                               f"{S3FD_HOW_TO_GET}")
     for metric, name, uri, sha, how in wanted:
         if not uri:
             raise WeightsError(f"{name}: no weight file configured. {how} ({_OFF_HINT[metric]}.)")

@@ -146,6 +146,7 @@ def test_rejects_have_reasons_and_counts_add_up(first_run):
     rej = {r["key"]: r for r in first_run["rejects"]}
     assert rej["00015_short"]["reason"] == "length_mismatch" and rej["00015_short"]["side"] == "pair"
     assert "75" in rej["00015_short"]["message"] and "174" in rej["00015_short"]["message"]
+    assert "--set length_tolerance=N" in rej["00015_short"]["message"]  # names the key that changes it
     assert rej["absent"]["reason"] == "missing_file" and rej["absent"]["side"] == "generated"
     assert {g["method"]: (g["scored"], g["rejected"]) for g in s["groups"]} == {"identity": (3, 2), "x264-crf45": (1, 0)}
 
@@ -415,3 +416,104 @@ def test_streamed_pair_scores_equal_the_in_memory_path(weights, inputs):
     assert r1["protocol"] == "dinet" and r1["protocol_version"] == 2 and (r1["crop_height"], r1["crop_width"]) == (416, 320)
     assert json.loads(r1["landmark_fitting"]) == {"backend": "dlib", "fit_boxes": 5, "fit_shift": 0.03, "upsample": 0}
     assert r1["landmark_fit_boxes"] == 5
+
+
+def test_folders_unpaired_default_names_and_shards(tmp_path):
+    """Two folders, one generated clip, three references: 1 scored + 2 unpaired (not rejects),
+    dataset/method named after the folders, the tables written as shard folders, and shards an
+    earlier run of the same id left behind removed."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    from pipelines import evaluate as job
+
+    refs, gen = tmp_path / "hdtf_refs", tmp_path / "wav2lip_out"
+    refs.mkdir(), gen.mkdir()
+    for name in ("00015", "00086", "retalking_face5"):
+        shutil.copyfile(DATA_DIR / f"{name}.mp4", refs / f"{name}.mp4")
+    shutil.copyfile(DATA_DIR / "00086.mp4", gen / "00086.mp4")
+    out = tmp_path / "out"
+    stale = out / "runs" / "r" / "metrics.parquet" / "part-00042.parquet"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by an earlier run")
+    summary = job.run(str(gen), str(out), reference=str(refs), run_id="r",
+                      overrides=["max_frames=8", "lpips.enabled=false", "sync.enabled=false"],
+                      test_pipeline=beam.Pipeline(runner=fn_runner.FnApiRunner()))
+    assert (summary["inputs"], summary["scored"], summary["rejected"], summary["unpaired"]) == (3, 1, 0, 2)
+    assert summary["counts_add_up"] and summary["rejects_by_reason"] == {}
+    assert (summary["dataset"], summary["method"]) == ("hdtf_refs", "wav2lip_out")
+    run = out / "runs" / "r"
+    assert not stale.exists() and sorted(p.name for p in (run / "metrics.parquet").iterdir()) == ["part-00000.parquet"]
+    rows = pq.read_table(run / "metrics.parquet").to_pylist()
+    assert [(r["dataset"], r["method"], r["key"]) for r in rows] == [("hdtf_refs", "wav2lip_out", "00086")]
+    assert pq.read_table(run / "rejects.parquet").num_rows == 0 and results.read_table(str(run / "frames.parquet"))
+    md = (run / "summary.md").read_text()
+    assert "3 pairs = 1 scored + 0 rejected + 2 unpaired (references without a generated clip)" in md
+    assert "| wav2lip_out |" in md and "hdtf_refs PSNR↑" in md
+    assert "2 unpaired" in job.format_summary(summary)
+
+
+def test_one_bad_pair_is_a_scoring_error_not_the_end_of_the_run(monkeypatch):
+    """The per-pair boundary: an unexpected exception becomes a typed reject; an environment
+    failure (OSError, MemoryError) propagates so the runner retries the pair."""
+    from pipelines import evaluate as job
+
+    fn = job.ScoreFn({}, "r")
+    fn.cfg, fn.models = EvalConfig(), None
+    pair = pairs_mod.make_pair("k", "g.mp4", "r.mp4", "d", "m")
+
+    def boom(*a):
+        raise ValueError("degenerate landmarks")
+    monkeypatch.setattr(clip_mod, "evaluate_pair", boom)
+    (out,) = list(fn.process(pair))
+    assert out.tag == job.ScoreFn.REJECTS and out.value["reason"] == "scoring_error"
+    assert out.value["message"] == "ValueError: degenerate landmarks" and out.value["key"] == "k"
+    for env in (OSError(28, "No space left on device"), MemoryError()):
+        def fail(*a, e=env):
+            raise e
+        monkeypatch.setattr(clip_mod, "evaluate_pair", fail)
+        with pytest.raises(type(env)):
+            list(fn.process(pair))
+
+
+def test_summary_combiner_merges_to_the_exact_table():
+    """eval.aggregate: any split of the rows merges to the counts and the Student-t cells of
+    report.mean_ci on all the clip scores."""
+    from eval import aggregate
+
+    rng = np.random.default_rng(0)
+    rows = [{"pair_id": f"p{i}", "key": f"k{i}", "dataset": "D", "method": "AB"[i % 2], "n_frames": 10,
+             "psnr": float(rng.normal(30, 2)), "lmd": float(rng.normal(2, 0.3)), "sync_missing": i % 3 == 0,
+             "sync_status": "too_short_for_sync" if i % 3 == 0 else "scored", "protocol": "radio-v1"}
+            for i in range(50)]
+    rejects = [{"pair_id": "x", "key": "x", "dataset": "D", "method": "A", "reason": "no_face"}]
+    parts = [aggregate.new() for _ in range(3)]
+    for i, r in enumerate(rows):
+        aggregate.add(parts[i % 3], "scored", r)
+    aggregate.add(parts[0], "rejected", rejects[0])
+    out = aggregate.finish(aggregate.merge([aggregate.merge(parts[:2]), parts[2]]), 51)
+    assert (out["scored"], out["rejected"], out["counts_add_up"]) == (50, 1, True)
+    assert out["too_short_for_sync"] == 17 and out["rejects_by_reason"] == {"no_face": 1}
+    cells = {(c["method"], c["metric"]): c for c in out["table"]}
+    for m in "AB":
+        want = report.mean_ci([r["psnr"] for r in rows if r["method"] == m])
+        got = cells[(m, "psnr")]
+        assert got["n"] == want["n"] == 25
+        assert got["mean"] == pytest.approx(want["mean"], rel=1e-12) and got["half"] == pytest.approx(want["half"], rel=1e-9)
+    assert len(out["_rows"]) == 50 and {g["method"]: g["sync_missing"] for g in out["groups"]} == {"A": 9, "B": 8}
+
+
+def test_summary_sample_is_bounded_and_order_free(monkeypatch):
+    from eval import aggregate
+
+    monkeypatch.setattr(aggregate, "SAMPLE_ROWS", 7)
+    rows = [{"pair_id": f"p{i}", "key": f"k{i}", "dataset": "D", "method": "M", "psnr": float(i)} for i in range(40)]
+    picks = []
+    for order in (rows, rows[::-1]):
+        parts = [aggregate.new(), aggregate.new()]
+        for i, r in enumerate(order):
+            aggregate.add(parts[i % 2], "scored", r)
+        out = aggregate.finish(aggregate.merge(parts), 40)
+        picks.append([r["pair_id"] for r in out["_rows"]])
+        assert out["table"][0]["n"] == 40  # the table is exact, only the sample is bounded
+    assert len(picks[0]) == 7 and picks[0] == picks[1]
