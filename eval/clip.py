@@ -159,23 +159,22 @@ def decode_first(path: str, info, n: int, side: str) -> np.ndarray:
 
 def iter_pair(gen_local: str, gen_info, ref_local: str, ref_info, n: int, chunk: int):
     """Both videos in step: ``(start, gen_block, ref_block)`` with equal lengths ≤ ``chunk``,
-    until the shorter one ends (at most ``n`` frames). Holds about two blocks per video."""
+    until the shorter one ends (at most ``n`` frames). Blocks are views of the decoders' blocks
+    (never concatenated): about one block per video is alive, plus the one being decoded."""
     its = [iter_decoded(gen_local, gen_info, n, "generated", chunk),
            iter_decoded(ref_local, ref_info, n, "reference", chunk)]
-    bufs = [np.empty((0,), np.uint8), np.empty((0,), np.uint8)]
+    heads: list = [None, None]
     start = 0
     while True:
         for k in range(2):
-            while len(bufs[k]) < chunk:
-                block = next(its[k], None)
-                if block is None:
-                    break
-                bufs[k] = np.concatenate([bufs[k], block]) if len(bufs[k]) else block
-        m = min(chunk, len(bufs[0]), len(bufs[1]))
-        if m == 0:
-            return
-        yield start, bufs[0][:m], bufs[1][:m]
-        bufs = [b[m:] for b in bufs]
+            if heads[k] is None or not len(heads[k]):
+                heads[k] = None  # drop the spent block before decoding the next
+                heads[k] = next(its[k], None)
+                if heads[k] is None:
+                    return
+        m = min(len(heads[0]), len(heads[1]))
+        yield start, heads[0][:m], heads[1][:m]
+        heads = [h[m:] for h in heads]
         start += m
 
 

@@ -23,7 +23,6 @@ from preprocess.weights import WeightsError, resolve_weights
 
 CONF_TH = 0.9         # run_pipeline.inference_video: detect_faces(conf_th=0.9)
 IMAGE_SCALE = 0.25    # run_pipeline --facedet_scale
-CANDIDATE_PROB = 0.05  # Detect.conf_thresh
 NMS_DETECT = 0.3      # Detect.nms_thresh
 DETECT_TOP_K = 750    # Detect.top_k
 NMS_TOP_K = 5000      # Detect.nms_top_k: candidates considered
@@ -72,7 +71,6 @@ class S3FD:
             self.net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
         except RuntimeError as e:
             raise WeightsError(f"S3FD weights {uri!r} do not fit face_alignment's s3fd network: {e}") from e
-        self._torch = torch
         self.device = torch.device(device)
         self.net.to(self.device).eval()
         self.sha256, self.conf_th, self.scale = w.sha256, float(conf_th), float(scale)
@@ -83,31 +81,14 @@ class S3FD:
 
     def detect(self, frame_rgb: np.ndarray) -> np.ndarray:
         """Face boxes of one (H, W, 3) uint8 RGB frame: (K, 5) [x1, y1, x2, y2, score], full-frame px."""
-        torch = self._torch
+        from preprocess.landmarks.fan_backend import sfd_candidates
+
         h, w = frame_rgb.shape[:2]
         img = cv2.resize(frame_rgb, dsize=(0, 0), fx=self.scale, fy=self.scale, interpolation=cv2.INTER_LINEAR)
         sh, sw = img.shape[:2]
-        x = torch.from_numpy(img[:, :, ::-1].astype(np.float32) - np.float32(MEAN_BGR)).permute(2, 0, 1)[None]
-        with torch.no_grad():
-            outs = self.net(x.to(self.device))
-        boxes, scores = [], []
-        for level in range(len(outs) // 2):
-            prob = torch.softmax(outs[2 * level], dim=1)[0, 1].cpu().numpy()
-            loc = outs[2 * level + 1][0].cpu().numpy().astype(np.float64)  # (4, h, w)
-            stride = 2 ** (level + 2)
-            ys, xs = np.nonzero(prob > CANDIDATE_PROB)
-            if not len(ys):
-                continue
-            prior_c = np.stack([stride / 2 + xs * stride, stride / 2 + ys * stride], axis=1).astype(np.float64)
-            prior_s = stride * 4.0
-            l = loc[:, ys, xs].T
-            c = prior_c + l[:, :2] * 0.1 * prior_s
-            wh = prior_s * np.exp(l[:, 2:] * 0.2)
-            boxes.append(np.concatenate([c - wh / 2, c + wh / 2], axis=1))
-            scores.append(prob[ys, xs].astype(np.float64))
-        if not boxes:
+        b, s = sfd_candidates(self.net, img, self.device)  # Detect's candidates: p > 0.05, decoded
+        if not len(b):
             return np.zeros((0, 5))
-        b, s = np.concatenate(boxes), np.concatenate(scores)
         top = np.argsort(-s, kind="stable")[:NMS_TOP_K]
         b, s = b[top], s[top]
         keep = nms(b, s, NMS_DETECT)[:DETECT_TOP_K]
