@@ -41,10 +41,11 @@ into a ``scoring_error`` reject unless it is an environment failure (``OSError``
 ``MemoryError``), which propagates so the runner retries the pair.
 
 Memory: bounded by the block size, not the length. Each pass holds about two blocks of
-``cfg.chunk_frames`` frames per video (16 frames of 1080p ≈ 100 MB per block) plus per frame:
-landmarks, boxes, per-frame scores and, for Sync, 2 × 1024 floats of embeddings (8 KB); 10 min
-at 25 fps is 15,000 frames ≈ 150 MB of those. Each file is decoded twice (one pass to track, one
-to score); the scores are the same as with the whole pair in one block (a test).
+``cfg.chunk_frames`` frames per video (4 frames of 1080p ≈ 25 MB per block) plus, per frame,
+landmarks (68 × 2 floats ×2 for LMD's fits, transient), one box, a few per-frame scores and, for
+Sync, one row of 31 distances (SyncNet embeddings are kept only for the last 15 + 20 windows):
+under 1 KB per frame, ≈ 10 MB for 10 min at 25 fps. Each file is decoded twice (one pass to
+track, one to score); the scores are the same as with the whole pair in one block (a test).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ One dataclass tree, loaded with :func:`preprocess.config.load` (unknown keys are
     crop_size: 256              # radio-v1: square side; dinet: DINet's mouth_region_size (256 -> 416x320)
     length_tolerance: 2         # frames at 25 fps; a larger |generated - reference| is a reject
     max_frames: null            # score only the first N frames of each pair (null: all)
-    chunk_frames: 8             # frames decoded at a time: a pair is streamed, memory does not grow with length
+    chunk_frames: 4             # frames decoded at a time (1080p: ~6 MB per frame per video); memory does not grow with length
     sample_frames: 3            # frames per pair shown side by side in the HTML report
     sample_size: 160            # side of each crop in those report images (PNG)
     min_face_coverage: 0.5      # reference frames with a tracked face, else the pair is a no_face reject
@@ -99,7 +99,7 @@ class EvalConfig:
     crop_size: int = 256
     length_tolerance: int = 2
     max_frames: int | None = None
-    chunk_frames: int = 8
+    chunk_frames: int = 4
     sample_frames: int = 3
     sample_size: int = 160
     min_face_coverage: float = 0.5

@@ -525,3 +525,19 @@ def test_sync_stream_in_chunks_is_bitwise_the_whole(random_syncnet_file):
     assert (whole["sync_c"], whole["sync_d"], whole["offset"]) == (parts["sync_c"], parts["sync_d"], parts["offset"])
     short = sy.evaluate_sync(model, frames, boxes, audio)  # default min_track 100 > 60 frames
     assert short["missing"] is True and short["status"] == "too_short_for_sync"
+
+
+def test_streamed_distances_equal_calc_pdist(random_syncnet_file):
+    """The rows of distances computed as the windows arrive equal calc_pdist on all embeddings."""
+    model = sn.load_syncnet(random_syncnet_file, _sha(random_syncnet_file))
+    frames = _read("00086.mp4", range(70))
+    crops, _ = ft.crop_track(frames, ft.build_tracks([np.array([[40.0, 30.0, 190.0, 200.0]])] * 70,
+                                                     ft.TrackConfig(min_track=20, min_face_size=50))[0])
+    audio = _audio("00086.mp4")[: 70 * 640]
+    v, a = sy.sync_embeddings(model, crops, audio)
+    emb = sy.WindowEmbedder(model, audio, len(crops))
+    for i in range(0, 70, 9):
+        emb.push(crops[i:i + 9])
+    d = emb.finish()
+    assert d.shape == (65, 31) and len(emb.a) <= 15 + 20
+    np.testing.assert_allclose(d.numpy(), sy.calc_pdist(v, a).numpy(), rtol=1e-6, atol=1e-6)

@@ -85,12 +85,18 @@ def sync_scores(video_emb, audio_emb, vshift: int = VSHIFT) -> dict:
     a = torch.as_tensor(np.asarray(audio_emb) if not torch.is_tensor(audio_emb) else audio_emb).float()
     if len(v) == 0:
         raise ValueError("Expected at least one window. Got N=0.")
-    dists = calc_pdist(v, a, vshift)
+    return scores_from_dists(calc_pdist(v, a, vshift), vshift)
+
+
+def scores_from_dists(dists: torch.Tensor, vshift: int = VSHIFT) -> dict:
+    """:func:`sync_scores` from the (N, 2·vshift+1) distances (:func:`calc_pdist`)."""
+    if len(dists) == 0:
+        raise ValueError("Expected at least one window. Got N=0.")
     mdist = dists.mean(dim=0)
     minval, minidx = torch.min(mdist, 0)
     return {"offset": int(vshift - minidx), "sync_c": float(torch.median(mdist) - minval),
             "sync_d": float(minval), "dists": dists.numpy(), "mean_dists": mdist.numpy(),
-            "vshift": vshift, "n_windows": int(len(v))}
+            "vshift": vshift, "n_windows": int(len(dists))}
 
 
 def audio_mfcc(audio, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -106,17 +112,19 @@ def audio_mfcc(audio, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
 
 class WindowEmbedder:
-    """SyncNet embeddings of one track's 5-frame windows, fed crops chunk by chunk.
+    """SyncNet on one track's 5-frame windows, fed crops chunk by chunk.
 
-    ``push`` crops (L', 224, 224, 3) uint8 **RGB** in order; ``finish`` returns the (N, 1024)
-    video and audio embeddings, N = min(L, floor(n_samples / 640)) − 5. Windows go through the
-    network in batches of ``batch_size`` by window index (0…19, 20…39, …), whatever the chunk
-    sizes, so the result is bitwise the one of the whole track at once; only the crops of one
-    batch (plus 4) are held.
+    ``push`` crops (L', 224, 224, 3) uint8 **RGB** in order; ``finish`` returns the (N, 2·vshift+1)
+    distances of :func:`calc_pdist` (or, with ``keep_embeddings``, the (N, 1024) video and audio
+    embeddings), N = min(L, floor(n_samples / 640)) − 5. Windows go through the network in
+    batches of ``batch_size`` by window index (0…19, 20…39, …), whatever the chunk sizes, so the
+    result is the one of the whole track at once; only the crops of one batch (plus 4) and the
+    embeddings of the last ``vshift`` + one batch of windows are held (a row of distances is
+    final once the audio ``vshift`` windows ahead is embedded): 124 bytes per window kept.
     """
 
     def __init__(self, model: SyncNet, audio, n_crops: int, sample_rate: int = SAMPLE_RATE,
-                 batch_size: int = BATCH_SIZE):
+                 batch_size: int = BATCH_SIZE, vshift: int = VSHIFT, keep_embeddings: bool = False):
         if model.weights_info is None:
             raise WeightsError("SyncNet has no loaded weights; build it with load_syncnet() "
                                "(a randomly initialised network never scores).")
@@ -131,6 +139,10 @@ class WindowEmbedder:
         self.start = 0  # track row of pending[0]
         self.next = 0   # first window of the next batch
         self.v_out, self.a_out = [], []
+        self.vshift, self.keep = vshift, keep_embeddings
+        self.v = self.a = None   # embeddings of windows [self.v0, self.next) / [self.a0, self.next)
+        self.v0 = self.a0 = 0
+        self.dist_rows: list[torch.Tensor] = []
 
     def push(self, crops) -> None:
         crops = np.asarray(crops)
@@ -154,14 +166,41 @@ class WindowEmbedder:
         with torch.no_grad():
             im = torch.stack([vid[:, j - js[0]:j - js[0] + WINDOW] for j in js]).to(self.device)
             au = torch.stack([cc[None, :, j * MFCC_PER_FRAME:j * MFCC_PER_FRAME + 20] for j in js]).to(self.device)
-            self.v_out.append(self.model.forward_lip(im).cpu())
-            self.a_out.append(self.model.forward_aud(au).cpu())
+            v, a = self.model.forward_lip(im).cpu(), self.model.forward_aud(au).cpu()
+        if self.keep:
+            self.v_out.append(v)
+            self.a_out.append(a)
+            return
+        self.v = v if self.v is None else torch.cat([self.v, v])
+        self.a = a if self.a is None else torch.cat([self.a, a])
+        self._distances(js[-1] + 1 - self.vshift)
 
-    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _distances(self, upto: int) -> None:
+        """Rows [v0, upto) of the distances: audio windows i − vshift … i + vshift, zero outside
+        [0, N) as ``calc_pdist``'s padding."""
+        lo, vs = self.v0, self.vshift
+        if upto <= lo:
+            return
+        n_a = self.a0 + len(self.a)
+        want = torch.arange(lo - vs, upto + vs)
+        inside = (want >= 0) & (want < n_a)
+        seg = torch.zeros((len(want), self.a.shape[1]), dtype=self.a.dtype)
+        seg[inside] = self.a[want[inside] - self.a0]
+        idx = torch.arange(upto - lo)[:, None] + torch.arange(2 * vs + 1)[None, :]
+        v = self.v[: upto - lo]
+        self.dist_rows.append(F.pairwise_distance(v[:, None, :].expand(-1, 2 * vs + 1, -1), seg[idx]))
+        self.v, self.v0 = self.v[upto - lo:], upto
+        keep_from = max(0, upto - vs)
+        self.a, self.a0 = self.a[keep_from - self.a0:], keep_from
+
+    def finish(self):
         if self.next < self.last:
             raise ValueError(f"Expected crops for {self.last + WINDOW - 1} frames. Got {self.start + len(self.pending)}.")
         self.pending = self.pending[:0]
-        return torch.cat(self.v_out), torch.cat(self.a_out)
+        if self.keep:
+            return torch.cat(self.v_out), torch.cat(self.a_out)
+        self._distances(self.last)
+        return torch.cat(self.dist_rows)
 
 
 def sync_embeddings(model: SyncNet, crops, audio, sample_rate: int = SAMPLE_RATE,
@@ -172,7 +211,7 @@ def sync_embeddings(model: SyncNet, crops, audio, sample_rate: int = SAMPLE_RATE
     frame. Returns two (N, 1024) float32 tensors, N = min(L, floor(M / 640)) − 5.
     """
     crops = np.asarray(crops)
-    emb = WindowEmbedder(model, audio, len(crops), sample_rate, batch_size)
+    emb = WindowEmbedder(model, audio, len(crops), sample_rate, batch_size, keep_embeddings=True)
     emb.push(crops)
     return emb.finish()
 
@@ -203,7 +242,7 @@ class SyncStream:
         for tr in self.tracks:
             try:
                 self.embedders.append(WindowEmbedder(model, track_audio(audio, tr, sample_rate, config.frame_rate),
-                                                     len(tr["frame"]), sample_rate))
+                                                     len(tr["frame"]), sample_rate, vshift=vshift))
             except ValueError as e:  # audio shorter than one window
                 self.embedders.append(None)
                 self.errors.append(str(e))
@@ -224,7 +263,7 @@ class SyncStream:
         for tr, emb in zip(self.tracks, self.embedders):
             if emb is None:
                 continue
-            r = sync_scores(*emb.finish(), self.vshift)
+            r = scores_from_dists(emb.finish(), self.vshift)
             r["frames"] = (int(tr["frame"][0]), int(tr["frame"][-1]) + 1)
             results.append(r)
         if not results:
