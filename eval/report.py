@@ -149,6 +149,11 @@ def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
     for g in (summary or {}).get("groups") or results_groups(rows):
         if g["scored"]:
             counts.append(f"| {g['dataset']} | {g['method']} | {g['scored']} | {g['sync_missing']} | {g['frames']} |")
+    status = {k: v for k, v in ((summary or {}).get("sync_status") or {}).items() if k != "scored"}
+    if status:
+        counts += ["", "Scored without Sync: " + ", ".join(f"{k} {v}" for k, v in sorted(status.items()))
+                   + (" (too_short_for_sync: every face track ≤ min_track frames, dropped as syncnet_python does)"
+                      if "too_short_for_sync" in status else "") + "."]
     out += counts + ["", f"Cells: mean ± half-width of the {CI_METHOD}."]
     out += [f"Crop protocol {', '.join(sorted({str(r.get('protocol')) for r in rows}))} at "
             f"{', '.join(sorted({str(r.get('crop_size')) for r in rows}))} px; landmarks "

@@ -517,3 +517,12 @@ def test_summary_sample_is_bounded_and_order_free(monkeypatch):
         picks.append([r["pair_id"] for r in out["_rows"]])
         assert out["table"][0]["n"] == 40  # the table is exact, only the sample is bounded
     assert len(picks[0]) == 7 and picks[0] == picks[1]
+
+
+def test_report_says_too_short_for_sync():
+    row = {"pair_id": "p", "key": "k", "dataset": "d", "method": "m", "psnr": 30.0, "n_frames": 40,
+           "sync_missing": True, "sync_status": "too_short_for_sync"}
+    s = results.summarise([row], [], 1)
+    md = report.table_markdown([row], {**s, "run_id": "x"})
+    assert "Scored without Sync: too_short_for_sync 1" in md
+    assert "too_short_for_sync" in report.render_html([row], [], {**s, "run_id": "x"})
