@@ -304,6 +304,15 @@ def test_config_and_run_id_validation():
     with pytest.raises(config_mod.ConfigError, match="crop_size"):
         config_mod.load(EvalConfig, None, ["crop_size=128"])
     assert config_mod.load(EvalConfig, None, ["protocol=dinet", "max_frames=5"]).protocol == "dinet"
+    # Sync's S3FD file: sync.s3fd_uri, else the face_alignment backend's sfd_uri, else none (dlib fallback)
+    fa = ["landmarks.backend=face_alignment", "landmarks.backend_args={sfd_uri: /w/s3fd.pth, sfd_sha256: abc}"]
+    cfg = config_mod.load(EvalConfig, None, fa)
+    assert cfg.sync.s3fd_weights(cfg.landmarks) == ("/w/s3fd.pth", "abc")
+    cfg = config_mod.load(EvalConfig, None, fa + ["sync.s3fd_uri=/x.pth"])
+    assert cfg.sync.s3fd_weights(cfg.landmarks) == ("/x.pth", None)
+    assert EvalConfig().sync.s3fd_weights(EvalConfig().landmarks) == (None, None)
+    with pytest.raises(config_mod.ConfigError, match="chunk_frames"):
+        config_mod.load(EvalConfig, None, ["chunk_frames=0"])
     for bad in ("../x", "a/b", "", ".hidden", "x" * 200):
         with pytest.raises(results.RunIdError):
             results.run_dir("/out", bad)
