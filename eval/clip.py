@@ -152,12 +152,6 @@ def iter_decoded(path: str, info, n: int, side: str, chunk: int) -> Iterator[np.
         raise PairReject("undecodable", "no frames decoded", side, "decode")
 
 
-def decode_first(path: str, info, n: int, side: str) -> np.ndarray:
-    """The first ``n`` 25 fps frames of a local file, (n', H, W, 3) uint8 RGB with n' ≤ n."""
-    blocks = list(iter_decoded(path, info, n, side, 64))
-    return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-
-
 def iter_pair(gen_local: str, gen_info, ref_local: str, ref_info, n: int, chunk: int):
     """Both videos in step: ``(start, gen_block, ref_block)`` with equal lengths ≤ ``chunk``,
     until the shorter one ends (at most ``n`` frames). Blocks are views of the decoders' blocks
@@ -214,13 +208,6 @@ def face_tracker(backend, tracker_overrides: dict):
     tcfg = track.tracker_config(tracker_overrides, where="landmarks.tracker", min_segment_frames=1,
                                 max_segment_frames=NO_CAP)
     return track.FaceTracker(backend, tcfg)
-
-
-def track_segments(frames: np.ndarray, backend, tracker_overrides: dict) -> list:
-    """Face segments (``preprocess.track.FaceSegment``) of ``frames`` held in memory."""
-    tracker = face_tracker(backend, tracker_overrides)
-    segs = [s for i in range(0, len(frames), 64) for s in tracker.update(frames[i:i + 64])]
-    return segs + list(tracker.finish())
 
 
 def fit_landmarks(backend, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""What an evaluation run writes, and where (plain functions; the Beam job calls :func:`write_run`).
+"""What an evaluation run writes, and where (plain functions; the Beam job calls
+:func:`write_shard` per shard and :func:`write_summary` last).
 
 Layout, one folder per run id (``OUTPUT/runs/<run_id>/``)::
 
