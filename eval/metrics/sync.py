@@ -52,6 +52,10 @@ FPS = 25
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 MFCC_PER_FRAME = 4
 WINDOW = 5  # video frames per window (20 MFCC frames)
+#: windows per SyncNet lip forward within a batch of 20: a 20-window forward holds ~130 MB on CPU
+#: (its 5×224² input stack and first Conv3d), 5 windows ~40 MB. Per-window embeddings differ from
+#: one 20-window forward by float rounding only (~1e-6 measured); batches stay 0…19, 20…39, …
+LIP_SUB_BATCH = 5
 
 METADATA = {
     "sync_c": {"name": "sync_c", "higher_is_better": True, "is_differentiable": False, "unit": ""},
@@ -164,9 +168,11 @@ class WindowEmbedder:
         vid = torch.from_numpy(np.ascontiguousarray(part[..., ::-1].transpose(3, 0, 1, 2))).float()  # (3, L, H, W) BGR
         cc = self.cc
         with torch.no_grad():
-            im = torch.stack([vid[:, j - js[0]:j - js[0] + WINDOW] for j in js]).to(self.device)
+            v = torch.cat([self.model.forward_lip(torch.stack([vid[:, j - js[0]:j - js[0] + WINDOW] for j in sub])
+                                                  .to(self.device)).cpu()
+                           for sub in (js[k:k + LIP_SUB_BATCH] for k in range(0, len(js), LIP_SUB_BATCH))])
             au = torch.stack([cc[None, :, j * MFCC_PER_FRAME:j * MFCC_PER_FRAME + 20] for j in js]).to(self.device)
-            v, a = self.model.forward_lip(im).cpu(), self.model.forward_aud(au).cpu()
+            a = self.model.forward_aud(au).cpu()
         if self.keep:
             self.v_out.append(v)
             self.a_out.append(a)
