@@ -267,5 +267,16 @@ def write_summary(out_dir: str, *, run_id: str, agg: dict, written: list[str], c
     files.update(report.write_report(out_dir, rows, rejects, summary, cards))
     summary["files"] = files
     uri_mod.write_bytes_atomic(uri_mod.join(out_dir, "summary.json"),
-                               json.dumps(summary, indent=2, sort_keys=True, default=str).encode())
+                               json.dumps(_no_nan(summary), indent=2, sort_keys=True, default=str).encode())
     return summary
+
+
+def _no_nan(x):
+    """NaN (an empty or one-clip interval) as null: summary.json stays strict JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_no_nan(v) for v in x]
+    return x

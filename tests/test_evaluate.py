@@ -460,6 +460,7 @@ def test_folders_unpaired_default_names_and_shards(tmp_path):
     assert "3 pairs = 1 scored + 0 rejected + 2 unpaired (references without a generated clip)" in md
     assert "| wav2lip_out |" in md and "hdtf_refs PSNR↑" in md
     assert "2 unpaired" in job.format_summary(summary)
+    json.loads((run / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
 
 
 def test_one_bad_pair_is_a_scoring_error_not_the_end_of_the_run(monkeypatch):
