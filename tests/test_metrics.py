@@ -541,3 +541,12 @@ def test_streamed_distances_equal_calc_pdist(random_syncnet_file):
     d = emb.finish()
     assert d.shape == (65, 31) and len(emb.a) <= 15 + 20
     np.testing.assert_allclose(d.numpy(), sy.calc_pdist(v, a).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_mfcc_in_blocks_equals_all_at_once(monkeypatch):
+    x = (_audio("00015.mp4")[:48000] * 32768).astype(np.int16)
+    whole = mf.mfcc(x, 16000)
+    monkeypatch.setattr(mf, "BLOCK_FRAMES", 37)
+    np.testing.assert_allclose(mf.mfcc(x, 16000), whole, rtol=1e-12, atol=1e-12)  # FFT/matmul batch rounding
+    f = _audio("00015.mp4")[:48000]
+    np.testing.assert_array_equal(mf.mfcc(f, 16000, scale=32768.0), mf.mfcc(f.astype(np.float64) * 32768.0, 16000))

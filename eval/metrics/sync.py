@@ -111,8 +111,7 @@ def audio_mfcc(audio, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         raise ValueError(f"Expected {SAMPLE_RATE} Hz audio (resample when loading). Got {sample_rate}.")
     if a.ndim != 1:
         raise ValueError(f"Expected mono audio of shape (L,). Got {a.shape}.")
-    x = a.astype(np.float64) * (32768.0 if np.issubdtype(a.dtype, np.floating) else 1.0)
-    return mfcc(x, SAMPLE_RATE).T
+    return mfcc(a, SAMPLE_RATE, scale=32768.0 if np.issubdtype(a.dtype, np.floating) else 1.0).T
 
 
 class WindowEmbedder:
