@@ -19,8 +19,8 @@ for each duration a 1080p pair is generated here (``retalking_face5.mp4`` looped
 ``sync.track.min_track`` 20) and scores the pair with :func:`eval.clip.evaluate_pair`. Printed per
 duration: frames, seconds, the worker's RSS after loading the models and its peak RSS
 (``ru_maxrss``). Flat peaks across durations show that memory does not grow with length.
-``--chunk-frames`` sets ``chunk_frames``; a value above the pair's length is the in-memory path
-(one block: both decoded videos at once — ~6 MB per 1080p frame per video).
+``--chunk-frames`` sets ``chunk_frames``; the pair's frame count (25 × seconds) is the in-memory
+path (one block: both decoded videos at once — ~6 MB per 1080p frame per video).
 """
 from __future__ import annotations
 
