@@ -60,6 +60,30 @@ def landmark_fitting(backend) -> dict:
     return out
 
 
+#: glibc ``mallopt`` parameter: allocations at least this size are mmapped, and unmapped on free
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def bound_heap() -> bool:
+    """Keep a long evaluation's memory flat: allocations of 1 MiB and more (decoded 1080p frames,
+    crops, network activations) are mmapped and go back to the OS when freed.
+
+    glibc otherwise raises its mmap threshold to the largest freed block (up to 32 MiB), so these
+    come from the heap, which fragments and grows: a 64 s 1080p pair peaked at 1,013 MiB with
+    RSS creeping up through the scoring pass, 808 MiB and flat with this (bench/README.md).
+    Process-wide and idempotent; a no-op (False) off glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return bool(libc is not None and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
+
+
 def _with_hint(e: WeightsError, metric: str) -> WeightsError:
     return WeightsError(f"{e} ({_OFF_HINT[metric]}.)")
 
@@ -68,6 +92,7 @@ def load_models(cfg: EvalConfig) -> EvalModels:
     """Build every network ``cfg`` enables. Raises WeightsError (with the fix) on missing weights."""
     from preprocess.landmarks import get_backend
 
+    bound_heap()  # an evaluation worker: flat memory on long pairs
     backend_args = dict(cfg.landmarks.backend_args)
     if cfg.landmarks.backend == "dlib":
         # LMD wants the steadiest landmarks: average 5 shifted-box fits (preprocess fits once)

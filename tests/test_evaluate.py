@@ -536,3 +536,10 @@ def test_report_says_too_short_for_sync():
     md = report.table_markdown([row], {**s, "run_id": "x"})
     assert "Scored without Sync: too_short_for_sync 1" in md
     assert "too_short_for_sync" in report.render_html([row], [], {**s, "run_id": "x"})
+
+
+def test_workers_bound_their_heap():
+    """load_models sets glibc's mmap threshold to 1 MiB (flat RSS on long pairs, bench/README.md)."""
+    from eval import models
+
+    assert models.bound_heap() is True and models.MMAP_THRESHOLD_BYTES == 1 << 20
