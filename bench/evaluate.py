@@ -11,6 +11,16 @@ and prints frames/s (wall) and frames per CPU-second of this process (what one u
 gives, ffprobe/ffmpeg child processes excluded), plus wall milliseconds per frame per stage. One
 thread (OMP/torch/OpenCV set to 1), so the numbers are per core. LPIPS and SyncNet use SEEDED RANDOM weights: their timing is
 real, their scores mean nothing (and are labelled so in the rows). Not part of the tests.
+
+**Memory on long pairs** (``--rss 10,20,40`` seconds, ``--rss 600`` for the 10-minute pair):
+for each duration a 1080p pair is generated here (``retalking_face5.mp4`` looped and scaled to
+1080×1080, padded to 1920×1080, with its audio, x264 crf 18; the generated side a crf-35 copy), and one worker process
+(a fresh Python, as a Beam worker) loads the models (LPIPS and SyncNet with seeded random weights,
+``sync.track.min_track`` 20) and scores the pair with :func:`eval.clip.evaluate_pair`. Printed per
+duration: frames, seconds, the worker's RSS after loading the models and its peak RSS
+(``ru_maxrss``). Flat peaks across durations show that memory does not grow with length.
+``--chunk-frames`` sets ``chunk_frames``; the pair's frame count (25 × seconds) is the in-memory
+path (one block: both decoded videos at once — ~6 MB per 1080p frame per video).
 """
 from __future__ import annotations
 
@@ -95,6 +105,74 @@ def bench(name: str, overrides: list[str], pairs: list[tuple[Path, Path]]) -> di
     return {"frames": frames, "seconds": seconds, "fps": fps, "cpu_seconds": cpu}
 
 
+def long_pair(seconds: float, folder: Path, size: str = "1080:1080,pad=1920:1080:420:0") -> tuple[Path, Path]:
+    """A ``seconds``-long 1080p reference (a test clip looped and scaled) and a crf-35 copy of it."""
+    ref = folder / f"long_{seconds:g}s.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-stream_loop", "-1", "-i",
+                    f"file:{DATA / 'retalking_face5.mp4'}", "-t", str(seconds), "-vf", f"scale={size}", "-r", "25",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                    f"file:{ref}"], check=True)
+    return degraded_copy(ref, folder), ref
+
+
+def _rss_kib() -> tuple[int, int]:
+    """(current VmRSS, peak ru_maxrss) of this process in KiB."""
+    import resource
+
+    cur = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))
+    return cur, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def worker(gen: str, ref: str, overrides: list[str]) -> None:
+    """One evaluation worker: load models, score one pair, print JSON with its RSS."""
+    import cv2
+    import torch
+
+    from eval.clip import evaluate_pair
+    from eval.config import EvalConfig
+    from eval.models import load_models
+    from preprocess import config as config_mod
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    cfg = config_mod.load(EvalConfig, None, overrides)
+    models = load_models(cfg)
+    loaded, _ = _rss_kib()
+    t = time.perf_counter()
+    row, _ = evaluate_pair(gen, ref, cfg, models)
+    seconds = time.perf_counter() - t
+    _, peak = _rss_kib()
+    print(json.dumps({"frames": row["n_frames_compared"], "seconds": seconds, "rss_loaded_mib": loaded / 1024,
+                      "rss_peak_mib": peak / 1024, "sync_status": row["sync_status"], "psnr": row["psnr"],
+                      "timings": json.loads(row["timings"])}))
+
+
+def bench_rss(durations: list[float], chunk_frames: int | None, device: str, extra: list[str]) -> list[dict]:
+    import sys
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="radio-bench-rss-") as d:
+        folder = Path(d)
+        w = random_weights(folder)
+        overrides = settings(w, None, device)["+sync"] + ["sync.track={min_track: 20}"] + extra
+        if chunk_frames:
+            overrides.append(f"chunk_frames={chunk_frames}")
+        print(f"1080p pairs, 1 thread, device {device}, load average {os.getloadavg()[0]:.2f}, "
+              f"chunk_frames {chunk_frames or 'default'}; LPIPS + Sync with seeded random weights")
+        for sec in durations:
+            gen, ref = long_pair(sec, folder)
+            proc = subprocess.run([sys.executable, __file__, "--worker", str(gen), str(ref), *overrides],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{sec:6g} s  {r['frames']:6d} frames  {r['seconds']:7.1f} s  RSS after load {r['rss_loaded_mib']:6.0f} MiB"
+                  f"  peak {r['rss_peak_mib']:6.0f} MiB  (sync {r['sync_status']})")
+            out.append(r)
+            gen.unlink(), ref.unlink()
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="*", type=Path, default=DEFAULT, help="reference clips (default: tests/data)")
@@ -103,7 +181,15 @@ def main(argv=None) -> None:
     ap.add_argument("--only", choices=("base", "+lpips", "+sync"), action="append", help="settings to run")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for every setting, e.g. landmarks.backend_args={fit_boxes: 1}")
+    ap.add_argument("--rss", help="comma-separated durations in seconds: peak worker RSS on 1080p pairs")
+    ap.add_argument("--chunk-frames", type=int, default=None, help="with --rss: chunk_frames (default: the config's)")
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        return worker(args.worker[0], args.worker[1], args.worker[2:])
+    if args.rss:
+        bench_rss([float(x) for x in args.rss.split(",")], args.chunk_frames, args.device, args.overrides)
+        return
     import cv2
     import torch
 

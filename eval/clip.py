@@ -5,31 +5,47 @@
 1. **Lengths.** Both files are probed and their 25 fps frame counts compared: a difference above
    ``cfg.length_tolerance`` frames is a ``length_mismatch`` reject; within it, both are cut to
    the shorter (``frames_truncated`` records it), then to ``cfg.max_frames`` if set.
-2. **Decode** both at 25 fps CFR (``preprocess.video``). A generated video of another frame size
-   is resized to the reference's (``generated_resized``), as :mod:`eval.crop` requires.
-3. **Reference faces.** ``preprocess.track.FaceTracker`` with the configured landmark backend
-   runs over the reference (no segment length cap, no minimum). Frames outside a face segment are
-   not scored (``face_coverage``); coverage under ``cfg.min_face_coverage`` (or no face at all) is
-   a ``no_face`` reject.
-4. **Crops** per face segment with ``cfg.protocol`` (:func:`eval.crop.crop_pair`, the same box for
-   both videos, size ``cfg.crop_size``), then per frame PSNR, MS-SSIM, LPIPS (when enabled).
+2. **Decode** both at 25 fps CFR (``preprocess.video``), in step, ``cfg.chunk_frames`` at a time,
+   twice (two passes; see Memory). A generated video of another frame size is resized to the
+   reference's (``generated_resized``), as :mod:`eval.crop` requires.
+3. **Reference faces** (pass 1). ``preprocess.track.FaceTracker`` with the configured landmark
+   backend runs over the reference (no segment length cap, no minimum). Frames outside a face
+   segment are not scored (``face_coverage``); coverage under ``cfg.min_face_coverage`` (or no
+   face at all) is a ``no_face`` reject.
+4. **Crops** per face segment with ``cfg.protocol`` (:func:`eval.crop.plan_crop` from the whole
+   segment's landmarks, then :func:`eval.crop.cut` block by block: the same box for both videos),
+   then per frame PSNR, MS-SSIM, LPIPS (when enabled). Rows record ``protocol_version``.
 5. **LMD landmarks.** Both videos are fitted by the same backend on their *full frames* from the
    same box per frame — the reference track's box, in the detector's convention — and mapped into
    crop pixels with the crop's affine (:func:`eval.crop.landmarks_to_crop`). Same fitter, same box:
    identical frames give LMD 0 exactly, and no tracker state (box prediction from the previous
-   frame) favours one side. The tracker's own landmarks only place the crop.
+   frame) favours one side. The tracker's own landmarks only place the crop. The fitting is part
+   of the protocol: ``landmark_fitting`` (JSON: backend, ``fit_boxes``, their parameters) and
+   ``landmark_fit_boxes`` are in every row. Default: dlib with 5 box fits averaged
+   (``fit_shift`` 0.03); with one fit LMD roughly doubles at mild distortion.
 6. **Sync-C/D** (when enabled) on the generated full-frame video (before any resize) and its own
-   audio, with its own face boxes: a second tracker pass with the configured backend over the
-   generated frames gives one box per tracked frame. These are the backend's boxes (dlib's HOG box
-   is tighter than the S3FD box syncnet_python uses; ``sync.box_scale`` can grow them), so the
-   224×224 crops differ in scale from the official pipeline's — the row says which boxes were used.
-   No usable track, or no audio stream: ``sync_missing`` with a reason (the pair is still scored).
+   audio. Boxes (pass 1): with S3FD weights configured (``sync.s3fd_uri``, or the face_alignment
+   backend's ``sfd_uri``), S3FD on every frame as syncnet_python's pipeline
+   (:mod:`eval.metrics.s3fd`), ``sync_box_source`` = ``s3fd``; otherwise the fallback, a second
+   tracker pass with the landmark backend (dlib's HOG box is tighter than S3FD's, so SyncNet sees
+   a more zoomed face; ``sync.box_scale`` can grow them), ``sync_box_source`` = ``dlib_tracker``.
+   Then the official tracking rules (:func:`eval.metrics.face_track.shot_tracks`) and, pass 2,
+   crops and SyncNet embeddings streamed (:class:`eval.metrics.sync.SyncStream`).
+   ``sync_status``: ``scored``, ``too_short_for_sync`` (every track had ``min_track`` = 100
+   frames or fewer, dropped as officially), ``no_face_track``, ``no_audio``, ``audio_error`` or
+   ``disabled``; when not scored, ``sync_missing`` with a reason (the pair is still scored).
 
 Every data problem raises :class:`PairReject` with a reason from :data:`REJECT_REASONS`;
-anything else is a bug and propagates.
+anything else propagates to the caller, whose per-pair boundary (:func:`failure_reject`) turns it
+into a ``scoring_error`` reject unless it is an environment failure (``OSError``,
+``MemoryError``), which propagates so the runner retries the pair.
 
-Memory: both videos are held decoded, about 2·n·H·W·3 bytes for n frames (a third copy when the
-generated video is resized): 250 frames of 1080p ≈ 3 GB. Cap long clips with ``max_frames``.
+Memory: bounded by the block size, not the length. Each pass holds about two blocks of
+``cfg.chunk_frames`` frames per video (4 frames of 1080p ≈ 25 MB per block) plus, per frame,
+landmarks (68 × 2 floats ×2 for LMD's fits, transient), one box, a few per-frame scores and, for
+Sync, one row of 31 distances (SyncNet embeddings are kept only for the last 15 + 20 windows):
+under 1 KB per frame, ≈ 10 MB for 10 min at 25 fps. Each file is decoded twice (one pass to
+track, one to score); the scores are the same as with the whole pair in one block (a test).
 """
 from __future__ import annotations
 
@@ -38,6 +54,7 @@ import dataclasses
 import json
 import logging
 import time
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -53,7 +70,9 @@ log = logging.getLogger(__name__)
 
 FPS = 25
 SAMPLES_PER_FRAME = 16000 // FPS
-REJECT_REASONS = ("missing_file", "length_mismatch", "no_face", "undecodable")
+REJECT_REASONS = ("missing_file", "length_mismatch", "no_face", "undecodable", "scoring_error")
+#: failures of the machine, not of the pair: never a reject, the runner retries the element
+ENVIRONMENT_ERRORS = (OSError, MemoryError)
 NO_CAP = 10 ** 9  # tracker segment cap: one segment per continuous track
 #: frames per pytorch_msssim call. Measured on one CPU core at 256² (NCHW input): 26 ms/frame at 1,
 #: 50 at 4, 80 at 32 (five float maps per frame leave the cache as the batch grows); results are
@@ -81,6 +100,16 @@ class PairReject(Exception):
         return (type(self), (self.reason, self.message, self.side, self.stage))
 
 
+def failure_reject(e: Exception) -> PairReject | None:
+    """The per-pair boundary's verdict on an unexpected exception: ``None`` for an environment
+    failure (re-raise it: retried, the run ends non-zero), else a ``scoring_error`` reject
+    naming the exception, so one bad pair of a million does not end the run. ``radio evaluate``
+    exits 1 when there is any."""
+    if isinstance(e, ENVIRONMENT_ERRORS):
+        return None
+    return PairReject("scoring_error", f"{type(e).__name__}: {e}", "pair", "evaluate")
+
+
 def _media_reject(e: MediaError, side: str) -> PairReject:
     reason = "missing_file" if e.reason == "not_found" else "undecodable"
     return PairReject(reason, f"{e.stage}/{e.reason}: {e.message}", side, e.stage)
@@ -100,26 +129,48 @@ class _Timer:
 
 
 # ------------------------------------------------------------------------------- media
-def decode_first(path: str, info, n: int, side: str) -> np.ndarray:
-    """The first ``n`` 25 fps frames of a local file, (n', H, W, 3) uint8 RGB with n' ≤ n."""
+def iter_decoded(path: str, info, n: int, side: str, chunk: int) -> Iterator[np.ndarray]:
+    """The first ``n`` 25 fps frames of a local file, as (k, H, W, 3) uint8 RGB blocks, k ≤ ``chunk``."""
     from preprocess import video
 
-    blocks, got = [], 0
+    got = 0
     try:
-        gen = video.iter_frames(path, info=info, fps=FPS)
+        gen = video.iter_frames(path, info=info, fps=FPS, chunk=chunk)
         try:
             for block in gen:
-                blocks.append(block[: n - got])
-                got += len(blocks[-1])
+                block = block[: n - got]
+                got += len(block)
+                if len(block):
+                    yield block
                 if got >= n:
                     break
         finally:
             gen.close()
     except MediaError as e:
         raise _media_reject(e, side) from e
-    if not blocks:
+    if got == 0:
         raise PairReject("undecodable", "no frames decoded", side, "decode")
-    return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+
+
+def iter_pair(gen_local: str, gen_info, ref_local: str, ref_info, n: int, chunk: int):
+    """Both videos in step: ``(start, gen_block, ref_block)`` with equal lengths ≤ ``chunk``,
+    until the shorter one ends (at most ``n`` frames). Blocks are views of the decoders' blocks
+    (never concatenated): about one block per video is alive, plus the one being decoded."""
+    its = [iter_decoded(gen_local, gen_info, n, "generated", chunk),
+           iter_decoded(ref_local, ref_info, n, "reference", chunk)]
+    heads: list = [None, None]
+    start = 0
+    while True:
+        for k in range(2):
+            if heads[k] is None or not len(heads[k]):
+                heads[k] = None  # drop the spent block before decoding the next
+                heads[k] = next(its[k], None)
+                if heads[k] is None:
+                    return
+        m = min(len(heads[0]), len(heads[1]))
+        yield start, heads[0][:m], heads[1][:m]
+        heads = [h[m:] for h in heads]
+        start += m
 
 
 def _probe(path: str, side: str):
@@ -149,14 +200,14 @@ def _resize_to(frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- faces
-def track_segments(frames: np.ndarray, backend, tracker_overrides: dict) -> list:
-    """Face segments (``preprocess.track.FaceSegment``) of ``frames``: every continuous track of
-    the main face, uncapped in length, none dropped for being short."""
+def face_tracker(backend, tracker_overrides: dict):
+    """A ``preprocess.track.FaceTracker`` that keeps every continuous track of the main face,
+    uncapped in length, none dropped for being short; fed frames block by block."""
     from preprocess import track
 
     tcfg = track.tracker_config(tracker_overrides, where="landmarks.tracker", min_segment_frames=1,
                                 max_segment_frames=NO_CAP)
-    return list(track.track_faces((frames[i:i + 64] for i in range(0, len(frames), 64)), backend, tcfg))
+    return track.FaceTracker(backend, tcfg)
 
 
 def fit_landmarks(backend, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -172,6 +223,36 @@ def sync_boxes(segments: list, n: int, scale: float = 1.0) -> list[np.ndarray]:
             c, half = (b[:2] + b[2:]) / 2, (b[2:] - b[:2]) / 2 * scale
             out[seg.start + i] = np.concatenate([c - half, c + half])[None]
     return out
+
+
+class SyncBoxes:
+    """Sync's face boxes of the generated video, one block at a time (first pass).
+
+    With S3FD (``models.sync_detector``): the detector on every frame, as syncnet_python's
+    pipeline. Otherwise the fallback: the landmark backend's tracker boxes (grown by
+    ``sync.box_scale``), labelled as such in ``describe``."""
+
+    def __init__(self, cfg: EvalConfig, models):
+        self.detector = models.sync_detector
+        self.scale = cfg.sync.box_scale
+        self.boxes: list[np.ndarray] = []
+        self.segments: list = []
+        self.tracker = None if self.detector is not None else face_tracker(models.landmarks, cfg.landmarks.tracker)
+        self.source = "s3fd" if self.detector is not None else f"{models.landmarks.name}_tracker"
+        self.describe = (self.detector.describe() if self.detector is not None else
+                         f"{models.landmarks.name} tracker boxes x{cfg.sync.box_scale:g} "
+                         "(fallback, not S3FD: no S3FD weights configured)")
+
+    def update(self, frames: np.ndarray) -> None:
+        if self.detector is not None:
+            self.boxes += [self.detector.detect(f)[:, :4] for f in frames]
+        else:
+            self.segments += self.tracker.update(frames)
+
+    def finish(self, n: int) -> list[np.ndarray]:
+        if self.detector is not None:
+            return self.boxes[:n]
+        return sync_boxes(self.segments + list(self.tracker.finish()), n, self.scale)
 
 
 # ------------------------------------------------------------------------------- report images
@@ -209,87 +290,83 @@ def _crop_flags(info: dict) -> int:
     return int(flags.sum())
 
 
-def _score_segments(ref, gen, segments, cfg: EvalConfig, models, timer: _Timer):
-    """Per-frame metrics over the reference's face segments, plus the sampled crops."""
-    from eval.metrics.lpips import lpips_per_frame
+class PairScorer:
+    """Per-frame metrics over the reference's face segments, fed both videos block by block
+    (second pass): keeps per-frame scores and the few sampled crops, never frames."""
 
-    n_scored = sum(s.n_frames for s in segments)
-    want = _sample_positions(n_scored, cfg.sample_frames)
-    cols = {k: [] for k in ("frame_index", "psnr", "ms_ssim", "lpips", "lmd")}
-    samples, flagged, pos = [], 0, 0
-    for seg in segments:
-        idx = np.arange(seg.start, seg.stop)
-        ref_s, gen_s = ref[seg.start:seg.stop], gen[seg.start:seg.stop]  # views, no copies
+    def __init__(self, segments: list, frame_hw: tuple[int, int], cfg: EvalConfig, models, timer: _Timer):
+        self.segments, self.cfg, self.models, self.timer = segments, cfg, models, timer
         with timer("crop"):
-            gt_c, pr_c, info = crop_mod.crop_pair(cfg.protocol, ref_s, gen_s, seg.landmarks, size=cfg.crop_size)
-        flagged += _crop_flags(info)
-        with timer("psnr_msssim"):
-            cols["psnr"].append(psnr.psnr_per_frame(pr_c, gt_c))
-            cols["ms_ssim"].append(msssim.ms_ssim_per_frame(pr_c, gt_c, batch_size=MS_SSIM_BATCH))
-        if models.lpips is not None:
-            with timer("lpips"):
-                cols["lpips"].append(lpips_per_frame(models.lpips, pr_c, gt_c, batch_size=cfg.lpips.batch_size))
-        with timer("lmd"):
-            gt_lm = fit_landmarks(models.landmarks, ref_s, seg.boxes)
-            pr_lm = fit_landmarks(models.landmarks, gen_s, seg.boxes)
-            cols["lmd"].append(lmd_mod.lmd_per_frame(crop_mod.landmarks_to_crop(info, pr_lm),
-                                                     crop_mod.landmarks_to_crop(info, gt_lm)))
-        cols["frame_index"].append(idx)
-        for j in range(len(idx)):
-            if pos + j in want:
-                samples.append((int(idx[j]), pr_c[j], gt_c[j]))
-        pos += len(idx)
-    per_frame = {k: (np.concatenate(v) if v else None) for k, v in cols.items()}
-    return per_frame, samples, flagged
+            self.plans = [crop_mod.plan_crop(cfg.protocol, s.landmarks, frame_hw, size=cfg.crop_size) for s in segments]
+        n_scored = sum(s.n_frames for s in segments)
+        self.want = _sample_positions(n_scored, cfg.sample_frames)
+        self.offsets = np.cumsum([0] + [s.n_frames for s in segments])  # position of each segment's first frame
+        self.cols = {k: [] for k in ("frame_index", "psnr", "ms_ssim", "lpips", "lmd")}
+        self.samples: list = []
+        self.flagged = sum(_crop_flags(p) for p in self.plans)
+
+    def update(self, start: int, gen: np.ndarray, ref: np.ndarray) -> None:
+        from eval.metrics.lpips import lpips_per_frame
+
+        stop, timer, cfg, models = start + len(ref), self.timer, self.cfg, self.models
+        for seg, plan, off in zip(self.segments, self.plans, self.offsets):
+            lo, hi = max(start, seg.start), min(stop, seg.stop)
+            if lo >= hi:
+                continue
+            ref_s, gen_s = ref[lo - start:hi - start], gen[lo - start:hi - start]  # views, no copies
+            with timer("crop"):
+                gt_c, pr_c = crop_mod.cut(plan, ref_s, gen_s, lo - seg.start)
+            with timer("psnr_msssim"):
+                self.cols["psnr"].append(psnr.psnr_per_frame(pr_c, gt_c))
+                self.cols["ms_ssim"].append(msssim.ms_ssim_per_frame(pr_c, gt_c, batch_size=MS_SSIM_BATCH))
+            if models.lpips is not None:
+                with timer("lpips"):
+                    self.cols["lpips"].append(lpips_per_frame(models.lpips, pr_c, gt_c, batch_size=cfg.lpips.batch_size))
+            with timer("lmd"):
+                boxes = seg.boxes[lo - seg.start:hi - seg.start]
+                gt_lm = fit_landmarks(models.landmarks, ref_s, boxes)
+                pr_lm = fit_landmarks(models.landmarks, gen_s, boxes)
+                part = {"affines": plan["affines"][lo - seg.start:hi - seg.start]}
+                self.cols["lmd"].append(lmd_mod.lmd_per_frame(crop_mod.landmarks_to_crop(part, pr_lm),
+                                                              crop_mod.landmarks_to_crop(part, gt_lm)))
+            self.cols["frame_index"].append(np.arange(lo, hi))
+            pos = off + lo - seg.start
+            for j in range(hi - lo):
+                if pos + j in self.want:
+                    self.samples.append((lo + j, pr_c[j].copy(), gt_c[j].copy()))
+
+    def finish(self):
+        order = np.argsort(np.concatenate(self.cols["frame_index"]), kind="stable")
+        per_frame = {k: (np.concatenate(v)[order] if v else None) for k, v in self.cols.items()}
+        return per_frame, sorted(self.samples, key=lambda s: s[0]), self.flagged
 
 
-def _sync(gen_frames, gen_path, gen_info, n, cfg: EvalConfig, models, timer: _Timer) -> dict:
-    from eval.metrics.sync import evaluate_sync
+def _sync_audio(gen_path, gen_info, n, timer: _Timer) -> tuple[np.ndarray | None, str | None, str | None]:
+    """The generated video's 16 kHz audio for Sync, or (None, status, reason)."""
     from preprocess.audio import load_audio
 
-    out = {"sync_c": None, "sync_d": None, "sync_offset": None, "sync_n_windows": None,
-           "sync_missing": True, "sync_missing_reason": None,
-           "sync_boxes": f"{models.landmarks.name} tracker boxes x{cfg.sync.box_scale:g} (not S3FD)"}
     if not gen_info.has_audio:
-        out["sync_missing_reason"] = "generated video has no audio stream"
-        return out
+        return None, "no_audio", "generated video has no audio stream"
     with timer("sync_audio"):
         try:
-            audio = load_audio(gen_path, info=gen_info)[: n * SAMPLES_PER_FRAME]
+            return load_audio(gen_path, info=gen_info)[: n * SAMPLES_PER_FRAME], None, None
         except MediaError as e:
-            out["sync_missing_reason"] = f"audio {e.reason}: {e.message}"
-            return out
-    with timer("sync_faces"):
-        segs = track_segments(gen_frames, models.landmarks, cfg.landmarks.tracker)
-        boxes = sync_boxes(segs, len(gen_frames), cfg.sync.box_scale)
-    with timer("sync"):
-        try:
-            res = evaluate_sync(models.syncnet, gen_frames, boxes, audio, config=cfg.sync.track_config())
-        except ValueError as e:  # e.g. a track whose audio is too short for one 5-frame window
-            out["sync_missing_reason"] = f"sync not computable: {e}"
-            return out
-    if res["missing"]:
-        out["sync_missing_reason"] = res["reason"]
-        return out
-    out.update(sync_c=res["sync_c"], sync_d=res["sync_d"], sync_offset=int(res["offset"]),
-               sync_n_windows=int(res["n_windows"]), sync_missing=False)
+            return None, "audio_error", f"audio {e.reason}: {e.message}"
+
+
+def _sync_row(res: dict | None, status: str, reason: str | None, boxes: SyncBoxes | None) -> dict:
+    out = {"sync_c": None, "sync_d": None, "sync_offset": None, "sync_n_windows": None,
+           "sync_missing": status != "scored" if status != "disabled" else None,
+           "sync_missing_reason": reason, "sync_status": status,
+           "sync_boxes": boxes.describe if boxes is not None else None,
+           "sync_box_source": boxes.source if boxes is not None else None}
+    if res is not None and not res["missing"]:
+        out.update(sync_c=res["sync_c"], sync_d=res["sync_d"], sync_offset=int(res["offset"]),
+                   sync_n_windows=int(res["n_windows"]))
     return out
 
 
-def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tuple[dict, dict]:
-    """Score a generated video against its reference.
-
-    gen_path, ref_path: fsspec URIs (remote files are copied to a temp file first).
-    models: :class:`eval.models.EvalModels` (loaded once per worker).
-    Returns ``(row, frames)``: ``row`` a flat dict of clip scores and provenance (protocol,
-    landmark backend, crop size, weight hashes, official flags, frame counts, timings);
-    ``frames`` per-frame arrays over the scored frames (``frame_index``, ``psnr``, ``ms_ssim``,
-    ``lpips`` or None, ``lmd``) plus ``sample_png`` (generated | reference crops of
-    ``cfg.sample_frames`` frames) and ``sample_frames`` (their indices).
-    Raises :class:`PairReject`.
-    """
-    timer = _Timer()
-    t_start = time.perf_counter()
+def _check_files(gen_path: str, ref_path: str) -> None:
     for path, side in ((gen_path, "generated"), (ref_path, "reference")):
         if not path:
             raise PairReject("missing_file", f"no {side} video paired with this key", side, "pair")
@@ -299,6 +376,28 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
             raise PairReject("missing_file", f"cannot stat {path!r}: {e}", side, "open") from e
         if not found:
             raise PairReject("missing_file", f"no such file: {path}", side, "open")
+
+
+def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tuple[dict, dict]:
+    """Score a generated video against its reference, streamed in blocks of ``cfg.chunk_frames``.
+
+    gen_path, ref_path: fsspec URIs (remote files are copied to a temp file first).
+    models: :class:`eval.models.EvalModels` (loaded once per worker).
+    Returns ``(row, frames)``: ``row`` a flat dict of clip scores and provenance (protocol and its
+    version, landmark backend and fitting, crop size, Sync box source and status, weight hashes,
+    official flags, frame counts, timings); ``frames`` per-frame arrays over the scored frames
+    (``frame_index``, ``psnr``, ``ms_ssim``, ``lpips`` or None, ``lmd``) plus ``sample_png``
+    (generated | reference crops of ``cfg.sample_frames`` frames) and ``sample_frames``.
+    Raises :class:`PairReject`.
+
+    Two passes over both files, each holding one block of frames per video: the first tracks the
+    reference's face (and finds Sync's boxes on the generated video), the second crops and
+    scores. What stays in memory is per frame: landmarks, boxes, scores and SyncNet embeddings.
+    """
+    timer = _Timer()
+    t_start = time.perf_counter()
+    chunk = cfg.chunk_frames
+    _check_files(gen_path, ref_path)
     with contextlib.ExitStack() as stack:
         gen_local = stack.enter_context(uri_mod.local_copy(gen_path))
         ref_local = stack.enter_context(uri_mod.local_copy(ref_path))
@@ -307,42 +406,73 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
         n_gen, n_ref = frame_count(gen_info), frame_count(ref_info)
         if abs(n_gen - n_ref) > cfg.length_tolerance:
             raise PairReject("length_mismatch", f"generated has {n_gen} frames at 25 fps, reference {n_ref} "
-                             f"(tolerance {cfg.length_tolerance})", "pair", "probe")
+                             f"(tolerance {cfg.length_tolerance} frames; raise it with --set length_tolerance=N)",
+                             "pair", "probe")
         n = min(n_gen, n_ref, cfg.max_frames or NO_CAP)
         if n < 1:
             raise PairReject("undecodable", f"no 25 fps frame (generated {n_gen}, reference {n_ref})", "pair", "probe")
-        with timer("decode"):
-            gen_full = decode_first(gen_local, gen_info, n, "generated")
-            ref = decode_first(ref_local, ref_info, n, "reference")
-        n = min(len(gen_full), len(ref))
-        gen_full, ref = gen_full[:n], ref[:n]
-        gen = _resize_to(gen_full, ref.shape[1:3])
+        # pass 1: reference face track, Sync boxes of the generated video
+        tracker = face_tracker(models.landmarks, cfg.landmarks.tracker)
+        sync_on = models.syncnet is not None
+        boxes = SyncBoxes(cfg, models) if sync_on else None
+        segments, n_dec, ref_hw, gen_hw = [], 0, None, None
+        for start, gen_b, ref_b in iter_pair(gen_local, gen_info, ref_local, ref_info, n, chunk):
+            ref_hw, gen_hw = ref_b.shape[1:3], gen_b.shape[1:3]
+            with timer("faces"):
+                segments += tracker.update(ref_b)
+            if boxes is not None:
+                with timer("sync_faces"):
+                    boxes.update(gen_b)
+            n_dec = start + len(ref_b)
         with timer("faces"):
-            segments = track_segments(ref, models.landmarks, cfg.landmarks.tracker)
+            segments += tracker.finish()
+        n = n_dec
         n_face = sum(s.n_frames for s in segments)
         coverage = n_face / n
         if n_face == 0 or coverage < cfg.min_face_coverage:
             raise PairReject("no_face", f"reference face tracked in {n_face} of {n} frames "
                              f"(min coverage {cfg.min_face_coverage:g})", "reference", "faces")
-        per_frame, samples, flagged = _score_segments(ref, gen, segments, cfg, models, timer)
-        sync = {"sync_c": None, "sync_d": None, "sync_offset": None, "sync_n_windows": None,
-                "sync_missing": None, "sync_missing_reason": "sync disabled", "sync_boxes": None}
-        if models.syncnet is not None:
-            sync = _sync(gen_full, gen_local, gen_info, n, cfg, models, timer)
+        # pass 2: crops and scores, Sync crops and embeddings
+        scorer = PairScorer(segments, ref_hw, cfg, models, timer)
+        sync_stream, status, reason = None, "disabled", "sync disabled"
+        if sync_on:
+            from eval.metrics.sync import SyncStream
+
+            audio, status, reason = _sync_audio(gen_local, gen_info, n, timer)
+            if audio is not None:
+                with timer("sync"):
+                    sync_stream = SyncStream(models.syncnet, boxes.finish(n), audio,
+                                             config=cfg.sync.track_config())
+        for start, gen_b, ref_b in iter_pair(gen_local, gen_info, ref_local, ref_info, n, chunk):
+            scorer.update(start, _resize_to(gen_b, ref_hw), ref_b)
+            if sync_stream is not None:
+                with timer("sync"):
+                    sync_stream.push(start, gen_b)
+        per_frame, samples, flagged = scorer.finish()
+        res = None
+        if sync_stream is not None:
+            with timer("sync"):
+                res = sync_stream.finish()
+            status, reason = res["status"], res.get("reason")
+        sync = _sync_row(res, status, reason, boxes)
     weights = models.describe()
+    fitting = weights["landmark_fitting"]
+    crop_h, crop_w = scorer.plans[0]["crop_size"]
     row = {
         "n_frames": int(n_face), "n_frames_compared": int(n), "n_frames_generated": int(n_gen),
         "n_frames_reference": int(n_ref), "frames_truncated": bool(n_gen != n_ref),
         "face_coverage": float(coverage), "n_face_segments": len(segments),
         "psnr": float(per_frame["psnr"].mean()), "ms_ssim": float(per_frame["ms_ssim"].mean()),
         "lpips": None if per_frame["lpips"] is None else float(per_frame["lpips"].mean()),
-        "lmd": float(per_frame["lmd"].mean()), **{k: sync[k] for k in (
-            "sync_c", "sync_d", "sync_offset", "sync_n_windows", "sync_missing", "sync_missing_reason")},
-        "protocol": cfg.protocol, "crop_size": int(cfg.crop_size), "crop_flagged_frames": int(flagged),
-        "frame_height": int(ref.shape[1]), "frame_width": int(ref.shape[2]),
-        "generated_resized": bool(gen.shape[1:3] != gen_full.shape[1:3]),
+        "lmd": float(per_frame["lmd"].mean()), **sync,
+        "protocol": cfg.protocol, "protocol_version": crop_mod.PROTOCOL_VERSIONS[cfg.protocol],
+        "crop_size": int(cfg.crop_size), "crop_height": int(crop_h), "crop_width": int(crop_w),
+        "crop_flagged_frames": int(flagged),
+        "frame_height": int(ref_hw[0]), "frame_width": int(ref_hw[1]),
+        "generated_resized": bool(tuple(gen_hw) != tuple(ref_hw)),
         "landmark_backend": weights["landmark_backend"],
         "landmark_weights": json.dumps(weights["landmark_weights"], sort_keys=True),
+        "landmark_fitting": json.dumps(fitting, sort_keys=True), "landmark_fit_boxes": int(fitting["fit_boxes"]),
         "lmd_landmarks": LMD_LANDMARKS,
         "lpips_backbone_sha256": weights.get("lpips_backbone_sha256"),
         "lpips_linear_sha256": weights.get("lpips_linear_sha256"),
@@ -350,9 +480,9 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
         "lpips_label": weights.get("lpips_label"),
         "syncnet_sha256": weights.get("syncnet_sha256"),
         "sync_official_weights": weights.get("sync_official_weights"),
-        "sync_label": weights.get("sync_label"), "sync_boxes": sync["sync_boxes"],
+        "sync_label": weights.get("sync_label"),
         "sync_track_config": json.dumps(dataclasses.asdict(cfg.sync.track_config()), sort_keys=True)
-        if models.syncnet is not None else None,
+        if sync_on else None,
         "seconds": float(time.perf_counter() - t_start),
         "timings": json.dumps({k: round(v, 4) for k, v in timer.seconds.items()}, sort_keys=True),
     }

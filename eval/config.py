@@ -2,10 +2,11 @@
 
 One dataclass tree, loaded with :func:`preprocess.config.load` (unknown keys are errors)::
 
-    protocol: radio-v1          # or dinet (eval.crop)
-    crop_size: 256
+    protocol: radio-v1          # or dinet (eval.crop; version 2: DINet's inference crop)
+    crop_size: 256              # radio-v1: square side; dinet: DINet's mouth_region_size (256 -> 416x320)
     length_tolerance: 2         # frames at 25 fps; a larger |generated - reference| is a reject
     max_frames: null            # score only the first N frames of each pair (null: all)
+    chunk_frames: 4             # frames decoded at a time (1080p: ~6 MB per frame per video); memory does not grow with length
     sample_frames: 3            # frames per pair shown side by side in the HTML report
     sample_size: 160            # side of each crop in those report images (PNG)
     min_face_coverage: 0.5      # reference frames with a tracked face, else the pair is a no_face reject
@@ -19,9 +20,13 @@ One dataclass tree, loaded with :func:`preprocess.config.load` (unknown keys are
       weights_uri: gs://BUCKET/weights/syncnet_v2.model
       weights_sha256: 961e8696...       # default: the official syncnet_v2.model
       track: {min_track: 100}           # eval.metrics.face_track.TrackConfig fields
+      s3fd_uri: gs://BUCKET/weights/s3fd-619a316812.pth   # S3FD boxes on every frame, as official;
+      s3fd_sha256: 619a3168...          # default: landmarks.backend_args.sfd_uri of face_alignment,
+                                        # else the landmark backend's tracker boxes (labelled)
     landmarks:
       backend: dlib                     # preprocess.landmarks backend (offline default)
-      backend_args: {}                  # dlib: fit_boxes 5 unless set (preprocess uses 1)
+      backend_args: {}                  # dlib: fit_boxes 5 unless set (preprocess uses 1); rows
+                                        # record the fitting (landmark_fitting, landmark_fit_boxes)
       tracker: {}                       # preprocess.track.TrackerConfig fields
 
 A metric whose weights are not configured fails loudly (:class:`preprocess.weights.WeightsError`)
@@ -59,7 +64,19 @@ class SyncConfig:
     weights_sha256: str | None = SYNCNET_V2_SHA256  # sha256 of weights_uri (default: the official syncnet_v2.model)
     label: str | None = None                    # shown in reports; default official/unofficial by digest
     track: dict = field(default_factory=dict)   # eval.metrics.face_track.TrackConfig overrides
-    box_scale: float = 1.0                      # grow the landmark backend's boxes (about their centre)
+    s3fd_uri: str | None = None                 # face_alignment's s3fd-619a316812.pth: S3FD boxes as official
+    s3fd_sha256: str | None = None              # null: accepted when the digest starts with 619a316812
+    s3fd_conf: float = 0.9                      # syncnet_python run_pipeline: conf_th
+    s3fd_scale: float = 0.25                    # syncnet_python run_pipeline: --facedet_scale
+    box_scale: float = 1.0                      # fallback only: grow the landmark backend's tracker boxes
+
+    def s3fd_weights(self, landmarks: "EvalLandmarksConfig") -> tuple[str | None, str | None]:
+        """The S3FD file: ``s3fd_uri``, else the face_alignment landmark backend's ``sfd_uri``."""
+        if self.s3fd_uri:
+            return self.s3fd_uri, self.s3fd_sha256
+        if landmarks.backend in ("face_alignment", "fan") and landmarks.backend_args.get("sfd_uri"):
+            return landmarks.backend_args["sfd_uri"], landmarks.backend_args.get("sfd_sha256")
+        return None, None
 
     def track_config(self) -> TrackConfig:
         known = set(TrackConfig.__dataclass_fields__)
@@ -82,6 +99,7 @@ class EvalConfig:
     crop_size: int = 256        # side of the evaluation crop (>= 161 for 5-scale MS-SSIM)
     length_tolerance: int = 2   # frames |generated - reference| may differ at 25 fps, else a length_mismatch reject
     max_frames: int | None = None  # score only the first N frames of each pair (null: all)
+    chunk_frames: int = 4       # frames decoded and scored per block (a pair is streamed: memory flat in length)
     sample_frames: int = 3      # frames per pair shown in the HTML report
     sample_size: int = 160      # side of each report crop (PNG)
     min_face_coverage: float = 0.5  # reference frames with a tracked face, else a no_face reject
@@ -99,12 +117,17 @@ class EvalConfig:
             raise ConfigError(f"length_tolerance: expected >= 0 frames. Got {self.length_tolerance}.")
         if self.max_frames is not None and self.max_frames < 1:
             raise ConfigError(f"max_frames: expected >= 1 or null. Got {self.max_frames}.")
+        if self.chunk_frames < 1:
+            raise ConfigError(f"chunk_frames: expected >= 1. Got {self.chunk_frames}.")
         if self.sample_frames < 0:
             raise ConfigError(f"sample_frames: expected >= 0. Got {self.sample_frames}.")
         if self.sample_size < 16:
             raise ConfigError(f"sample_size: expected >= 16 px. Got {self.sample_size}.")
         if not 0.0 <= self.min_face_coverage <= 1.0:
             raise ConfigError(f"min_face_coverage: expected in [0, 1]. Got {self.min_face_coverage}.")
+        if not 0 < self.sync.s3fd_conf < 1 or not 0 < self.sync.s3fd_scale <= 1:
+            raise ConfigError(f"sync.s3fd_conf, sync.s3fd_scale: expected in (0, 1) and (0, 1]. "
+                              f"Got {self.sync.s3fd_conf}, {self.sync.s3fd_scale}.")
         if self.sync.box_scale <= 0:
             raise ConfigError(f"sync.box_scale: expected > 0. Got {self.sync.box_scale}.")
         self.sync.track_config()  # unknown track keys fail at load, not on a worker

@@ -3,7 +3,10 @@
 * the landmark backend (``preprocess.landmarks``, dlib by default): reference face tracks, the
   generated video's face boxes for Sync, and the landmarks of both videos for LMD;
 * LPIPS v0.1 AlexNet (:func:`eval.metrics.lpips.load_lpips`) unless ``lpips.enabled`` is false;
-* SyncNet (:func:`eval.metrics.syncnet.load_syncnet`) unless ``sync.enabled`` is false.
+* SyncNet (:func:`eval.metrics.syncnet.load_syncnet`) unless ``sync.enabled`` is false;
+* S3FD (:class:`eval.metrics.s3fd.S3FD`) for Sync's face boxes when its weights are configured
+  (``sync.s3fd_uri``, or the face_alignment backend's ``sfd_uri``); otherwise Sync uses the
+  landmark backend's tracker boxes, labelled as the fallback in every row.
 
 Weights come only from configured URIs with a verified sha256; a missing one raises
 :class:`preprocess.weights.WeightsError` naming the file, how to get it and how to switch the
@@ -28,11 +31,13 @@ class EvalModels:
     lpips: object | None         # eval.metrics.lpips.LPIPSAlex
     syncnet: object | None       # eval.metrics.syncnet.SyncNet
     lpips_label: str | None = None
+    sync_detector: object | None = None  # eval.metrics.s3fd.S3FD when its weights are configured
 
     def describe(self) -> dict:
         """Weight hashes and labels recorded in every score row."""
         lm = self.landmarks.describe()
-        out = {"landmark_backend": lm["backend"], "landmark_weights": dict(lm["weights"])}
+        out = {"landmark_backend": lm["backend"], "landmark_weights": dict(lm["weights"]),
+               "landmark_fitting": landmark_fitting(self.landmarks)}
         if self.lpips is not None:
             out.update(self.lpips.weights_info)
             out["lpips_label"] = self.lpips_label
@@ -43,6 +48,42 @@ class EvalModels:
         return out
 
 
+def landmark_fitting(backend) -> dict:
+    """How LMD's landmarks are fitted: the backend and its fitting parameters (part of the protocol).
+
+    dlib: ``fit_boxes`` fits from the box and shifted copies, averaged (``fit_shift`` of the side);
+    face_alignment: one FAN fit per box, ``flip_input`` averaging the mirrored heatmaps."""
+    out = {"backend": backend.name, "fit_boxes": int(getattr(backend, "fit_boxes", 1))}
+    for k in ("fit_shift", "flip_input", "upsample"):
+        if hasattr(backend, k):
+            out[k] = getattr(backend, k)
+    return out
+
+
+#: glibc ``mallopt`` parameter: allocations at least this size are mmapped, and unmapped on free
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def bound_heap() -> bool:
+    """Keep a long evaluation's memory flat: allocations of 1 MiB and more (decoded 1080p frames,
+    crops, network activations) are mmapped and go back to the OS when freed.
+
+    glibc otherwise raises its mmap threshold to the largest freed block (up to 32 MiB), so these
+    come from the heap, which fragments and grows: a 64 s 1080p pair peaked at 1,013 MiB with
+    RSS creeping up through the scoring pass, 808 MiB and flat with this (bench/README.md).
+    Process-wide and idempotent; a no-op (False) off glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return bool(libc is not None and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
+
+
 def _with_hint(e: WeightsError, metric: str) -> WeightsError:
     return WeightsError(f"{e} ({_OFF_HINT[metric]}.)")
 
@@ -51,6 +92,7 @@ def load_models(cfg: EvalConfig) -> EvalModels:
     """Build every network ``cfg`` enables. Raises WeightsError (with the fix) on missing weights."""
     from preprocess.landmarks import get_backend
 
+    bound_heap()  # an evaluation worker: flat memory on long pairs
     backend_args = dict(cfg.landmarks.backend_args)
     if cfg.landmarks.backend == "dlib":
         # LMD wants the steadiest landmarks: average 5 shifted-box fits (preprocess fits once)
@@ -76,7 +118,14 @@ def load_models(cfg: EvalConfig) -> EvalModels:
                                    device=cfg.device)
         except WeightsError as e:
             raise _with_hint(e, "sync") from e
-    return EvalModels(landmarks=backend, lpips=lpips_model, syncnet=syncnet, lpips_label=lpips_label)
+    detector = None
+    s3fd_uri, s3fd_sha = cfg.sync.s3fd_weights(cfg.landmarks)
+    if syncnet is not None and s3fd_uri:
+        from eval.metrics.s3fd import S3FD
+
+        detector = S3FD(s3fd_uri, s3fd_sha, device=cfg.device, conf_th=cfg.sync.s3fd_conf, scale=cfg.sync.s3fd_scale)
+    return EvalModels(landmarks=backend, lpips=lpips_model, syncnet=syncnet, lpips_label=lpips_label,
+                      sync_detector=detector)
 
 
 def check_weights(cfg: EvalConfig) -> None:
@@ -94,6 +143,14 @@ def check_weights(cfg: EvalConfig) -> None:
     if cfg.sync.enabled:
         wanted.append(("sync", "SyncNet weights (sync.weights_uri)", cfg.sync.weights_uri,
                        cfg.sync.weights_sha256, SYNC_HOW_TO_GET))
+    s3fd_uri, s3fd_sha = cfg.sync.s3fd_weights(cfg.landmarks)
+    if cfg.sync.enabled and s3fd_uri:
+        from eval.metrics.s3fd import HOW_TO_GET as S3FD_HOW_TO_GET
+
+        fs, path = fsspec.core.url_to_fs(s3fd_uri)
+        if not fs.exists(path):
+            raise WeightsError(f"S3FD weights (sync.s3fd_uri): weight file not found at {s3fd_uri!r}. "
+                               f"{S3FD_HOW_TO_GET}")
     for metric, name, uri, sha, how in wanted:
         if not uri:
             raise WeightsError(f"{name}: no weight file configured. {how} ({_OFF_HINT[metric]}.)")

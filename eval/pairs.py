@@ -13,8 +13,13 @@ as written. An empty ``generated``/``reference`` cell is an error in the manifes
 are matched by relative path without the suffix (``spk1/clip 03.mp4`` ↔ ``spk1/clip 03.mov``); an
 exact relative path wins over a suffix-only difference, and two references with the same stem are
 an error (write a manifest). A generated video without a reference and a reference without a
-generated video are both kept as pairs with the missing side empty: they become ``missing_file``
-rejects, so a method that failed to produce an output is counted, not silently skipped.
+generated video are both kept as pairs with the missing side empty. A generated video without a
+reference becomes a ``missing_file`` reject; a reference without a generated video is
+**unpaired** (:func:`is_unpaired`): counted apart (inputs = scored + rejected + unpaired), never
+a reject, since a folder of references usually holds more clips than one method produced.
+
+Table names: ``--dataset`` and ``--method`` default to the folder names (:func:`default_names`):
+the reference folder's and the generated folder's (for a manifest: its folder's and its stem).
 
 Each pair gets a stable ``pair_id`` (hash of dataset, method and both URIs); a pair listed twice
 is scored once. File names are data: never given to a shell, kept exactly.
@@ -166,6 +171,29 @@ def match_folders(generated: str, reference: str, *, dataset: str, method: str) 
     for key in sorted(pairs):
         g, r = pairs[key]
         yield make_pair(key, g, r, dataset, method)
+
+
+def is_unpaired(pair: dict) -> bool:
+    """A reference without a generated video (two-folder matching only)."""
+    return not pair["generated"] and bool(pair["reference"])
+
+
+def _folder_name(spec: str) -> str:
+    _, path = fsspec.core.url_to_fs(spec)
+    if any(c in path for c in GLOB_CHARS):
+        path = path[: min(path.index(c) for c in GLOB_CHARS if c in path)]
+        path = path if path.endswith("/") else posixpath.dirname(path)
+    return posixpath.basename(path.rstrip("/")) or "root"
+
+
+def default_names(generated: str, reference: str | None) -> tuple[str, str]:
+    """``(dataset, method)`` for a run without ``--dataset``/``--method``: the reference folder's
+    name and the generated folder's; for a manifest, its folder's name (or ``--reference``'s)
+    and its file stem."""
+    if is_manifest(generated):
+        stem = posixpath.splitext(posixpath.basename(generated))[0]
+        return (_folder_name(reference) if reference else _folder_name(posixpath.dirname(generated) or ".")), stem
+    return (_folder_name(reference) if reference else "dataset"), _folder_name(generated)
 
 
 def list_pairs(generated: str, reference: str | None = None, *, dataset: str = "dataset",

@@ -148,8 +148,13 @@ def footnotes(table: list[dict]) -> list[str]:
     return notes
 
 
+def _table(rows: list[dict], summary: dict | None) -> list[dict]:
+    """The run's exact table (``summary['table']``, from the combiner) or one from ``rows``."""
+    return (summary or {}).get("table") or summary_table(rows)
+
+
 def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
-    table = summary_table(rows)
+    table = _table(rows, summary)
     datasets, methods, cells = _grid(table)
     off = disabled_metrics(rows)
     head = ["Method"] + [f"{d} {label}{arrow(h)}" for d in datasets for _, label, h, _ in METRICS]
@@ -160,24 +165,27 @@ def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
     out = ["# Evaluation summary", ""]
     if summary:
         out += [f"Run `{summary.get('run_id')}`: {summary['inputs']} pairs = {summary['scored']} scored + "
-                f"{summary['rejected']} rejected" + ("" if summary["counts_add_up"] else " (DOES NOT ADD UP)")
-                + _reasons(summary) + ".", ""]
+                f"{summary['rejected']} rejected" + _reasons(summary) + unpaired_note(summary)
+                + ("" if summary["counts_add_up"] else " (DOES NOT ADD UP)") + ".", ""]
     out += lines + [""]
     counts = ["| Dataset | Method | clips scored | Sync missing | frames | padded frames |",
               "|---|---|---|---|---|---|"]
-    for d in datasets:
-        for m in methods:
-            grp = [r for r in rows if r["dataset"] == d and r["method"] == m]
-            if grp:
-                missing = "disabled" if "sync_c" in off else sum(1 for r in grp if r.get("sync_missing"))
-                flagged = [r.get("crop_flagged_frames") or 0 for r in grp]
-                counts.append(f"| {d} | {m} | {len(grp)} | {missing} | {sum(r.get('n_frames') or 0 for r in grp)} | "
-                              f"{sum(flagged)} ({_clips(sum(1 for f in flagged if f))}) |")
+    for g in (summary or {}).get("groups") or results_groups(rows):
+        if g["scored"]:
+            missing = "disabled" if "sync_c" in off else g["sync_missing"]
+            counts.append(f"| {g['dataset']} | {g['method']} | {g['scored']} | {missing} | {g['frames']} | "
+                          f"{g.get('padded_frames', 0)} ({_clips(g.get('padded_clips', 0))}) |")
+    status = {k: v for k, v in ((summary or {}).get("sync_status") or {}).items() if k not in ("scored", "disabled")}
+    if status:
+        counts += ["", "Scored without Sync: " + ", ".join(f"{k} {v}" for k, v in sorted(status.items()))
+                   + (" (too_short_for_sync: every face track ≤ min_track frames, dropped as syncnet_python does)"
+                      if "too_short_for_sync" in status else "") + "."]
     out += counts + ["", f"Cells: mean ± half-width of the {CI_METHOD}."] + ([f"Padded frames: {FLAGGED_NOTE}."] if rows else [])
     out += [f"Crop protocol {', '.join(sorted({str(r.get('protocol')) for r in rows}))} at "
             f"{', '.join(sorted({str(r.get('crop_size')) for r in rows}))} px; landmarks "
             f"{', '.join(sorted({str(r.get('landmark_backend')) for r in rows}))}; LMD landmarks: "
-            f"{rows[0].get('lmd_landmarks') if rows else '–'}."] if rows else []
+            f"{rows[0].get('lmd_landmarks') if rows else '–'}; landmark fitting: "
+            f"{', '.join(sorted({str(r.get('landmark_fitting')) for r in rows}))}."] if rows else []
     out += footnotes(table)
     return "\n".join(out) + "\n"
 
@@ -186,14 +194,26 @@ def _clips(n: int) -> str:
     return f"{n} clip" + ("" if n == 1 else "s")
 
 
+def results_groups(rows: list[dict]) -> list[dict]:
+    """Per (dataset, method) counts of scored rows (when no run summary is at hand)."""
+    from eval import aggregate
+
+    return aggregate.summarise(rows, [], len(rows))["groups"]
+
+
+def unpaired_note(summary: dict) -> str:
+    n = summary.get("unpaired") or 0
+    return f" + {n} unpaired (references without a generated clip)" if n else ""
+
+
 def _reasons(summary: dict) -> str:
     r = summary.get("rejects_by_reason") or {}
     return "" if not r else " (" + ", ".join(f"{k} {v}" for k, v in sorted(r.items())) + ")"
 
 
-def table_csv(rows: list[dict]) -> str:
+def table_csv(rows: list[dict], summary: dict | None = None) -> str:
     """Wide CSV: one row per method; per dataset × metric the columns mean, ci95 (half-width), n."""
-    table = summary_table(rows)
+    table = _table(rows, summary)
     datasets, methods, cells = _grid(table)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -279,8 +299,8 @@ def _e(x) -> str:
     return html.escape("" if x is None else str(x))
 
 
-def _html_table(rows: list[dict]) -> str:
-    table = summary_table(rows)
+def _html_table(rows: list[dict], summary: dict | None = None) -> str:
+    table = _table(rows, summary)
     datasets, methods, cells = _grid(table)
     off = disabled_metrics(rows)
     h1 = "<tr><th class=l rowspan=2>Method</th>" + "".join(
@@ -303,7 +323,8 @@ def _html_table(rows: list[dict]) -> str:
 def _counts_html(summary: dict, rows: list[dict]) -> str:
     ok = summary["counts_add_up"]
     sync_off = "sync_c" in disabled_metrics(rows)
-    flagged = [r.get("crop_flagged_frames") or 0 for r in rows]
+    padded_frames = sum(g.get("padded_frames", 0) for g in summary.get("groups", []))
+    padded_clips = sum(g.get("padded_clips", 0) for g in summary.get("groups", []))
     reasons = "".join(f"<tr><td class=l>&nbsp;&nbsp;{_e(k)}</td><td>{v}</td></tr>"
                       for k, v in sorted((summary.get("rejects_by_reason") or {}).items()))
     groups = "".join(f"<tr><td class=l>{_e(g['dataset'])}</td><td class=l>{_e(g['method'])}</td><td>{g['scored']}</td>"
@@ -312,13 +333,16 @@ def _counts_html(summary: dict, rows: list[dict]) -> str:
     return (f"<table><tr><td class=l>pairs listed</td><td>{summary['inputs']}</td></tr>"
             f"<tr><td class=l>scored</td><td>{summary['scored']}</td></tr>"
             f"<tr><td class=l>rejected</td><td>{summary['rejected']}</td></tr>{reasons}"
-            f"<tr><td class=l>scored + rejected = listed</td><td class={'ok' if ok else 'bad'}>"
+            f"<tr><td class=l>unpaired (references without a generated clip)</td><td>{summary.get('unpaired', 0)}</td></tr>"
+            f"<tr><td class=l>scored + rejected + unpaired = listed</td><td class={'ok' if ok else 'bad'}>"
             f"{'yes' if ok else 'NO'}</td></tr>"
             + ("<tr><td class=l>Sync-C/D</td><td class=off>disabled</td></tr>" if sync_off else
-               f"<tr><td class=l>scored without Sync (no track / no audio)</td><td>{summary.get('sync_missing', 0)}</td></tr>")
+               f"<tr><td class=l>scored without Sync (no track / no audio)</td><td>{summary.get('sync_missing', 0)}</td></tr>"
+               f"<tr><td class=l>&nbsp;&nbsp;too_short_for_sync (tracks ≤ min_track frames)</td>"
+               f"<td>{summary.get('too_short_for_sync', 0)}</td></tr>")
             + f"<tr><td class=l>frames scored</td><td>{summary.get('frames_scored', 0)}</td></tr>"
-            f"<tr><td class=l>padded frames</td><td>{sum(flagged)} in {sum(1 for f in flagged if f)} of "
-            f"{_clips(len(rows))}</td></tr>"
+            f"<tr><td class=l>padded frames</td><td>{padded_frames} in {_clips(padded_clips)} of "
+            f"{summary['scored']} scored</td></tr>"
             "</table>"
             + (f"<table><tr><th class=l>dataset</th><th class=l>method</th><th>scored</th><th>rejected</th>"
                f"<th>Sync missing</th></tr>{groups}</table>" if groups else ""))
@@ -389,9 +413,12 @@ def _provenance(summary: dict, rows: list[dict]) -> str:
         return f"<code>{_e(', '.join(v) or '–')}</code>"
 
     items = "".join(f"<tr><td class=l>{_e(k)}</td><td class=l>{value(k, v)}</td></tr>" for k, v in w.items())
-    proto = sorted({f"{r.get('protocol')} @ {r.get('crop_size')}" for r in rows})
+    proto = sorted({f"{r.get('protocol')} v{r.get('protocol_version')} @ {r.get('crop_height')}x{r.get('crop_width')}"
+                    for r in rows})
+    fitting = sorted({str(r.get("landmark_fitting")) for r in rows})
     return (f"<table><tr><td class=l>crop protocol</td><td class=l>{_e(', '.join(proto) or '–')}</td></tr>"
             f"<tr><td class=l>LMD landmarks</td><td class=l>{_e(rows[0].get('lmd_landmarks') if rows else '–')}</td></tr>"
+            f"<tr><td class=l>LMD landmark fitting</td><td class=l>{_e(', '.join(fitting) or '–')}</td></tr>"
             f"<tr><td class=l>confidence intervals</td><td class=l>{_e(CI_METHOD)}</td></tr>{items}</table>"
             f"<details><summary class=note>config</summary><pre class=note>"
             f"{_e(json.dumps(summary.get('config'), indent=2, sort_keys=True))}</pre></details>")
@@ -434,7 +461,7 @@ def render_html(rows: list[dict], rejects: list[dict], summary: dict, cards: dic
              f"<p class=note>finished {_e(summary.get('finished_utc'))} · generated <code>{_e(summary.get('generated'))}"
              f"</code> · reference <code>{_e(summary.get('reference') or '–')}</code> · output <code>{_e(summary.get('output'))}"
              f"</code></p>", "<h2>Counts</h2>", _counts_html(summary, rows), "<h2>Summary (Table 1 layout)</h2>",
-             _html_table(rows) if rows else "<p>No pair was scored.</p>",
+             _html_table(rows, summary) if rows else "<p>No pair was scored.</p>",
              f"<p class=note>Cells: mean ± half-width of the {_e(CI_METHOD)}.</p>"]
     hist = histograms_png(rows) if rows else None
     if hist:
@@ -464,7 +491,7 @@ def write_report(out_dir: str, rows: list[dict], rejects: list[dict], summary: d
     files = {"summary_md": uri_mod.join(out_dir, "summary.md"), "summary_csv": uri_mod.join(out_dir, "summary.csv"),
              "report_html": uri_mod.join(out_dir, "report.html")}
     uri_mod.write_bytes_atomic(files["summary_md"], table_markdown(rows, summary).encode())
-    uri_mod.write_bytes_atomic(files["summary_csv"], table_csv(rows).encode())
+    uri_mod.write_bytes_atomic(files["summary_csv"], table_csv(rows, summary).encode())
     uri_mod.write_bytes_atomic(files["report_html"], render_html(rows, rejects, summary, cards).encode())
     return files
 

@@ -1,27 +1,40 @@
-"""What an evaluation run writes, and where (plain functions; the Beam job calls :func:`write_run`).
+"""What an evaluation run writes, and where (plain functions; the Beam job calls
+:func:`write_shard` per shard and :func:`write_summary` last).
 
 Layout, one folder per run id (``OUTPUT/runs/<run_id>/``)::
 
-    metrics.parquet   one row per scored pair (METRICS_SCHEMA: scores + provenance)
-    rejects.parquet   one row per pair that could not be scored (REJECTS_SCHEMA: reason, side, stage)
-    frames.parquet    per-frame PSNR / MS-SSIM / LPIPS / LMD of every scored pair (FRAMES_SCHEMA)
+    metrics.parquet/  one row per scored pair (METRICS_SCHEMA: scores + provenance), as shards
+    rejects.parquet/  one row per pair that could not be scored (REJECTS_SCHEMA: reason, side, stage)
+    frames.parquet/   per-frame PSNR / MS-SSIM / LPIPS / LMD of every scored pair (FRAMES_SCHEMA)
     summary.md        Table-1 layout, mean ± 95 % CI           (eval.report)
     summary.csv       the same numbers, one column per dataset × metric × (mean, ci95, n)
     report.html       self-contained report: counts, table, histograms, worst clips, sample crops
-    summary.json      counts (inputs = scored + rejected), rejects by reason, weights, config
+    summary.json      counts (inputs = scored + rejected + unpaired), rejects by reason, weights, config
+
+Each table is a folder of shards ``part-NNNNN.parquet`` (``pyarrow.parquet.read_table(folder)``
+reads it whole; :func:`read_table` too). A pair's rows go to shard ``hash(pair_id) mod S`` with
+``S = ceil(pairs / ROWS_PER_SHARD)``, so no worker ever holds more than one shard's rows, and a
+failed shard write is retried alone. The summary comes from a combiner
+(:mod:`eval.aggregate`), never from the rows gathered in one place.
 
 Idempotent per run id: every file is written whole to a temporary sibling and moved into place
-(``preprocess.uri.write_bytes_atomic``), and each holds all of the run's pairs, so re-running the
-same id replaces the files — never appends, never duplicates. ``summary.json`` is written last.
-Rows are sorted (dataset, method, key), so the same inputs give the same files.
+(``preprocess.uri.write_bytes_atomic``); the last step removes the shards of an earlier run of the
+same id that this run did not write, so re-running the same id replaces the tables — never
+appends, never duplicates. ``summary.json`` is written last. Rows within a shard are sorted
+(dataset, method, key), so the same inputs give the same files.
 """
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
+import math
+import posixpath
 import re
 import time
+
+import fsspec
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,7 +42,7 @@ import pyarrow.parquet as pq
 from preprocess import uri as uri_mod
 from preprocess.errors import UserError
 
-SCHEMA_VERSION = "radio-eval/1"
+SCHEMA_VERSION = "radio-eval/2"
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _PAIR_FIELDS = [
@@ -60,14 +73,20 @@ METRICS_SCHEMA = pa.schema(_PAIR_FIELDS + [
     pa.field("sync_n_windows", pa.int32()),
     pa.field("sync_missing", pa.bool_()),         # null: disabled
     pa.field("sync_missing_reason", pa.string()),
+    pa.field("sync_status", pa.string()),         # scored | too_short_for_sync | no_face_track | no_audio | audio_error | disabled
     pa.field("protocol", pa.string()),
-    pa.field("crop_size", pa.int32()),
+    pa.field("protocol_version", pa.int32()),     # eval.crop.PROTOCOL_VERSIONS (dinet 2: DINet's inference crop)
+    pa.field("crop_size", pa.int32()),            # radio-v1 side; dinet mouth_region_size
+    pa.field("crop_height", pa.int32()),
+    pa.field("crop_width", pa.int32()),
     pa.field("crop_flagged_frames", pa.int32()),  # radio-v1 padded / dinet out-of-frame or unstable
     pa.field("frame_height", pa.int32()),
     pa.field("frame_width", pa.int32()),
     pa.field("generated_resized", pa.bool_()),
     pa.field("landmark_backend", pa.string()),
     pa.field("landmark_weights", pa.string()),    # JSON {file: sha256}
+    pa.field("landmark_fitting", pa.string()),    # JSON {backend, fit_boxes, fit_shift, ...}: part of LMD's protocol
+    pa.field("landmark_fit_boxes", pa.int32()),   # box fits averaged per landmark set
     pa.field("lmd_landmarks", pa.string()),
     pa.field("lpips_backbone_sha256", pa.string()),
     pa.field("lpips_linear_sha256", pa.string()),
@@ -76,7 +95,8 @@ METRICS_SCHEMA = pa.schema(_PAIR_FIELDS + [
     pa.field("syncnet_sha256", pa.string()),
     pa.field("sync_official_weights", pa.bool_()),
     pa.field("sync_label", pa.string()),
-    pa.field("sync_boxes", pa.string()),
+    pa.field("sync_boxes", pa.string()),          # how Sync's face boxes were found (detector, settings)
+    pa.field("sync_box_source", pa.string()),     # s3fd (as official) | <backend>_tracker (fallback)
     pa.field("sync_track_config", pa.string()),   # JSON TrackConfig
     pa.field("seconds", pa.float64()),
     pa.field("timings", pa.string()),             # JSON {stage: seconds}
@@ -142,7 +162,7 @@ def frames_row(pair_id: str, frames: dict, run_id: str) -> dict:
 
 
 def _sorted(rows: list[dict]) -> list[dict]:
-    return sorted(rows, key=lambda r: (r["dataset"], r["method"], r["key"], r["pair_id"]))
+    return sorted(rows, key=lambda r: (r.get("dataset", ""), r.get("method", ""), r.get("key", ""), r["pair_id"]))
 
 
 def _parquet_bytes(rows: list[dict], schema: pa.Schema, meta: dict) -> bytes:
@@ -152,60 +172,111 @@ def _parquet_bytes(rows: list[dict], schema: pa.Schema, meta: dict) -> bytes:
     return buf.getvalue()
 
 
+# ------------------------------------------------------------------------------- shards
+TABLES = {"metrics": METRICS_SCHEMA, "rejects": REJECTS_SCHEMA, "frames": FRAMES_SCHEMA}
+#: pairs per shard: a frames shard of long clips stays a few hundred MB on the worker writing it
+ROWS_PER_SHARD = 2000
+
+
+def n_shards_for(n_pairs: int) -> int:
+    """Shards per table for a run of ``n_pairs`` pairs (the same for every table)."""
+    return max(1, math.ceil(int(n_pairs) / ROWS_PER_SHARD))
+
+
+def shard_of(pair_id: str, n_shards: int) -> int:
+    """The shard a pair's rows go to: a stable hash of its id."""
+    return int(hashlib.sha1(pair_id.encode()).hexdigest()[:8], 16) % n_shards
+
+
+def shard_uri(out_dir: str, table: str, index: int) -> str:
+    return uri_mod.join(out_dir, f"{table}.parquet", f"part-{index:05d}.parquet")
+
+
+def write_shard(out_dir: str, table: str, index: int, rows: list[dict], run_id: str, config: dict | None = None) -> str:
+    """Write one shard of ``table`` (sorted rows) atomically; return its URI."""
+    meta = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "table": table, "shard": index}
+    if config is not None and table == "metrics":
+        meta["config"] = config
+    uri = shard_uri(out_dir, table, index)
+    uri_mod.write_bytes_atomic(uri, _parquet_bytes(_sorted(rows), TABLES[table], meta))
+    return uri
+
+
+def prepare_run_dir(out_dir: str) -> None:
+    """Before a run: drop a previous run's single-file tables (layout 1), which the shard folders
+    of the same names replace."""
+    for table in TABLES:
+        fs, path = fsspec.core.url_to_fs(uri_mod.join(out_dir, f"{table}.parquet"))
+        if fs.exists(path) and not fs.isdir(path):
+            fs.rm(path)
+
+
+def finish_tables(out_dir: str, written: list[str], run_id: str) -> dict:
+    """After every shard is written: an empty shard for a table that got no rows, and the
+    removal of shards a previous run of this id left (a different shard count). Returns
+    ``{table: folder URI}``."""
+    written = set(written)
+    out = {}
+    for table in TABLES:
+        folder = uri_mod.join(out_dir, f"{table}.parquet")
+        if not any(w.startswith(folder + "/") for w in written):
+            written.add(write_shard(out_dir, table, 0, [], run_id))
+        fs, path = fsspec.core.url_to_fs(folder)
+        for p in fs.ls(path, detail=False):
+            name = posixpath.basename(p)
+            if name.startswith("part-") and uri_mod.join(folder, name) not in written:
+                fs.rm(p)
+        out[table] = folder
+    return out
+
+
 def read_table(uri: str) -> list[dict]:
+    """Rows of a table: a shard folder (``metrics.parquet/part-*.parquet``) or one Parquet file."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if fs.isdir(path):
+        parts = sorted(p for p in fs.ls(path, detail=False) if posixpath.basename(p).startswith("part-"))
+        return [r for p in parts for r in read_table(uri_mod.join(uri, posixpath.basename(p)))]
     with uri_mod.local_copy(uri, ".parquet") as local:
         return pq.read_table(local).to_pylist()
 
 
 def summarise(rows: list[dict], rejects: list[dict], n_pairs: int) -> dict:
-    """Counts of a run: inputs = scored + rejected (by reason), per (dataset, method) too."""
-    by_reason: dict[str, int] = {}
-    groups: dict[tuple[str, str], dict] = {}
-    for r in rejects:
-        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
-    for kind, items in (("scored", rows), ("rejected", rejects)):
-        for r in items:
-            g = groups.setdefault((r["dataset"], r["method"]), {"dataset": r["dataset"], "method": r["method"],
-                                                                "scored": 0, "rejected": 0, "sync_missing": 0})
-            g[kind] += 1
-            if kind == "scored" and r.get("sync_missing"):
-                g["sync_missing"] += 1
-    return {
-        "inputs": int(n_pairs), "scored": len(rows), "rejected": len(rejects),
-        "counts_add_up": int(n_pairs) == len(rows) + len(rejects),
-        "rejects_by_reason": dict(sorted(by_reason.items())),
-        "sync_missing": sum(1 for r in rows if r.get("sync_missing")),
-        "frames_scored": int(sum(r.get("n_frames") or 0 for r in rows)),
-        "groups": [groups[k] for k in sorted(groups)],
-        "weights": _weights(rows),
-    }
+    """Counts of a run held in memory: inputs = scored + rejected + unpaired (by reason), per
+    (dataset, method) too (:func:`eval.aggregate.summarise`, without the report samples)."""
+    from eval import aggregate
+
+    out = aggregate.summarise(rows, rejects, n_pairs)
+    out.pop("_rows"), out.pop("_rejects")
+    return out
 
 
-def _weights(rows: list[dict]) -> dict:
-    keys = ("landmark_backend", "landmark_weights", "lpips_label", "lpips_backbone_sha256", "lpips_linear_sha256",
-            "lpips_official_weights", "sync_label", "syncnet_sha256", "sync_official_weights", "sync_boxes")
-    return {k: sorted({str(r.get(k)) for r in rows if r.get(k) is not None}) for k in keys}
-
-
-def write_run(out_dir: str, *, run_id: str, rows: list[dict], rejects: list[dict], frames: list[dict],
-              cards: dict, n_pairs: int, config: dict, inputs: dict, started: float) -> dict:
-    """Write every file of a run (module docstring) atomically; return the summary."""
+def write_summary(out_dir: str, *, run_id: str, agg: dict, written: list[str], cards: dict, config: dict,
+                  inputs: dict, started: float) -> dict:
+    """The run's last step: complete the shard folders, write the reports and ``summary.json``
+    (last). ``agg``: :func:`eval.aggregate.finish` of the run's accumulator."""
     from eval import report
 
-    rows, rejects = _sorted(rows), _sorted(rejects)
-    frames = sorted(frames, key=lambda r: r["pair_id"])
-    meta = {"schema_version": SCHEMA_VERSION, "run_id": run_id}
-    files = {"metrics": uri_mod.join(out_dir, "metrics.parquet"), "rejects": uri_mod.join(out_dir, "rejects.parquet"),
-             "frames": uri_mod.join(out_dir, "frames.parquet")}
-    uri_mod.write_bytes_atomic(files["metrics"], _parquet_bytes(rows, METRICS_SCHEMA, {**meta, "config": config}))
-    uri_mod.write_bytes_atomic(files["rejects"], _parquet_bytes(rejects, REJECTS_SCHEMA, meta))
-    uri_mod.write_bytes_atomic(files["frames"], _parquet_bytes(frames, FRAMES_SCHEMA, meta))
-    summary = {"schema_version": SCHEMA_VERSION, "run_id": run_id, **inputs, "output": out_dir,
-               **summarise(rows, rejects, n_pairs), "config": config}
+    files = finish_tables(out_dir, written, run_id)
+    rows, rejects = agg.pop("_rows"), agg.pop("_rejects")
+    summary = {"schema_version": SCHEMA_VERSION, "run_id": run_id, **inputs, "output": out_dir, **agg,
+               "config": config, "report_rows": len(rows),
+               "report_rows_note": "" if len(rows) == agg["scored"] else
+               f"histograms show a deterministic sample of {len(rows)} of {agg['scored']} clips; the table is exact"}
     summary["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     summary["wall_seconds"] = round(time.time() - started, 2)
     files.update(report.write_report(out_dir, rows, rejects, summary, cards))
     summary["files"] = files
     uri_mod.write_bytes_atomic(uri_mod.join(out_dir, "summary.json"),
-                               json.dumps(summary, indent=2, sort_keys=True, default=str).encode())
+                               json.dumps(_no_nan(summary), indent=2, sort_keys=True, default=str).encode())
     return summary
+
+
+def _no_nan(x):
+    """NaN (an empty or one-clip interval) as null: summary.json stays strict JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_no_nan(v) for v in x]
+    return x

@@ -1,31 +1,40 @@
-"""Beam pipeline: (generated, reference) video pairs -> clip scores, rejects and reports.
+"""Beam pipeline: (generated, reference) video pairs -> sharded score tables, a combined summary, reports.
 
-    ListPairs -> Reshuffle -> Score -+- scored --> GatherRows, GatherFrames, Worst_<metric>, Samples -+
-                                     +- rejects -> GatherRejects ------------------------------------+-> WriteRun
+    ListPairs -> Unpaired? -+- unpaired ---------------------------------------------+
+                            +- Reshuffle -> Score -+- scored -+-> Shard -> WriteShards -+-> WriteSummary
+                                                   +- rejects +-> Summary (CombineFn) --+
+                                                              +-> Worst_<metric>, Samples (Top-K)
 
 Only wiring here. ``eval.pairs.list_pairs`` lists the pairs (manifest, or two folders matched by
-relative path), ``eval.clip.evaluate_pair`` scores one pair, ``eval.results.write_run`` writes
-the run's Parquet files, reports and summary. ScoreFn loads the landmark backend, LPIPS and
-SyncNet once per worker (``setup``), counts, and sends ``PairReject``s to a tagged output.
+relative path; a reference without a generated clip is *unpaired*, counted, never scored),
+``eval.clip.evaluate_pair`` scores one pair, ``eval.results.write_shard`` writes one shard of a
+table, ``eval.aggregate`` is the summary's accumulator and ``eval.results.write_summary`` the last
+step. ScoreFn loads the landmark backend, LPIPS, SyncNet and S3FD once per worker (``setup``),
+counts, and sends ``PairReject``s — and any non-environment exception of one pair, as a
+``scoring_error`` reject — to a tagged output.
 
-Idempotent per run id (default: today's UTC date): everything goes to OUTPUT/runs/<run_id>/, and
-each file is replaced whole and atomically by the last step, so re-running an id overwrites
-that run and never adds duplicate rows. The last step gathers the clip rows on one worker
-(about 2 KB per pair plus the per-frame arrays: fine to ~10^5 pairs); the sample crops travel
-only through per-metric Top-K combiners, so their memory does not grow with the dataset.
+Scale: no step holds every row. Rows are keyed by ``hash(pair_id) mod S`` (``S`` from the pair
+count, about 2,000 pairs per shard) and each shard is written by one worker; the summary (counts,
+exact means and CIs, provenance, a bounded sample of rows for histograms) is a ``CombineFn``; the
+sample crops travel only through per-metric Top-K combiners.
+
+Idempotent per run id (default: today's UTC date): everything goes to OUTPUT/runs/<run_id>/; each
+file is replaced whole and atomically and the last step removes shards an earlier run of the same
+id left, so re-running an id overwrites that run and never adds duplicate rows.
 """
 from __future__ import annotations
 
+import itertools
 import logging
-import sys
+import os
 import re
+import sys
 import time
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from eval import clip, report, results
-from eval import reference_spread
+from eval import aggregate, clip, report, reference_spread, results
 from eval import pairs as pairs_mod
 from eval.config import EvalConfig
 from pipelines import jobrun
@@ -67,10 +76,14 @@ class ScoreFn(beam.DoFn):
         try:
             row, frames = clip.evaluate_pair(pair["generated"], pair["reference"], self.cfg, self.models)
         except clip.PairReject as e:
-            self.rejected.inc()
-            Metrics.counter(NS, f"rejects_{e.reason}").inc()
-            yield beam.pvalue.TaggedOutput(self.REJECTS, results.reject_row(
-                pair, e.reason, e.side, e.stage, e.message, self.run_id))
+            yield self._reject(pair, e)
+            return
+        except Exception as e:  # the per-pair boundary: typed reject, or re-raised when environmental
+            rej = clip.failure_reject(e)
+            if rej is None:
+                raise
+            log.exception("pair %s (%s): %s", pair["pair_id"], pair["key"], rej)
+            yield self._reject(pair, rej)
             return
         self.scored.inc()
         self.frames.inc(row["n_frames"])
@@ -82,6 +95,28 @@ class ScoreFn(beam.DoFn):
                "card": {**{k: pair[k] for k in ("pair_id", "key", "dataset", "method")},
                         **{m: row.get(m) for m in CARD_METRICS},
                         "sample_png": frames["sample_png"], "sample_frames": frames["sample_frames"]}}
+
+    def _reject(self, pair: dict, e: "clip.PairReject"):
+        self.rejected.inc()
+        Metrics.counter(NS, f"rejects_{e.reason}").inc()
+        return beam.pvalue.TaggedOutput(self.REJECTS, results.reject_row(
+            pair, e.reason, e.side, e.stage, e.message, self.run_id))
+
+
+class SummaryFn(beam.CombineFn):
+    """``eval.aggregate`` as a combiner over ``(kind, row)`` with kind scored/rejected/unpaired."""
+
+    def create_accumulator(self):
+        return aggregate.new()
+
+    def add_input(self, acc, item):
+        return aggregate.add(acc, *item)
+
+    def merge_accumulators(self, accs):
+        return aggregate.merge(accs)
+
+    def extract_output(self, acc):
+        return acc
 
 
 class Badness:
@@ -101,6 +136,11 @@ def _pair_id(card: dict) -> str:
     return card["pair_id"]
 
 
+def _shard(item: tuple, n_shards: int):
+    table, row = item
+    return (table, results.shard_of(row["pair_id"], n_shards)), row
+
+
 def build(p: beam.Pipeline, *, generated: str, reference: str | None, out_dir: str, run_id: str, dataset: str,
           method: str, cfg_dict: dict, started: float, progress_dir: str | None = None):
     """Wire the graph on ``p``; listing runs inside the job (no URI list is embedded in the graph)."""
@@ -108,14 +148,27 @@ def build(p: beam.Pipeline, *, generated: str, reference: str | None, out_dir: s
                 | "ListPairs" >> beam.FlatMap(lambda s: pairs_mod.list_pairs(s[0], s[1], dataset=dataset,
                                                                                method=method)))
     n_pairs = listed | "CountPairs" >> beam.combiners.Count.Globally()
-    scored = (listed
+    n_shards = n_pairs | "ShardCount" >> beam.Map(results.n_shards_for)
+    paired, unpaired = listed | "Unpaired" >> beam.Partition(lambda pair, _: int(pairs_mod.is_unpaired(pair)), 2)
+    scored = (paired
               | "Reshuffle" >> beam.Reshuffle()
               | "Score" >> beam.ParDo(jobrun.Tracked(ScoreFn(cfg_dict, run_id), describe=jobrun.uri_of,
                                                    frames=jobrun.frames_of, progress_dir=progress_dir)
                                     ).with_outputs(ScoreFn.REJECTS, main="scored"))
-    rows = scored.scored | "Rows" >> beam.Map(lambda e: e["row"]) | "GatherRows" >> beam.combiners.ToList()
-    frames = scored.scored | "Frames" >> beam.Map(lambda e: e["frames"]) | "GatherFrames" >> beam.combiners.ToList()
-    rejects = scored[ScoreFn.REJECTS] | "GatherRejects" >> beam.combiners.ToList()
+    rejects = scored[ScoreFn.REJECTS]
+    tables = ((scored.scored | "Rows" >> beam.FlatMap(lambda e: [("metrics", e["row"]), ("frames", e["frames"])]),
+               rejects | "RejectRows" >> beam.Map(lambda r: ("rejects", r)))
+              | "Tables" >> beam.Flatten())
+    written = (tables
+               | "Shard" >> beam.Map(_shard, n_shards=beam.pvalue.AsSingleton(n_shards))
+               | "GroupShards" >> beam.GroupByKey()
+               | "WriteShards" >> beam.MapTuple(lambda key, rows: results.write_shard(
+                   out_dir, key[0], key[1], list(rows), run_id, config=cfg_dict)))
+    summary = ((scored.scored | "ScoredKind" >> beam.Map(lambda e: ("scored", e["row"])),
+                rejects | "RejectedKind" >> beam.Map(lambda r: ("rejected", r)),
+                unpaired | "UnpairedKind" >> beam.Map(lambda pair: ("unpaired", pair)))
+               | "Kinds" >> beam.Flatten()
+               | "Summary" >> beam.CombineGlobally(SummaryFn()))
     cards = scored.scored | "Cards" >> beam.Map(lambda e: e["card"])
     worst = [(cards | f"Worst_{m}" >> beam.combiners.Top.Of(WORST_K, key=Badness(m))
                     | f"Tag_{m}" >> beam.Map(lambda lst, m=m: (m, [c for c in lst if Badness(m)(c) != float("-inf")])))
@@ -127,14 +180,14 @@ def build(p: beam.Pipeline, *, generated: str, reference: str | None, out_dir: s
                        | "ReferenceSpread" >> ReferenceSpread(out_dir))
     inputs = {"generated": generated, "reference": reference, "dataset": dataset, "method": method}
     return (p | "RunDir" >> beam.Create([out_dir])
-              | "WriteRun" >> beam.Map(
-                  lambda d, rows, rejects, frames, worst, samples, n: results.write_run(
-                      d, run_id=run_id, rows=rows, rejects=rejects, frames=frames,
-                      cards={"worst": dict(worst), "samples": sorted(samples, key=_pair_id)}, n_pairs=n,
+              | "WriteSummary" >> beam.Map(
+                  lambda d, acc, written, worst, samples, n: results.write_summary(
+                      d, run_id=run_id, agg=aggregate.finish(acc, n), written=written,
+                      cards={"worst": dict(worst), "samples": sorted(samples, key=_pair_id)},
                       config=cfg_dict, inputs=inputs, started=started),
-                  rows=beam.pvalue.AsSingleton(rows), rejects=beam.pvalue.AsSingleton(rejects),
-                  frames=beam.pvalue.AsSingleton(frames), worst=beam.pvalue.AsList(worst),
-                  samples=beam.pvalue.AsSingleton(samples), n=beam.pvalue.AsSingleton(n_pairs)))
+                  acc=beam.pvalue.AsSingleton(summary), written=beam.pvalue.AsList(written),
+                  worst=beam.pvalue.AsList(worst), samples=beam.pvalue.AsSingleton(samples),
+                  n=beam.pvalue.AsSingleton(n_pairs)))
 
 
 def job_name(run_id: str) -> str:
@@ -143,9 +196,11 @@ def job_name(run_id: str) -> str:
 
 
 def run(generated: str, output: str, pipeline_args=(), *, reference: str | None = None, run_id: str | None = None,
-        dataset: str = "dataset", method: str = "method", config_path: str | None = None, overrides=(),
+        dataset: str | None = None, method: str | None = None, config_path: str | None = None, overrides=(),
         progress: bool = False, test_pipeline: beam.Pipeline | None = None) -> dict:
-    """Run the evaluation job and wait; returns the run summary (OUTPUT/runs/<run_id>/summary.json)."""
+    """Run the evaluation job and wait; returns the run summary (OUTPUT/runs/<run_id>/summary.json).
+
+    ``dataset``/``method`` default to the folder names (:func:`eval.pairs.default_names`)."""
     from eval.models import check_weights
     from pipelines import options as options_mod
 
@@ -155,17 +210,22 @@ def run(generated: str, output: str, pipeline_args=(), *, reference: str | None 
     run_id = run_id or results.default_run_id()
     out_dir = results.run_dir(output, run_id)  # validates run_id
     check_weights(cfg)  # fail here, with the fix, not on every worker
-    n_pairs = sum(1 for _ in pairs_mod.list_pairs(generated, reference, dataset=dataset, method=method))
-    if not n_pairs:
+    default_dataset, default_method = pairs_mod.default_names(generated, reference)
+    dataset, method = dataset or default_dataset, method or default_method
+    first = list(itertools.islice(pairs_mod.list_pairs(generated, reference, dataset=dataset, method=method),
+                                  os.cpu_count() or 1))
+    if not first:
         raise pairs_mod.PairsError(f"No pairs: nothing to evaluate in {generated!r}.")
     if test_pipeline is not None:
         p, is_local = test_pipeline, True
     else:
-        job = options_mod.build(pipeline_args, job_name=job_name(run_id))
+        job = options_mod.build(pipeline_args, job_name=job_name(run_id), workers=len(first))  # <= pairs
         p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
     folder = jobrun.progress_folder(is_local, progress)
+    results.prepare_run_dir(out_dir)
     build(p, generated=generated, reference=reference, out_dir=out_dir, run_id=run_id, dataset=dataset,
           method=method, cfg_dict=cfg_dict, started=started, progress_dir=folder)
+    n_pairs = sum(1 for _ in pairs_mod.list_pairs(generated, reference, dataset=dataset, method=method)) if folder else 0
     bar = jobrun.Bar(folder, n_pairs, unit="pair", desc="evaluate", stream=None,
                      workers=options_mod.local_workers(p.options)) if folder else None
     jobrun.run(p, log_uri=uri_mod.join(out_dir, "job.log"), is_local=is_local, bar=bar, namespace=NS)
@@ -175,8 +235,8 @@ def run(generated: str, output: str, pipeline_args=(), *, reference: str | None 
 
 
 def main(args, beam_args) -> int:
-    """``radio evaluate``: 0 when every pair was scored or rejected, 1 when counts do not add up,
-    2 on bad input (pairs, config, weights, run id)."""
+    """``radio evaluate``: 0 when every pair was scored, rejected or unpaired, 1 when counts do not
+    add up or a pair failed with a ``scoring_error``, 2 on bad input (pairs, config, weights, run id)."""
     try:
         summary = run(args.generated, args.output, beam_args, reference=args.reference, run_id=args.run_id,
                       dataset=args.dataset, method=args.method, config_path=args.config, overrides=args.overrides,
@@ -188,15 +248,16 @@ def main(args, beam_args) -> int:
     print(format_summary(summary))
     for line in reference_spread.format_lines(reference_spread.read(summary["output"])):  # --references K
         print(line)
-    return 0 if summary["counts_add_up"] else 1
+    return 0 if summary["counts_add_up"] and not summary["rejects_by_reason"].get("scoring_error") else 1
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"run {s['run_id']}: {s['inputs']} pairs = {s['scored']} scored + {s['rejected']} rejected"
-             + ("" if s["counts_add_up"] else "  (DOES NOT ADD UP)")]
+    lines = [f"run {s['run_id']} ({s['dataset']} / {s['method']}): {s['inputs']} pairs = {s['scored']} scored + "
+             f"{s['rejected']} rejected" + report.unpaired_note(s) + ("" if s["counts_add_up"] else "  (DOES NOT ADD UP)")]
     if s["rejects_by_reason"]:
         lines.append("  rejects: " + ", ".join(f"{k} {v}" for k, v in sorted(s["rejects_by_reason"].items())))
     if s.get("sync_missing"):
-        lines.append(f"  {s['sync_missing']} scored pairs without Sync (no face track or no audio)")
+        lines.append(f"  {s['sync_missing']} scored pairs without Sync: "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(s.get("sync_status", {}).items()) if k != "scored"))
     lines.append(f"  output: {s['output']}  (metrics.parquet, rejects.parquet, summary.md/csv, report.html)")
     return "\n".join(lines)

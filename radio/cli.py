@@ -166,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="report folder URI")
     p.add_argument("--run-id", "--run_id", dest="run_id",
                    help="idempotent run name (default: today's UTC date)")
-    p.add_argument("--dataset", default="dataset", help="dataset name for the summary table")
-    p.add_argument("--method", default="method", help="method name for the summary table")
+    p.add_argument("--dataset", default=None, help="dataset name for the summary table (default: the reference folder's name)")
+    p.add_argument("--method", default=None, help="method name for the summary table (default: the generated folder's name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config(p, "evaluate")
 

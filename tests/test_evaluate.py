@@ -146,6 +146,7 @@ def test_rejects_have_reasons_and_counts_add_up(first_run):
     rej = {r["key"]: r for r in first_run["rejects"]}
     assert rej["00015_short"]["reason"] == "length_mismatch" and rej["00015_short"]["side"] == "pair"
     assert "75" in rej["00015_short"]["message"] and "174" in rej["00015_short"]["message"]
+    assert "--set length_tolerance=N" in rej["00015_short"]["message"]  # names the key that changes it
     assert rej["absent"]["reason"] == "missing_file" and rej["absent"]["side"] == "generated"
     assert {g["method"]: (g["scored"], g["rejected"]) for g in s["groups"]} == {"identity": (3, 2), "x264-crf45": (1, 0)}
 
@@ -164,7 +165,7 @@ def test_reports_hold_the_numbers(first_run):
     assert float(table["identity"]["testset/lmd/mean"]) == 0.0 and table["identity"]["testset/lmd/n"] == "3"
     assert table["identity"]["testset/lpips/unofficial"] == LPIPS_LABEL
     assert html.startswith("<!doctype html>") and "data:image/png;base64," in html
-    assert f"{bad['psnr']:.2f}" in html and "length_mismatch" in html and "scored + rejected = listed" in html
+    assert f"{bad['psnr']:.2f}" in html and "length_mismatch" in html and "scored + rejected + unpaired = listed" in html
     assert "<script" not in html and "src='http" not in html  # self-contained
 
 
@@ -303,6 +304,15 @@ def test_config_and_run_id_validation():
     with pytest.raises(config_mod.ConfigError, match="crop_size"):
         config_mod.load(EvalConfig, None, ["crop_size=128"])
     assert config_mod.load(EvalConfig, None, ["protocol=dinet", "max_frames=5"]).protocol == "dinet"
+    # Sync's S3FD file: sync.s3fd_uri, else the face_alignment backend's sfd_uri, else none (dlib fallback)
+    fa = ["landmarks.backend=face_alignment", "landmarks.backend_args={sfd_uri: /w/s3fd.pth, sfd_sha256: abc}"]
+    cfg = config_mod.load(EvalConfig, None, fa)
+    assert cfg.sync.s3fd_weights(cfg.landmarks) == ("/w/s3fd.pth", "abc")
+    cfg = config_mod.load(EvalConfig, None, fa + ["sync.s3fd_uri=/x.pth"])
+    assert cfg.sync.s3fd_weights(cfg.landmarks) == ("/x.pth", None)
+    assert EvalConfig().sync.s3fd_weights(EvalConfig().landmarks) == (None, None)
+    with pytest.raises(config_mod.ConfigError, match="chunk_frames"):
+        config_mod.load(EvalConfig, None, ["chunk_frames=0"])
     for bad in ("../x", "a/b", "", ".hidden", "x" * 200):
         with pytest.raises(results.RunIdError):
             results.run_dir("/out", bad)
@@ -324,3 +334,212 @@ def test_mean_ci_is_the_t_interval():
     one = report.mean_ci([2.0])
     assert one["n"] == 1 and math.isnan(one["half"])
     assert report.mean_ci([None])["n"] == 0
+
+
+# ------------------------------------------------------------------------------- issue 13
+def _s3fd_file(path: Path, face_logit: float = 10.0, side_full: float = 1024.0) -> str:
+    """Seeded random S3FD (face_alignment's network) whose heads are pinned so that only the
+    coarsest level (step 128) fires, everywhere with logit ``face_logit`` and boxes of
+    ``side_full`` px (full frame) about its priors. On a 512² frame (128² scaled: a 2×2 map,
+    priors at 64 and 192) boxes of 256 scaled px overlap their row/column neighbours by IoU 0.33
+    (gone at NMS 0.3) and the diagonal one by 0.14 (gone at NMS 0.1): one box is left."""
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+
+    torch.manual_seed(0)
+    net = s3fd()
+    state = net.state_dict()
+    for k in state:
+        if "mbox_conf" in k or "mbox_loc" in k:
+            state[k] = torch.zeros_like(state[k])
+    state["conv3_3_norm_mbox_conf.bias"][3] = -10.0
+    for lvl in ("conv4_3_norm", "conv5_3_norm", "fc7", "conv6_2"):
+        state[f"{lvl}_mbox_conf.bias"][1] = -10.0
+    state["conv7_2_mbox_conf.bias"][1] = face_logit
+    prior_scaled = 128 * 4.0
+    state["conv7_2_mbox_loc.bias"][2:] = float(np.log(side_full * 0.25 / prior_scaled) / 0.2)
+    torch.save(state, path)
+    return str(path)
+
+
+def test_s3fd_boxes_as_the_official_pipeline(tmp_path):
+    from eval.metrics import s3fd
+
+    f = _s3fd_file(tmp_path / "s3fd.pth")
+    det = s3fd.S3FD(f, _sha(f))
+    frame = np.zeros((512, 512, 3), np.uint8)
+    boxes = det.detect(frame)
+    assert boxes.shape == (1, 5) and boxes[0, 4] > 0.9
+    # the first prior, (64, 64) of 128 scaled = the frame's centre, 256 scaled -> 1024 full px
+    np.testing.assert_allclose(boxes[0, :4], [256 - 512, 256 - 512, 256 + 512, 256 + 512], atol=1e-3)
+    weak_file = _s3fd_file(tmp_path / "weak.pth", face_logit=1.0)
+    weak = s3fd.S3FD(weak_file, _sha(weak_file))
+    assert weak.detect(frame).shape == (0, 5)  # p = sigmoid(1) ≈ 0.73 < conf 0.9
+    assert "conf 0.9, scale 0.25" in det.describe()
+    with pytest.raises(WeightsError, match="published prefix 619a316812"):
+        s3fd.S3FD(f, None)  # no sha256 configured and not the published file
+
+
+def test_sync_uses_s3fd_when_configured_and_says_so(tmp_path, weights):
+    from eval.models import load_models
+
+    f = _s3fd_file(tmp_path / "s3fd.pth")
+    common = ["max_frames=40", "lpips.enabled=false", f"sync.weights_uri={weights['sync']}",
+              f"sync.weights_sha256={weights['sync_sha']}", "sync.label=random (test)"]
+    clip = str(DATA_DIR / "retalking_face5.mp4")
+    cfg = config_mod.load(EvalConfig, None, common + [f"sync.s3fd_uri={f}", f"sync.s3fd_sha256={_sha(f)}",
+                                                      "sync.track={min_track: 20}"])
+    row, _ = clip_mod.evaluate_pair(clip, clip, cfg, load_models(cfg))
+    assert row["sync_box_source"] == "s3fd" and row["sync_boxes"].startswith("s3fd every frame")
+    assert row["sync_status"] == "scored" and row["sync_missing"] is False and 30 <= row["sync_n_windows"] <= 35
+    # no S3FD file: the dlib fallback, labelled; 40 frames < min_track 100: too_short_for_sync
+    cfg = config_mod.load(EvalConfig, None, common)
+    row, _ = clip_mod.evaluate_pair(clip, clip, cfg, load_models(cfg))
+    assert row["sync_box_source"] == "dlib_tracker" and "fallback, not S3FD" in row["sync_boxes"]
+    assert row["sync_status"] == "too_short_for_sync" and row["sync_missing"] is True and row["sync_c"] is None
+    assert "100" in row["sync_missing_reason"]
+    s = results.summarise([{**row, "pair_id": "p", "key": "k", "dataset": "d", "method": "m"}], [], 1)
+    assert s["too_short_for_sync"] == 1 and s["sync_status"] == {"too_short_for_sync": 1}
+    assert "too_short_for_sync" in report.render_html([{**row, "pair_id": "p", "key": "k", "dataset": "d",
+                                                        "method": "m"}], [], {**s, "run_id": "x"})
+
+
+def test_streamed_pair_scores_equal_the_in_memory_path(weights, inputs):
+    """Blocks of 7 frames against the whole pair in one block: the same rows and per-frame scores
+    (an x264 crf-45 copy against its source; radio-v1 with LPIPS and Sync, then dinet)."""
+    from eval.models import load_models
+
+    gen, ref = str(inputs["root"] / "gen" / "00015_crf45.mp4"), str(DATA_DIR / "00015.mp4")
+    base = ["max_frames=36", *_lpips_overrides(weights), f"sync.weights_uri={weights['sync']}",
+            f"sync.weights_sha256={weights['sync_sha']}", "sync.track={min_track: 20}"]
+    for overrides in (base, base + ["protocol=dinet", "lpips.enabled=false", "sync.enabled=false"]):
+        cfgs = [config_mod.load(EvalConfig, None, overrides + [f"chunk_frames={c}"]) for c in (7, 10_000)]
+        (r1, f1), (r2, f2) = [clip_mod.evaluate_pair(gen, ref, cfg, load_models(cfg)) for cfg in cfgs]
+        skip = {"seconds", "timings"}
+        assert {k: v for k, v in r1.items() if k not in skip} == {k: v for k, v in r2.items() if k not in skip}
+        for k in ("frame_index", "psnr", "ms_ssim", "lmd"):
+            np.testing.assert_array_equal(f1[k], f2[k])
+        if f1["lpips"] is not None:
+            np.testing.assert_allclose(f1["lpips"], f2["lpips"], rtol=1e-6, atol=1e-7)
+        assert f1["sample_png"] == f2["sample_png"]
+        assert 15 < r1["psnr"] < 40 and r1["lmd"] > 0
+    assert r1["protocol"] == "dinet" and r1["protocol_version"] == 2 and (r1["crop_height"], r1["crop_width"]) == (416, 320)
+    assert json.loads(r1["landmark_fitting"]) == {"backend": "dlib", "fit_boxes": 5, "fit_shift": 0.03, "upsample": 0}
+    assert r1["landmark_fit_boxes"] == 5
+
+
+def test_folders_unpaired_default_names_and_shards(tmp_path):
+    """Two folders, one generated clip, three references: 1 scored + 2 unpaired (not rejects),
+    dataset/method named after the folders, the tables written as shard folders, and shards an
+    earlier run of the same id left behind removed."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    from pipelines import evaluate as job
+
+    refs, gen = tmp_path / "hdtf_refs", tmp_path / "wav2lip_out"
+    refs.mkdir(), gen.mkdir()
+    for name in ("00015", "00086", "retalking_face5"):
+        shutil.copyfile(DATA_DIR / f"{name}.mp4", refs / f"{name}.mp4")
+    shutil.copyfile(DATA_DIR / "00086.mp4", gen / "00086.mp4")
+    out = tmp_path / "out"
+    stale = out / "runs" / "r" / "metrics.parquet" / "part-00042.parquet"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by an earlier run")
+    summary = job.run(str(gen), str(out), reference=str(refs), run_id="r",
+                      overrides=["max_frames=8", "lpips.enabled=false", "sync.enabled=false"],
+                      test_pipeline=beam.Pipeline(runner=fn_runner.FnApiRunner()))
+    assert (summary["inputs"], summary["scored"], summary["rejected"], summary["unpaired"]) == (3, 1, 0, 2)
+    assert summary["counts_add_up"] and summary["rejects_by_reason"] == {}
+    assert (summary["dataset"], summary["method"]) == ("hdtf_refs", "wav2lip_out")
+    run = out / "runs" / "r"
+    assert not stale.exists() and sorted(p.name for p in (run / "metrics.parquet").iterdir()) == ["part-00000.parquet"]
+    rows = pq.read_table(run / "metrics.parquet").to_pylist()
+    assert [(r["dataset"], r["method"], r["key"]) for r in rows] == [("hdtf_refs", "wav2lip_out", "00086")]
+    assert pq.read_table(run / "rejects.parquet").num_rows == 0 and results.read_table(str(run / "frames.parquet"))
+    md = (run / "summary.md").read_text()
+    assert "3 pairs = 1 scored + 0 rejected + 2 unpaired (references without a generated clip)" in md
+    assert "| wav2lip_out |" in md and "hdtf_refs PSNR↑" in md
+    assert "2 unpaired" in job.format_summary(summary)
+    json.loads((run / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
+
+
+def test_one_bad_pair_is_a_scoring_error_not_the_end_of_the_run(monkeypatch):
+    """The per-pair boundary: an unexpected exception becomes a typed reject; an environment
+    failure (OSError, MemoryError) propagates so the runner retries the pair."""
+    from pipelines import evaluate as job
+
+    fn = job.ScoreFn({}, "r")
+    fn.cfg, fn.models = EvalConfig(), None
+    pair = pairs_mod.make_pair("k", "g.mp4", "r.mp4", "d", "m")
+
+    def boom(*a):
+        raise ValueError("degenerate landmarks")
+    monkeypatch.setattr(clip_mod, "evaluate_pair", boom)
+    (out,) = list(fn.process(pair))
+    assert out.tag == job.ScoreFn.REJECTS and out.value["reason"] == "scoring_error"
+    assert out.value["message"] == "ValueError: degenerate landmarks" and out.value["key"] == "k"
+    for env in (OSError(28, "No space left on device"), MemoryError()):
+        def fail(*a, e=env):
+            raise e
+        monkeypatch.setattr(clip_mod, "evaluate_pair", fail)
+        with pytest.raises(type(env)):
+            list(fn.process(pair))
+
+
+def test_summary_combiner_merges_to_the_exact_table():
+    """eval.aggregate: any split of the rows merges to the counts and the Student-t cells of
+    report.mean_ci on all the clip scores."""
+    from eval import aggregate
+
+    rng = np.random.default_rng(0)
+    rows = [{"pair_id": f"p{i}", "key": f"k{i}", "dataset": "D", "method": "AB"[i % 2], "n_frames": 10,
+             "psnr": float(rng.normal(30, 2)), "lmd": float(rng.normal(2, 0.3)), "sync_missing": i % 3 == 0,
+             "sync_status": "too_short_for_sync" if i % 3 == 0 else "scored", "protocol": "radio-v1"}
+            for i in range(50)]
+    rejects = [{"pair_id": "x", "key": "x", "dataset": "D", "method": "A", "reason": "no_face"}]
+    parts = [aggregate.new() for _ in range(3)]
+    for i, r in enumerate(rows):
+        aggregate.add(parts[i % 3], "scored", r)
+    aggregate.add(parts[0], "rejected", rejects[0])
+    out = aggregate.finish(aggregate.merge([aggregate.merge(parts[:2]), parts[2]]), 51)
+    assert (out["scored"], out["rejected"], out["counts_add_up"]) == (50, 1, True)
+    assert out["too_short_for_sync"] == 17 and out["rejects_by_reason"] == {"no_face": 1}
+    cells = {(c["method"], c["metric"]): c for c in out["table"]}
+    for m in "AB":
+        want = report.mean_ci([r["psnr"] for r in rows if r["method"] == m])
+        got = cells[(m, "psnr")]
+        assert got["n"] == want["n"] == 25
+        assert got["mean"] == pytest.approx(want["mean"], rel=1e-12) and got["half"] == pytest.approx(want["half"], rel=1e-9)
+    assert len(out["_rows"]) == 50 and {g["method"]: g["sync_missing"] for g in out["groups"]} == {"A": 9, "B": 8}
+
+
+def test_summary_sample_is_bounded_and_order_free(monkeypatch):
+    from eval import aggregate
+
+    monkeypatch.setattr(aggregate, "SAMPLE_ROWS", 7)
+    rows = [{"pair_id": f"p{i}", "key": f"k{i}", "dataset": "D", "method": "M", "psnr": float(i)} for i in range(40)]
+    picks = []
+    for order in (rows, rows[::-1]):
+        parts = [aggregate.new(), aggregate.new()]
+        for i, r in enumerate(order):
+            aggregate.add(parts[i % 2], "scored", r)
+        out = aggregate.finish(aggregate.merge(parts), 40)
+        picks.append([r["pair_id"] for r in out["_rows"]])
+        assert out["table"][0]["n"] == 40  # the table is exact, only the sample is bounded
+    assert len(picks[0]) == 7 and picks[0] == picks[1]
+
+
+def test_report_says_too_short_for_sync():
+    row = {"pair_id": "p", "key": "k", "dataset": "d", "method": "m", "psnr": 30.0, "n_frames": 40,
+           "sync_missing": True, "sync_status": "too_short_for_sync"}
+    s = results.summarise([row], [], 1)
+    md = report.table_markdown([row], {**s, "run_id": "x"})
+    assert "Scored without Sync: too_short_for_sync 1" in md
+    assert "too_short_for_sync" in report.render_html([row], [], {**s, "run_id": "x"})
+
+
+def test_workers_bound_their_heap():
+    """load_models sets glibc's mmap threshold to 1 MiB (flat RSS on long pairs, bench/README.md)."""
+    from eval import models
+
+    assert models.bound_heap() is True and models.MMAP_THRESHOLD_BYTES == 1 << 20

@@ -233,7 +233,8 @@ def test_dinet_crop_formula():
     lm[3, 8, 1] = 200.0  # one frame with a longer face: r_3 = floor(1.05·100/2) = 52 > 1.5·31
     frames = np.random.default_rng(0).integers(0, 255, (n, 240, 260, 3), dtype=np.uint8)
     gt, pred, info = ec.crop_dinet(frames, frames, lm)
-    assert gt.shape == (n, 256, 256, 3) and info["protocol"] == "dinet"
+    assert gt.shape == (n, 416, 320, 3) and info["protocol"] == "dinet" and info["version"] == 2
+    assert ec.dinet_size(256) == (416, 320) and ec.PROTOCOL_VERSIONS == {"radio-v1": 1, "dinet": 2}
     np.testing.assert_array_equal(gt, pred)
     # r_t = floor(1.05·max(60, 40)/2) = 31, except frame 3 (52); window max over t-2..t+2
     np.testing.assert_array_equal(info["radius_t"], [31, 31, 31, 52, 31, 31, 31])
@@ -242,14 +243,31 @@ def test_dinet_crop_formula():
     np.testing.assert_array_equal(info["boxes"][0], [120 - r - q, 100 - r, 120 + r + q, 100 + 2 * r + q])
     np.testing.assert_array_equal(info["unstable_radius"], [False, True, True, True, True, True, False])
     assert not info["out_of_frame"].any()
-    # the crop is the box, resized
+    # the crop is the box, resized bilinearly to DINet's 416×320 (h×w)
     x0, y0, x1, y1 = info["boxes"][0]
-    want = cv2.resize(frames[0, y0:y1, x0:x1], (256, 256), interpolation=cv2.INTER_AREA)
+    want = cv2.resize(frames[0, y0:y1, x0:x1], (320, 416), interpolation=cv2.INTER_LINEAR)
     np.testing.assert_array_equal(gt[0], want)
     # a box leaving the frame is flagged and edge-padded, not dropped
     lm2 = _synthetic_landmarks(n, y29=20.0, chin=80.0)
-    g2, _, info2 = ec.crop_dinet(frames, frames, lm2, size=(416, 320))
+    g2, _, info2 = ec.crop_dinet(frames, frames, lm2)
     assert info2["out_of_frame"].all() and g2.shape == (n, 416, 320, 3)
+
+
+def test_dinet_crop_casts_landmarks_to_int_first():
+    """DINet's inference.py: ``astype(int)`` before the radius. Float 60.6 px gives r_t 31; the
+    int landmarks (161 − 100 = 61) give floor(1.05·61/2) = 32, so r = 36, not 32."""
+    n = 5
+    lm = _synthetic_landmarks(n, y29=100.4, x33=120.7, chin=161.0)
+    frames = np.random.default_rng(1).integers(0, 255, (n, 260, 260, 3), dtype=np.uint8)
+    _, _, info = ec.crop_dinet(frames, frames, lm)
+    np.testing.assert_array_equal(info["radius_t"], [32] * n)
+    np.testing.assert_array_equal(info["radius"], [36] * n)
+    r, q = 36, 9  # x33 -> 120, y29 -> 100
+    np.testing.assert_array_equal(info["boxes"][0], [120 - r - q, 100 - r, 120 + r + q, 100 + 2 * r + q])
+    # DINet's own arithmetic on the int landmarks (compute_crop_radius, then the slice)
+    li = lm.astype(int)
+    rad = np.max(np.stack([(li.max(axis=1)[:, 1] - li[:, 29, 1]) * 1.05, (li[:, 54, 0] - li[:, 48, 0]) * 1.05], 1), 1) // 2
+    assert (int(rad.max() / 4) + 1) * 4 == 36
 
 
 def test_crop_pair_dispatch_and_errors(clip):
@@ -259,7 +277,7 @@ def test_crop_pair_dispatch_and_errors(clip):
     with pytest.raises(ValueError, match=r"Expected pred_frames uint8 of the ground truth's shape"):
         ec.crop_pair("dinet", frames, frames[:, :256], lm)
     gt, pred, info = ec.crop_pair("dinet", frames, frames, lm)
-    assert gt.shape[1:3] == (256, 256) and info["protocol"] == "dinet"
+    assert gt.shape[1:3] == (416, 320) and info["protocol"] == "dinet"
 
 
 # ---------------------------------------------------------------- LPIPS
@@ -446,3 +464,89 @@ def test_sync_end_to_end_random_weights(random_syncnet_file):
     # the same with too short a clip: reported missing, not scored
     short = sy.evaluate_sync(model, frames[:90], boxes[:90], audio)
     assert short["missing"] is True and short["official_weights"] is False and "tracks" in short
+
+
+def test_syncnet_loads_a_legacy_serialization_with_official_keys(tmp_path):
+    """``syncnet_v2.model`` is a 2017 torch file: the legacy (non-zip) format, an OrderedDict keyed
+    like ``SyncNetInstance`` (``__S__.`` prefix, no ``num_batches_tracked``). It must load with
+    ``weights_only=True``."""
+    import collections
+    import zipfile
+
+    torch.manual_seed(3)
+    ref = sn.SyncNet()
+    state = collections.OrderedDict((f"__S__.{k}", v) for k, v in ref.state_dict().items()
+                                    if "num_batches" not in k)
+    path = tmp_path / "syncnet_v2.model"
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)  # really the legacy format
+    model = sn.load_syncnet(str(path), _sha(path))
+    for k, v in ref.state_dict().items():
+        if "num_batches" not in k:
+            assert torch.equal(model.state_dict()[k], v), k
+    assert model.weights_info["syncnet_sha256"] == _sha(path) and model.weights_info["official_weights"] is False
+
+
+def test_shot_tracks_follow_track_shot():
+    """syncnet_python's ``track_shot``: tracks of min_track boxes or fewer are dropped (reason
+    'short'), a shot shorter than min_track has none, and a face right after a taken one in the
+    same frame is skipped in that frame (the list is edited while it is iterated)."""
+    box = np.array([50.0, 50.0, 200.0, 200.0])
+    kept, dropped = ft.shot_tracks([box[None]] * 100)
+    assert kept == [] and dropped == [{"n_boxes": 100, "reason": "short"}]
+    kept, dropped = ft.shot_tracks([box[None]] * 60)  # the shot itself is under min_track
+    assert kept == [] and dropped[0]["reason"] == "short"
+    cfg = ft.TrackConfig(min_track=3, min_face_size=10)
+    far = box + 500
+    # frame 0 holds [box, far, box+1]: box starts the track, `far` is skipped (list edited while
+    # iterated), box+1 joins the track in the same frame (IoU > 0.5 with box)
+    frames = [np.stack([box, far, box + 1])] + [box[None]] * 4
+    kept, dropped = ft.shot_tracks(frames, cfg)
+    assert [len(t["frame"]) for t in kept] == [5] and len(kept[0]["frame"]) == 5
+    assert dropped == [{"n_boxes": 1, "reason": "short"}]  # `far` alone on the next pass
+    kept, dropped = ft.shot_tracks([np.array([[0, 0, 5, 5.0]])] * 10, cfg)
+    assert kept == [] and dropped == [{"n_boxes": 10, "reason": "small"}]
+
+
+def test_sync_stream_in_chunks_is_bitwise_the_whole(random_syncnet_file):
+    """Windows go through SyncNet in the same batches whatever the chunking."""
+    model = sn.load_syncnet(random_syncnet_file, _sha(random_syncnet_file), label="random (test)")
+    frames = _read("00086.mp4", range(60))
+    boxes = [np.array([[40.0, 30.0, 190.0, 200.0]])] * 60
+    audio = _audio("00086.mp4")
+    cfg = ft.TrackConfig(min_track=20, min_face_size=50)
+    whole = sy.evaluate_sync(model, frames, boxes, audio, config=cfg)
+    stream = sy.SyncStream(model, boxes, audio, config=cfg)
+    for i in range(0, 60, 7):
+        stream.push(i, frames[i:i + 7])
+    parts = stream.finish()
+    assert whole["status"] == parts["status"] == "scored"
+    np.testing.assert_array_equal(whole["tracks"][0]["dists"], parts["tracks"][0]["dists"])
+    assert (whole["sync_c"], whole["sync_d"], whole["offset"]) == (parts["sync_c"], parts["sync_d"], parts["offset"])
+    short = sy.evaluate_sync(model, frames, boxes, audio)  # default min_track 100 > 60 frames
+    assert short["missing"] is True and short["status"] == "too_short_for_sync"
+
+
+def test_streamed_distances_equal_calc_pdist(random_syncnet_file):
+    """The rows of distances computed as the windows arrive equal calc_pdist on all embeddings."""
+    model = sn.load_syncnet(random_syncnet_file, _sha(random_syncnet_file))
+    frames = _read("00086.mp4", range(70))
+    crops, _ = ft.crop_track(frames, ft.build_tracks([np.array([[40.0, 30.0, 190.0, 200.0]])] * 70,
+                                                     ft.TrackConfig(min_track=20, min_face_size=50))[0])
+    audio = _audio("00086.mp4")[: 70 * 640]
+    v, a = sy.sync_embeddings(model, crops, audio)
+    emb = sy.WindowEmbedder(model, audio, len(crops))
+    for i in range(0, 70, 9):
+        emb.push(crops[i:i + 9])
+    d = emb.finish()
+    assert d.shape == (65, 31) and len(emb.a) <= 15 + 20
+    np.testing.assert_allclose(d.numpy(), sy.calc_pdist(v, a).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_mfcc_in_blocks_equals_all_at_once(monkeypatch):
+    x = (_audio("00015.mp4")[:48000] * 32768).astype(np.int16)
+    whole = mf.mfcc(x, 16000)
+    monkeypatch.setattr(mf, "BLOCK_FRAMES", 37)
+    np.testing.assert_allclose(mf.mfcc(x, 16000), whole, rtol=1e-12, atol=1e-12)  # FFT/matmul batch rounding
+    f = _audio("00015.mp4")[:48000]
+    np.testing.assert_array_equal(mf.mfcc(f, 16000, scale=32768.0), mf.mfcc(f.astype(np.float64) * 32768.0, 16000))

@@ -67,30 +67,44 @@ def _boxes_per_frame(boxes) -> list[list[np.ndarray]]:
     return out
 
 
-def build_tracks(boxes, config: TrackConfig = TrackConfig()) -> list[dict]:
-    """Face tracks from per-frame boxes.
+def shot_tracks(boxes, config: TrackConfig = TrackConfig()) -> tuple[list[dict], list[dict]]:
+    """``track_shot`` of syncnet_python over one shot (the whole clip): ``(kept, dropped)``.
 
     boxes: a sequence over frames of (K_t, 4) arrays [x1, y1, x2, y2] in source pixels (K_t may be
-    0, or None for no detection). Returns a list of ``{'frame': (L,) int, 'bbox': (L, 4) float}``,
-    consecutive frames with interpolated boxes.
+    0, or None for no detection). ``kept``: ``{'frame': (L,) int, 'bbox': (L, 4) float}``,
+    consecutive frames with linearly interpolated boxes. ``dropped``: ``{'n_boxes', 'reason'}``
+    with reason ``'short'`` (``min_track`` boxes or fewer) or ``'small'`` (mean face size not over
+    ``min_face_size``). A shot shorter than ``min_track`` frames has no tracks (``run_pipeline``
+    skips it); it is reported as one ``'short'`` drop.
+
+    The loop is the official one, including its quirks: the frame's face list is edited while it
+    is iterated (the face after a taken one is skipped in that frame), a face in the same frame as
+    the track's last may join it when their IoU is over the threshold, and a gap of more than
+    ``num_failed_det`` frames ends the search in each later frame, not the track's pass.
     """
     remaining = _boxes_per_frame(boxes)
-    tracks = []
+    if len(remaining) < config.min_track:
+        return [], [{"n_boxes": sum(len(f) for f in remaining), "reason": "short"}]
+    kept, dropped = [], []
     while True:
         track: list[tuple[int, np.ndarray]] = []
         for t, faces in enumerate(remaining):
-            for k, face in enumerate(faces):
+            i = 0
+            while i < len(faces):  # `for face in framefaces` with `framefaces.remove(face)` inside
+                face = faces[i]
+                i += 1
                 if not track:
-                    track.append((t, faces.pop(k)))
-                    break
-                if t - track[-1][0] > config.num_failed_det:
-                    break
-                if iou(face, track[-1][1]) > config.iou_threshold:
-                    track.append((t, faces.pop(k)))
+                    track.append((t, faces.pop(i - 1)))
+                elif t - track[-1][0] <= config.num_failed_det:
+                    if iou(face, track[-1][1]) > config.iou_threshold:
+                        track.append((t, faces.pop(i - 1)))
+                        continue
+                else:
                     break
         if not track:
-            return tracks
+            return kept, dropped
         if len(track) <= config.min_track:
+            dropped.append({"n_boxes": len(track), "reason": "short"})
             continue
         frame_num = np.array([t for t, _ in track])
         bboxes = np.stack([b for _, b in track])
@@ -98,7 +112,14 @@ def build_tracks(boxes, config: TrackConfig = TrackConfig()) -> list[dict]:
         bboxes_i = np.stack([np.interp(frame_i, frame_num, bboxes[:, j]) for j in range(4)], axis=1)
         size = max(np.mean(bboxes_i[:, 2] - bboxes_i[:, 0]), np.mean(bboxes_i[:, 3] - bboxes_i[:, 1]))
         if size > config.min_face_size:
-            tracks.append({"frame": frame_i, "bbox": bboxes_i})
+            kept.append({"frame": frame_i, "bbox": bboxes_i})
+        else:
+            dropped.append({"n_boxes": len(track), "reason": "small"})
+
+
+def build_tracks(boxes, config: TrackConfig = TrackConfig()) -> list[dict]:
+    """The kept tracks of :func:`shot_tracks`."""
+    return shot_tracks(boxes, config)[0]
 
 
 def smooth_track(track: dict, config: TrackConfig = TrackConfig()) -> dict:
@@ -110,26 +131,33 @@ def smooth_track(track: dict, config: TrackConfig = TrackConfig()) -> dict:
             "y": medfilt((b[:, 1] + b[:, 3]) / 2, kernel_size=k)}
 
 
-def crop_track(frames, track: dict, config: TrackConfig = TrackConfig()) -> tuple[np.ndarray, dict]:
-    """224×224 face crops of one track. frames: (T, H, W, 3) uint8 (any channel order; it is
-    kept). Returns ``(crops (L, 224, 224, 3) uint8, smoothed dets)``."""
+def crop_frames(frames, dets: dict, rows, config: TrackConfig = TrackConfig()) -> np.ndarray:
+    """224×224 crops of ``frames`` (T', H, W, 3) uint8 (any channel order; it is kept), one per
+    frame, with the smoothed dets (:func:`smooth_track`) at track rows ``rows`` (T',)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.dtype != np.uint8:
         raise ValueError(f"Expected frames uint8 of shape (T, H, W, 3). Got {frames.dtype} {frames.shape}.")
-    dets = smooth_track(track, config)
     cs = config.crop_scale
-    crops = np.empty((len(track["frame"]), config.out_size, config.out_size, 3), np.uint8)
-    for i, t in enumerate(track["frame"]):
+    crops = np.empty((len(frames), config.out_size, config.out_size, 3), np.uint8)
+    for k, i in enumerate(rows):
         bs = dets["s"][i]
         bsi = int(bs * (1 + 2 * cs))
-        padded = np.pad(frames[t], ((bsi, bsi), (bsi, bsi), (0, 0)), mode="constant",
+        padded = np.pad(frames[k], ((bsi, bsi), (bsi, bsi), (0, 0)), mode="constant",
                         constant_values=config.pad_value)
         my, mx = dets["y"][i] + bsi, dets["x"][i] + bsi
         face = padded[int(my - bs):int(my + bs * (1 + 2 * cs)), int(mx - bs * (1 + cs)):int(mx + bs * (1 + cs))]
         if face.size == 0:
-            raise ValueError(f"Expected a non-empty face crop at frame {t}. Got box s={bs:.1f} at ({mx:.1f}, {my:.1f}).")
-        crops[i] = cv2.resize(face, (config.out_size, config.out_size))
-    return crops, dets
+            raise ValueError(f"Expected a non-empty face crop at track row {i}. Got box s={bs:.1f} at ({mx:.1f}, {my:.1f}).")
+        crops[k] = cv2.resize(face, (config.out_size, config.out_size))
+    return crops
+
+
+def crop_track(frames, track: dict, config: TrackConfig = TrackConfig()) -> tuple[np.ndarray, dict]:
+    """224×224 face crops of one track. frames: (T, H, W, 3) uint8 (any channel order; it is
+    kept). Returns ``(crops (L, 224, 224, 3) uint8, smoothed dets)``."""
+    frames = np.asarray(frames)
+    dets = smooth_track(track, config)
+    return crop_frames(frames[track["frame"]], dets, range(len(track["frame"])), config), dets
 
 
 def track_audio(audio: np.ndarray, track: dict, sample_rate: int = 16000, frame_rate: int = 25) -> np.ndarray:

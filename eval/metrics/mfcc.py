@@ -60,20 +60,42 @@ def frame_signal(x: np.ndarray, frame_len: int, frame_step: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(padded, frame_len)[::frame_step][:n]
 
 
+#: frames per block (41 s of audio): memory of :func:`mfcc` is O(block), whatever the length
+BLOCK_FRAMES = 4096
+
+
 def mfcc(signal, samplerate: int = 16000, winlen: float = 0.025, winstep: float = 0.01,
          numcep: int = 13, nfilt: int = 26, nfft: int = 512, lowfreq: float = 0.0,
          highfreq: float | None = None, preemph: float = 0.97, ceplifter: int = 22,
-         append_energy: bool = True) -> np.ndarray:
-    """MFCCs of a mono signal. (L,) -> (n_frames, numcep) float64, n_frames ≈ L / (winstep·sr)."""
-    x = np.asarray(signal, dtype=np.float64)
+         append_energy: bool = True, scale: float = 1.0) -> np.ndarray:
+    """MFCCs of a mono signal. (L,) -> (n_frames, numcep) float64, n_frames ≈ L / (winstep·sr).
+
+    ``scale`` multiplies the samples first (in float64). Computed in blocks of
+    :data:`BLOCK_FRAMES` frames: the same numbers as all frames at once, in bounded memory.
+    """
+    x = np.asarray(signal)
     if x.ndim != 1 or len(x) == 0:
         raise ValueError(f"Expected a non-empty mono signal of shape (L,). Got {x.shape}.")
-    x = np.concatenate([x[:1], x[1:] - preemph * x[:-1]])
-    frames = frame_signal(x, _round_half_up(winlen * samplerate), _round_half_up(winstep * samplerate))
+    flen, fstep = _round_half_up(winlen * samplerate), _round_half_up(winstep * samplerate)
+    n = 1 if len(x) <= flen else 1 + int(math.ceil((len(x) - flen) / fstep))
+    fb = mel_filterbank(nfilt, nfft, samplerate, lowfreq, highfreq).T
+    out = np.empty((n, numcep))
+    for f0 in range(0, n, BLOCK_FRAMES):
+        f1 = min(n, f0 + BLOCK_FRAMES)
+        s0, s1 = f0 * fstep, min(len(x), (f1 - 1) * fstep + flen)
+        seg = x[max(s0 - 1, 0):s1].astype(np.float64) * scale
+        y = np.concatenate([seg[:1], seg[1:] - preemph * seg[:-1]]) if s0 == 0 else seg[1:] - preemph * seg[:-1]
+        frames = frame_signal(y, flen, fstep)[: f1 - f0]
+        out[f0:f1] = _cepstra(frames, nfft, fb, numcep, ceplifter, append_energy)
+    return out
+
+
+def _cepstra(frames: np.ndarray, nfft: int, fb: np.ndarray, numcep: int, ceplifter: int,
+             append_energy: bool) -> np.ndarray:
     pspec = np.abs(np.fft.rfft(frames, nfft)) ** 2 / nfft
     energy = pspec.sum(axis=1)
     energy = np.where(energy == 0, EPS, energy)
-    feat = pspec @ mel_filterbank(nfilt, nfft, samplerate, lowfreq, highfreq).T
+    feat = pspec @ fb
     feat = np.where(feat == 0, EPS, feat)
     cep = dct(np.log(feat), type=2, axis=1, norm="ortho")[:, :numcep]
     if ceplifter > 0:

@@ -125,30 +125,9 @@ class FanBackend(LandmarkBackend):
 
     # ---- detection (SFD) -------------------------------------------------------------------
     def detect(self, frame_rgb: np.ndarray) -> list[Detection]:
-        torch = self._torch
-        img = check_frame(frame_rgb)
-        x = torch.from_numpy(img[:, :, ::-1].astype(np.float32) - np.float32(SFD_MEAN_BGR))
-        x = x.permute(2, 0, 1)[None].to(self.device)
-        with torch.no_grad():
-            outs = self._sfd(x)
-        boxes, scores = [], []
-        for level in range(len(outs) // 2):
-            prob = torch.softmax(outs[2 * level], dim=1)[0, 1].cpu().numpy()
-            loc = outs[2 * level + 1][0].cpu().numpy()  # (4, h, w)
-            stride = 2 ** (level + 2)
-            ys, xs = np.nonzero(prob > SFD_CANDIDATE_PROB)
-            if not len(ys):
-                continue
-            prior_c = np.stack([stride / 2 + xs * stride, stride / 2 + ys * stride], axis=1).astype(np.float64)
-            prior_s = stride * 4.0
-            l = loc[:, ys, xs].T.astype(np.float64)
-            c = prior_c + l[:, :2] * 0.1 * prior_s
-            wh = prior_s * np.exp(l[:, 2:] * 0.2)
-            boxes.append(np.concatenate([c - wh / 2, c + wh / 2], axis=1))
-            scores.append(prob[ys, xs].astype(np.float64))
-        if not boxes:
+        b, s = sfd_candidates(self._sfd, check_frame(frame_rgb), self.device)
+        if not len(b):
             return []
-        b, s = np.concatenate(boxes), np.concatenate(scores)
         keep = [i for i in _nms(b, s, SFD_NMS_IOU) if s[i] > self.detector_threshold]
         return [Detection(box=tuple(float(v) for v in b[i]), score=float(s[i])) for i in keep]
 
@@ -177,6 +156,35 @@ class FanBackend(LandmarkBackend):
         pts = _heatmap_peaks(hm)  # heatmap coordinates, pixel edges
         src_edge = center - side / 2 + pts * (side / HEATMAP_RESOLUTION)
         return (src_edge - 0.5).astype(np.float32)
+
+
+def sfd_candidates(net, img_rgb: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
+    """S3FD's candidate boxes (N, 4) [x1, y1, x2, y2] in ``img_rgb`` pixels and their face
+    probabilities (N,), before any NMS: every anchor with probability > 0.05, decoded from its
+    prior (stride 4·2^level, side 4·stride, variances 0.1 / 0.2), as face_alignment does."""
+    import torch
+
+    x = torch.from_numpy(img_rgb[:, :, ::-1].astype(np.float32) - np.float32(SFD_MEAN_BGR))
+    with torch.no_grad():
+        outs = net(x.permute(2, 0, 1)[None].to(device))
+    boxes, scores = [], []
+    for level in range(len(outs) // 2):
+        prob = torch.softmax(outs[2 * level], dim=1)[0, 1].cpu().numpy()
+        loc = outs[2 * level + 1][0].cpu().numpy()  # (4, h, w)
+        stride = 2 ** (level + 2)
+        ys, xs = np.nonzero(prob > SFD_CANDIDATE_PROB)
+        if not len(ys):
+            continue
+        prior_c = np.stack([stride / 2 + xs * stride, stride / 2 + ys * stride], axis=1).astype(np.float64)
+        prior_s = stride * 4.0
+        l = loc[:, ys, xs].T.astype(np.float64)
+        c = prior_c + l[:, :2] * 0.1 * prior_s
+        wh = prior_s * np.exp(l[:, 2:] * 0.2)
+        boxes.append(np.concatenate([c - wh / 2, c + wh / 2], axis=1))
+        scores.append(prob[ys, xs].astype(np.float64))
+    if not boxes:
+        return np.zeros((0, 4)), np.zeros(0)
+    return np.concatenate(boxes), np.concatenate(scores)
 
 
 def _heatmap_peaks(hm: np.ndarray) -> np.ndarray:
