@@ -341,8 +341,8 @@ def _counts_html(summary: dict, rows: list[dict]) -> str:
                f"<tr><td class=l>&nbsp;&nbsp;too_short_for_sync (tracks ≤ min_track frames)</td>"
                f"<td>{summary.get('too_short_for_sync', 0)}</td></tr>")
             + f"<tr><td class=l>frames scored</td><td>{summary.get('frames_scored', 0)}</td></tr>"
-            f"<tr><td class=l>padded frames</td><td>{padded_frames} in {_clips(padded_clips)} of "
-            f"{summary['scored']} scored</td></tr>"
+            f"<tr><td class=l>padded frames</td><td>{padded_frames} in {padded_clips} of "
+            f"{_clips(summary['scored'])}</td></tr>"
             "</table>"
             + (f"<table><tr><th class=l>dataset</th><th class=l>method</th><th>scored</th><th>rejected</th>"
                f"<th>Sync missing</th></tr>{groups}</table>" if groups else ""))
