@@ -18,7 +18,7 @@ for each duration a 1080p pair is generated here (``retalking_face5.mp4`` looped
 (a fresh Python, as a Beam worker) loads the models (LPIPS and SyncNet with seeded random weights,
 ``sync.track.min_track`` 20) and scores the pair with :func:`eval.clip.evaluate_pair`. Printed per
 duration: frames, seconds, the worker's RSS after loading the models and its peak RSS
-(``ru_maxrss``). Flat peaks across durations show that memory does not grow with length.
+(``VmHWM``). Flat peaks across durations show that memory does not grow with length.
 ``--chunk-frames`` sets ``chunk_frames``; the pair's frame count (25 × seconds) is the in-memory
 path (one block: both decoded videos at once — ~6 MB per 1080p frame per video).
 """
@@ -116,11 +116,10 @@ def long_pair(seconds: float, folder: Path, size: str = "1080:1080,pad=1920:1080
 
 
 def _rss_kib() -> tuple[int, int]:
-    """(current VmRSS, peak ru_maxrss) of this process in KiB."""
-    import resource
-
-    cur = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))
-    return cur, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """(current VmRSS, peak VmHWM) of this process in KiB. VmHWM, not ru_maxrss: Linux carries
+    ru_maxrss across exec, so a worker would report its parent's size (see bench/memory.py)."""
+    status = {line.split(":")[0]: line.split()[1] for line in open("/proc/self/status") if ":" in line}
+    return int(status["VmRSS"]), int(status["VmHWM"])
 
 
 def worker(gen: str, ref: str, overrides: list[str]) -> None:

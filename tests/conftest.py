@@ -225,3 +225,15 @@ def _shard_check_cache(tmp_path_factory):
         os.environ.pop("RADIO_CACHE_DIR", None)
     else:
         os.environ["RADIO_CACHE_DIR"] = saved
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (the CPU tests' timings and float results stay put on a
+    shared machine); restores the count after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -82,7 +82,7 @@ def _uninterrupted(data: str, steps: int) -> dict[int, list[tuple]]:
 
 def test_sigterm_to_torchrun_three_times_loses_and_repeats_no_window(five_shards, tmp_path):
     seed = int(os.environ.get("RADIO_TEST_SEED", time.time_ns() % 1_000_000))
-    rng, steps = random.Random(seed), 10
+    rng, steps = random.Random(seed), 12
     why = f"(RADIO_TEST_SEED={seed})"
 
     out, windows = tmp_path / "b", tmp_path / "wb"
@@ -90,10 +90,11 @@ def test_sigterm_to_torchrun_three_times_loses_and_repeats_no_window(five_shards
     for attempt in range(3):
         log = tmp_path / f"b{attempt}.log"
         proc = _torchrun(five_shards, out, windows, steps, log)
-        target = resumed_from + rng.randint(1, 2)
+        target = min(resumed_from + rng.randint(1, 2), steps - 3)   # room for the stop step before the end
+        assert target > resumed_from, (why, resumed_from)
         deadline = time.monotonic() + 120
         while not re.search(rf"step {target}/{steps}", log.read_text()):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            assert proc.poll() is None and time.monotonic() < deadline, (why, log.read_text()[-3000:])
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 0.3))                    # somewhere inside the next step
         proc.send_signal(signal.SIGTERM)                     # what the VM's shutdown sends torchrun

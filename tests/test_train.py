@@ -38,12 +38,7 @@ SMOKE = str(ROOT / "configs" / "smoke-cpu.yaml")
 PAPER = str(ROOT / "configs" / "paper-192.yaml")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _real_rows(sample_dataset) -> list[dict]:

@@ -50,11 +50,17 @@ class DataConfig:
     #                                 shard, or ~4 MiB of a compacted one), fully mixed
     workers: int = 0                # DataLoader worker processes per rank
     prefetch: int = 2               # batches each worker keeps ready
+    start_method: str = "spawn"     # how loader workers start: spawn | forkserver | fork. Not fork: a rank
+    #                                 has run pyarrow's and gloo's threads by then, and a forked worker can
+    #                                 inherit a lock held mid-task (a rare hang at start). Not forkserver: its
+    #                                 server dies with the process group on SIGTERM (a traceback at exit)
     sync_min_offset: int = 5        # train-sync negatives: audio shifted by >= this many frames
     seed: int = 0                   # seed of shuffling and window sampling
     filters: FilterConfig = field(default_factory=FilterConfig)
 
     def __post_init__(self):
+        if self.start_method not in ("forkserver", "spawn", "fork"):
+            raise ValueError(f"data.start_method must be forkserver, spawn or fork. Got {self.start_method!r}.")
         if self.reference not in ("clip", "speaker", "auto"):
             raise ValueError(f"data.reference must be clip, speaker or auto. Got {self.reference!r}.")
         if not self.unsplit or self.piece_mib <= 0:

@@ -539,6 +539,7 @@ def make_loader(stream: ShardStream, micro_batch: int, *, pin_memory: bool = Fal
     """Batches of ``micro_batch`` samples; with workers, each worker is one consumer (and runs
     ``worker_init_fn(worker_id)`` first)."""
     workers = stream.cfg.workers
-    kw = dict(prefetch_factor=stream.cfg.prefetch, persistent_workers=True) if workers else {}
+    kw = dict(prefetch_factor=stream.cfg.prefetch, persistent_workers=True,
+              multiprocessing_context=stream.cfg.start_method) if workers else {}
     return DataLoader(stream, batch_size=micro_batch, num_workers=workers, pin_memory=pin_memory,
                       drop_last=True, worker_init_fn=worker_init_fn, **kw)
