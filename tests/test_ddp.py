@@ -53,7 +53,24 @@ def _torchrun(data: str, out: Path, windows: Path, steps: int, log: Path) -> sub
     sets = [x for o in OVERRIDES + [f"run.steps={steps}", f"run.windows_log={windows}"] for x in ("--set", o)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "radio.cli", "train", "--config", SMOKE, "--data", data, "--output", str(out), *sets]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)       # its own group: a failed test kills all of it
+    _LAUNCHED.append(proc)
+    return proc
+
+
+_LAUNCHED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_torchrun():
+    """A test that fails mid-run must not leave torchrun, its ranks and loader workers behind."""
+    yield
+    while _LAUNCHED:
+        proc = _LAUNCHED.pop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _windows(folder: Path) -> dict[int, list[tuple]]:
