@@ -118,8 +118,8 @@ def long_pair(seconds: float, folder: Path, size: str = "1080:1080,pad=1920:1080
 def _rss_kib() -> tuple[int, int]:
     """(current VmRSS, peak VmHWM) of this process in KiB. VmHWM, not ru_maxrss: Linux carries
     ru_maxrss across exec, so a worker would report its parent's size (see bench/memory.py)."""
-    status = {line.split(":")[0]: line.split()[1] for line in open("/proc/self/status") if ":" in line}
-    return int(status["VmRSS"]), int(status["VmHWM"])
+    status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+    return int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
 
 
 def worker(gen: str, ref: str, overrides: list[str]) -> None:
