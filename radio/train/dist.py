@@ -61,7 +61,10 @@ def active() -> bool:
 def shutdown() -> None:
     global _FLAGS
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:   # no rank closes its connections while another still talks on them (gloo aborts then)
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
     _FLAGS = None
 
 
