@@ -31,10 +31,8 @@ has one. Per-pair work is ``radio.dub.dub_uris``.
 """
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import hashlib
-import io
 import json
 import logging
 import os
@@ -261,15 +259,6 @@ def build(p, manifest: str, checkpoint: str, output: str, cfg: dict, *, run_id: 
 
 
 # ------------------------------------------------------------------------------ up-front checks
-def _numbered_records(manifest: str) -> list[tuple[int, dict]]:
-    """(line number, raw record) of a manifest already read once by ``sources.read_manifest``."""
-    text = uri_mod.read_bytes(manifest).decode("utf-8-sig")
-    if manifest.lower().endswith(".csv"):
-        reader = csv.DictReader(io.StringIO(text))
-        return [(reader.line_num, rec) for rec in reader]
-    return [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-
-
 def check_pairs(manifest: str, output: str) -> list[dict]:
     """The manifest's pairs; refuses unsafe or duplicate output names, naming both lines."""
     if not sources.is_manifest(manifest):
@@ -283,8 +272,8 @@ def check_pairs(manifest: str, output: str) -> list[dict]:
         except uri_mod.UnsafePathError as e:
             raise DubInputError(f"{manifest}: output name {item.get('name')!r}: {e}") from e
     seen: dict[str, int] = {}
-    for line, rec in _numbered_records(manifest):
-        name = rec.get("name") if isinstance(rec, dict) else None
+    for line, rec in sources.numbered_records(manifest):   # the lines read_manifest checked
+        name = rec.get("name")
         if isinstance(name, str) and name.strip():
             out = output_name({"name": name})
             if out in seen:

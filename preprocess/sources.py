@@ -77,17 +77,9 @@ def read_manifest(uri: str, key: tuple[str, ...] = ("uri",),
     a UTF-8 byte-order mark (Excel exports) is accepted, and later duplicates of the same ``key``
     fields are dropped with a warning naming their lines (they would write the same ids twice).
     """
-    fs, path = fsspec.core.url_to_fs(uri)
-    if not fs.exists(path):
-        raise SourceError(f"Manifest {uri!r} does not exist.")
     base = posixpath.dirname(uri)
-    try:
-        with fsspec.open(uri, "rt", encoding="utf-8-sig", newline="") as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise SourceError(f"{uri}: not UTF-8 text ({e.reason} at byte {e.start}).") from e
     errors: list[str] = []
-    records = [(n, rec) for n, rec in _raw_records(uri, text, errors)]
+    records = numbered_records(uri, errors)
     out_records: list[dict] = []
     seen: dict[tuple, int] = {}
     dropped: list[str] = []
@@ -112,6 +104,20 @@ def read_manifest(uri: str, key: tuple[str, ...] = ("uri",),
         log.warning("%s: dropped %d duplicate record(s) of the same %s at line(s) %s", uri,
                     len(dropped), "/".join(key), ", ".join(dropped[:10]) + (" ..." if len(dropped) > 10 else ""))
     yield from out_records
+
+
+def numbered_records(uri: str, errors: list[str] | None = None) -> list[tuple[int, dict]]:
+    """(line number, raw record) of every data line of a CSV/JSONL manifest, as written (no path
+    resolution, no coercion); lines of the wrong shape go to ``errors`` (skipped when None)."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        raise SourceError(f"Manifest {uri!r} does not exist.")
+    try:
+        with fsspec.open(uri, "rt", encoding="utf-8-sig", newline="") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{uri}: not UTF-8 text ({e.reason} at byte {e.start}).") from e
+    return list(_raw_records(uri, text, [] if errors is None else errors))
 
 
 def _raw_records(uri: str, text: str, errors: list[str]) -> Iterator[tuple[int, dict]]:
