@@ -18,7 +18,7 @@ from preprocess import catalog, schema, shards
 from preprocess.errors import UserError
 from preprocess.writer import write_table_atomic
 from radio.train.config import FilterConfig
-from radio.train.data import DataError, ShardStream
+from radio.train.data import DataError, ShardStream, _Pace
 from test_train import _cfg, _cut, _real_rows, shard_set  # noqa: F401  (fixture)
 
 
@@ -193,6 +193,30 @@ def test_next_chunk_loads_while_the_current_one_is_consumed(shard_set, monkeypat
     waits = np.diff(times) - 0.15
     assert len(set(chunks)) == 4 and len(log) == 10       # 2 epochs x 2 chunks (4 + 1 pieces)
     assert waits.max() < 0.3, waits                       # never a 0.5 s read stall at a chunk boundary
+
+
+def test_next_chunk_reads_start_one_at_a_time_over_a_long_chunk():
+    """10 pieces paced over a 100-sample chunk: only piece 0 starts at once (a burst of 4 MiB reads
+    at a chunk's start was its longest batch gap), piece j once floor(j * 7.5) samples are taken;
+    over a 2-sample chunk, 4 pieces start 3 at once (the reads could not keep up otherwise)."""
+    def started(pace, j, n):
+        t = threading.Thread(target=pace.wait, args=(j, n), daemon=True)
+        t.start()
+        t.join(0.05)
+        return not t.is_alive()
+
+    long = _Pace(100)
+    assert started(long, 0, 10) and not started(long, 1, 10)
+    long.done = 6
+    assert not started(long, 1, 10)
+    long.done = 7
+    assert started(long, 1, 10) and not started(long, 3, 10)
+    long.release()
+    assert started(long, 9, 10)
+    short = _Pace(2)
+    assert all(started(short, j, 4) for j in range(3)) and not started(short, 3, 4)
+    short.done = 1
+    assert started(short, 3, 4)
 
 
 def test_stream_is_the_same_with_one_or_many_read_threads(shard_set):

@@ -49,6 +49,7 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -302,8 +303,10 @@ class ShardStream(IterableDataset):
                    stats: Counter | None = None, pool: ThreadPoolExecutor | None = None,
                    pace: _Pace | None = None) -> list[Row]:
         """The usable rows of ``piece_ids`` (read in parallel on ``pool``), in piece order. With
-        ``pace``, piece j > AT_ONCE starts once the consumer is (j - AT_ONCE)/len of the way through
-        ``_Pace.SPREAD`` of the chunk it is on, so the reads' CPU is spread over it."""
+        ``pace``, piece j of n starts once the consumer has taken floor(j/n * ``_Pace.SPREAD``) of the
+        samples of the chunk it is on: the reads' CPU is spread over it, with no burst at its start
+        (two 4 MiB reads at once made a chunk's first batch the longest gap, 2.5x the median), and
+        only a chunk shorter than the next one's pieces starts several reads per sample."""
         def load(p):
             counts = Counter()
             return self.load_piece(p, k, n, row_split, counts), counts
@@ -313,8 +316,8 @@ class ShardStream(IterableDataset):
         else:
             futures = []
             for j, p in enumerate(piece_ids):
-                if pace is not None:           # the first AT_ONCE pieces start at once
-                    pace.wait(max(0, j - _Pace.AT_ONCE) / len(piece_ids))
+                if pace is not None:
+                    pace.wait(j, len(piece_ids))
                 futures.append(pool.submit(load, p))
             parts = [f.result() for f in futures]
         for _, counts in parts:
@@ -450,12 +453,12 @@ class ShardStream(IterableDataset):
             pending = _background(load, key, None) if key is not None else None
             while key is not None:
                 rows, plans = pending.result()
-                nxt, pace = next(keys, None), _Pace()
+                nxt, pace = next(keys, None), _Pace(len(plans))
                 pending = _background(load, nxt, pace) if nxt is not None else None
                 epoch, c, _, last = key
                 for o in range(offset0 + 1, len(plans)):
                     produced[epoch] += 1
-                    pace.done = o / len(plans)
+                    pace.done = o
                     yield self.realise(rows, plans[o], (k, epoch, c, o))
                 pace.release()
                 offset0 = -1
@@ -504,20 +507,21 @@ def _freeze_once() -> None:
 
 
 class _Pace:
-    """How far the consumer is through its current chunk; the next chunk's piece reads wait for it
-    (``load_chunk``), all of them started by ``SPREAD`` of the way through."""
+    """How many samples the consumer has taken of its current chunk (``total``); the next chunk's
+    piece reads wait for it (``load_chunk``), all of them started by ``SPREAD`` of the way through."""
     SPREAD = 0.75
-    AT_ONCE = 2
 
-    def __init__(self):
-        self.done = 0.0
+    def __init__(self, total: int = 0):
+        self.total = total
+        self.done = 0
 
-    def wait(self, fraction: float) -> None:
-        while self.done < fraction * self.SPREAD:
+    def wait(self, j: int, n: int) -> None:
+        need = math.floor(j * self.SPREAD * self.total / n)
+        while self.done < need:
             time.sleep(0.002)
 
     def release(self) -> None:
-        self.done = float("inf")
+        self.done = math.inf
 
 
 def _count_split(uri: str) -> int:
