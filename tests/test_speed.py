@@ -12,6 +12,9 @@ fp32 full-batch penalty within a stated tolerance instead.
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,7 @@ import torch
 from radio.losses import VGG19Features, freeze
 from radio.model import RADIO, Discriminator
 from radio.model.generator import ModulatedConv2d
-from radio.model.layers import ConvLayer, Upsample, fused_leaky_relu
+from radio.model.layers import ConvLayer, StridedPointwiseConv, Upsample, fused_leaky_relu
 from radio.train import speed
 from radio.train.build import Models, Optimizers
 from radio.train.config import load_train_config
@@ -95,6 +98,52 @@ def test_vgg_features_channels_last_and_compiled(float64):
     assert len(got) == len(want) == 5
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_strided_pointwise_conv_is_a_strided_1x1_conv():
+    """The residual projections' "subsample, then 1x1" form: nn.Conv2d(1x1, stride)'s values, input and
+    weight gradients and state-dict keys, for even and odd sides and a (2, 1) stride."""
+    torch.manual_seed(0)
+    for stride, side in ((2, (40, 20)), (2, (41, 21)), ((2, 1), (9, 8))):
+        ref = torch.nn.Conv2d(8, 16, 1, stride=stride, bias=False).double()
+        mine = StridedPointwiseConv(8, 16, stride=stride).double()
+        assert mine.state_dict().keys() == ref.state_dict().keys()
+        mine.load_state_dict(ref.state_dict())
+        x = torch.randn(3, 8, *side, dtype=torch.float64)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ref(xa), mine(xb)
+        torch.testing.assert_close(yb, ya, rtol=0, atol=1e-12)
+        g = torch.randn_like(ya)
+        ya.backward(g), yb.backward(g)
+        torch.testing.assert_close(xb.grad, xa.grad, rtol=0, atol=1e-12)
+        torch.testing.assert_close(mine.weight.grad, ref.weight.grad, rtol=0, atol=1e-12)
+
+
+_FLOAT32_STEP = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+torch.set_num_threads(2)          # the crash needs the parallel kernel: 1 thread hides it
+from test_speed import _batch, _cfg, _step
+out = {}
+for name, sets in (("plain", []), ("channels_last", ["speed.channels_last=true"])):
+    cfg = _cfg(*sets)
+    out[name] = _step(cfg, _batch(cfg, b=1))[0]
+print(json.dumps(out))
+"""
+
+
+def test_channels_last_float32_step_on_cpu_matches_the_plain_one():
+    """float32 on the CPU goes through oneDNN, where a strided 1x1 convolution's backward in
+    channels_last with < 16 input channels (the smoke widths' audio stages) aborted the process with a
+    corrupted heap (one window = 5 mel maps, 2 threads; 1 thread or 10 maps hid it); hence a child
+    process. The step runs and gives the plain step's losses."""
+    proc = subprocess.run([sys.executable, "-c", _FLOAT32_STEP, str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["plain"].keys() == out["channels_last"].keys() and "r1" in out["plain"]
+    for k, v in out["plain"].items():
+        assert out["channels_last"][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
 
 
 def test_r1_frame_index_spreads_over_the_window():

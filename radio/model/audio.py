@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .layers import StridedPointwiseConv
+
 
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
@@ -61,7 +63,7 @@ class SEBasicBlock(nn.Module):
         self.act = _act(act)
         self.downsample = None
         if stride != 1 or in_channels != channels:
-            self.downsample = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
+            self.downsample = nn.Sequential(StridedPointwiseConv(in_channels, channels, stride=stride),
                                             _norm(norm, channels))
 
     def forward(self, x):

@@ -232,3 +232,22 @@ class ResDownBlock(nn.Module):
 
     def forward(self, x):
         return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2)
+
+
+class StridedPointwiseConv(nn.Conv2d):
+    """A 1x1 convolution with stride s (a residual projection) as "keep every s-th pixel, then 1x1":
+    the same result, the same parameters and state-dict keys as ``nn.Conv2d(cin, cout, 1, stride=s)``.
+
+    Why: oneDNN's CPU backward of a strided 1x1 convolution in channels_last with fewer than 16
+    input channels corrupts the heap (torch 2.13.0+cpu, float32: ``free(): invalid next size``,
+    the process aborts; reproduced with ``nn.Conv2d(8, 16, 1, stride=2)`` on a (5, 8, 40, 20)
+    input). The narrow configs (``configs/smoke-cpu.yaml``: 8-channel audio and sync stages) hit
+    it under ``speed.channels_last``; the subsampled form never reaches that kernel.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int | tuple[int, int], bias: bool = False):
+        super().__init__(in_channels, out_channels, 1, stride=stride, bias=bias)
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        sh, sw = self.stride
+        return F.conv2d(x[:, :, ::sh, ::sw], weight, bias)

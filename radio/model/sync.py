@@ -18,6 +18,7 @@ from torch import nn
 
 from .audio import ResNetSE34L
 from .config import ModelConfig
+from .layers import StridedPointwiseConv
 
 GRAY = (0.299, 0.587, 0.114)
 
@@ -83,7 +84,7 @@ class CBAMBlock(nn.Module):
             ChannelAttention(channels), SpatialAttention())
         self.skip = nn.Identity()
         if stride != 1 or in_channels != channels:
-            self.skip = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
+            self.skip = nn.Sequential(StridedPointwiseConv(in_channels, channels, stride=stride),
                                       nn.BatchNorm2d(channels))
 
     def forward(self, x):
