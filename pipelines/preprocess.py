@@ -58,7 +58,8 @@ class ProcessSourceFn(beam.DoFn):
         self.cfg = config_mod.from_dict(source.PreprocessConfig, self.cfg_dict)
         self.worker = self.backend = None
         if self.cfg.worker.isolate:
-            self.worker = SourceWorker(self.cfg_dict, self.dataset)  # the child starts on first use
+            self.worker = SourceWorker(self.cfg_dict, self.dataset,   # the child starts on first use
+                                       stall_s=self.cfg.worker.stall_s)
         else:
             self.backend = source.load_backend(self.cfg)
             source.warm_up()

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from preprocess import align, failures, schema, shards
+from preprocess import align, failures, progress, schema, shards
 from preprocess import uri as uri_mod
 from preprocess.assemble import AlignedSegment, RegionCache, align_segment
 from preprocess.writer import AtomicParquetWriter
@@ -87,6 +87,8 @@ class WorkerConfig:
     backoff_s: float = 5.0       # wait before the 2nd try; doubles per try (at most 60 s)
     isolate: bool = True         # run sources in a child process holding the landmark backend, so
     #                              one killed by the kernel (OOM) is retried instead of ending the job
+    stall_s: float = 900.0       # with isolate: a child with no progress (frames decoded, bytes copied,
+    #                              a stage begun) for this long is killed and the source retried; 0 = never
 
 
 @dataclass
@@ -132,6 +134,7 @@ class _Stages:
     @contextmanager
     def __call__(self, name: str):
         prev, self.current = self.current, name
+        progress.beat()
         t0 = time.perf_counter()
         try:
             yield
@@ -208,6 +211,7 @@ def aligned_segments(path: str, info, cfg: PreprocessConfig, backend, stages: _S
                 if t0 + i in marks:
                     cache.add(t0 + i, frame, marks[t0 + i])
             t0 += len(chunk)
+            progress.frames(len(chunk))
             hw = chunk.shape[1:3]
             out = [align_segment(seg.start, seg.landmarks, seg.scores, cache, hw, cfg.align.crop_size,
                                  cfg.align.smooth_window) for seg in done]

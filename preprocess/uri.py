@@ -11,6 +11,8 @@ from typing import Iterator, Sequence
 
 import fsspec
 
+from preprocess import progress
+
 
 class UnsafePathError(ValueError):
     """A user-supplied name would escape the directory it is joined to."""
@@ -113,6 +115,7 @@ def local_copy(uri: str, suffix: str = "", max_bytes: int | None = None,
                     if copied > max_bytes:
                         raise too_large(f"more than {max_bytes} (still copying)")
                     dst.write(block)
+                    progress.beat()
         yield local
     finally:
         shutil.rmtree(d, ignore_errors=True)

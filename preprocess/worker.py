@@ -6,7 +6,11 @@ work runs in a child started once per DoFn instance (``python -m preprocess.work
 interpreter, not a fork, so a CUDA context or an OpenMP pool in the backend is never copied
 mid-use); the Beam worker only sends it source items and gets back result dicts over a pipe.
 A child that dies mid-source is an environment failure (``ChildDied``): the caller retries,
-and the next ``run`` starts a new child.
+and the next ``run`` starts a new child. So is a child that hangs (a stalled read, a decoder
+spinning on a pathological file): while it works it sends progress (frames decoded, bytes
+copied, a stage begun; ``preprocess.progress``), at most twice a second, which the parent
+forwards to its own progress reporting; a child silent for ``worker.stall_s`` is killed
+(``ChildStalled``) and the source retried, then reported ``failed`` like any environment failure.
 
 Cost (bench/README.md, "i9a"): one start per worker (interpreter, backend, warm-up), then a few
 hundred microseconds per source for the round trip.
@@ -19,17 +23,24 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from preprocess import progress
 from preprocess.failures import EnvironmentFailure
+
 
 log = logging.getLogger(__name__)
 
 
 class ChildDied(EnvironmentFailure):
     """The child process ended mid-source (killed by a signal, or exited)."""
+
+
+class ChildStalled(EnvironmentFailure):
+    """The child sent nothing for ``worker.stall_s`` seconds mid-source and was killed."""
 
 
 class ChildError(RuntimeError):
@@ -39,8 +50,9 @@ class ChildError(RuntimeError):
 class SourceWorker:
     """``run(item)`` = ``source.run_source(item, cfg, backend, dataset)`` in a child process."""
 
-    def __init__(self, cfg_dict: dict, dataset: str):
+    def __init__(self, cfg_dict: dict, dataset: str, *, stall_s: float = 0.0, progress_every_s: float = 0.5):
         self.cfg_dict, self.dataset = cfg_dict, dataset
+        self.stall_s, self.progress_every_s = stall_s, progress_every_s   # stall_s 0: no watchdog
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
 
@@ -64,7 +76,7 @@ class SourceWorker:
             os.close(to_child_r)
             os.close(to_parent_w)
         self._conn = _Duplex(to_parent_r, to_child_w)
-        self._conn.send((self.cfg_dict, self.dataset))
+        self._conn.send((self.cfg_dict, self.dataset, self.progress_every_s))
         self._reply()  # ("ready",) once the backend is loaded
 
     def run(self, item: dict) -> dict[str, Any]:
@@ -75,13 +87,19 @@ class SourceWorker:
             self._conn.send(("run", item))
         except OSError as e:  # the child is gone
             raise self._died() from e
-        return self._reply()
+        return self._reply(self.stall_s)
 
-    def _reply(self):
-        try:
-            kind, *rest = self._conn.recv()
-        except (EOFError, OSError) as e:
-            raise self._died() from e
+    def _reply(self, stall_s: float = 0):
+        while True:
+            try:
+                if stall_s and not self._conn.poll(stall_s):
+                    raise self._stalled(stall_s)
+                kind, *rest = self._conn.recv()
+            except (EOFError, OSError) as e:
+                raise self._died() from e
+            if kind != "progress":
+                break
+            progress.frames(rest[0])
         if kind == "ok":
             return rest[0] if rest else None
         exc_type, text, is_env = rest
@@ -95,6 +113,15 @@ class SourceWorker:
         self._close_conn()
         how = (f"killed by {signal.Signals(-rc).name}" if rc is not None and rc < 0 else f"exited with {rc}")
         return ChildDied(f"the worker's child process was {how} (out of memory?)")
+
+    def _stalled(self, stall_s: float) -> ChildStalled:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        self._close_conn()
+        return ChildStalled(f"the worker's child process made no progress for {stall_s:g} s "
+                            "(worker.stall_s) and was killed")
 
     def _close_conn(self) -> None:
         if self._conn is not None:
@@ -125,6 +152,9 @@ class _Duplex:
     def recv(self):
         return self._r.recv()
 
+    def poll(self, timeout: float) -> bool:
+        return self._r.poll(timeout)
+
     def close(self) -> None:
         self._r.close()
         self._w.close()
@@ -149,7 +179,7 @@ def _child(read_fd: int, write_fd: int) -> None:
 
     conn = _Duplex(read_fd, write_fd)
     _watch_parent()
-    cfg_dict, dataset = conn.recv()
+    cfg_dict, dataset, progress_every_s = conn.recv()
 
     def reply_error(e: BaseException) -> None:
         env = failures.is_environment_error(e)
@@ -165,13 +195,24 @@ def _child(read_fd: int, write_fd: int) -> None:
         reply_error(e)
         return
     conn.send(("ok",))
+    sent, done = [time.monotonic()], [0]
+
+    def report(n: int) -> None:          # progress.frames/beat inside run_source: tell the parent
+        done[0] += n
+        if time.monotonic() - sent[0] >= progress_every_s:
+            conn.send(("progress", done[0]))
+            sent[0], done[0] = time.monotonic(), 0
+
     while True:
         try:
             _cmd, item = conn.recv()
         except EOFError:
             return
+        sent[0] = time.monotonic()
         try:
-            conn.send(("ok", source.run_source(item, cfg, backend, dataset)))
+            with progress.reporting(report):
+                result = source.run_source(item, cfg, backend, dataset)
+            conn.send(("ok", result))
         except Exception as e:
             reply_error(e)
 

@@ -315,6 +315,65 @@ def test_killed_worker_is_retried_then_failed_and_resume_finishes(clips, tmp_pat
     assert _worker_children() == []  # the DoFn's teardown stopped its child
 
 
+def test_stalled_worker_is_killed_retried_then_failed(clips, tmp_path, monkeypatch):
+    """SIGSTOP the child each time a source starts (a hung read or decoder: alive, silent), twice, with
+    ``worker.stall_s`` 3 and 2 tries: the first source's child is killed after 3 s without progress,
+    retried, stalls again and the source is ``failed`` (not rejected); the second gives rows."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    ds = str(tmp_path / "ds")
+    stopped, stop = [], threading.Event()
+
+    def stopper():
+        seen: set[str] = set()
+        while not stop.is_set() and len(stopped) < 2:
+            new = {p.name for p in scratch.glob("radio-shard-*")} - seen
+            if new:
+                seen |= new
+                (pid,) = _worker_children()
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+            time.sleep(0.005)
+
+    t = threading.Thread(target=stopper, daemon=True)
+    t.start()
+    t0 = time.monotonic()
+    try:
+        summary = pipeline.run(str(clips), ds, ONE_WORKER, run_id="stalled",
+                               overrides=["worker.attempts=2", "worker.stall_s=3", *FAST])
+    finally:
+        stop.set()
+        t.join()
+    assert len(stopped) == 2 and len(set(stopped)) == 2       # a new child after the first was killed
+    assert time.monotonic() - t0 < 60
+    assert summary["sources_with_rows"] == 1
+    assert_failed_not_rejected(summary, ds, 1)
+    assert "made no progress for 3 s (worker.stall_s)" in summary["failures"][0]["error"]
+    assert not [pid for pid in stopped if Path(f"/proc/{pid}").exists()]   # killed and reaped, not left stopped
+    assert _worker_children() == []
+
+
+def test_child_progress_reaches_the_parent(clips, tmp_path):
+    """Frames the child decodes are reported to the parent as it goes (the progress bar's frames, and
+    what keeps the stall watchdog quiet on a long source)."""
+    from preprocess import config as config_mod
+    from preprocess import progress, source
+    from preprocess.worker import SourceWorker
+
+    cfg_dict = config_mod.to_dict(source.PreprocessConfig())
+    worker = SourceWorker(cfg_dict, str(tmp_path / "ds"), stall_s=30, progress_every_s=0)
+    got = []
+    try:
+        with progress.reporting(got.append):
+            result = worker.run({"uri": str(clips / "00015.mp4")})
+    finally:
+        worker.close()
+    assert result["status"] == "rows"
+    assert sum(got) >= result["frames"] > 0 and 0 in got       # frames decoded; beats (stages begun)
+
+
 # ---- a GCS outage -------------------------------------------------------------------------------
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # as tests/test_gcs.py
 BUCKET = "radio-outage"
