@@ -326,6 +326,29 @@ def test_dub_refuses_unpinned_checkpoint(tmp_path, checkpoint):
         load_generator(checkpoint[0], "0" * 64)
 
 
+def test_a_noise_free_checkpoint_from_before_noise_scales_were_dropped_loads(tmp_path):
+    """Checkpoints of `model.noise: false` written when G still built its (never used) noise scales
+    load for inference: the scales are ignored, and G gives what the noise-free model gives."""
+    from preprocess.config import to_dict
+    from radio.train.checkpoint import load_generator
+
+    torch.manual_seed(3)
+    cfg = ModelConfig(resolution=96, channels=(16, 32, 32, 64, 64, 64), noise=False)
+    old_state = RADIO(ModelConfig(**{**vars(cfg), "noise": True})).state_dict()
+    assert any(k.endswith(".noise.weight") for k in old_state)
+    path = tmp_path / "radio.pt"
+    torch.save({"model": old_state, "model_config": to_dict(cfg)}, path)
+    model = load_generator(str(path), hashlib.sha256(path.read_bytes()).hexdigest())
+    assert not any(k.endswith(".noise.weight") for k in model.state_dict())
+    want = RADIO(cfg).eval()
+    want.load_state_dict({k: v for k, v in old_state.items() if not k.endswith(".noise.weight")})
+    g = torch.Generator().manual_seed(0)
+    x, ref, mel = torch.rand(2, 3, 96, 96, generator=g) * 2 - 1, torch.rand(2, 3, 96, 96, generator=g) * 2 - 1, \
+        torch.randn(2, 20, 80, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, ref, mel), want(x, ref, mel), rtol=0, atol=0)
+
+
 def test_background_stages_keep_order_raise_and_stop():
     import threading
 

@@ -122,6 +122,11 @@ def load_generator(uri: str, sha256: str | None = None, *, ema: bool = True, all
     ckpt = torch.load(found.path, map_location="cpu", weights_only=True)
     model = RADIO(model_config_of(ckpt))
     state = ckpt["model"] if "model" in ckpt else ckpt["models"]["ema" if ema else "generator"]
+    if not model.cfg.noise:   # written before `model.noise: false` stopped building the (unused) scales
+        unused = [k for k in state if k.endswith(".noise.weight") and k not in model.state_dict()]
+        if unused:
+            log.info("%s: ignoring %d noise scales that model.noise: false never uses", uri, len(unused))
+            state = {k: v for k, v in state.items() if k not in unused}
     model.load_state_dict(state)
     return model.eval()
 
