@@ -282,6 +282,46 @@ def first_error(exc: BaseException, log_text: str) -> str:
     return f"{etype}: {msg}{where}{element}"
 
 
+#: thread pools sized from the environment: torch/OpenMP, BLAS, OpenCV, and radio's own (dub paste-back)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENCV_FOR_THREADS_NUM",
+               "RADIO_WORKER_CORES")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. under taskset/cpusets), else all."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def worker_threads(p: beam.Pipeline):
+    """A local run with N worker processes gives each cores // N threads (torch, BLAS, OpenCV, dub's
+    paste-back pool): otherwise each sizes its pools to the whole machine, N x cores threads in all
+    (OpenMP's spinning threads then fight over cores). Values the user set are kept; the worker
+    processes inherit them from this one's environment, restored afterwards."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    direct = p.options.view_as(DirectOptions)
+    n = int(direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
+    if n <= 1:
+        yield
+        return
+    share = str(max(1, available_cores() // n))
+    saved = {v: os.environ.get(v) for v in THREAD_VARS}
+    for v in THREAD_VARS:
+        os.environ.setdefault(v, share)
+    try:
+        yield
+    finally:
+        for v, old in saved.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
+
+
 def run(p: beam.Pipeline, *, log_uri: str, is_local: bool, bar: Bar | None = None, namespace: str = "radio",
         verbose: bool | None = None, every: float = 30.0):
     """Run ``p`` and wait; returns the ``PipelineResult``. Raises ``JobFailed`` (one line) when the
@@ -292,7 +332,7 @@ def run(p: beam.Pipeline, *, log_uri: str, is_local: bool, bar: Bar | None = Non
         if bar is not None:
             bar.stream = console
         try:
-            with bar if bar is not None else _nothing():
+            with bar if bar is not None else _nothing(), worker_threads(p) if is_local else _nothing():
                 result = p.run()
                 if is_local:
                     result.wait_until_finish()

@@ -517,7 +517,7 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
         plan = audio_plan(speech, cfg, n_out / fps, speech_s)
         encs = [_Encoder(p, info.width, info.height, audio_path, speech.audio_index, cfg.crf, cfg.x264_preset, fps,
                          plan["args"], comment) for p in out_paths]
-        threads = cfg.threads or os.cpu_count() or 1
+        threads = cfg.threads or _worker_cores()
         pool = ThreadPoolExecutor(threads, thread_name_prefix="radio-paste")
         masks_cache: dict = {}
 
@@ -623,3 +623,13 @@ def dub_uris(video_uri: str, audio_uri: str, out_uris: str | list[str], model, b
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
     return stats
+
+
+def _worker_cores() -> int:
+    """This worker's share of the cores (``RADIO_WORKER_CORES``, set for local multi-process runs by
+    ``pipelines.jobrun.worker_threads``), else all of them."""
+    try:
+        share = int(os.environ.get("RADIO_WORKER_CORES") or 0)
+    except ValueError:
+        share = 0
+    return share if share > 0 else os.cpu_count() or 1

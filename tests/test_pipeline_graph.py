@@ -12,7 +12,7 @@ import pytest
 from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions, GoogleCloudOptions,
                                                   SetupOptions)
 
-from pipelines import options
+from pipelines import jobrun, options
 from pipelines import preprocess as pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,3 +113,39 @@ def test_local_runner_defaults():
     assert (one.direct_num_workers, one.direct_running_mode) == (1, "in_memory")
     two = options.build(["--direct_num_workers=2"], job_name="j").options.view_as(DirectOptions)
     assert (two.direct_num_workers, two.direct_running_mode) == (2, "multi_processing")
+
+
+class _ReportThreads(beam.DoFn):
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def process(self, x):
+        import json
+
+        with open(os.path.join(self.folder, f"{os.getpid()}-{x}.json"), "w") as f:
+            json.dump({v: os.environ.get(v) for v in jobrun.THREAD_VARS}, f)
+        yield x
+
+
+def test_local_workers_share_the_cores(tmp_path, monkeypatch):
+    """Each of N local worker processes sizes its thread pools (torch/OpenMP, BLAS, OpenCV, dub's
+    paste-back) to cores // N, not to the whole machine; a value the user set is kept; the launching
+    process's environment is restored after the run."""
+    import json
+
+    for v in jobrun.THREAD_VARS:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("OPENCV_FOR_THREADS_NUM", "3")
+    monkeypatch.setattr(jobrun, "available_cores", lambda: 8)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), str(REPO),
+                                                      os.environ.get("PYTHONPATH", "")]))  # this DoFn
+    job = options.build(["--direct_num_workers=2"], job_name="j")
+    p = beam.Pipeline(runner=job.runner, options=job.options)
+    _ = p | beam.Create([1, 2, 3, 4]) | beam.Reshuffle() | beam.ParDo(_ReportThreads(str(tmp_path)))
+    jobrun.run(p, log_uri=str(tmp_path / "job.log"), is_local=True)
+    seen = [json.loads(f.read_text()) for f in tmp_path.glob("*.json")]
+    assert len(seen) == 4
+    for env in seen:
+        assert env == {"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4", "OPENBLAS_NUM_THREADS": "4",
+                       "OPENCV_FOR_THREADS_NUM": "3", "RADIO_WORKER_CORES": "4"}
+    assert "OMP_NUM_THREADS" not in os.environ and os.environ["OPENCV_FOR_THREADS_NUM"] == "3"
