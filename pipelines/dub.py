@@ -1,6 +1,10 @@
 """Beam pipeline: bulk dubbing of (video, speech) pairs with a trained RADIO checkpoint.
 
-    ListPairs -> Reshuffle -> DubPair (skips what is finished) -> Summarise -> WriteSummary
+    ListPairs -> Reshuffle -> DubPair (skips what is finished) -+-> Summarise -----------> WriteSummary
+                                                                +-> pairs.jsonl, evaluate_pairs.jsonl -^
+
+Nothing gathers every pair in one place: the summary's combiner keeps counts and the first 1,000
+pair lines by name; each pair's line and evaluation rows stream into JSON-lines files.
 
 Input: a manifest (.csv / .jsonl) with ``uri`` (video), ``audio_uri`` (speech) and optionally
 ``name`` (relative output name, checked: no '..', no absolute path). Output folder:
@@ -11,7 +15,9 @@ Input: a manifest (.csv / .jsonl) with ``uri`` (video), ``audio_uri`` (speech) a
     OUTPUT/evaluate_pairs.jsonl         every dubbed video against its source video, ready for
                                         ``radio evaluate --generated OUTPUT/evaluate_pairs.jsonl``
                                         (keys ``<name>#ref<k>`` with K > 1: reference spread)
-    OUTPUT/runs/<run_id>/summary.json   counts that add up: pairs = dubbed + rejected + skipped
+    OUTPUT/runs/<run_id>/summary.json   counts that add up: pairs = dubbed + rejected + skipped,
+                                        and the first 1,000 pairs by name
+    OUTPUT/runs/<run_id>/pairs.jsonl    one line per pair (status, fps, frames, audio, or the reason)
 
 **What a pair is.** A pair is its output name (two manifest lines with the same output name are
 refused before any work, naming both lines). What made its output is recorded in its done marker
@@ -185,16 +191,27 @@ class DubPairFn(beam.DoFn):
 
 
 def pair_line(r: dict) -> dict:
-    """What the summary lists of one pair."""
+    """What the summary lists of one pair (``now``: what this run did with it)."""
     keys = ("name", "status", "reason", "source_fps", "output_fps", "frames", "video_frames", "width", "height",
             "audio_rate", "audio_channels", "audio", "references", "replaced")
-    return {k: r[k] for k in keys if k in r}
+    return dict({k: r[k] for k in keys if k in r}, now=r["status_now"])
+
+
+#: pairs listed in summary.json (the first by name); every pair's line is in runs/<run_id>/pairs.jsonl
+MAX_LISTED_PAIRS = 1000
+
+
+def _first(lines: list[dict]) -> list[dict]:
+    return sorted(lines, key=lambda r: r["name"])[:MAX_LISTED_PAIRS]
 
 
 class _Count(beam.CombineFn):
+    """Counts per status and reason, and the first ``MAX_LISTED_PAIRS`` pair lines by name: bounded
+    whatever the number of pairs (each pair's line and evaluation rows are written as files)."""
+
     def create_accumulator(self):
         return {"dubbed": 0, "rejected": 0, "skipped": 0, "replaced": 0, "frames": 0, "rejects_by_reason": {},
-                "pairs_list": [], "eval_rows": []}
+                "pairs_list": []}
 
     def add_input(self, acc, r):
         acc[r["status_now"]] += 1
@@ -203,12 +220,9 @@ class _Count(beam.CombineFn):
             acc["replaced"] += int(bool(r.get("replaced")))
         if r["status_now"] == "rejected":
             acc["rejects_by_reason"][r["reason"]] = acc["rejects_by_reason"].get(r["reason"], 0) + 1
-        acc["pairs_list"].append(dict(pair_line(r), now=r["status_now"]))
-        if r["status"] == "dubbed":
-            outs = r["outputs"]
-            stem = r["name"][:-len(".mp4")]
-            acc["eval_rows"] += [{"generated": u, "reference": r["uri"],
-                                  "key": stem if len(outs) == 1 else f"{stem}#ref{k}"} for k, u in enumerate(outs)]
+        acc["pairs_list"].append(pair_line(r))
+        if len(acc["pairs_list"]) > 2 * MAX_LISTED_PAIRS:
+            acc["pairs_list"] = _first(acc["pairs_list"])
         return acc
 
     def merge_accumulators(self, accs):
@@ -218,24 +232,40 @@ class _Count(beam.CombineFn):
                 out[k] += a[k]
             for k, v in a["rejects_by_reason"].items():
                 out["rejects_by_reason"][k] = out["rejects_by_reason"].get(k, 0) + v
-            out["pairs_list"] += a["pairs_list"]
-            out["eval_rows"] += a["eval_rows"]
+            out["pairs_list"] = _first(out["pairs_list"] + a["pairs_list"])
         return out
 
     def extract_output(self, acc):
-        return acc
+        return dict(acc, pairs_list=_first(acc["pairs_list"]))
 
 
-def write_summary(a: dict, n_listed: int, *, output: str, run_id: str, checkpoint: str, checkpoint_sha256: str,
-                  cfg: dict, started: float) -> dict:
-    eval_rows = sorted(a.pop("eval_rows"), key=lambda r: r["key"])
+def eval_rows(r: dict) -> list[dict]:
+    """The ``radio evaluate`` manifest lines of one dubbed pair: each output against its source video."""
+    if r["status"] != "dubbed":
+        return []
+    outs = r["outputs"]
+    stem = r["name"][:-len(".mp4")]
+    return [{"generated": u, "reference": r["uri"], "key": stem if len(outs) == 1 else f"{stem}#ref{k}"}
+            for k, u in enumerate(outs)]
+
+
+def _jsonl(rows, *, output: str, name: str):
+    """Rows -> one JSON-lines file ``output/name``, streamed (never gathered in memory), written
+    under a temporary name and moved into place by Beam's file sink."""
+    stem, suffix = posixpath.splitext(name)
+    return (rows
+            | f"Json{stem}" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
+            | f"Write{stem}" >> beam.io.WriteToText(uri_mod.join(output, stem), file_name_suffix=suffix,
+                                                    num_shards=1, shard_name_template=""))
+
+
+def write_summary(a: dict, n_listed: int, written: list, *, output: str, run_id: str, checkpoint: str,
+                  checkpoint_sha256: str, cfg: dict, started: float) -> dict:
     s = dict(a, run_id=run_id, pairs=n_listed, skipped_resume=a.pop("skipped"), output=output,
              checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256, config=cfg,
-             pairs_list=sorted(a["pairs_list"], key=lambda r: r["name"]),
+             pairs_file=uri_mod.join(output, "runs", run_id, "pairs.jsonl"),
              evaluate_manifest=uri_mod.join(output, EVAL_MANIFEST), wall_seconds=round(time.time() - started, 2))
     s["counts_add_up"] = s["pairs"] == s["dubbed"] + s["rejected"] + s["skipped_resume"]
-    uri_mod.write_bytes_atomic(s["evaluate_manifest"], "".join(json.dumps(r, sort_keys=True) + "\n"
-                                                               for r in eval_rows).encode())
     data = json.dumps(s, indent=2, sort_keys=True).encode()
     uri_mod.write_bytes_atomic(uri_mod.join(output, "runs", run_id, "summary.json"), data)
     uri_mod.write_bytes_atomic(uri_mod.join(output, "summary.json"), data)
@@ -247,14 +277,18 @@ def build(p, manifest: str, checkpoint: str, output: str, cfg: dict, *, run_id: 
     items = (p | "Manifest" >> beam.Create([manifest])
                | "ListPairs" >> beam.FlatMap(sources.read_manifest, key=MANIFEST_KEY))
     listed = items | "CountListed" >> beam.combiners.Count.Globally()
-    acc = (items
+    results = (items
            | "Reshuffle" >> beam.Reshuffle()
            | "DubPair" >> beam.ParDo(jobrun.Tracked(
                DubPairFn(checkpoint, checkpoint_sha256, cfg, output, resume=resume, retry_rejects=retry_rejects),
-               describe=jobrun.uri_of, frames=jobrun.frames_of, progress_dir=progress_dir))
-           | "Summarise" >> beam.CombineGlobally(_Count()))
+               describe=jobrun.uri_of, frames=jobrun.frames_of, progress_dir=progress_dir)))
+    written = (_jsonl(results | "PairLines" >> beam.Map(pair_line),
+                      output=uri_mod.join(output, "runs", run_id), name="pairs.jsonl"),
+               _jsonl(results | "EvalRows" >> beam.FlatMap(eval_rows), output=output, name=EVAL_MANIFEST))
+    acc = results | "Summarise" >> beam.CombineGlobally(_Count())
     return acc | "WriteSummary" >> beam.Map(
-        write_summary, n_listed=beam.pvalue.AsSingleton(listed), output=output, run_id=run_id,
+        write_summary, n_listed=beam.pvalue.AsSingleton(listed),
+        written=beam.pvalue.AsList(written | "Written" >> beam.Flatten()), output=output, run_id=run_id,
         checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256, cfg=cfg, started=started)
 
 
@@ -366,8 +400,9 @@ def format_summary(s: dict, max_pairs: int = 20) -> str:
                          + (f", {len(r['references'])} references" if len(r.get("references", [])) > 1 else ""))
         else:
             lines.append(f"  {r['name']}: rejected ({r.get('reason')})")
-    if len(s["pairs_list"]) > max_pairs:
-        lines.append(f"  … {len(s['pairs_list']) - max_pairs} more pairs in {posixpath.join(s['output'], 'summary.json')}")
+    shown = min(max_pairs, len(s["pairs_list"]))
+    if s["pairs"] > shown:
+        lines.append(f"  … {s['pairs'] - shown} more pairs in {s['pairs_file']}")
     lines.append(f"  videos: {uri_mod.join(s['output'], 'videos')}   evaluate: {s['evaluate_manifest']}")
     return "\n".join(lines)
 

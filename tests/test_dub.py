@@ -56,7 +56,7 @@ def test_paste_back_of_its_own_crop_leaves_frame_unchanged():
     assert (out2[eyes[1], eyes[0]] == frame[eyes[1], eyes[0]]).all()
 
 
-def test_dub_pipeline_end_to_end(tmp_path, checkpoint, other_checkpoint):
+def test_dub_pipeline_end_to_end(tmp_path, checkpoint, other_checkpoint, monkeypatch):
     from pipelines import dub as dub_job
 
     ckpt, sha = checkpoint
@@ -91,9 +91,16 @@ def test_dub_pipeline_end_to_end(tmp_path, checkpoint, other_checkpoint):
     text = dub_job.format_summary(s)
     assert "spk15 dubbed.mp4: dubbed, 25 -> 25 fps, 30 frames, 224x224, audio 8000 Hz 1 ch (aac 128k)" in text, text
     assert "rejected (no_face)" in text and "4 pairs = 1 dubbed + 3 rejected + 0 finished earlier" in text
-    # rerun: every pair is finished by the same checkpoint and settings, nothing redone
+    # rerun: every pair is finished by the same checkpoint and settings, nothing redone. Every pair's line
+    # is in runs/<id>/pairs.jsonl; summary.json lists only the first MAX_LISTED_PAIRS by name (bounded)
+    monkeypatch.setattr(dub_job, "MAX_LISTED_PAIRS", 2)
     s2 = dub_job.run(str(manifest), ckpt, str(out), args, overrides=[f"checkpoint_sha256={sha}"], run_id="t2")
     assert s2["skipped_resume"] == 4 and s2["dubbed"] == 0
+    lines = [json.loads(x) for x in (out / "runs" / "t2" / "pairs.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and {r["now"] for r in lines} == {"skipped"} and s2["pairs_file"].endswith("t2/pairs.jsonl")
+    assert s2["pairs_list"] == sorted(lines, key=lambda r: r["name"])[:2]
+    assert "2 more pairs in " in dub_job.format_summary(s2)
+    assert not [p for p in out.rglob("*") if "beam-temp" in p.name or p.name.startswith(".tmp")]
     # another checkpoint: the outputs were made by something else, so they are dubbed again and replaced
     ckpt2, sha2 = other_checkpoint
     before = (out / "videos" / "spk15 dubbed.mp4").read_bytes()
@@ -309,7 +316,7 @@ def test_references_spread_over_poses(tmp_path, checkpoint):
     names = sorted(p.name for p in (out / "videos" / "a").iterdir())
     assert names == ["b.mp4", "b.ref1.mp4", "b.ref2.mp4"]
     ev = [json.loads(x) for x in (out / "evaluate_pairs.jsonl").read_text().splitlines()]
-    assert [e["key"] for e in ev] == ["a/b#ref0", "a/b#ref1", "a/b#ref2"]
+    assert sorted(e["key"] for e in ev) == ["a/b#ref0", "a/b#ref1", "a/b#ref2"]     # in no particular order
     # back to one reference: the extra outputs of the earlier make are removed
     s = dub_job.run(str(manifest), ckpt, str(out), ["--direct_num_workers=1"], overrides=[f"checkpoint_sha256={sha}"],
                     run_id="r2")
