@@ -10,6 +10,7 @@ the run summary counts them as failed, the CLI exits 1, nothing temporary is lef
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -272,6 +273,32 @@ def _worker_children() -> list[int]:
     return out
 
 
+@contextlib.contextmanager
+def signal_each_source_start(scratch: Path, sig: signal.Signals, times: int):
+    """While the block runs, send ``sig`` to the worker's child each time a source starts in it (its
+    scratch folder appears), ``times`` times; yields the list of pids signalled."""
+    hits, stop = [], threading.Event()
+
+    def watch():
+        seen: set[str] = set()
+        while not stop.is_set() and len(hits) < times:
+            new = {p.name for p in scratch.glob("radio-shard-*")} - seen
+            if new:  # a source just started in the child
+                seen |= new
+                (pid,) = _worker_children()
+                os.kill(pid, sig)
+                hits.append(pid)
+            time.sleep(0.005)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        yield hits
+    finally:
+        stop.set()
+        t.join()
+
+
 def test_killed_worker_is_retried_then_failed_and_resume_finishes(clips, tmp_path, monkeypatch):
     """SIGKILL the child doing a source's work (as the OOM killer would) each time a source starts,
     three times, with 2 tries per source: the first source fails (killed twice), the second is
@@ -281,26 +308,8 @@ def test_killed_worker_is_retried_then_failed_and_resume_finishes(clips, tmp_pat
     monkeypatch.setenv("TMPDIR", str(scratch))
     monkeypatch.setattr(tempfile, "tempdir", None)
     ds = str(tmp_path / "ds")
-    kills, stop = [], threading.Event()
-
-    def killer():
-        seen: set[str] = set()
-        while not stop.is_set() and len(kills) < 3:
-            new = {p.name for p in scratch.glob("radio-shard-*")} - seen
-            if new:  # a source just started in the child: kill it
-                seen |= new
-                (pid,) = _worker_children()
-                os.kill(pid, signal.SIGKILL)
-                kills.append(pid)
-            time.sleep(0.005)
-
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    try:
+    with signal_each_source_start(scratch, signal.SIGKILL, 3) as kills:
         summary = pipeline.run(str(clips), ds, ONE_WORKER, overrides=["worker.attempts=2", *FAST], run_id="killed")
-    finally:
-        stop.set()
-        t.join()
     assert len(kills) == 3 and len(set(kills)) == 3  # a new child after each kill
     assert summary["sources_with_rows"] == 1
     assert_failed_not_rejected(summary, ds, 1)
@@ -324,28 +333,10 @@ def test_stalled_worker_is_killed_retried_then_failed(clips, tmp_path, monkeypat
     monkeypatch.setenv("TMPDIR", str(scratch))
     monkeypatch.setattr(tempfile, "tempdir", None)
     ds = str(tmp_path / "ds")
-    stopped, stop = [], threading.Event()
-
-    def stopper():
-        seen: set[str] = set()
-        while not stop.is_set() and len(stopped) < 2:
-            new = {p.name for p in scratch.glob("radio-shard-*")} - seen
-            if new:
-                seen |= new
-                (pid,) = _worker_children()
-                os.kill(pid, signal.SIGSTOP)
-                stopped.append(pid)
-            time.sleep(0.005)
-
-    t = threading.Thread(target=stopper, daemon=True)
-    t.start()
     t0 = time.monotonic()
-    try:
+    with signal_each_source_start(scratch, signal.SIGSTOP, 2) as stopped:
         summary = pipeline.run(str(clips), ds, ONE_WORKER, run_id="stalled",
                                overrides=["worker.attempts=2", "worker.stall_s=3", *FAST])
-    finally:
-        stop.set()
-        t.join()
     assert len(stopped) == 2 and len(set(stopped)) == 2       # a new child after the first was killed
     assert time.monotonic() - t0 < 60
     assert summary["sources_with_rows"] == 1
