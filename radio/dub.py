@@ -29,7 +29,6 @@ Frames without a tracked face pass through unchanged.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
