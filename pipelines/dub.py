@@ -293,6 +293,18 @@ def build(p, manifest: str, checkpoint: str, output: str, cfg: dict, *, run_id: 
 
 
 # ------------------------------------------------------------------------------ up-front checks
+def check_output(output: str) -> None:
+    """The pair lines and evaluation rows go through Beam's file sink: the output must be a file
+    system Beam knows (local paths, gs://; s3:// etc. with their Beam extras)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        FileSystems.get_filesystem(output)
+    except ValueError as e:
+        raise DubInputError(f"--output {output}: Beam cannot write there (it knows local paths and gs://, "
+                            "s3:// with apache-beam[aws]).") from e
+
+
 def check_pairs(manifest: str, output: str) -> list[dict]:
     """The manifest's pairs; refuses unsafe or duplicate output names, naming both lines."""
     if not sources.is_manifest(manifest):
@@ -363,6 +375,7 @@ def run(manifest: str, checkpoint: str, output: str, pipeline_args=(), *, config
     if "://" not in output:
         output = os.path.abspath(output)  # outputs are named in evaluate_pairs.jsonl by full path
     summary_uri = uri_mod.join(output, "runs", run_id, "summary.json")
+    check_output(output)
     pairs = check_pairs(manifest, output)
     sha = check_checkpoint(checkpoint, job_cfg)
     check_landmarks(job_cfg)

@@ -81,13 +81,15 @@ def media_input(spec: str, flag: str = "--input") -> None:
                          f"({', '.join(sources.VIDEO_SUFFIXES[:4])}, ...).")
 
 
-def manifest(spec: str, columns: Sequence[str], flag: str = "--input") -> None:
-    """A .csv/.jsonl manifest that exists, parses and has at least one record with ``columns``."""
+def manifest(spec: str, columns: Sequence[str], flag: str = "--input", key: Sequence[str] = ("uri",)) -> None:
+    """A .csv/.jsonl manifest that exists, parses and has at least one record with ``columns``
+    (records with the same ``key`` fields are duplicates: one video dubbed with several speech
+    tracks is several pairs, not a duplicate)."""
     from preprocess import sources
 
     if not sources.is_manifest(spec):
         raise CheckError(f"{flag}: expected a .csv/.jsonl manifest with {', '.join(columns)}. Got {spec!r}.")
-    first = next(iter(sources.read_manifest(spec)), None)
+    first = next(iter(sources.read_manifest(spec, key=tuple(key))), None)
     if first is None:
         raise CheckError(f"{flag} {spec!r}: the manifest has no records.")
     missing = [c for c in columns if not first.get(c)]
@@ -136,7 +138,7 @@ def command(args: argparse.Namespace) -> None:
         dataset(args.data)
     elif cmd == "dub":
         output_folder(args.output)
-        manifest(args.input, ("uri", "audio_uri"))
+        manifest(args.input, ("uri", "audio_uri"), key=("uri", "audio_uri", "name"))   # as pipelines.dub
     elif cmd == "evaluate":
         output_folder(args.output)
         if args.reference:

@@ -80,6 +80,25 @@ def test_dub_manifest_without_audio_column(tmp_path, capsys):
                    capsys, tmp_path, says="no audio_uri")
 
 
+def test_dub_output_beam_cannot_write(tmp_path, capsys):
+    m = tmp_path / "pairs.jsonl"
+    m.write_text('{"uri": "%s", "audio_uri": "%s"}\n' % (CLIP, DATA_DIR / "david4.wav"))
+    assert_mistake(["dub", "--checkpoint", "x.pt", "--input", str(m), "--output", "memory://radio-test/dub"],
+                   capsys, tmp_path, says="Beam cannot write there")
+
+
+def test_one_video_with_two_speech_tracks_is_two_pairs_not_a_duplicate(tmp_path, caplog):
+    from radio import checks
+
+    m = tmp_path / "pairs.jsonl"
+    m.write_text('{"uri": "%s", "audio_uri": "a.wav"}\n{"uri": "%s", "audio_uri": "b.wav"}\n' % (CLIP, CLIP))
+    with caplog.at_level("WARNING"):
+        checks.manifest(str(m), ("uri", "audio_uri"), key=("uri", "audio_uri", "name"))
+        assert "duplicate" not in caplog.text
+        checks.manifest(str(m), ("uri",))            # a preprocess manifest: the same video twice
+        assert "duplicate" in caplog.text
+
+
 def test_missing_config_file(tmp_path, capsys):
     assert_mistake(["preprocess", "--input", CLIP, "--output", str(tmp_path / "ds"), "--config",
                     str(tmp_path / "nope.yaml")], capsys, tmp_path, says="no such config file")
