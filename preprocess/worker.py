@@ -77,7 +77,7 @@ class SourceWorker:
             os.close(to_parent_w)
         self._conn = _Duplex(to_parent_r, to_child_w)
         self._conn.send((self.cfg_dict, self.dataset, self.progress_every_s))
-        self._reply()  # ("ready",) once the backend is loaded
+        self._reply(self.stall_s)  # ("ready",) once the backend is loaded (a hung load is a stall too)
 
     def run(self, item: dict) -> dict[str, Any]:
         if self._proc is None or self._proc.poll() is not None:
