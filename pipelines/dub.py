@@ -261,6 +261,8 @@ def _jsonl(rows, *, output: str, name: str):
 
 def write_summary(a: dict, n_listed: int, written: list, *, output: str, run_id: str, checkpoint: str,
                   checkpoint_sha256: str, cfg: dict, started: float) -> dict:
+    """summary.json (in the run folder and at the top). ``written`` (the JSON-lines files, a side
+    input) is not read: it makes the summary the last thing written."""
     s = dict(a, run_id=run_id, pairs=n_listed, skipped_resume=a.pop("skipped"), output=output,
              checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256, config=cfg,
              pairs_file=uri_mod.join(output, "runs", run_id, "pairs.jsonl"),
@@ -278,10 +280,10 @@ def build(p, manifest: str, checkpoint: str, output: str, cfg: dict, *, run_id: 
                | "ListPairs" >> beam.FlatMap(sources.read_manifest, key=MANIFEST_KEY))
     listed = items | "CountListed" >> beam.combiners.Count.Globally()
     results = (items
-           | "Reshuffle" >> beam.Reshuffle()
-           | "DubPair" >> beam.ParDo(jobrun.Tracked(
-               DubPairFn(checkpoint, checkpoint_sha256, cfg, output, resume=resume, retry_rejects=retry_rejects),
-               describe=jobrun.uri_of, frames=jobrun.frames_of, progress_dir=progress_dir)))
+               | "Reshuffle" >> beam.Reshuffle()
+               | "DubPair" >> beam.ParDo(jobrun.Tracked(
+                   DubPairFn(checkpoint, checkpoint_sha256, cfg, output, resume=resume, retry_rejects=retry_rejects),
+                   describe=jobrun.uri_of, frames=jobrun.frames_of, progress_dir=progress_dir)))
     written = (_jsonl(results | "PairLines" >> beam.Map(pair_line),
                       output=uri_mod.join(output, "runs", run_id), name="pairs.jsonl"),
                _jsonl(results | "EvalRows" >> beam.FlatMap(eval_rows), output=output, name=EVAL_MANIFEST))

@@ -31,7 +31,6 @@ from typing import Any
 from preprocess import progress
 from preprocess.failures import EnvironmentFailure
 
-
 log = logging.getLogger(__name__)
 
 
@@ -77,7 +76,7 @@ class SourceWorker:
             os.close(to_parent_w)
         self._conn = _Duplex(to_parent_r, to_child_w)
         self._conn.send((self.cfg_dict, self.dataset, self.progress_every_s))
-        self._reply(self.stall_s)  # ("ready",) once the backend is loaded (a hung load is a stall too)
+        self._reply()  # ("ready",) once the backend is loaded (a hung load is a stall too)
 
     def run(self, item: dict) -> dict[str, Any]:
         if self._proc is None or self._proc.poll() is not None:
@@ -87,13 +86,15 @@ class SourceWorker:
             self._conn.send(("run", item))
         except OSError as e:  # the child is gone
             raise self._died() from e
-        return self._reply(self.stall_s)
+        return self._reply()
 
-    def _reply(self, stall_s: float = 0):
+    def _reply(self):
+        """The child's answer; its progress messages on the way are forwarded, and a silence of
+        ``stall_s`` kills it."""
         while True:
             try:
-                if stall_s and not self._conn.poll(stall_s):
-                    raise self._stalled(stall_s)
+                if self.stall_s and not self._conn.poll(self.stall_s):
+                    raise self._stalled()
                 kind, *rest = self._conn.recv()
             except (EOFError, OSError) as e:
                 raise self._died() from e
@@ -114,13 +115,13 @@ class SourceWorker:
         how = (f"killed by {signal.Signals(-rc).name}" if rc is not None and rc < 0 else f"exited with {rc}")
         return ChildDied(f"the worker's child process was {how} (out of memory?)")
 
-    def _stalled(self, stall_s: float) -> ChildStalled:
+    def _stalled(self) -> ChildStalled:
         proc, self._proc = self._proc, None
         if proc is not None:
             proc.kill()
             proc.wait()
         self._close_conn()
-        return ChildStalled(f"the worker's child process made no progress for {stall_s:g} s "
+        return ChildStalled(f"the worker's child process made no progress for {self.stall_s:g} s "
                             "(worker.stall_s) and was killed")
 
     def _close_conn(self) -> None:
