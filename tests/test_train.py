@@ -26,7 +26,7 @@ from preprocess.audio import mel_windows, model_input
 from preprocess.weights import WeightsError
 from preprocess.writer import write_table_atomic
 from radio import losses
-from radio.model import SyncNet
+from radio.model import RADIO, SyncNet
 from radio.train import build, checkpoint, cli as train_cli, data as data_mod, dist
 from radio.train.config import DataConfig, FilterConfig, load_train_config, micro_batch
 from radio.train.data import ShardStream, assign, make_loader, row_rejection
@@ -356,6 +356,47 @@ def test_radio_train_cli_end_to_end_then_resumes(sample_dataset, tmp_path, caplo
     assert radio.cli.main(args + ["--set", "run.steps=5"]) == 0
     assert "resuming from step 3" in caplog.text and "step 5/5" in caplog.text
     assert [s for s, _ in checkpoint.list_checkpoints(str(out))] == [4, 5]       # keep_checkpoints: 2
+
+
+def test_a_noise_free_run_from_before_noise_scales_were_dropped_resumes(sample_dataset, tmp_path, caplog):
+    """A `model.noise: false` checkpoint written when G still built its (never trained) noise scales:
+    resuming drops them from G and the EMA and renumbers G's Adam state by parameter name."""
+    caplog.set_level(logging.INFO, logger="radio.train")
+    base = ["--config", SMOKE, "--data", str(sample_dataset), "--set", "run.image_every=0"]
+    assert radio.cli.main(["train", *base, "--output", str(tmp_path / "new"), "--set", "run.steps=2"]) == 0
+    ckpt = checkpoint.load(checkpoint.latest(str(tmp_path / "new"))[1])
+    cfg = load_train_config(SMOKE, [])
+    with torch.device("meta"):
+        names = [n for n, _ in RADIO(cfg.model).named_parameters()]     # the order Adam's state uses
+    noise = {i for i, n in enumerate(names) if n.endswith(".noise.weight")}
+    assert noise and all(i in ckpt["optim"]["g"]["state"] for i in noise)
+    old = dict(ckpt, config={**ckpt["config"], "model": {**ckpt["config"]["model"], "noise": False}})
+    for name in ("generator", "ema"):                 # what the old code left: scales at 0, no Adam state
+        old["models"][name] = {k: torch.zeros_like(v) if k.endswith(".noise.weight") else v
+                               for k, v in ckpt["models"][name].items()}
+    old["optim"]["g"]["state"] = {i: v for i, v in ckpt["optim"]["g"]["state"].items() if i not in noise}
+    out = tmp_path / "old"
+    checkpoint.save(str(out), {k: v for k, v in old.items() if k != "format"})
+
+    cfg_off = load_train_config(SMOKE, ["model.noise=false"])
+    up = checkpoint.upgrade_noise_free(old, cfg_off.model)
+    models, opts = build.build_radio(cfg_off, torch.device("cpu"), dist.DistInfo())
+    build.restore(up, {"generator": models.generator, "ema": models.ema, "disc": models.disc},
+                  {"g": opts.g, "d": opts.d}, consumers=1)
+    restored = dict(models.generator.named_parameters())
+    assert len(restored) == len(names) - len(noise)
+    for i, name in enumerate(names):
+        if i not in noise:
+            assert torch.equal(restored[name], ckpt["models"]["generator"][name]), name
+            got = opts.g.state[restored[name]]
+            assert torch.equal(got["exp_avg"], ckpt["optim"]["g"]["state"][i]["exp_avg"]), name
+            assert torch.equal(got["exp_avg_sq"], ckpt["optim"]["g"]["state"][i]["exp_avg_sq"]), name
+
+    caplog.clear()
+    args = ["train", *base, "--output", str(out), "--set", "model.noise=false", "--set", "run.steps=3"]
+    assert radio.cli.main(args) == 0
+    assert "resuming from step 2" in caplog.text and f"dropping {len(noise)} noise scales" in caplog.text
+    assert [s for s, _ in checkpoint.list_checkpoints(str(out))][-1] == 3
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ Next to the checkpoints the run keeps an export for the other jobs, rewritten at
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -122,13 +123,51 @@ def load_generator(uri: str, sha256: str | None = None, *, ema: bool = True, all
     ckpt = torch.load(found.path, map_location="cpu", weights_only=True)
     model = RADIO(model_config_of(ckpt))
     state = ckpt["model"] if "model" in ckpt else ckpt["models"]["ema" if ema else "generator"]
-    if not model.cfg.noise:   # written before `model.noise: false` stopped building the (unused) scales
-        unused = [k for k in state if k.endswith(".noise.weight") and k not in model.state_dict()]
-        if unused:
-            log.info("%s: ignoring %d noise scales that model.noise: false never uses", uri, len(unused))
-            state = {k: v for k, v in state.items() if k not in unused}
+    unused = unused_noise_scales(state, model.cfg)
+    if unused:
+        log.info("%s: ignoring %d noise scales that model.noise: false never uses", uri, len(unused))
+        state = {k: v for k, v in state.items() if k not in unused}
     model.load_state_dict(state)
     return model.eval()
+
+
+# ---- checkpoints of `model.noise: false` from before G stopped building its unused noise scales ------
+def unused_noise_scales(state: dict, cfg: ModelConfig) -> set[str]:
+    """The noise scales in G's ``state`` that a ``model.noise: false`` G no longer has (they never
+    received a gradient, so they are still 0: dropping them changes nothing G computes)."""
+    if cfg.noise:
+        return set()
+    return {k for k in state if k.endswith(".noise.weight")}
+
+
+def upgrade_noise_free(ckpt: dict, cfg: ModelConfig, uri: str = "checkpoint") -> dict:
+    """A training checkpoint of a ``model.noise: false`` run written when G still built its noise
+    scales, made loadable by today's G: the scales leave G's and the EMA's weights, and G's Adam state
+    (indexed by parameter position) is renumbered by parameter name. Other checkpoints are returned as
+    they are."""
+    models = ckpt.get("models") or {}
+    unused = unused_noise_scales(models.get("generator") or {}, cfg)
+    if not unused:
+        return ckpt
+    from radio.model import RADIO
+
+    with torch.device("meta"):               # parameter names and order only, no memory
+        old_names = [n for n, _ in RADIO(dataclasses.replace(cfg, noise=True)).named_parameters()]
+        new_names = [n for n, _ in RADIO(cfg).named_parameters()]
+    if not unused <= set(old_names) or [n for n in old_names if n not in unused] != new_names:
+        raise ValueError(f"{uri}: its generator has noise scales that model.noise: false does not explain; "
+                         "cannot resume it")
+    new_index = {old: new_names.index(name) for old, name in enumerate(old_names) if name not in unused}
+    optim_g = ckpt["optim"]["g"]
+    optim_g = {**optim_g,
+               "state": {new_index[i]: v for i, v in optim_g["state"].items() if i in new_index},
+               "param_groups": [{**g, "params": [new_index[i] for i in g["params"] if i in new_index]}
+                                for g in optim_g["param_groups"]]}
+    log.info("%s: dropping %d noise scales that model.noise: false never uses (G, EMA and G's Adam state)",
+             uri, len(unused))
+    drop = {name: {k: v for k, v in state.items() if k not in unused} for name, state in models.items()
+            if name in ("generator", "ema")}
+    return {**ckpt, "models": {**models, **drop}, "optim": {**ckpt["optim"], "g": optim_g}}
 
 
 def load_sync(uri: str | None, sha256: str | None):

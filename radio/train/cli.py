@@ -131,6 +131,8 @@ def run_radio(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, *, on
         try:
             _announce(ckpt, output, cfg.run.steps, info)
             models, opts = build.build_radio(cfg, device, info)
+            if ckpt is not None:
+                ckpt = checkpoint.upgrade_noise_free(ckpt, cfg.model, output)
             resume, consumers, batches = _data(
                 cfg, ckpt, data, output, info, device, mode="radio", batch=cfg.run.batch,
                 modules={"generator": models.generator, "ema": models.ema, "disc": models.disc},
