@@ -70,10 +70,10 @@ class Tracked(beam.DoFn):
         except Exception:
             log.error("%s %s", FAILED_MARK, urllib.parse.quote(str(self.describe(element)), safe="/:"))
             raise
-        for out in outputs:
-            value = out.value if isinstance(out, beam.pvalue.TaggedOutput) else out
-            self.n_frames += int(self.frames(value) or 0)
-        self.items += 1
+        done = sum(int(self.frames(out.value if isinstance(out, beam.pvalue.TaggedOutput) else out) or 0)
+                   for out in outputs)
+        self.n_frames += max(done, self.partial)   # never below what the bar already showed (a source
+        self.items += 1                            # decodes more frames than its rows keep)
         self.partial = 0
         self._report()
         yield from outputs

@@ -359,6 +359,18 @@ def test_frames_of_a_long_item_show_while_it_runs(tmp_path):
     list(fn.process({"uri": "a"}))
     assert seen == [(1, 0, 7)] and bar.read() == (1, 1, 7)
 
+    class KeepsFewer(_FakeFn):                # a source decodes 7 frames, its rows keep 5
+        def process(self, item):
+            progress.frames(7)
+            seen.append(bar.read())
+            yield {"frames": 5}
+
+    fn = jobrun.Tracked(KeepsFewer(), describe=jobrun.uri_of, frames=jobrun.frames_of, progress_dir=str(tmp_path))
+    fn.setup()
+    fn._last = float("-inf")
+    list(fn.process({"uri": "b"}))
+    assert seen[-1] == (2, 1, 14) and bar.read() == (2, 2, 14)   # the count never steps back
+
 
 def test_failed_job_with_worker_processes_keeps_their_traces_out_of_the_console(tmp_path):
     """Two local worker processes (their tracebacks used to fill 200 lines of stderr): one line on
