@@ -58,6 +58,18 @@ def output_file(uri: str, flag: str = "--output") -> None:
     _writable_parent(os.path.dirname(path), uri, flag)
 
 
+def outside(uri: str, other: str, flag: str, other_flag: str, why: str) -> None:
+    """``uri`` is neither ``other`` nor under it (local paths compared resolved: ``ds``, ``./ds/``
+    and a symlink to it are one folder)."""
+    def norm(u: str) -> str:
+        path = _local_path(u)
+        return os.path.realpath(path) if path is not None else u.rstrip("/")
+
+    a, b = norm(other), norm(uri)
+    if b == a or b.startswith(a.rstrip("/") + "/"):
+        raise CheckError(f"{flag} {uri!r} is {other_flag} {other!r} or inside it: {why}; use a folder outside it.")
+
+
 def _writable_parent(path: str, uri: str, flag: str) -> None:
     cur = path
     while not os.path.exists(cur):
@@ -129,6 +141,7 @@ def command(args: argparse.Namespace) -> None:
     elif cmd == "compact":
         dataset(args.input, "--input")
         output_folder(args.output)
+        outside(args.output, args.input, "--output", "--input", "the compacted copy would mix with its source")
     elif cmd == "inspect":
         dataset(args.uri, "URI")
         if args.output:
@@ -136,6 +149,8 @@ def command(args: argparse.Namespace) -> None:
     elif cmd in ("train", "train-sync"):
         output_folder(args.output)
         dataset(args.data)
+        outside(args.output, args.data, "--output", "--data",
+                "checkpoints and logs would land in the dataset (and be copied by `radio compact`)")
     elif cmd == "dub":
         output_folder(args.output)
         manifest(args.input, ("uri", "audio_uri"), key=("uri", "audio_uri", "name"))   # as pipelines.dub

@@ -136,6 +136,20 @@ def test_train_on_a_folder_without_shards(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("output", ["same", "inside", "through a link"])
+def test_train_output_in_its_dataset(output, tmp_path, capsys, shards_dir):
+    """A run written into its dataset would mix checkpoints with shards (and `radio compact` would
+    copy them): refused however the two paths are spelled."""
+    before = sorted(p.relative_to(shards_dir) for p in shards_dir.rglob("*"))
+    (tmp_path / "link").symlink_to(shards_dir)
+    data, out = {"same": (str(shards_dir) + "/", str(shards_dir)),
+                 "inside": (str(shards_dir), str(shards_dir / "." / "run")),
+                 "through a link": (str(tmp_path / "link"), str(shards_dir / "run"))}[output]
+    assert_mistake(["train", "--config", str(REPO / "configs/smoke-cpu.yaml"), "--data", data, "--output", out],
+                   capsys, tmp_path, says="or inside it")
+    assert sorted(p.relative_to(shards_dir) for p in shards_dir.rglob("*")) == before
+
+
 def test_train_without_vgg19_weights(tmp_path, capsys, shards_dir):
     err = assert_mistake(["train", "--config", str(REPO / "configs/smoke-cpu.yaml"), "--data", str(shards_dir),
                           "--output", str(tmp_path / "run"), "--set", "loss.perceptual=1.0"],
