@@ -208,12 +208,22 @@ def main(argv: list[str] | None = None) -> int:
         from preprocess.errors import JobFailed, UserError
 
         if isinstance(e, UserError) and not args.verbose:
-            print(f"radio {args.command}: error: {e}", file=sys.stderr)
+            print(f"radio {args.command}: error: {one_line(e)}", file=sys.stderr)
             return 2
         if isinstance(e, JobFailed) and not args.verbose:
             print(f"radio {args.command}: job failed: {e}", file=sys.stderr)
             return 1
         raise
+
+
+def one_line(e: Exception) -> str:
+    """The message of ``e``; raised in a DataLoader worker, torch re-raises it with the worker's
+    traceback in the message ("Caught X in DataLoader worker process 0. Original Traceback ..."),
+    whose last line is ``module.X: message``."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        msg = msg.strip().splitlines()[-1].split(": ", 1)[-1]
+    return msg
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:

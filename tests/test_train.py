@@ -100,7 +100,7 @@ def test_shard_split_has_no_overlap_across_ranks_and_workers(shard_set, monkeypa
     rows = [_clips(stream, k, 6) for k in range(6)]
     assert sum(len(r) for r in rows) == 10 and set().union(*rows) == all_clips
     # more consumers than rows: the empty consumer says so instead of hanging
-    with pytest.raises(RuntimeError, match="no usable rows"):
+    with pytest.raises(data_mod.DataError, match="no usable rows"):
         next(stream.iter_consumer(11, 12))
 
 
@@ -397,6 +397,39 @@ def test_a_noise_free_run_from_before_noise_scales_were_dropped_resumes(sample_d
     assert radio.cli.main(args) == 0
     assert "resuming from step 2" in caplog.text and f"dropping {len(noise)} noise scales" in caplog.text
     assert [s for s, _ in checkpoint.list_checkpoints(str(out))][-1] == 3
+
+
+def test_a_run_that_fails_with_loader_workers_exits(sample_dataset, tmp_path):
+    """Loader workers ignore SIGTERM; left to interpreter exit (an error's traceback kept the loader
+    alive) they made the job print its error and then wait on them forever. Also: a config that
+    leaves no rows is the user's mistake in one line, though found inside a worker."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "radio.cli", "train", "--config", SMOKE, "--data", str(sample_dataset),
+           "--output", str(tmp_path / "run"), "--set", "run.steps=1", "--set", "data.workers=2",
+           "--set", "data.filters.face_size_min=100000"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail("radio train printed its error and did not exit (loader workers left running)")
+    last = [ln for ln in err.splitlines() if " INFO " not in ln]
+    assert p.returncode == 2 and len(last) == 1, err[-3000:]
+    assert last[0].startswith("radio train: error: Data consumer") and "face_size" in last[0]
+
+
+def test_training_error_stops_the_loader_workers(sample_dataset, tmp_path):
+    import multiprocessing
+
+    cfg = load_train_config(SMOKE, ["run.steps=3", "data.workers=2", "run.image_every=0"])
+
+    def fail(step, logs):
+        raise RuntimeError("a bug at step 1")
+
+    with pytest.raises(RuntimeError, match="a bug at step 1"):
+        train_cli.run_radio(cfg, None, str(sample_dataset), str(tmp_path / "run"), on_step=fail)
+    assert multiprocessing.active_children() == []
 
 
 @pytest.fixture(scope="module")

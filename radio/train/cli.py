@@ -22,7 +22,7 @@ from preprocess.config import ConfigError, plain
 
 from . import build, checkpoint, dist
 from .config import TrainConfig, from_dict, load_train_config, micro_batch, to_dict
-from .data import ShardStream, make_loader
+from .data import ShardStream, closing_loader, make_loader
 from .logger import Board
 from .preempt import PREEMPTED, StopSignal, ignore_stop_signals
 
@@ -138,9 +138,10 @@ def run_radio(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, *, on
                 modules={"generator": models.generator, "ema": models.ema, "disc": models.disc},
                 optimizers={"g": opts.g, "d": opts.d})
             del ckpt
-            return _run_loop(train, cfg, models, opts, batches, output=output, device=device, info=info,
-                             resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device),
-                             on_step=on_step, stop=stop)
+            with closing_loader(batches):
+                return _run_loop(train, cfg, models, opts, batches, output=output, device=device, info=info,
+                                 resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device),
+                                 on_step=on_step, stop=stop)
         finally:
             dist.shutdown()
 
@@ -163,9 +164,10 @@ def run_sync(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, *, on_
                                                   batch=cfg.sync_pretrain.batch, modules={"sync": net},
                                                   optimizers={"sync": opt})
             del ckpt
-            return _run_loop(train_sync, cfg, net, view, opt, batches, output=output, device=device, info=info,
-                             resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device),
-                             on_step=on_step, stop=stop)
+            with closing_loader(batches):
+                return _run_loop(train_sync, cfg, net, view, opt, batches, output=output, device=device,
+                                 info=info, resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device),
+                                 on_step=on_step, stop=stop)
         finally:
             dist.shutdown()
 

@@ -54,6 +54,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -474,8 +475,8 @@ class ShardStream(IterableDataset):
                    stats: Counter) -> None:
         log.info("consumer %d/%d epoch %d: %d samples from %d pieces (%s split); rows: %s",
                  k, n, epoch, produced, pieces, "row" if row_split else "piece", dict(stats))
-        if produced == 0:
-            raise RuntimeError(
+        if produced == 0:                  # the config's mistake (filters, split, ranks), found at step 1
+            raise DataError(
                 f"Data consumer {k} of {n} has no usable rows in {self.dataset!r} "
                 f"({len(self.shards)} shards, {len(self.pieces)} pieces; row filter counts {dict(stats)}). "
                 "Use fewer ranks/data.workers, relax data.filters / data.split, or add data.")
@@ -536,6 +537,20 @@ def _example_unsplit(uri: str) -> str:
 
     rows = shards.read_shard(uri, ["clip_id", "split"]).to_pylist()
     return next((r["clip_id"] for r in rows if r["split"] is None), "?")
+
+
+@contextmanager
+def closing_loader(batches):
+    """Stop a DataLoader iterator's worker processes when the block ends, however it ends. The
+    workers ignore SIGTERM (their rank decides when to stop), so an iterator left for interpreter exit
+    (a training error's traceback keeps it alive) made multiprocessing's exit handler wait on them
+    forever: the job printed its error and never exited."""
+    try:
+        yield batches
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)    # torch's multi-process iterator
+        if shutdown is not None:
+            shutdown()
 
 
 def make_loader(stream: ShardStream, micro_batch: int, *, pin_memory: bool = False,
