@@ -324,6 +324,54 @@ def test_resume_after_sigterm_is_bitwise_identical(sample_dataset, tmp_path):
             _assert_same(a[group][name], b[group][name], f"{group}.{name}")
 
 
+def test_resume_on_a_changed_dataset_starts_the_next_epoch(sample_dataset, tmp_path, caplog):
+    """A cursor is a position in one listing of shards: on a copy of the dataset elsewhere the run
+    continues exactly; with a shard added it starts the next epoch (nothing repeated), with a warning."""
+    import shutil
+
+    over = ["run.steps=2", "run.checkpoint_every=2", "run.image_every=0", "data.shuffle_shards=1"]
+    ds = tmp_path / "ds"
+    shutil.copytree(sample_dataset, ds)
+
+    def windows(run):                                     # step -> [(consumer, epoch, chunk, offset, clip, frame)]
+        out: dict = {}
+        for line in (run / "w" / "windows-rank0.tsv").read_text().splitlines():
+            step, *rest = line.split("\t")
+            out.setdefault(int(step), []).append(tuple(rest))
+        return out
+
+    straight = tmp_path / "straight"
+    cfg3 = load_train_config(SMOKE, over + ["run.steps=3", f"run.windows_log={straight / 'w'}"])
+    assert train_cli.run_radio(cfg3, None, str(ds), str(straight)) == 0
+    first = tmp_path / "first"
+    cfg = load_train_config(SMOKE, over + [f"run.windows_log={first / 'w'}"])
+    assert train_cli.run_radio(cfg, None, str(ds), str(first)) == 0
+    ckpt = checkpoint.load(checkpoint.latest(str(first))[1])
+    assert ckpt["data"]["listing"] == ShardStream(str(ds), cfg.data, resolution=96).listing
+
+    moved = tmp_path / "moved"
+    shutil.copytree(ds, moved)
+    caplog.set_level(logging.WARNING, logger="radio.train")
+    for name, data in (("same", moved), ("grown", ds)):
+        if name == "grown":
+            shard = sorted((ds / "rows").glob("*.parquet"))[0]
+            shutil.copy(shard, ds / "rows" / "ffffffffffffffff.parquet")
+        run = tmp_path / name
+        shutil.copytree(first, run)
+        cfg_r = load_train_config(SMOKE, over + ["run.steps=3", f"run.windows_log={run / 'w'}"])
+        caplog.clear()
+        assert train_cli.run_radio(cfg_r, checkpoint.load(checkpoint.latest(str(run))[1]), str(data), str(run)) == 0
+        if name == "same":
+            assert "shards changed" not in caplog.text
+            assert windows(run)[3] == windows(straight)[3]
+        else:
+            last_epoch = max(int(w[1]) for w in windows(first)[2])
+            assert f"shards changed since the checkpoint" in caplog.text
+            assert f"starts epoch {last_epoch + 1}" in caplog.text
+            assert {int(w[1]) for w in windows(run)[3]} == {last_epoch + 1}
+            assert checkpoint.load(checkpoint.latest(str(run))[1])["data"]["listing"] != ckpt["data"]["listing"]
+
+
 def _assert_same(x, y, where):
     if isinstance(x, torch.Tensor):
         assert torch.equal(x, y), where

@@ -52,6 +52,7 @@ class Resume:
     step: int = 0
     cursors: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     next_slot: int = 0
+    listing: str | None = None      # the data listing the cursors point into (ShardStream.listing)
 
 
 def select_device(name: str, info: dist.DistInfo) -> torch.device:

@@ -11,6 +11,7 @@ the run reached its last step, 143 when SIGTERM / Ctrl-C stopped it after a chec
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import gc
 import logging
 
@@ -22,6 +23,7 @@ from preprocess.config import ConfigError, plain
 
 from . import build, checkpoint, dist
 from .config import TrainConfig, from_dict, load_train_config, micro_batch, to_dict
+from .cursors import same_listing
 from .data import ShardStream, closing_loader, make_loader
 from .logger import Board
 from .preempt import PREEMPTED, StopSignal, ignore_stop_signals
@@ -111,7 +113,11 @@ def _data(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, info: dis
         resume = build.restore(ckpt, modules, optimizers, consumers, workers)
     _write_config(output, cfg, info)
     stream = ShardStream(data, cfg.data, resolution=cfg.model.resolution, mode=mode, rank=info.rank,
-                         world=info.world, start=resume.cursors, worker_shift=resume.next_slot)
+                         world=info.world)
+    start, shift = same_listing((ckpt or {}).get("data") or {}, stream.listing, resume.cursors, resume.next_slot,
+                                consumers)
+    stream.start, stream.worker_shift = start, shift
+    resume = dataclasses.replace(resume, cursors=start, next_slot=shift, listing=stream.listing)
     if info.main:
         log.info("data: %d shards in %s, %d consumers (%d ranks x %d workers); batch %d = %d ranks x %d "
                  "accumulation x %d windows of %d frames; resolution %d; amp %s", len(stream.shards), data,

@@ -206,6 +206,7 @@ class ShardStream(IterableDataset):
         good = self._drop_bad(infos)
         self.shards = [i.uri for i in good]
         self.pieces = catalog.pieces(good, int(cfg.piece_mib * 2**20))
+        self.listing = listing_id(good, self.pieces)
         self.unsplit = self._unsplit(good)      # the footers are not kept: 10^6 of them weigh GBs
         self.half = cfg.frames // 2
         extra = 1 if mode == "radio" else 0           # a reference outside the window must exist
@@ -537,6 +538,18 @@ def _example_unsplit(uri: str) -> str:
 
     rows = shards.read_shard(uri, ["clip_id", "split"]).to_pylist()
     return next((r["clip_id"] for r in rows if r["split"] is None), "?")
+
+
+def listing_id(good: list[catalog.ShardInfo], pieces: list[catalog.Piece]) -> str:
+    """What a data cursor (epoch, chunk, offset) is a position in: the good shards (file name, size,
+    rows per row group) and how they are cut into pieces. A dataset copied elsewhere keeps its id; a
+    shard added, removed or rewritten, or another ``data.piece_mib``, changes it."""
+    h = hashlib.sha256()
+    for info in good:
+        h.update(f"{info.uri.rsplit('/', 1)[-1]}\t{info.size}\t{[r for r, _ in info.groups]}\n".encode())
+    for p in pieces:
+        h.update(f"{p.shard},{p.first},{p.count};".encode())
+    return h.hexdigest()[:16]
 
 
 @contextmanager

@@ -64,7 +64,8 @@ class Result:
 
 
 def tracker_for(resume: Resume, info: dist.DistInfo, consumers: int, cfg: TrainConfig) -> CursorTracker:
-    return CursorTracker(info.rank, consumers // info.world, resume.cursors, resume.next_slot, cfg.run.windows_log)
+    return CursorTracker(info.rank, consumers // info.world, resume.cursors, resume.next_slot, cfg.run.windows_log,
+                         listing=resume.listing)
 
 
 def _gather_rng() -> list[dict]:
