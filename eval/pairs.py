@@ -12,7 +12,8 @@ as written. An empty ``generated``/``reference`` cell is an error in the manifes
 **Two folders** (``--generated DIR_OR_GLOB --reference DIR``): video files (by suffix) under each
 are matched by relative path without the suffix (``spk1/clip 03.mp4`` ↔ ``spk1/clip 03.mov``); an
 exact relative path wins over a suffix-only difference, and two references with the same stem are
-an error (write a manifest). A generated video without a reference and a reference without a
+an error (write a manifest). A folder or glob that lists no video on either side is an error
+(a mistake, not an empty run that would replace a run of the same id). A generated video without a reference and a reference without a
 generated video are both kept as pairs with the missing side empty. A generated video without a
 reference becomes a ``missing_file`` reject; a reference without a generated video is
 **unpaired** (:func:`is_unpaired`): counted apart (inputs = scored + rejected + unpaired), never
@@ -124,8 +125,9 @@ def read_manifest(uri: str, *, reference_root: str | None, dataset: str, method:
         yield make_pair(key, gen, ref, cells.get("dataset") or dataset, cells.get("method") or method)
 
 
-def _videos(spec: str) -> dict[str, str]:
-    """Relative path -> full URI of the video files of a folder or glob."""
+def _videos(spec: str, flag: str = "--generated") -> dict[str, str]:
+    """Relative path -> full URI of the video files of a folder or glob; a folder or glob that
+    lists none is a mistake (:class:`PairsError`), never an empty run."""
     fs, path = fsspec.core.url_to_fs(spec)
     if any(c in path for c in GLOB_CHARS):
         root = path[: min(path.index(c) for c in GLOB_CHARS if c in path)]
@@ -141,12 +143,15 @@ def _videos(spec: str) -> dict[str, str]:
     for p in found:
         rel = p[len(root) + 1:] if root and p.startswith(root + "/") else posixpath.basename(p)
         out[rel] = _full_uri(fs, p)
+    if not out:
+        what = "glob" if any(c in path for c in GLOB_CHARS) else "folder"
+        raise PairsError(f"{flag} {spec!r}: the {what} lists no video files ({', '.join(VIDEO_SUFFIXES[:4])}, ...).")
     return out
 
 
 def match_folders(generated: str, reference: str, *, dataset: str, method: str) -> Iterator[dict]:
     """Pairs of two folders matched by relative path without suffix, sorted by key."""
-    gen, ref = _videos(generated), _videos(reference)
+    gen, ref = _videos(generated, "--generated"), _videos(reference, "--reference")
     by_stem: dict[str, list[str]] = {}
     for rel in ref:
         by_stem.setdefault(_stem(rel), []).append(rel)

@@ -110,6 +110,15 @@ def manifest(spec: str, columns: Sequence[str], flag: str = "--input", key: Sequ
                          f"(columns: {', '.join(columns)}).")
 
 
+def evaluate_pairs(generated: str, reference: str | None) -> None:
+    """``radio evaluate``'s pairs can be listed: a pairs manifest, or a generated folder/glob and a
+    reference folder that each list a video (an empty side is a mistake, not an empty run that
+    replaces the day's run)."""
+    from eval import pairs
+
+    next(iter(pairs.list_pairs(generated, reference)), None)
+
+
 def exists(uri: str, flag: str, what: str) -> None:
     import fsspec
 
@@ -158,6 +167,7 @@ def command(args: argparse.Namespace) -> None:
         output_folder(args.output)
         if args.reference:
             exists(args.reference, "--reference", "folder")
+        evaluate_pairs(args.generated, args.reference)
 
 
 def job_config(args: argparse.Namespace):

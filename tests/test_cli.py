@@ -409,6 +409,16 @@ def test_bad_set_key_names_the_closest(tmp_path, capsys):
                     "--set", "max_frame=10"], capsys, tmp_path, says="did you mean 'max_frames'?")
 
 
+def test_evaluate_generated_that_lists_no_video(tmp_path, capsys):
+    """A glob that matches nothing or an empty folder is a mistake: it used to exit 0 with
+    '2 pairs = 0 scored + 0 rejected + 2 unpaired', replacing the day's run with an empty one."""
+    (tmp_path / "empty").mkdir()
+    for gen in (str(tmp_path / "gen" / "*.mp5"), str(tmp_path / "empty")):
+        assert_mistake(["evaluate", "--generated", gen, "--reference", str(DATA_DIR), "--output", str(tmp_path / "e"),
+                        "--set", "lpips.enabled=false", "--set", "sync.enabled=false"], capsys, tmp_path,
+                       says=f"--generated {gen!r}: the ")
+
+
 def test_face_alignment_without_weights(tmp_path, capsys):
     assert_mistake(["preprocess", "--input", CLIP, "--output", str(tmp_path / "ds"),
                     "--set", "faces.backend=face_alignment"], capsys, tmp_path,

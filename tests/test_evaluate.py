@@ -250,6 +250,27 @@ def test_missing_weights_fail_unless_the_metric_is_off(tmp_path, inputs):
     assert not (tmp_path / "o").exists()
 
 
+def test_generated_side_listing_nothing_keeps_the_earlier_run(tmp_path):
+    """An empty generated folder (or a glob matching nothing) used to exit 0 with every reference
+    unpaired and replace the run of the same id (the day's run, by default) with an empty one:
+    now a one-line mistake (exit 2) before the output is touched."""
+    from pipelines import evaluate as job
+
+    (tmp_path / "gen").mkdir()
+    earlier = tmp_path / "o" / "runs" / "r" / "summary.json"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text('{"scored": 5}')
+    for gen in (str(tmp_path / "gen"), str(tmp_path / "gen" / "*.mp5")):
+        class Args:
+            generated, reference, output, run_id = gen, str(DATA_DIR), str(tmp_path / "o"), "r"
+            dataset, method, config, overrides = None, None, None, ["lpips.enabled=false", "sync.enabled=false"]
+            no_progress = True
+        assert job.main(Args, []) == 2
+        with pytest.raises(pairs_mod.PairsError, match="--generated .*lists no video files"):
+            list(pairs_mod.list_pairs(gen, str(DATA_DIR)))
+    assert earlier.read_text() == '{"scored": 5}' and sorted(p.name for p in earlier.parent.iterdir()) == ["summary.json"]
+
+
 # ------------------------------------------------------------------------------- pairing
 def _touch(root: Path, *names):
     for n in names:
