@@ -26,8 +26,9 @@ and the dub settings that change the output (``radio.dub.output_config``; not ba
 threads). With ``--resume`` (the default) a pair is skipped only when its marker was made by
 exactly that; anything else — another checkpoint, other settings, other inputs, or a video
 without a marker — is dubbed again and its earlier outputs are replaced whole, atomically (the
-summary counts these as ``replaced``). ``--no-resume`` dubs every pair again; ``--retry-rejects``
-dubs rejected pairs again.
+summary counts these as ``replaced``). Only a successful dub replaces or removes earlier outputs: a
+pair rejected now keeps them (its marker lists them as ``earlier_outputs``). ``--no-resume`` dubs every
+pair again; ``--retry-rejects`` dubs rejected pairs again.
 
 Up front, before any work (one line, exit 2): the manifest, output names, the checkpoint (exists,
 sha256 pinned and equal, loads as a RADIO generator) and the landmark backend's weights.
@@ -127,6 +128,12 @@ def finished(marker: dict | None, made_by: str, retry_rejects: bool) -> bool:
     return marker.get("status") == "rejected" and not retry_rejects
 
 
+def earlier_outputs(marker: dict | None) -> list[str]:
+    """The output files an earlier marker names: its own outputs, or (a reject) those it kept."""
+    marker = marker or {}
+    return [*marker.get("outputs", []), *marker.get("earlier_outputs", [])]
+
+
 class DubPairFn(beam.DoFn):
     def __init__(self, checkpoint: str, checkpoint_sha256: str, cfg: dict, output: str, *, resume: bool,
                  retry_rejects: bool):
@@ -162,16 +169,16 @@ class DubPairFn(beam.DoFn):
             return
         outs = output_uris(self.output, item, self.cfg.dub.references)
         result = {"pair_id": pair_id(item), "pair_key": pair_key(item), "name": output_name(item),
-                  "uri": item["uri"], "audio_uri": item.get("audio_uri"), **ident,
-                  "replaced": any(uri_mod.exists(u) for u in outs)
-                  and not (earlier and earlier.get("made_by") == ident["made_by"])}
+                  "uri": item["uri"], "audio_uri": item.get("audio_uri"), **ident}
+        replaces = (any(uri_mod.exists(u) for u in outs)
+                    and not (earlier and earlier.get("made_by") == ident["made_by"]))
         try:
             if not item.get("audio_uri"):
                 raise DubError("input", "no_audio_uri", "manifest row has no audio_uri")
             comment = json.dumps({k: ident[k] for k in ("made_by", "checkpoint_sha256", "dub")}, sort_keys=True)
             stats = dub_uris(item["uri"], item["audio_uri"], outs, self.model, self.backend, self.cfg.dub,
                              self.device, comment)
-            result.update(status="dubbed", outputs=outs, **stats)
+            result.update(status="dubbed", outputs=outs, replaced=replaces, **stats)
             self.dubbed.inc()
             self.frames.inc(stats["frames"] * len(outs))
         except (DubError, MediaError) as e:  # a fact about this pair: a typed reject, the job goes on
@@ -181,11 +188,19 @@ class DubPairFn(beam.DoFn):
                           message=traceback.format_exception_only(type(e), e)[-1].strip()[:2000])
             self.rejected.inc()
             Metrics.counter(NS, f"rejects_{reason}").inc()
-        # outputs of an earlier, different make that this one does not overwrite (fewer references)
-        for stale in sorted(set((earlier or {}).get("outputs", [])) - set(result.get("outputs", []))):
-            fs, path = fsspec.core.url_to_fs(stale)
-            if fs.exists(path):
-                fs.rm(path)
+        earlier_outs = set(earlier_outputs(earlier))
+        if result["status"] == "dubbed":
+            # outputs of an earlier, different make that this one does not overwrite (fewer references)
+            for stale in sorted(earlier_outs - set(outs)):
+                fs, path = fsspec.core.url_to_fs(stale)
+                if fs.exists(path):
+                    fs.rm(path)
+        else:
+            # a reject removes nothing: earlier outputs stay until a successful dub replaces them, and
+            # the marker keeps naming them (so that dub can remove the ones it does not overwrite)
+            kept = sorted(u for u in earlier_outs if uri_mod.exists(u))
+            if kept:
+                result["earlier_outputs"] = kept
         uri_mod.write_bytes_atomic(marker_uri, json.dumps(result, sort_keys=True).encode())
         yield dict(result, status_now=result["status"])
 

@@ -29,6 +29,7 @@ Frames without a tracked face pass through unchanged.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -47,7 +48,7 @@ import cv2
 import numpy as np
 import torch
 
-from preprocess import align, audio, media, progress, video
+from preprocess import align, audio, failures, media, progress, video
 from preprocess import uri as uri_mod
 from preprocess.config import ConfigError, to_dict
 
@@ -55,6 +56,9 @@ log = logging.getLogger(__name__)
 
 LENGTHS = ("speech", "video")
 PRECISIONS = ("auto", "fp32", "bf16")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+CRF_RANGE = (0, 51)  # libx264, 8-bit
 COPY_CODECS = frozenset({"aac", "mp3", "alac", "ac3", "eac3", "opus"})  # MP4 holds these as they are
 
 
@@ -100,6 +104,10 @@ class DubConfig:
             raise ConfigError("Expected dub.references, dub.batch_size and dub.queue_batches >= 1.")
         if self.fps < 0:
             raise ConfigError(f"Expected dub.fps >= 0 (0 = the source's rate). Got {self.fps}.")
+        if self.x264_preset not in X264_PRESETS:
+            raise ConfigError(f"Expected dub.x264_preset in {X264_PRESETS}. Got {self.x264_preset!r}.")
+        if isinstance(self.crf, bool) or not isinstance(self.crf, int) or not CRF_RANGE[0] <= self.crf <= CRF_RANGE[1]:
+            raise ConfigError(f"Expected dub.crf an integer in {CRF_RANGE[0]}..{CRF_RANGE[1]}. Got {self.crf!r}.")
 
 
 SPEED_FIELDS = ("batch_size", "chunk", "queue_batches", "threads")
@@ -446,8 +454,24 @@ class _Encoder:
         rc = self.proc.wait()
         self._reader.join()
         if rc != 0:
-            err = b"".join(self._err).decode(errors="replace")
-            raise DubError("encode", "ffmpeg_failed", f"ffmpeg failed: {err[-1000:]}")
+            raise encoder_failure(rc, b"".join(self._err).decode(errors="replace"))
+
+
+_ENV_TEXT = ((errno.ENOSPC, "No space left on device"), (errno.EDQUOT, "Disk quota exceeded"),
+             (errno.EIO, "Input/output error"), (errno.EROFS, "Read-only file system"),
+             (errno.ENOMEM, "Cannot allocate memory"))
+
+
+def encoder_failure(rc: int, err: str) -> Exception:
+    """What a failed encoder says about the pair. Killed by a signal (the OOM killer, a shutting-down
+    machine) or out of disk / I/O: the machine's fault, an environment failure (raised, retried, never a
+    reject). Anything else: the pair's (``DubError`` 'ffmpeg_failed')."""
+    if rc < 0:
+        return failures.EnvironmentFailure(f"the encoder (ffmpeg) was killed by signal {-rc} (out of memory?)")
+    for code, text in _ENV_TEXT:
+        if text.lower() in err.lower():
+            return OSError(code, f"the encoder (ffmpeg) failed: {err.strip()[-300:]}")
+    return DubError("encode", "ffmpeg_failed", f"ffmpeg failed: {err[-1000:]}")
 
 
 def _autocast(device, precision: str):
@@ -586,15 +610,15 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
         finally:
             pool.shutdown()
             errors = []
-            for enc in encs:
+            for enc in encs:  # every encoder is closed (and waited for), whatever the others say
                 try:
                     t = time.perf_counter()
                     enc.close()
                     timer.add("encode_finish", time.perf_counter() - t)
-                except DubError as e:
+                except Exception as e:  # DubError, or an environment failure (killed, no space)
                     errors.append(e)
-        if errors:
-            raise errors[0]
+        if errors:  # an environment failure of any encoder wins over the pair's own error
+            raise next((e for e in errors if not isinstance(e, DubError)), errors[0])
         secs = time.perf_counter() - t0
         return {"frames": n_out, "frames_dubbed": n_dubbed, "video_frames": n_video, "references": refs,
                 "source_fps": round(float(info.fps), 3), "source_vfr": bool(info.is_vfr),

@@ -80,6 +80,14 @@ def test_dub_manifest_without_audio_column(tmp_path, capsys):
                    capsys, tmp_path, says="no audio_uri")
 
 
+@pytest.mark.parametrize("setting, says", [("dub.x264_preset=ultrafst", "dub.x264_preset"), ("dub.crf=60", "dub.crf")])
+def test_dub_bad_x264_preset_or_crf(tmp_path, capsys, setting, says):
+    m = tmp_path / "pairs.jsonl"
+    m.write_text('{"uri": "%s", "audio_uri": "%s"}\n' % (CLIP, DATA_DIR / "david4.wav"))
+    assert_mistake(["dub", "--checkpoint", "x.pt", "--input", str(m), "--output", str(tmp_path / "dub"),
+                    "--set", setting], capsys, tmp_path, says=says)
+
+
 def test_dub_output_beam_cannot_write(tmp_path, capsys):
     m = tmp_path / "pairs.jsonl"
     m.write_text('{"uri": "%s", "audio_uri": "%s"}\n' % (CLIP, DATA_DIR / "david4.wav"))

@@ -405,3 +405,89 @@ def test_vfr_source_becomes_cfr_at_its_average_rate(tmp_path, model, backend):
     oinfo = media.probe(str(out))
     assert not oinfo.is_vfr and Fraction(oinfo.r_frame_rate) == rate, oinfo
     assert len(video.read_frames(str(out), fps=rate)) == s["frames"] == int(np.ceil(float(rate)))
+
+
+def _pair_fn(tmp_path, monkeypatch, dub_uris, references: int = 1, checkpoint_sha256: str = "c" * 64):
+    """A DubPairFn without its model (``dub_uris`` stands in for the dubbing), writing to tmp_path/out."""
+    from pipelines import dub as dub_job
+
+    cfg = config_mod.to_dict(dub_job.DubJobConfig(dub=dub.DubConfig(references=references)))
+    fn = dub_job.DubPairFn("ckpt.pt", checkpoint_sha256, cfg, str(tmp_path / "out"), resume=True,
+                           retry_rejects=False)
+    fn.cfg = config_mod.from_dict(dub_job.DubJobConfig, cfg)
+    fn.model = fn.backend = None
+    fn.device = "cpu"
+    monkeypatch.setattr(dub, "dub_uris", dub_uris)
+    return fn
+
+
+def _fake_dub(video, audio_uri, outs, *a, **k):
+    from preprocess import uri as uri_mod
+
+    for o in outs:
+        uri_mod.write_bytes_atomic(o, b"video of " + video.encode())
+    return {"frames": 3}
+
+
+def test_a_reject_keeps_earlier_outputs_until_a_dub_replaces_them(tmp_path, monkeypatch):
+    """A pair dubbed earlier (2 references) whose redo is rejected keeps both outputs; the next
+    successful dub (1 reference) replaces the first and only then removes the other."""
+    from pipelines import dub as dub_job
+
+    src = tmp_path / "v.mp4"
+    src.write_bytes(b"v")
+    item = {"uri": str(src), "audio_uri": str(src), "name": "a"}
+    list(_pair_fn(tmp_path, monkeypatch, _fake_dub, references=2, checkpoint_sha256="a" * 64).process(item))
+    outs = [tmp_path / "out" / "videos" / n for n in ("a.mp4", "a.ref1.mp4")]
+    assert all(o.exists() for o in outs)
+
+    def reject(*a, **k):
+        raise dub.DubError("faces", "no_face", "no face track in the video")
+
+    (r,) = _pair_fn(tmp_path, monkeypatch, reject, checkpoint_sha256="b" * 64).process(item)
+    assert r["status"] == "rejected" and not r.get("replaced")
+    assert all(o.exists() for o in outs), "a reject deleted earlier good outputs"
+    (r,) = _pair_fn(tmp_path, monkeypatch, _fake_dub, checkpoint_sha256="c" * 64).process(item)
+    assert r["status"] == "dubbed" and r["replaced"]
+    assert outs[0].exists() and not outs[1].exists()   # the extra reference of the earlier make is gone
+    marker = json.loads((tmp_path / "out" / "done" / f"{dub_job.pair_key(item)}.json").read_text())
+    assert marker["outputs"] == [str(outs[0])]
+
+
+def test_a_killed_or_out_of_space_encoder_is_an_environment_failure(tmp_path, monkeypatch):
+    """ffmpeg killed by a signal, or out of disk: raised for the runner to retry (no reject, no done
+    marker); any other ffmpeg failure is the pair's reject."""
+    from fractions import Fraction
+
+    from preprocess import failures
+
+    wav = str(DATA_DIR / "david4.wav")
+    enc = dub._Encoder(str(tmp_path / "x.mp4"), 64, 64, wav, 0, 18, "ultrafast", Fraction(25), ["-c:a", "aac"])
+    enc.proc.kill()
+    with pytest.raises(Exception) as e:
+        enc.close()
+    assert not isinstance(e.value, dub.DubError) and failures.is_environment_error(e.value), e.value
+    enc = dub._Encoder("/dev/full", 64, 64, wav, 0, 18, "ultrafast", Fraction(25), ["-c:a", "aac", "-t", "0.2", "-f", "mp4"])
+    for _ in range(5):
+        enc.write(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(OSError) as e:
+        enc.close()
+    assert failures.is_environment_error(e.value), e.value
+    assert isinstance(dub.encoder_failure(1, "Invalid data found when processing input"), dub.DubError)
+
+    def killed(*a, **k):
+        raise dub.encoder_failure(-9, "")
+
+    src = tmp_path / "v.mp4"
+    src.write_bytes(b"v")
+    item = {"uri": str(src), "audio_uri": str(src), "name": "a"}
+    with pytest.raises(failures.EnvironmentFailure):
+        list(_pair_fn(tmp_path, monkeypatch, killed).process(item))
+    assert not (tmp_path / "out" / "done").exists()
+
+
+def test_bad_x264_preset_or_crf_is_refused_in_the_config():
+    for bad in ({"x264_preset": "ultrafst"}, {"crf": 52}, {"crf": -1}):
+        with pytest.raises(config_mod.ConfigError, match="x264_preset|crf"):
+            config_mod.from_dict(dub.DubConfig, bad)
+    assert dub.DubConfig(x264_preset="veryslow", crf=0).crf == 0
