@@ -18,9 +18,10 @@ failed shard write is retried alone. The summary comes from a combiner
 (:mod:`eval.aggregate`), never from the rows gathered in one place.
 
 Idempotent per run id: every file is written whole to a temporary sibling and moved into place
-(``preprocess.uri.write_bytes_atomic``); the last step removes the shards of an earlier run of the
-same id that this run did not write, so re-running the same id replaces the tables — never
-appends, never duplicates. ``summary.json`` is written last. Rows within a shard are sorted
+(``preprocess.uri.write_bytes_atomic``); before any row, :func:`prepare_run_dir` removes an earlier
+run of the same id (its ``summary.json`` first, then reports and shards), so re-running the same id
+replaces the tables — never appends, never duplicates, and a rerun killed halfway leaves a folder
+without ``summary.json``, which never claims to be complete. ``summary.json`` is written last. Rows within a shard are sorted
 (dataset, method, key), so the same inputs give the same files.
 """
 from __future__ import annotations
@@ -202,13 +203,40 @@ def write_shard(out_dir: str, table: str, index: int, rows: list[dict], run_id: 
     return uri
 
 
+#: what a finished run writes besides its tables; ``summary.json``, its completion marker, first
+RUN_FILES = ("summary.json", "summary.md", "summary.csv", "report.html", "reference_spread.json",
+             "reference_spread.csv")
+
+
 def prepare_run_dir(out_dir: str) -> None:
-    """Before a run: drop a previous run's single-file tables (layout 1), which the shard folders
-    of the same names replace."""
-    for table in TABLES:
-        fs, path = fsspec.core.url_to_fs(uri_mod.join(out_dir, f"{table}.parquet"))
-        if fs.exists(path) and not fs.isdir(path):
+    """Before a run of an id that may already exist, in place: first remove the completion marker
+    ``summary.json`` (written last by :func:`write_summary`), so that from here until this run's
+    last step the folder never looks complete — a rerun killed halfway leaves no summary claiming
+    the earlier run next to the new rows; then the earlier run's reports and reference spread,
+    every shard of its tables (a run with more shards left some this run would not overwrite),
+    single-file tables (layout 1) and temporary files of killed writes. ``job.log`` is replaced
+    by the new run. (In place rather than a staging folder swapped at the end: object stores have
+    no folder rename, so a swap would itself be a many-file copy that a kill can interrupt.)"""
+    fs, root = fsspec.core.url_to_fs(out_dir)
+    if not fs.isdir(root):
+        return
+    for name in RUN_FILES:  # summary.json first
+        path = posixpath.join(root, name)
+        if fs.exists(path):
             fs.rm(path)
+    for table in TABLES:
+        path = posixpath.join(root, f"{table}.parquet")
+        if not fs.exists(path):
+            continue
+        if not fs.isdir(path):
+            fs.rm(path)
+            continue
+        for p in fs.ls(path, detail=False):
+            if posixpath.basename(p).startswith(("part-", ".tmp-")):
+                fs.rm(p)
+    for p in fs.ls(root, detail=False):
+        if posixpath.basename(p).startswith(".tmp-"):
+            fs.rm(p)
 
 
 def finish_tables(out_dir: str, written: list[str], run_id: str) -> dict:

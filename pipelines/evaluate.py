@@ -18,9 +18,11 @@ count, about 2,000 pairs per shard) and each shard is written by one worker; the
 exact means and CIs, provenance, a bounded sample of rows for histograms) is a ``CombineFn``; the
 sample crops travel only through per-metric Top-K combiners.
 
-Idempotent per run id (default: today's UTC date): everything goes to OUTPUT/runs/<run_id>/; each
-file is replaced whole and atomically and the last step removes shards an earlier run of the same
-id left, so re-running an id overwrites that run and never adds duplicate rows.
+Idempotent per run id (default: today's UTC date): everything goes to OUTPUT/runs/<run_id>/; before
+the job starts ``results.prepare_run_dir`` removes an earlier run of that id (its completion marker
+summary.json first), each file is written whole and atomically and summary.json comes last, so
+re-running an id overwrites that run, never adds duplicate rows, and a killed rerun never looks
+complete.
 """
 from __future__ import annotations
 

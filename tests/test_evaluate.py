@@ -188,6 +188,40 @@ def test_rerun_same_run_id_overwrites_through_the_cli(first_run, inputs):
     assert sorted(p.name for p in (Path(inputs["out"]) / "runs").iterdir()) == ["r1"]
 
 
+def test_a_killed_rerun_never_looks_complete(tmp_path, monkeypatch):
+    """Rerunning a run id used to keep the earlier run's summary.json and reports until the last
+    step: a rerun killed halfway left the new shards next to a summary claiming a complete run.
+    Now the earlier run (summary.json first, reports, spread, every shard, temp files) is gone
+    before the job starts; here the job dies on its pairs (an environment failure)."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    from pipelines import evaluate as job
+
+    run = tmp_path / "out" / "runs" / "r"
+    earlier = [run / n for n in results.RUN_FILES] + [
+        run / "metrics.parquet" / f"part-{i:05d}.parquet" for i in range(3)] + [
+        run / "frames.parquet" / "part-00007.parquet", run / "rejects.parquet" / ".tmp-ab-part-00000.parquet",
+        run / ".tmp-cd-summary.json"]
+    for f in earlier:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"earlier run")
+    (run / "job.log").write_text("earlier log")
+
+    def killed(*a):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(clip_mod, "evaluate_pair", killed)
+    (tmp_path / "gen").mkdir()
+    shutil.copyfile(DATA_DIR / "00015.mp4", tmp_path / "gen" / "00015.mp4")
+    with pytest.raises(Exception) as e:
+        job.run(str(tmp_path / "gen"), str(tmp_path / "out"), reference=str(DATA_DIR), run_id="r",
+                overrides=["lpips.enabled=false", "sync.enabled=false"],
+                test_pipeline=beam.Pipeline(runner=fn_runner.FnApiRunner()))
+    assert "Input/output error" in str(e.value)
+    assert [str(f) for f in earlier if f.exists()] == []
+    assert not (run / "summary.json").exists()
+
+
 # ------------------------------------------------------------------------------- one pair
 def test_sync_with_random_weights_is_labelled_unofficial(weights):
     cfg = config_mod.load(EvalConfig, None, [
