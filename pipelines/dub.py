@@ -21,7 +21,8 @@ Input: a manifest (.csv / .jsonl) with ``uri`` (video), ``audio_uri`` (speech) a
 
 **What a pair is.** A pair is its output name (two manifest lines with the same output name are
 refused before any work, naming both lines). What made its output is recorded in its done marker
-and in each video's metadata (``comment``): the video and speech URIs, the checkpoint's sha256
+and in each video's metadata (``comment``): the video and speech URIs and fingerprints of their
+content (size + mtime of a local file; generation / etag / md5 / size of a remote one), the checkpoint's sha256
 and the dub settings that change the output (``radio.dub.output_config``; not batch sizes or
 threads). With ``--resume`` (the default) a pair is skipped only when its marker was made by
 exactly that; anything else — another checkpoint, other settings, other inputs, or a video
@@ -104,10 +105,36 @@ def done_uri(output: str, item: dict) -> str:
     return uri_mod.join(output, "done", f"{pair_key(item)}.json")
 
 
+#: what ``fs.info`` says of a remote file that changes when its content does (gs: generation, md5Hash;
+#: s3: ETag; http: ETag; any: size and modification time)
+_CHANGE_KEYS = ("generation", "etag", "ETag", "md5Hash", "md5", "crc32c", "size", "mtime", "updated",
+                "LastModified", "last_modified", "created")
+
+
+def fingerprint(uri: str | None) -> dict | None:
+    """A cheap fingerprint of an input's content, without reading it: size and mtime (ns) of a local
+    file, what ``fs.info`` gives of a remote one (generation / etag / md5 / size / time). None when
+    there is no such file (the dub rejects it). Network errors propagate (retried)."""
+    if not uri:
+        return None
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        if uri_mod.is_local(uri):
+            st = os.stat(path)
+            return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        info = fs.info(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return {k: str(info[k]) for k in _CHANGE_KEYS if info.get(k) is not None}
+
+
 def identity(item: dict, checkpoint_sha256: str, cfg: DubConfig) -> dict:
-    """What makes a pair's outputs: inputs, checkpoint and the output-affecting dub settings."""
+    """What makes a pair's outputs: inputs (URIs and content fingerprints), checkpoint and the
+    output-affecting dub settings. A marker written before fingerprints existed has another
+    ``made_by``: its pair is dubbed again (and counted as replaced)."""
     ident = {"video": item["uri"], "audio": item.get("audio_uri"), "checkpoint_sha256": checkpoint_sha256,
-             "dub": output_config(cfg)}
+             "dub": output_config(cfg), "video_fingerprint": fingerprint(item["uri"]),
+             "audio_fingerprint": fingerprint(item.get("audio_uri"))}
     ident["made_by"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return ident
 

@@ -491,3 +491,42 @@ def test_bad_x264_preset_or_crf_is_refused_in_the_config():
         with pytest.raises(config_mod.ConfigError, match="x264_preset|crf"):
             config_mod.from_dict(dub.DubConfig, bad)
     assert dub.DubConfig(x264_preset="veryslow", crf=0).crf == 0
+
+
+def test_a_changed_input_at_the_same_uri_is_dubbed_again(tmp_path, monkeypatch):
+    """The pair's identity holds a fingerprint of each input (local: size + mtime): rewriting the
+    video or the speech at the same path redoes the pair (counted as replaced); an untouched pair is
+    skipped; a marker from before fingerprints (no fingerprint fields) is redone."""
+    import os
+
+    from pipelines import dub as dub_job
+
+    video, speech = tmp_path / "v.mp4", tmp_path / "s.wav"
+    video.write_bytes(b"v1")
+    speech.write_bytes(b"s1")
+    item = {"uri": str(video), "audio_uri": str(speech), "name": "a"}
+    fn = _pair_fn(tmp_path, monkeypatch, _fake_dub)
+    assert [r["status_now"] for r in fn.process(item)] == ["dubbed"]
+    assert [r["status_now"] for r in fn.process(item)] == ["skipped"]
+    st = os.stat(video)
+    video.write_bytes(b"v2 longer")
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns))       # same mtime, other size
+    (r,) = fn.process(item)
+    assert r["status_now"] == "dubbed" and r["replaced"], r
+    os.utime(speech, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same size, touched
+    (r,) = fn.process(item)
+    assert r["status_now"] == "dubbed" and r["replaced"], r
+    # an old marker (no fingerprints): made by something else, so dubbed again
+    marker = tmp_path / "out" / "done" / f"{dub_job.pair_key(item)}.json"
+    old = json.loads(marker.read_text())
+    ident = {k: old[k] for k in ("video", "audio", "checkpoint_sha256", "dub")}
+    old["made_by"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    marker.write_text(json.dumps(old))
+    (r,) = fn.process(item)
+    assert r["status_now"] == "dubbed" and r["replaced"], r
+    # remote files: what fs.info gives
+    import fsspec
+
+    fsspec.filesystem("memory").pipe("/radio-test-fp/v.mp4", b"x")
+    fp = dub_job.fingerprint("memory://radio-test-fp/v.mp4")
+    assert fp["size"] == "1" and dub_job.fingerprint("memory://radio-test-fp/none.mp4") is None
