@@ -9,7 +9,8 @@ the manifest's folder — or, for ``reference``, against ``--reference`` when it
 :func:`preprocess.uri.join` (no absolute parts, no '..'); full URIs and absolute paths are used
 as written. An empty ``generated``/``reference`` cell is an error in the manifest.
 
-**Two folders** (``--generated DIR_OR_GLOB --reference DIR``): video files (by suffix) under each
+**Two folders** (``--generated DIR_OR_GLOB --reference DIR``; a folder or manifest that exists is
+used as written even when its name holds ``[ ] ? *``, a glob only otherwise): video files (by suffix) under each
 are matched by relative path without the suffix (``spk1/clip 03.mp4`` ↔ ``spk1/clip 03.mov``); an
 exact relative path wins over a suffix-only difference, and two references with the same stem are
 an error (write a manifest). A folder or glob that lists no video on either side is an error
@@ -58,8 +59,17 @@ def make_pair(key: str, generated: str | None, reference: str | None, dataset: s
             "reference": reference, "dataset": dataset, "method": method}
 
 
+def _is_glob(spec: str) -> bool:
+    """A spec with glob characters that names no existing path: an existing folder or file whose
+    name holds '[', ']', '?' or '*' is used literally."""
+    if not any(c in spec for c in GLOB_CHARS):
+        return False
+    fs, path = fsspec.core.url_to_fs(spec)
+    return not fs.exists(path)
+
+
 def is_manifest(spec: str) -> bool:
-    return spec.lower().endswith(MANIFEST_SUFFIXES) and not any(c in spec for c in GLOB_CHARS)
+    return spec.lower().endswith(MANIFEST_SUFFIXES) and not _is_glob(spec)
 
 
 def _full_uri(fs, path: str) -> str:
@@ -129,7 +139,8 @@ def _videos(spec: str, flag: str = "--generated") -> dict[str, str]:
     """Relative path -> full URI of the video files of a folder or glob; a folder or glob that
     lists none is a mistake (:class:`PairsError`), never an empty run."""
     fs, path = fsspec.core.url_to_fs(spec)
-    if any(c in path for c in GLOB_CHARS):
+    glob = _is_glob(spec)
+    if glob:
         root = path[: min(path.index(c) for c in GLOB_CHARS if c in path)]
         root = root if root.endswith("/") else posixpath.dirname(root)
         found = [p for p in fs.glob(path) if fs.isfile(p)]
@@ -144,7 +155,7 @@ def _videos(spec: str, flag: str = "--generated") -> dict[str, str]:
         rel = p[len(root) + 1:] if root and p.startswith(root + "/") else posixpath.basename(p)
         out[rel] = _full_uri(fs, p)
     if not out:
-        what = "glob" if any(c in path for c in GLOB_CHARS) else "folder"
+        what = "glob" if glob else "folder"
         raise PairsError(f"{flag} {spec!r}: the {what} lists no video files ({', '.join(VIDEO_SUFFIXES[:4])}, ...).")
     return out
 
@@ -185,7 +196,7 @@ def is_unpaired(pair: dict) -> bool:
 
 def _folder_name(spec: str) -> str:
     _, path = fsspec.core.url_to_fs(spec)
-    if any(c in path for c in GLOB_CHARS):
+    if _is_glob(spec):
         path = path[: min(path.index(c) for c in GLOB_CHARS if c in path)]
         path = path if path.endswith("/") else posixpath.dirname(path)
     return posixpath.basename(path.rstrip("/")) or "root"

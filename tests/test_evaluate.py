@@ -331,6 +331,24 @@ def test_pairs_by_relative_path(tmp_path):
         list(pairs_mod.list_pairs(str(gen)))
 
 
+def test_existing_names_with_glob_characters_are_literal(tmp_path):
+    """Folders and manifests whose names hold '[', ']', '?' or '*' used to be globbed (matching
+    nothing, or other files); an existing path is now used as written, a missing one is a glob."""
+    gen, ref = tmp_path / "gen[1]", tmp_path / "ref [a]?"
+    _touch(gen, "a.mp4")
+    _touch(ref, "a.mp4", "b.mp4")
+    _touch(tmp_path / "gen1", "other.mp4")  # what gen[1] means as a glob
+    pairs = list(pairs_mod.list_pairs(str(gen), str(ref)))
+    assert {p["key"]: (p["generated"], p["reference"]) for p in pairs} == {
+        "a": (str(gen / "a.mp4"), str(ref / "a.mp4")), "b": (None, str(ref / "b.mp4"))}
+    assert pairs_mod.default_names(str(gen), str(ref)) == ("ref [a]?", "gen[1]")
+    m = tmp_path / "m[2].jsonl"
+    m.write_text('{"generated": "gen[1]/a.mp4", "reference": "ref [a]?/a.mp4"}\n')
+    assert pairs_mod.is_manifest(str(m)) and pairs_mod.default_names(str(m), None)[1] == "m[2]"
+    assert [p["generated"] for p in pairs_mod.list_pairs(str(m))] == [str(gen / "a.mp4")]
+    assert {p["key"] for p in pairs_mod.list_pairs(str(tmp_path / "gen?" / "*.mp4"), str(ref)) if p["generated"]} == {"gen1/other"}
+
+
 def test_pairs_manifest_rules(tmp_path):
     m = tmp_path / "pairs.jsonl"
     m.write_text('{"generated": "g/x.mp4", "reference": "x.mp4", "dataset": "HDTF"}\n'
