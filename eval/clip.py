@@ -70,7 +70,8 @@ log = logging.getLogger(__name__)
 
 FPS = 25
 SAMPLES_PER_FRAME = 16000 // FPS
-REJECT_REASONS = ("missing_file", "length_mismatch", "no_face", "undecodable", "scoring_error")
+REJECT_REASONS = ("missing_file", "length_mismatch", "no_face", "undecodable", "unsupported_scheme", "too_large",
+                  "scoring_error")
 #: failures of the machine, not of the pair: never a reject, the runner retries the element
 ENVIRONMENT_ERRORS = (OSError, MemoryError)
 NO_CAP = 10 ** 9  # tracker segment cap: one segment per continuous track
@@ -111,7 +112,8 @@ def failure_reject(e: Exception) -> PairReject | None:
 
 
 def _media_reject(e: MediaError, side: str) -> PairReject:
-    reason = "missing_file" if e.reason == "not_found" else "undecodable"
+    reason = {"not_found": "missing_file", "unsupported_scheme": "unsupported_scheme",
+              "too_large": "too_large"}.get(e.reason, "undecodable")
     return PairReject(reason, f"{e.stage}/{e.reason}: {e.message}", side, e.stage)
 
 
@@ -366,10 +368,17 @@ def _sync_row(res: dict | None, status: str, reason: str | None, boxes: SyncBoxe
     return out
 
 
-def _check_files(gen_path: str, ref_path: str) -> None:
+def _check_files(gen_path: str, ref_path: str, schemes) -> None:
+    """Both files named, of an allowed URI scheme (checked before anything is opened) and present."""
+    from preprocess.sources import scheme_of
+
     for path, side in ((gen_path, "generated"), (ref_path, "reference")):
         if not path:
             raise PairReject("missing_file", f"no {side} video paired with this key", side, "pair")
+        if scheme_of(path) not in schemes:
+            raise PairReject("unsupported_scheme", f"{scheme_of(path)}:// is not allowed (input.schemes: "
+                             f"{list(schemes)}): {path}", side, "open")
+    for path, side in ((gen_path, "generated"), (ref_path, "reference")):
         try:
             found = uri_mod.exists(path)
         except (OSError, ValueError) as e:
@@ -381,7 +390,9 @@ def _check_files(gen_path: str, ref_path: str) -> None:
 def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tuple[dict, dict]:
     """Score a generated video against its reference, streamed in blocks of ``cfg.chunk_frames``.
 
-    gen_path, ref_path: fsspec URIs (remote files are copied to a temp file first).
+    gen_path, ref_path: fsspec URIs of a scheme in ``cfg.input.schemes`` (else an
+    ``unsupported_scheme`` reject); remote files are copied to a temp file first, at most
+    ``cfg.input.max_source_bytes`` (else ``too_large``).
     models: :class:`eval.models.EvalModels` (loaded once per worker).
     Returns ``(row, frames)``: ``row`` a flat dict of clip scores and provenance (protocol and its
     version, landmark backend and fitting, crop size, Sync box source and status, weight hashes,
@@ -397,10 +408,16 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
     timer = _Timer()
     t_start = time.perf_counter()
     chunk = cfg.chunk_frames
-    _check_files(gen_path, ref_path)
+    schemes, max_bytes = tuple(cfg.input.schemes), cfg.input.max_source_bytes
+    _check_files(gen_path, ref_path, schemes)
     with contextlib.ExitStack() as stack:
-        gen_local = stack.enter_context(uri_mod.local_copy(gen_path))
-        ref_local = stack.enter_context(uri_mod.local_copy(ref_path))
+        local = {}
+        for path, side in ((gen_path, "generated"), (ref_path, "reference")):
+            try:
+                local[side] = stack.enter_context(uri_mod.local_copy(path, max_bytes=max_bytes, schemes=schemes))
+            except MediaError as e:  # too_large (a fact about the file); an I/O error propagates
+                raise _media_reject(e, side) from e
+        gen_local, ref_local = local["generated"], local["reference"]
         with timer("probe"):
             gen_info, ref_info = _probe(gen_local, "generated"), _probe(ref_local, "reference")
         n_gen, n_ref = frame_count(gen_info), frame_count(ref_info)

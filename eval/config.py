@@ -23,6 +23,9 @@ One dataclass tree, loaded with :func:`preprocess.config.load` (unknown keys are
       s3fd_uri: gs://BUCKET/weights/s3fd-619a316812.pth   # S3FD boxes on every frame, as official;
       s3fd_sha256: 619a3168...          # default: landmarks.backend_args.sfd_uri of face_alignment,
                                         # else the landmark backend's tracker boxes (labelled)
+    input:
+      schemes: [file, gs, memory]       # URI schemes pairs may use ('file' = local paths); http only when listed
+      max_source_bytes: 17179869184     # 16 GiB per video, checked before it is copied (else a too_large reject)
     landmarks:
       backend: dlib                     # preprocess.landmarks backend (offline default)
       backend_args: {}                  # dlib: fit_boxes 5 unless set (preprocess uses 1); rows
@@ -87,6 +90,14 @@ class SyncConfig:
 
 
 @dataclass
+class EvalInputConfig:
+    """Where pairs' videos may come from, as ``radio preprocess``'s ``input.schemes`` and
+    ``limits.max_source_bytes``: a manifest naming another scheme is refused before any work."""
+    schemes: list[str] = field(default_factory=lambda: ["file", "gs", "memory"])  # URI schemes of videos ('file' = local paths); http/https only when listed
+    max_source_bytes: int = 16 * 2**30  # size of one video, checked before it is copied (else a too_large reject)
+
+
+@dataclass
 class EvalLandmarksConfig:
     backend: str = "dlib"                       # preprocess.landmarks.get_backend name
     backend_args: dict = field(default_factory=dict)  # backend options (dlib: fit_boxes 5 unless set)
@@ -106,6 +117,7 @@ class EvalConfig:
     device: str = "cpu"         # cpu | cuda
     lpips: LpipsConfig = field(default_factory=LpipsConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    input: EvalInputConfig = field(default_factory=EvalInputConfig)
     landmarks: EvalLandmarksConfig = field(default_factory=EvalLandmarksConfig)
 
     def __post_init__(self) -> None:
@@ -131,3 +143,10 @@ class EvalConfig:
         if self.sync.box_scale <= 0:
             raise ConfigError(f"sync.box_scale: expected > 0. Got {self.sync.box_scale}.")
         self.sync.track_config()  # unknown track keys fail at load, not on a worker
+        schemes = self.input.schemes
+        if not isinstance(schemes, list) or not schemes or not all(isinstance(x, str) and x for x in schemes):
+            raise ConfigError(f"input.schemes: expected a non-empty list of URI schemes (file = local paths). "
+                              f"Got {schemes!r}.")
+        self.input.schemes = [x.lower() for x in schemes]
+        if self.input.max_source_bytes < 1:
+            raise ConfigError(f"input.max_source_bytes: expected >= 1. Got {self.input.max_source_bytes}.")

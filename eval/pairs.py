@@ -33,12 +33,12 @@ import hashlib
 import io
 import json
 import posixpath
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import fsspec
 
 from preprocess import uri as uri_mod
-from preprocess.sources import VIDEO_SUFFIXES
+from preprocess.sources import VIDEO_SUFFIXES, scheme_of
 from preprocess.errors import UserError
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
@@ -120,9 +120,19 @@ def _records(uri: str) -> list[dict]:
     return out
 
 
-def read_manifest(uri: str, *, reference_root: str | None, dataset: str, method: str) -> Iterator[dict]:
-    """Pairs of a CSV/JSONL manifest (see the module docstring)."""
+def _check_scheme(value: str, schemes, where: str) -> None:
+    """PairsError unless ``value``'s scheme is allowed (``schemes`` None: any)."""
+    if schemes is not None and scheme_of(value) not in schemes:
+        raise PairsError(f"{where}: {scheme_of(value)}:// is not an allowed scheme (allowed: {', '.join(schemes)}; "
+                         f"set input.schemes to read from it). Got {value!r}.")
+
+
+def read_manifest(uri: str, *, reference_root: str | None, dataset: str, method: str,
+                  schemes: Sequence[str] | None = None) -> Iterator[dict]:
+    """Pairs of a CSV/JSONL manifest (see the module docstring); every record is checked (columns,
+    paths, URI schemes in ``schemes``) before the first pair is yielded."""
     base = posixpath.dirname(uri)
+    out = []
     for n, rec in enumerate(_records(uri), 1):
         where = f"{uri}: record {n}"
         cells = {k: (str(v).strip() if v is not None else "") for k, v in rec.items() if k is not None}
@@ -131,8 +141,11 @@ def read_manifest(uri: str, *, reference_root: str | None, dataset: str, method:
                 raise PairsError(f"{where} has no {col!r} (columns: generated, reference[, dataset, method, key]).")
         gen = _resolve(cells["generated"], base, where)
         ref = _resolve(cells["reference"], reference_root or base, where)
+        _check_scheme(gen, schemes, f"{where}, generated")
+        _check_scheme(ref, schemes, f"{where}, reference")
         key = cells.get("key") or _default_key(cells["generated"])
-        yield make_pair(key, gen, ref, cells.get("dataset") or dataset, cells.get("method") or method)
+        out.append(make_pair(key, gen, ref, cells.get("dataset") or dataset, cells.get("method") or method))
+    yield from out
 
 
 def _videos(spec: str, flag: str = "--generated") -> dict[str, str]:
@@ -213,13 +226,17 @@ def default_names(generated: str, reference: str | None) -> tuple[str, str]:
 
 
 def list_pairs(generated: str, reference: str | None = None, *, dataset: str = "dataset",
-               method: str = "method") -> Iterator[dict]:
+               method: str = "method", schemes: Sequence[str] | None = None) -> Iterator[dict]:
     """Every pair of a run, each listed once: ``{'pair_id', 'key', 'generated', 'reference',
-    'dataset', 'method'}`` (a missing side is None)."""
+    'dataset', 'method'}`` (a missing side is None). ``schemes``: the URI schemes the specs and
+    every video may have (``'file'`` for local paths; ``input.schemes``), None: any."""
     if not dataset or not method:
         raise PairsError("Expected non-empty --dataset and --method names.")
+    _check_scheme(generated, schemes, "--generated")
+    if reference is not None:
+        _check_scheme(reference, schemes, "--reference")
     if is_manifest(generated):
-        it = read_manifest(generated, reference_root=reference, dataset=dataset, method=method)
+        it = read_manifest(generated, reference_root=reference, dataset=dataset, method=method, schemes=schemes)
     elif reference is None:
         raise PairsError("--reference is required unless --generated is a pairs manifest (.csv/.jsonl).")
     else:

@@ -104,7 +104,7 @@ METRICS_SCHEMA = pa.schema(_PAIR_FIELDS + [
 ])
 
 REJECTS_SCHEMA = pa.schema(_PAIR_FIELDS + [
-    pa.field("reason", pa.string(), nullable=False),  # missing_file | length_mismatch | no_face | undecodable
+    pa.field("reason", pa.string(), nullable=False),  # eval.clip.REJECT_REASONS: missing_file | length_mismatch | no_face | undecodable | ...
     pa.field("side", pa.string(), nullable=False),    # generated | reference | pair
     pa.field("stage", pa.string(), nullable=False),
     pa.field("message", pa.string(), nullable=False),

@@ -146,9 +146,10 @@ def _shard(item: tuple, n_shards: int):
 def build(p: beam.Pipeline, *, generated: str, reference: str | None, out_dir: str, run_id: str, dataset: str,
           method: str, cfg_dict: dict, started: float, progress_dir: str | None = None):
     """Wire the graph on ``p``; listing runs inside the job (no URI list is embedded in the graph)."""
+    schemes = tuple(cfg_dict["input"]["schemes"])
     listed = (p | "Spec" >> beam.Create([(generated, reference)])
                 | "ListPairs" >> beam.FlatMap(lambda s: pairs_mod.list_pairs(s[0], s[1], dataset=dataset,
-                                                                               method=method)))
+                                                                               method=method, schemes=schemes)))
     n_pairs = listed | "CountPairs" >> beam.combiners.Count.Globally()
     n_shards = n_pairs | "ShardCount" >> beam.Map(results.n_shards_for)
     paired, unpaired = listed | "Unpaired" >> beam.Partition(lambda pair, _: int(pairs_mod.is_unpaired(pair)), 2)
@@ -214,8 +215,9 @@ def run(generated: str, output: str, pipeline_args=(), *, reference: str | None 
     check_weights(cfg)  # fail here, with the fix, not on every worker
     default_dataset, default_method = pairs_mod.default_names(generated, reference)
     dataset, method = dataset or default_dataset, method or default_method
-    first = list(itertools.islice(pairs_mod.list_pairs(generated, reference, dataset=dataset, method=method),
-                                  os.cpu_count() or 1))
+    schemes = tuple(cfg.input.schemes)
+    first = list(itertools.islice(pairs_mod.list_pairs(generated, reference, dataset=dataset, method=method,
+                                                       schemes=schemes), os.cpu_count() or 1))
     if not first:
         raise pairs_mod.PairsError(f"No pairs: nothing to evaluate in {generated!r}.")
     if test_pipeline is not None:
@@ -227,7 +229,8 @@ def run(generated: str, output: str, pipeline_args=(), *, reference: str | None 
     results.prepare_run_dir(out_dir)
     build(p, generated=generated, reference=reference, out_dir=out_dir, run_id=run_id, dataset=dataset,
           method=method, cfg_dict=cfg_dict, started=started, progress_dir=folder)
-    n_pairs = sum(1 for _ in pairs_mod.list_pairs(generated, reference, dataset=dataset, method=method)) if folder else 0
+    n_pairs = sum(1 for _ in pairs_mod.list_pairs(generated, reference, dataset=dataset, method=method,
+                                                  schemes=schemes)) if folder else 0
     bar = jobrun.Bar(folder, n_pairs, unit="pair", desc="evaluate", stream=None,
                      workers=options_mod.local_workers(p.options)) if folder else None
     jobrun.run(p, log_uri=uri_mod.join(out_dir, "job.log"), is_local=is_local, bar=bar, namespace=NS)

@@ -143,7 +143,7 @@ def command(args: argparse.Namespace) -> None:
     if getattr(args, "config", None):
         exists(args.config, "--config", "config file")
     cmd = args.command
-    job_config(args)
+    cfg = job_config(args)
     if cmd == "preprocess":
         output_folder(args.output)
         media_input(args.input)
@@ -161,7 +161,12 @@ def command(args: argparse.Namespace) -> None:
         outside(args.output, args.data, "--output", "--data",
                 "checkpoints and logs would land in the dataset (and be copied by `radio compact`)")
     elif cmd == "dub":
+        from pipelines import dub as dub_job
+
         output_folder(args.output)
+        # every line first (names, schemes, two lines writing one output: refused naming both lines)
+        dub_job.check_pairs(args.input, args.output, getattr(args, "references", None) or cfg.dub.references,
+                            tuple(cfg.input.schemes))
         manifest(args.input, ("uri", "audio_uri"), key=("uri", "audio_uri", "name"))   # as pipelines.dub
     elif cmd == "evaluate":
         output_folder(args.output)

@@ -427,6 +427,15 @@ def test_evaluate_generated_that_lists_no_video(tmp_path, capsys):
                        says=f"--generated {gen!r}: the ")
 
 
+def test_evaluate_manifest_with_a_disallowed_scheme(tmp_path, capsys):
+    """http:// and ftp:// videos in a pairs manifest used to be fetched; now refused before any work."""
+    m = tmp_path / "pairs.jsonl"
+    m.write_text(f'{{"generated": "ftp://127.0.0.1:9/x.mp4", "reference": "{CLIP}"}}\n')
+    assert_mistake(["evaluate", "--generated", str(m), "--output", str(tmp_path / "e"),
+                    "--set", "lpips.enabled=false", "--set", "sync.enabled=false"], capsys, tmp_path,
+                   says="record 1, generated: ftp:// is not an allowed scheme (allowed: file, gs, memory; set input.schemes")
+
+
 def test_face_alignment_without_weights(tmp_path, capsys):
     assert_mistake(["preprocess", "--input", CLIP, "--output", str(tmp_path / "ds"),
                     "--set", "faces.backend=face_alignment"], capsys, tmp_path,

@@ -349,6 +349,32 @@ def test_existing_names_with_glob_characters_are_literal(tmp_path):
     assert {p["key"] for p in pairs_mod.list_pairs(str(tmp_path / "gen?" / "*.mp4"), str(ref)) if p["generated"]} == {"gen1/other"}
 
 
+def test_only_allowed_schemes_are_read(tmp_path):
+    """A manifest naming http:// or ftp:// videos used to be fetched over the network; now, as in
+    `radio preprocess` (input.schemes, default file, gs, memory; 16 GiB per video), it is refused
+    while listing, and a worker given such a pair rejects it before opening anything."""
+    from eval.models import EvalModels
+
+    m = tmp_path / "pairs.jsonl"
+    for scheme in ("http", "ftp"):
+        m.write_text('{"generated": "a.mp4", "reference": "a.mp4"}\n'
+                     f'{{"generated": "{scheme}://127.0.0.1:9/x.mp4", "reference": "a.mp4"}}\n')
+        with pytest.raises(pairs_mod.PairsError, match=rf"record 2, generated: {scheme}:// is not an allowed scheme"):
+            next(pairs_mod.list_pairs(str(m), schemes=tuple(EvalConfig().input.schemes)))
+    with pytest.raises(pairs_mod.PairsError, match="--generated: http:// is not an allowed"):
+        list(pairs_mod.list_pairs("http://h/gen/", "/refs", schemes=("file",)))
+    assert EvalConfig().input.schemes == ["file", "gs", "memory"] and EvalConfig().input.max_source_bytes == 16 * 2**30
+    models = EvalModels(landmarks=None, lpips=None, syncnet=None)
+    clip = str(DATA_DIR / "00015.mp4")
+    with pytest.raises(clip_mod.PairReject) as e:
+        clip_mod.evaluate_pair("http://127.0.0.1:9/x.mp4", clip, EvalConfig(), models)
+    assert (e.value.reason, e.value.side, e.value.stage) == ("unsupported_scheme", "generated", "open")
+    cfg = config_mod.load(EvalConfig, None, ["input.max_source_bytes=1000"])
+    with pytest.raises(clip_mod.PairReject) as e:
+        clip_mod.evaluate_pair(clip, clip, cfg, models)
+    assert (e.value.reason, e.value.side) == ("too_large", "generated")
+
+
 def test_pairs_manifest_rules(tmp_path):
     m = tmp_path / "pairs.jsonl"
     m.write_text('{"generated": "g/x.mp4", "reference": "x.mp4", "dataset": "HDTF"}\n'
