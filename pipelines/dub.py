@@ -31,8 +31,11 @@ summary counts these as ``replaced``). Only a successful dub replaces or removes
 pair rejected now keeps them (its marker lists them as ``earlier_outputs``). ``--no-resume`` dubs every
 pair again; ``--retry-rejects`` dubs rejected pairs again.
 
-Up front, before any work (one line, exit 2): the manifest, output names, the checkpoint (exists,
-sha256 pinned and equal, loads as a RADIO generator) and the landmark backend's weights.
+Up front, before any work (one line, exit 2): the manifest (every line; URI schemes in
+``input.schemes``), output names (no two lines writing one file, any reference's), the checkpoint
+(exists, sha256 pinned and equal, loads as a RADIO generator) and the landmark backend's weights.
+Per pair, ``limits`` (as preprocess) refuse a file too large to copy, or a video too large or too long
+from its probe (rejects ``too_large`` / ``too_long``).
 
 The checkpoint and landmark backend load once per worker (``setup``), on the GPU when the worker
 has one. Per-pair work is ``radio.dub.dub_uris``.
@@ -60,6 +63,7 @@ from preprocess import sources
 from preprocess import uri as uri_mod
 from preprocess.errors import UserError
 from preprocess.media import MediaError
+from preprocess.source import InputConfig, LimitsConfig
 from radio.dub import DubConfig, DubError, output_config
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,8 @@ class DubInputError(UserError, ValueError):
 @dataclass
 class DubJobConfig:
     dub: DubConfig = field(default_factory=DubConfig)
+    input: InputConfig = field(default_factory=InputConfig)     # URI schemes videos and speech may have
+    limits: LimitsConfig = field(default_factory=LimitsConfig)  # what a video or speech file may declare
     checkpoint_sha256: str | None = None        # sha256 of --checkpoint (sha256sum RUN/radio.pt)
     allow_unverified_checkpoint: bool = False   # accept a checkpoint without a pinned sha256
     device: str = "auto"                        # auto | cpu | cuda
@@ -84,9 +90,21 @@ def pair_id(item: dict) -> str:
     return hashlib.sha1(f"{item['uri']}\n{item.get('audio_uri')}".encode()).hexdigest()[:16]
 
 
+def name_of(value) -> str | None:
+    """A manifest ``name`` as text (a JSON number such as 5 is the name "5"); ValueError when it is
+    not a string or a number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"'name' must be a string. Got {value!r}.")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip() or None
+
+
 def output_name(item: dict) -> str:
     """The pair's output name under videos/ (``name`` or the pair id, with .mp4)."""
-    name = (item.get("name") or "").strip() or pair_id(item)
+    name = name_of(item.get("name")) or pair_id(item)
     return name if name.endswith(".mp4") else name + ".mp4"
 
 
@@ -204,7 +222,7 @@ class DubPairFn(beam.DoFn):
                 raise DubError("input", "no_audio_uri", "manifest row has no audio_uri")
             comment = json.dumps({k: ident[k] for k in ("made_by", "checkpoint_sha256", "dub")}, sort_keys=True)
             stats = dub_uris(item["uri"], item["audio_uri"], outs, self.model, self.backend, self.cfg.dub,
-                             self.device, comment)
+                             self.device, comment, limits=self.cfg.limits, schemes=tuple(self.cfg.input.schemes))
             result.update(status="dubbed", outputs=outs, replaced=replaces, **stats)
             self.dubbed.inc()
             self.frames.inc(stats["frames"] * len(outs))
@@ -319,7 +337,8 @@ def write_summary(a: dict, n_listed: int, written: list, *, output: str, run_id:
 def build(p, manifest: str, checkpoint: str, output: str, cfg: dict, *, run_id: str, resume: bool,
           retry_rejects: bool = False, checkpoint_sha256: str, started: float, progress_dir: str | None = None):
     items = (p | "Manifest" >> beam.Create([manifest])
-               | "ListPairs" >> beam.FlatMap(sources.read_manifest, key=MANIFEST_KEY))
+               | "ListPairs" >> beam.FlatMap(sources.read_manifest, key=MANIFEST_KEY,
+                                             schemes=tuple(cfg["input"]["schemes"])))
     listed = items | "CountListed" >> beam.combiners.Count.Globally()
     results = (items
                | "Reshuffle" >> beam.Reshuffle()
@@ -349,28 +368,43 @@ def check_output(output: str) -> None:
                             "s3:// with apache-beam[aws]).") from e
 
 
-def check_pairs(manifest: str, output: str) -> list[dict]:
-    """The manifest's pairs; refuses unsafe or duplicate output names, naming both lines."""
+def check_pairs(manifest: str, output: str, references: int = 1, schemes=None) -> list[dict]:
+    """The manifest's pairs, every line checked before any work: a JSON object / CSV row, ``uri``
+    and ``audio_uri`` strings with a scheme in ``schemes`` (``input.schemes``), a ``name`` that is
+    text or a number and a safe relative path; and no two lines writing one output file — any of the
+    ``references`` outputs of each (``a`` with K=2 writes ``a.ref1.mp4``, which a pair named
+    ``a.ref1`` writes too), nor an exact duplicate line. Refusals name the line(s)."""
     if not sources.is_manifest(manifest):
         raise sources.SourceError(f"Expected a .csv/.jsonl manifest with uri,audio_uri. Got {manifest!r}.")
-    items = list(sources.read_manifest(manifest, key=MANIFEST_KEY))
-    if not items:
-        raise DubInputError(f"{manifest}: no pairs.")
-    for item in items:
+    errors: list[str] = []
+    numbered = []
+    base = posixpath.dirname(manifest)
+    for line, rec in sources.numbered_records(manifest, errors):
         try:
-            output_uris(output, item)
-        except uri_mod.UnsafePathError as e:
-            raise DubInputError(f"{manifest}: output name {item.get('name')!r}: {e}") from e
+            item = sources._checked_record(rec, base, schemes)  # as read_manifest checks and resolves it
+            item["name"] = name_of(item.get("name"))
+        except ValueError as e:
+            errors.append(f"{manifest}:{line}: {e}")
+            continue
+        numbered.append((line, item))
+    if errors:
+        more = f" (+{len(errors) - 1} more bad line(s))" if len(errors) > 1 else ""
+        raise sources.SourceError(errors[0] + more)
+    if not numbered:
+        raise DubInputError(f"{manifest}: no pairs.")
     seen: dict[str, int] = {}
-    for line, rec in sources.numbered_records(manifest):   # the lines read_manifest checked
-        name = rec.get("name")
-        if isinstance(name, str) and name.strip():
-            out = output_name({"name": name})
+    videos = uri_mod.join(output, "videos")
+    for line, item in numbered:
+        try:
+            outs = output_uris(output, item, references)
+        except uri_mod.UnsafePathError as e:
+            raise DubInputError(f"{manifest}:{line}: output name {item.get('name')!r}: {e}") from e
+        for out in outs:
             if out in seen:
-                raise DubInputError(f"{manifest}: lines {seen[out]} and {line} both write videos/{out}; "
-                                    "give each pair its own name.")
+                raise DubInputError(f"{manifest}: lines {seen[out]} and {line} both write "
+                                    f"videos/{out[len(videos) + 1:]}; give each pair its own name.")
             seen[out] = line
-    return items
+    return [item for _, item in numbered]
 
 
 def check_checkpoint(checkpoint: str, job: DubJobConfig) -> str:
@@ -420,7 +454,7 @@ def run(manifest: str, checkpoint: str, output: str, pipeline_args=(), *, config
         output = os.path.abspath(output)  # outputs are named in evaluate_pairs.jsonl by full path
     summary_uri = uri_mod.join(output, "runs", run_id, "summary.json")
     check_output(output)
-    pairs = check_pairs(manifest, output)
+    pairs = check_pairs(manifest, output, job_cfg.dub.references, tuple(job_cfg.input.schemes))
     sha = check_checkpoint(checkpoint, job_cfg)
     check_landmarks(job_cfg)
     if test_pipeline is not None:

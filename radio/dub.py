@@ -491,23 +491,28 @@ def _grab_references(path: str, info, tracks: dict, refs: list[int], cfg: DubCon
 
 @torch.no_grad()
 def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model, backend, cfg: DubConfig,
-             device: str | torch.device = "cpu", comment: str = "") -> dict:
+             device: str | torch.device = "cpu", comment: str = "", limits=None) -> dict:
     """Dub one local video with one local speech file into local .mp4 file(s): one per reference
     (``cfg.references``; reference 0 is the first face frame). ``model``: a RADIO generator in
     eval mode on ``device`` (anything with ``model(target, reference, mel)`` and
-    ``model.cfg.resolution``). ``comment`` goes into each output's metadata. Returns counts, rates
-    and the busy seconds of each stage."""
+    ``model.cfg.resolution``). ``comment`` goes into each output's metadata. ``limits`` (a
+    ``preprocess.source.LimitsConfig``: ``max_pixels``, ``max_duration_s``) refuses, from the probe and
+    before anything is decoded, a video or speech declaring more (reject 'too_large' / 'too_long').
+    Returns counts, rates and the busy seconds of each stage."""
     out_paths = [out_paths] if isinstance(out_paths, str) else list(out_paths)
     if len(out_paths) != cfg.references:
         raise ValueError(f"Expected {cfg.references} output paths (dub.references). Got {len(out_paths)}.")
     t0 = time.perf_counter()
     timer = _Timer()
+    lim = {} if limits is None else {"max_duration_s": limits.max_duration_s}
     try:
         info = media.validate(media.probe(video_path), need_video=True)
+        if limits is not None:
+            media.check_limits(info, max_pixels=limits.max_pixels, **lim)
     except media.MediaError as e:
         raise DubError(e.stage, e.reason, str(e)) from e
     try:
-        speech = media.probe(audio_path)
+        speech = media.check_limits(media.probe(audio_path), **lim)
         wav = audio.load_audio(audio_path, info=speech, align_to_video=False)
     except media.MediaError as e:
         raise DubError("audio", e.reason, str(e)) from e
@@ -631,15 +636,18 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
 
 
 def dub_uris(video_uri: str, audio_uri: str, out_uris: str | list[str], model, backend, cfg: DubConfig,
-             device="cpu", comment: str = "") -> dict:
+             device="cpu", comment: str = "", *, limits=None, schemes=None) -> dict:
     """``dub_clip`` for any fsspec URIs; each output appears atomically under its URI (replacing
-    any earlier file whole)."""
+    any earlier file whole). ``schemes`` (``input.schemes``) and ``limits.max_source_bytes`` are
+    checked before anything is copied (``MediaError`` 'unsupported_scheme' / 'too_large')."""
     out_uris = [out_uris] if isinstance(out_uris, str) else list(out_uris)
-    with uri_mod.local_copy(video_uri) as v, uri_mod.local_copy(audio_uri) as a:
+    max_bytes = None if limits is None else limits.max_source_bytes
+    with uri_mod.local_copy(video_uri, max_bytes=max_bytes, schemes=schemes) as v, \
+            uri_mod.local_copy(audio_uri, max_bytes=max_bytes, schemes=schemes) as a:
         tmp_dir = tempfile.mkdtemp(prefix="radio-dubout-")
         try:
             local = [os.path.join(tmp_dir, f"out{i}.mp4") for i in range(len(out_uris))]
-            stats = dub_clip(v, a, local, model, backend, cfg, device, comment)
+            stats = dub_clip(v, a, local, model, backend, cfg, device, comment, limits)
             for src, dst in zip(local, out_uris):
                 with open(src, "rb") as f:
                     uri_mod.write_bytes_atomic(dst, f.read())

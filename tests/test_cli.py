@@ -6,6 +6,7 @@ All of these fail before a pipeline or trainer starts, so they are quick.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 import subprocess
@@ -86,6 +87,23 @@ def test_dub_bad_x264_preset_or_crf(tmp_path, capsys, setting, says):
     m.write_text('{"uri": "%s", "audio_uri": "%s"}\n' % (CLIP, DATA_DIR / "david4.wav"))
     assert_mistake(["dub", "--checkpoint", "x.pt", "--input", str(m), "--output", str(tmp_path / "dub"),
                     "--set", setting], capsys, tmp_path, says=says)
+
+
+@pytest.mark.parametrize("rows, extra, says", [
+    ([{"name": "a"}, {"name": "a.ref1"}], ["--references", "2"], "lines 1 and 2 both write videos/a.ref1.mp4"),
+    ([{"name": 5}, {"name": True}], [], "pairs.jsonl:2: 'name' must be a string"),
+    ([{"name": "x"}, {"name": "x"}], [], "lines 1 and 2 both write videos/x.mp4"),
+    ([{"uri": "http://127.0.0.1:1/v.mp4"}], [], "pairs.jsonl:1: http:// sources are not allowed"),
+    ([{"audio_uri": "ftp://127.0.0.1/s.wav"}], [], "pairs.jsonl:1: ftp:// sources are not allowed"),
+])
+def test_dub_manifest_mistakes_are_one_line(tmp_path, capsys, caplog, rows, extra, says):
+    m = tmp_path / "pairs.jsonl"
+    m.write_text("".join(json.dumps({"uri": str(CLIP), "audio_uri": str(DATA_DIR / "david4.wav"), **r}) + "\n"
+                         for r in rows))
+    with caplog.at_level("WARNING"):
+        assert_mistake(["dub", "--checkpoint", "x.pt", "--input", str(m), "--output", str(tmp_path / "dub"), *extra],
+                       capsys, tmp_path, says=says)
+    assert "dropped" not in caplog.text
 
 
 def test_dub_output_beam_cannot_write(tmp_path, capsys):

@@ -530,3 +530,82 @@ def test_a_changed_input_at_the_same_uri_is_dubbed_again(tmp_path, monkeypatch):
     fsspec.filesystem("memory").pipe("/radio-test-fp/v.mp4", b"x")
     fp = dub_job.fingerprint("memory://radio-test-fp/v.mp4")
     assert fp["size"] == "1" and dub_job.fingerprint("memory://radio-test-fp/none.mp4") is None
+
+
+def _manifest(tmp_path, rows, name="pairs.jsonl"):
+    m = tmp_path / name
+    m.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return str(m)
+
+
+def test_output_names_that_collide_with_references_are_refused_naming_both_lines(tmp_path):
+    """With --references 2, a pair named ``a`` writes videos/a.ref1.mp4, which the pair named
+    ``a.ref1`` writes too: refused up front, naming both lines (fine with one reference)."""
+    from pipelines import dub as dub_job
+
+    wav = str(DATA_DIR / "david4.wav")
+    m = _manifest(tmp_path, [{"uri": str(DATA_DIR / "00015.mp4"), "audio_uri": wav, "name": "a"},
+                             {"uri": str(DATA_DIR / "00086.mp4"), "audio_uri": wav, "name": "b"},
+                             {"uri": str(DATA_DIR / "00086.mp4"), "audio_uri": wav, "name": "a.ref1"}])
+    assert len(dub_job.check_pairs(m, str(tmp_path / "out"))) == 3
+    with pytest.raises(dub_job.DubInputError, match=r"lines 1 and 3 both write videos/a.ref1.mp4"):
+        dub_job.check_pairs(m, str(tmp_path / "out"), references=2)
+
+
+def test_numeric_names_and_exact_duplicate_lines(tmp_path, caplog):
+    """A JSON number as ``name`` is that name as text; a name of another type is refused as
+    ``file:line: ...``; an exact duplicate line is refused naming both lines, with no 'dropped'
+    warning before it."""
+    from pipelines import dub as dub_job
+    from preprocess.sources import SourceError
+
+    row = {"uri": str(DATA_DIR / "00015.mp4"), "audio_uri": str(DATA_DIR / "david4.wav"), "name": 5}
+    (item,) = dub_job.check_pairs(_manifest(tmp_path, [row]), str(tmp_path / "out"))
+    assert item["name"] == "5" and dub_job.output_name(item) == "5.mp4"
+    assert dub_job.output_name(dict(row, name=7.0)) == "7.mp4"          # as read_manifest gives it to the job
+    m = _manifest(tmp_path, [row, dict(row, name=["x"])], "bad.jsonl")
+    with pytest.raises(SourceError, match=r"bad.jsonl:2: 'name' must be a string"):
+        dub_job.check_pairs(m, str(tmp_path / "out"))
+    m = _manifest(tmp_path, [dict(row, name="same"), dict(row, name="same")], "dup.jsonl")
+    with caplog.at_level("WARNING"):
+        with pytest.raises(dub_job.DubInputError, match=r"lines 1 and 2 both write videos/same.mp4"):
+            dub_job.check_pairs(m, str(tmp_path / "out"))
+    assert "dropped" not in caplog.text
+
+
+def test_dub_applies_the_input_schemes_and_media_limits(tmp_path):
+    """As preprocess: a URI scheme outside ``input.schemes`` is refused before anything is fetched,
+    a file over ``limits.max_source_bytes`` before it is copied, a video over ``max_pixels`` or a
+    speech over ``max_duration_s`` from the probe, before anything is decoded (model and landmark
+    backend are None here: decoding would fail otherwise)."""
+    from pipelines import dub as dub_job
+    from preprocess.media import MediaError
+    from preprocess.source import LimitsConfig
+
+    video, wav = str(DATA_DIR / "00015.mp4"), str(DATA_DIR / "david4.wav")
+    cfg = dub.DubConfig()
+    schemes = tuple(dub_job.DubJobConfig().input.schemes)
+    assert "http" not in schemes
+    with pytest.raises(MediaError) as e:
+        dub.dub_uris("http://127.0.0.1:1/v.mp4", wav, str(tmp_path / "o.mp4"), None, None, cfg,
+                     limits=LimitsConfig(), schemes=schemes)
+    assert e.value.reason == "unsupported_scheme"
+    with pytest.raises(MediaError) as e:
+        dub.dub_uris(video, wav, str(tmp_path / "o.mp4"), None, None, cfg, limits=LimitsConfig(max_source_bytes=1000),
+                     schemes=schemes)
+    assert e.value.reason == "too_large"
+    with pytest.raises(dub.DubError) as e:
+        dub.dub_clip(video, wav, str(tmp_path / "o.mp4"), None, None, cfg, limits=LimitsConfig(max_pixels=100 * 100))
+    assert e.value.reason == "too_large"
+    with pytest.raises(dub.DubError) as e:
+        dub.dub_clip(video, wav, str(tmp_path / "o.mp4"), None, None, cfg, limits=LimitsConfig(max_duration_s=0.5))
+    assert e.value.reason == "too_long"
+    with pytest.raises(dub.DubError) as e:   # the speech is over the limit too
+        dub.dub_clip(video, wav, str(tmp_path / "o.mp4"), None, None, cfg,
+                     limits=LimitsConfig(max_duration_s=media.probe(video).duration_s + 0.01))
+    assert e.value.stage == "audio" and e.value.reason == "too_long"
+    assert not (tmp_path / "o.mp4").exists()
+    # up front: a manifest line with another scheme is the user's mistake
+    m = _manifest(tmp_path, [{"uri": video, "audio_uri": "https://example.com/s.wav"}])
+    with pytest.raises(ValueError, match=r"pairs.jsonl:1: https:// sources are not allowed"):
+        dub_job.check_pairs(m, str(tmp_path / "out"), schemes=schemes)
