@@ -253,6 +253,14 @@ def mel_window_starts(n_frames: int, fps: Fraction) -> np.ndarray:
     return (200 * k * den + num) // (2 * num) - 8  # floor(100·k·den/num + 1/2)
 
 
+def pad_with_silence(wav: np.ndarray, seconds: float) -> np.ndarray:
+    """``wav`` (16 kHz) with zeros appended up to ``seconds`` plus one mel window (0.2 s), so that
+    every output frame's window lies in it; unchanged when it is already that long."""
+    window_s = (audio.WINDOW_ROWS[1] - audio.WINDOW_ROWS[0]) / 100
+    need = int(math.ceil((seconds + window_s) * audio.SAMPLE_RATE))
+    return wav if len(wav) >= need else np.concatenate([wav, np.zeros(need - len(wav), wav.dtype)])
+
+
 def mel_windows_at(mel: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """(k,) first rows -> (k, 20, 80) windows, rows clamped to the clip (edge padding)."""
     n = audio.WINDOW_ROWS[1] - audio.WINDOW_ROWS[0]
@@ -516,13 +524,17 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
         wav = audio.load_audio(audio_path, info=speech, align_to_video=False)
     except media.MediaError as e:
         raise DubError("audio", e.reason, str(e)) from e
-    mel = audio.log_mel(wav)
     fps = output_rate(info, cfg.fps)
     speech_s = len(wav) / audio.SAMPLE_RATE
     n_video = video.frame_count(info, fps)
     n_out = n_video if cfg.length == "video" else int(math.ceil(speech_s * fps - 1e-9))
     if n_out < 1:
         raise DubError("audio", "too_short", "the speech is shorter than one frame")
+    if cfg.length == "video":
+        # the output's audio is padded with silence past the speech: so is what the model hears (the
+        # edge padding of the mel windows would repeat the last speech rows under silent frames)
+        wav = pad_with_silence(wav, float(n_out / fps))
+    mel = audio.log_mel(wav)
     timer.add("audio", time.perf_counter() - t0)
     # pass 1 in a thread; pass 2 right behind it (with one reference; K > 1 waits for the whole
     # track, as the references are chosen over all its poses)

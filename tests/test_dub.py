@@ -609,3 +609,31 @@ def test_dub_applies_the_input_schemes_and_media_limits(tmp_path):
     m = _manifest(tmp_path, [{"uri": video, "audio_uri": "https://example.com/s.wav"}])
     with pytest.raises(ValueError, match=r"pairs.jsonl:1: https:// sources are not allowed"):
         dub_job.check_pairs(m, str(tmp_path / "out"), schemes=schemes)
+
+
+def test_length_video_pads_what_the_model_hears_with_silence(tmp_path, model, backend, monkeypatch):
+    """dub.length=video with speech shorter than the video: past the speech the output's audio is
+    silence, and so are the mel windows the model gets there (they used to repeat the last speech
+    rows: frozen speech under silent frames). Real clip and speech."""
+    src = tmp_path / "src.mp4"
+    ffmpeg("-i", f"file:{DATA_DIR / '00015.mp4'}", "-t", "1.2", "-an", "-c:v", "libx264", "-preset", "ultrafast",
+           f"file:{src}")
+    speech = tmp_path / "short.wav"
+    ffmpeg("-i", f"file:{DATA_DIR / 'david4.wav'}", "-ss", "1.0", "-t", "0.5", f"file:{speech}")
+    seen = []
+    windows = dub.mel_windows_at
+
+    def recording(mel, starts):
+        w = windows(mel, starts)
+        seen.extend(zip(np.asarray(starts).tolist(), w))
+        return w
+
+    monkeypatch.setattr(dub, "mel_windows_at", recording)
+    s = dub.dub_clip(str(src), str(speech), str(tmp_path / "out.mp4"), model, backend,
+                     dub.DubConfig(batch_size=8, length="video", x264_preset="ultrafast"))
+    assert s["frames"] == 30 and len(seen) == s["frames_dubbed"] > 20
+    silent = np.log10(1e-5)
+    late = [w for start, w in seen if start >= 60]     # rows 60+: 0.1 s past the speech's end (row 50)
+    early = [w for start, w in seen if start + 20 <= 45]
+    assert late and all(np.allclose(w, silent) for w in late), [float(w.mean()) for w in late]
+    assert early and all(w.mean() > silent + 1 for w in early)
