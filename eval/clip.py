@@ -6,8 +6,10 @@
    ``cfg.length_tolerance`` frames is a ``length_mismatch`` reject; within it, both are cut to
    the shorter (``frames_truncated`` records it), then to ``cfg.max_frames`` if set.
 2. **Decode** both at 25 fps CFR (``preprocess.video``), in step, ``cfg.chunk_frames`` at a time,
-   twice (two passes; see Memory). A generated video of another frame size is resized to the
-   reference's (``generated_resized``), as :mod:`eval.crop` requires.
+   twice (two passes; see Memory). A generated video of another frame size but the same aspect
+   ratio (within ``cfg.aspect_tolerance``, relative) is resized to the reference's
+   (``generated_resized``), as :mod:`eval.crop` requires; another aspect ratio is an
+   ``aspect_mismatch`` reject (at probe), never a stretched face.
 3. **Reference faces** (pass 1). ``preprocess.track.FaceTracker`` with the configured landmark
    backend runs over the reference (no segment length cap, no minimum). Frames outside a face
    segment are not scored (``face_coverage``); coverage under ``cfg.min_face_coverage`` (or no
@@ -70,8 +72,8 @@ log = logging.getLogger(__name__)
 
 FPS = 25
 SAMPLES_PER_FRAME = 16000 // FPS
-REJECT_REASONS = ("missing_file", "length_mismatch", "no_face", "undecodable", "unsupported_scheme", "too_large",
-                  "scoring_error")
+REJECT_REASONS = ("missing_file", "length_mismatch", "aspect_mismatch", "no_face", "undecodable",
+                  "unsupported_scheme", "too_large", "scoring_error")
 #: failures of the machine, not of the pair: never a reject, the runner retries the element
 ENVIRONMENT_ERRORS = (OSError, MemoryError)
 NO_CAP = 10 ** 9  # tracker segment cap: one segment per continuous track
@@ -185,6 +187,21 @@ def _probe(path: str, side: str):
     if not info.has_video:
         raise PairReject("undecodable", "no video stream", side, "probe")
     return info
+
+
+def check_aspect(gen_info, ref_info, tolerance: float) -> None:
+    """``aspect_mismatch`` reject when the generated video's display width/height ratio differs
+    from the reference's by more than ``tolerance`` (relative): resizing it to the reference's
+    frame would stretch the face, and every score would measure the stretch. Within it (a
+    downscaled copy, rounding to even sizes) it is resized (``generated_resized``)."""
+    gw, gh, rw, rh = gen_info.width, gen_info.height, ref_info.width, ref_info.height
+    if not (gw and gh and rw and rh):
+        return
+    ga, ra = gw / gh, rw / rh
+    if abs(ga - ra) / ra > tolerance:
+        raise PairReject("aspect_mismatch", f"generated is {gw}x{gh} (aspect {ga:.3f}), reference {rw}x{rh} "
+                         f"({ra:.3f}): scoring would stretch it (tolerance {tolerance:g}; raise it with "
+                         "--set aspect_tolerance=X)", "pair", "probe")
 
 
 def frame_count(info) -> int:
@@ -420,6 +437,7 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
         gen_local, ref_local = local["generated"], local["reference"]
         with timer("probe"):
             gen_info, ref_info = _probe(gen_local, "generated"), _probe(ref_local, "reference")
+        check_aspect(gen_info, ref_info, cfg.aspect_tolerance)
         n_gen, n_ref = frame_count(gen_info), frame_count(ref_info)
         if abs(n_gen - n_ref) > cfg.length_tolerance:
             raise PairReject("length_mismatch", f"generated has {n_gen} frames at 25 fps, reference {n_ref} "

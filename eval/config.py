@@ -5,6 +5,7 @@ One dataclass tree, loaded with :func:`preprocess.config.load` (unknown keys are
     protocol: radio-v1          # or dinet (eval.crop; version 2: DINet's inference crop)
     crop_size: 256              # radio-v1: square side; dinet: DINet's mouth_region_size (256 -> 416x320)
     length_tolerance: 2         # frames at 25 fps; a larger |generated - reference| is a reject
+    aspect_tolerance: 0.01      # relative width/height difference; larger: an aspect_mismatch reject (else resized)
     max_frames: null            # score only the first N frames of each pair (null: all)
     chunk_frames: 4             # frames decoded at a time (1080p: ~6 MB per frame per video); memory does not grow with length
     sample_frames: 3            # frames per pair shown side by side in the HTML report
@@ -109,6 +110,7 @@ class EvalConfig:
     protocol: str = "radio-v1"  # evaluation crop: radio-v1 | dinet (eval.crop)
     crop_size: int = 256        # side of the evaluation crop (>= 161 for 5-scale MS-SSIM)
     length_tolerance: int = 2   # frames |generated - reference| may differ at 25 fps, else a length_mismatch reject
+    aspect_tolerance: float = 0.01  # relative difference of width/height ratios, else an aspect_mismatch reject (within it: resized)
     max_frames: int | None = None  # score only the first N frames of each pair (null: all)
     chunk_frames: int = 4       # frames decoded and scored per block (a pair is streamed: memory flat in length)
     sample_frames: int = 3      # frames per pair shown in the HTML report
@@ -127,6 +129,8 @@ class EvalConfig:
             raise ConfigError(f"crop_size: expected >= {MIN_SIDE} (5-scale MS-SSIM). Got {self.crop_size}.")
         if self.length_tolerance < 0:
             raise ConfigError(f"length_tolerance: expected >= 0 frames. Got {self.length_tolerance}.")
+        if not 0 <= self.aspect_tolerance:
+            raise ConfigError(f"aspect_tolerance: expected >= 0 (relative). Got {self.aspect_tolerance}.")
         if self.max_frames is not None and self.max_frames < 1:
             raise ConfigError(f"max_frames: expected >= 1 or null. Got {self.max_frames}.")
         if self.chunk_frames < 1:

@@ -180,6 +180,9 @@ def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
         counts += ["", "Scored without Sync: " + ", ".join(f"{k} {v}" for k, v in sorted(status.items()))
                    + (" (too_short_for_sync: every face track ≤ min_track frames, dropped as syncnet_python does)"
                       if "too_short_for_sync" in status else "") + "."]
+    if (summary or {}).get("generated_resized"):
+        counts += ["", f"Generated videos resized to the reference's frame size (same aspect ratio): "
+                       f"{_clips(summary['generated_resized'])}."]
     out += counts + ["", f"Cells: mean ± half-width of the {CI_METHOD}."] + ([f"Padded frames: {FLAGGED_NOTE}."] if rows else [])
     out += [f"Crop protocol {', '.join(sorted({str(r.get('protocol')) for r in rows}))} at "
             f"{', '.join(sorted({str(r.get('crop_size')) for r in rows}))} px; landmarks "

@@ -261,6 +261,32 @@ def test_no_face_is_a_reject(tmp_path):
     assert e.value.reason == "undecodable" and e.value.side == "generated"
 
 
+def test_other_aspect_ratio_is_a_reject_same_aspect_is_resized(tmp_path):
+    """A generated video of another aspect ratio (398x224 against 224x224) used to be stretched to
+    the reference's frame and scored (only generated_resized said so); now an aspect_mismatch
+    reject at probe. A same-aspect resize is scored and counted in the summary."""
+    from eval.models import EvalModels
+    from preprocess.landmarks import get_backend
+
+    ref = str(DATA_DIR / "00015.mp4")  # 224x224
+    for name, size in (("wide", "398:224"), ("half", "112:112")):
+        ffmpeg("-i", f"file:{ref}", "-t", "0.4", "-vf", f"scale={size}", "-c:v", "libx264", "-preset", "ultrafast",
+               "-an", f"file:{tmp_path / name}.mp4")
+    cfg = config_mod.load(EvalConfig, None, ["lpips.enabled=false", "sync.enabled=false", "max_frames=6",
+                                              "length_tolerance=1000"])
+    models = EvalModels(landmarks=get_backend("dlib"), lpips=None, syncnet=None)
+    with pytest.raises(clip_mod.PairReject) as e:
+        clip_mod.evaluate_pair(str(tmp_path / "wide.mp4"), ref, cfg, models)
+    assert (e.value.reason, e.value.side, e.value.stage) == ("aspect_mismatch", "pair", "probe")
+    assert "398x224" in e.value.message and "224x224" in e.value.message
+    row, _ = clip_mod.evaluate_pair(str(tmp_path / "half.mp4"), ref, cfg, models)
+    assert row["generated_resized"] is True and 15 < row["psnr"] < 100
+    row = {**row, "pair_id": "p", "key": "k", "dataset": "d", "method": "m"}
+    s = results.summarise([row], [], 1)
+    assert s["generated_resized"] == 1
+    assert "resized to the reference's frame size (same aspect ratio): 1 clip." in report.table_markdown([row], {**s, "run_id": "x"})
+
+
 def test_missing_weights_fail_unless_the_metric_is_off(tmp_path, inputs):
     from eval.models import check_weights, load_models
     from pipelines import evaluate as job
