@@ -110,13 +110,13 @@ def manifest(spec: str, columns: Sequence[str], flag: str = "--input", key: Sequ
                          f"(columns: {', '.join(columns)}).")
 
 
-def evaluate_pairs(generated: str, reference: str | None) -> None:
-    """``radio evaluate``'s pairs can be listed: a pairs manifest, or a generated folder/glob and a
-    reference folder that each list a video (an empty side is a mistake, not an empty run that
-    replaces the day's run)."""
+def evaluate_pairs(generated: str, reference: str | None, schemes=None) -> None:
+    """``radio evaluate``'s pairs can be listed: a pairs manifest whose videos all have an allowed
+    URI scheme (``input.schemes``), or a generated folder/glob and a reference folder that each
+    list a video (an empty side is a mistake, not an empty run that replaces the day's run)."""
     from eval import pairs
 
-    next(iter(pairs.list_pairs(generated, reference)), None)
+    next(iter(pairs.list_pairs(generated, reference, schemes=schemes)), None)
 
 
 def exists(uri: str, flag: str, what: str) -> None:
@@ -172,7 +172,7 @@ def command(args: argparse.Namespace) -> None:
         output_folder(args.output)
         if args.reference:
             exists(args.reference, "--reference", "folder")
-        evaluate_pairs(args.generated, args.reference)
+        evaluate_pairs(args.generated, args.reference, cfg.input.schemes)
 
 
 def job_config(args: argparse.Namespace):
