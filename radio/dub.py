@@ -60,6 +60,8 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
                 "placebo")
 CRF_RANGE = (0, 51)  # libx264, 8-bit
 COPY_CODECS = frozenset({"aac", "mp3", "alac", "ac3", "eac3", "opus"})  # MP4 holds these as they are
+#: sample rates ffmpeg's AAC encoder takes (others, e.g. 192 kHz, fail: the nearest of these is used)
+AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 
 
 class DubError(RuntimeError):
@@ -410,7 +412,8 @@ def audio_plan(speech: media.MediaInfo, cfg: DubConfig, out_seconds: float, spee
     """How the speech goes into the output: ffmpeg output arguments and what the summary says.
 
     Stream copy when MP4 holds the codec and nothing needs padding; else AAC at the speech's own
-    rate and channels, ``audio_kbps_per_channel`` each. ``length='video'`` cuts the speech to the
+    rate (the nearest rate AAC has when it has not that one: 192 kHz -> 96 kHz) and channels,
+    ``audio_kbps_per_channel`` each; ``audio_rate`` is the rate the output has. ``length='video'`` cuts the speech to the
     video (``-t``) or pads it with silence (``apad``)."""
     channels, rate = speech.audio_channels or 1, speech.audio_rate
     pad = cfg.length == "video" and speech_seconds < out_seconds
@@ -420,6 +423,7 @@ def audio_plan(speech: media.MediaInfo, cfg: DubConfig, out_seconds: float, spee
         kbps = cfg.audio_kbps_per_channel * channels
         args, how = ["-c:a", "aac", "-b:a", f"{kbps}k"], f"aac {kbps}k"
         if rate:
+            rate = aac_rate(rate)
             args += ["-ar", str(rate)]
         if pad:
             args += ["-af", "apad"]
@@ -427,6 +431,11 @@ def audio_plan(speech: media.MediaInfo, cfg: DubConfig, out_seconds: float, spee
         args += ["-t", f"{float(out_seconds):.6f}"]
     return {"args": args, "audio": how, "audio_rate": rate, "audio_channels": channels,
             "audio_codec": speech.audio_codec}
+
+
+def aac_rate(rate: int) -> int:
+    """The AAC sample rate nearest to ``rate`` (the higher one on a tie)."""
+    return min(AAC_RATES, key=lambda r: (abs(r - rate), -r))
 
 
 class _Encoder:

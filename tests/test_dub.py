@@ -637,3 +637,23 @@ def test_length_video_pads_what_the_model_hears_with_silence(tmp_path, model, ba
     early = [w for start, w in seen if start + 20 <= 45]
     assert late and all(np.allclose(w, silent) for w in late), [float(w.mean()) for w in late]
     assert early and all(w.mean() > silent + 1 for w in early)
+
+
+def test_speech_at_a_rate_aac_lacks_is_encoded_at_the_nearest_aac_rate(tmp_path):
+    """192 kHz speech used to fail in ffmpeg after all the model work (-ar 192000 for AAC): the
+    output now takes the nearest AAC rate (96 kHz) and the pair record says so."""
+    from fractions import Fraction
+
+    speech = tmp_path / "s192k.wav"
+    ffmpeg("-i", f"file:{DATA_DIR / 'david4.wav'}", "-t", "0.4", "-ar", "192000", "-c:a", "pcm_s16le", f"file:{speech}")
+    info = media.probe(str(speech))
+    assert info.audio_rate == 192000
+    plan = dub.audio_plan(info, dub.DubConfig(), 0.4, 0.4)
+    assert plan["audio_rate"] == 96000 and plan["args"][plan["args"].index("-ar") + 1] == "96000"
+    assert [dub.aac_rate(r) for r in (8000, 44100, 50000, 100000, 5000)] == [8000, 44100, 48000, 96000, 7350]
+    out = tmp_path / "o.mp4"
+    enc = dub._Encoder(str(out), 64, 64, str(speech), info.audio_index, 18, "ultrafast", Fraction(25), plan["args"])
+    for _ in range(10):
+        enc.write(np.zeros((64, 64, 3), np.uint8))
+    enc.close()
+    assert media.probe(str(out)).audio_rate == 96000
