@@ -15,7 +15,8 @@ generated | reference crops, the rejects, and the provenance (protocol, crop siz
 backend, weight hashes). Images are inline base64 PNGs: the file stands alone.
 
 ``python -m eval.report --output DIR RUN_DIR_OR_METRICS.parquet ...`` rebuilds the table from one
-or more runs' ``metrics.parquet`` (e.g. one run per method) into DIR.
+or more runs' ``metrics.parquet`` (e.g. one run per method) into DIR; a pair in two of them is
+refused (one line naming the pair and both runs, exit 2), never counted twice.
 """
 from __future__ import annotations
 
@@ -500,19 +501,30 @@ def write_report(out_dir: str, rows: list[dict], rejects: list[dict], summary: d
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Rebuild the summary table from one or more runs (``metrics.parquet`` files or run folders)."""
+    """Rebuild the summary table from one or more runs (``metrics.parquet`` files or run folders).
+    A pair found in two runs (or a run given twice) is refused, naming the pair and both runs:
+    its scores would count twice; exit 2."""
     from eval import results
 
     ap = argparse.ArgumentParser(prog="python -m eval.report", description=main.__doc__)
     ap.add_argument("inputs", nargs="+", help="run folders (OUTPUT/runs/ID) or metrics.parquet URIs")
     ap.add_argument("--output", required=True, help="folder for summary.md, summary.csv, report.html")
     a = ap.parse_args(argv)
-    rows, rejects = [], []
-    for src in a.inputs:
+    rows, rejects, seen = [], [], {}
+    for i, src in enumerate(a.inputs):
         run = src.rsplit("/", 1)[0] if src.endswith(".parquet") else src.rstrip("/")
-        rows += results.read_table(uri_mod.join(run, "metrics.parquet"))
-        if uri_mod.exists(uri_mod.join(run, "rejects.parquet")):
-            rejects += results.read_table(uri_mod.join(run, "rejects.parquet"))
+        got = results.read_table(uri_mod.join(run, "metrics.parquet"))
+        bad = (results.read_table(uri_mod.join(run, "rejects.parquet"))
+               if uri_mod.exists(uri_mod.join(run, "rejects.parquet")) else [])
+        for r in got + bad:  # a pair counted twice would weigh twice in every mean and count
+            j, first = seen.setdefault(r["pair_id"], (i, src))
+            if j != i:
+                where = f"{first!r} and {src!r}" if first != src else f"{src!r}, given twice"
+                print(f"python -m eval.report: error: pair {r['pair_id']} ({r['dataset']} / {r['method']} / "
+                      f"{r['key']}) is in {where}; give each pair's run once (for a rerun, only its latest run).",
+                      file=sys.stderr)
+                return 2
+        rows, rejects = rows + got, rejects + bad
     summary = {"run_id": "+".join(sorted({str(r["run_id"]) for r in rows + rejects})),
                "generated": ", ".join(a.inputs), **results.summarise(rows, rejects, len(rows) + len(rejects))}
     files = write_report(a.output, rows, rejects, summary)

@@ -447,6 +447,29 @@ def test_config_and_run_id_validation():
     assert job_name("2025-03-04_Nightly.v2") == "radio-evaluate-2025-03-04-nightly-v2"
 
 
+def test_report_refuses_a_pair_counted_twice(tmp_path, capsys):
+    """`python -m eval.report --output X RUN RUN` (or two runs holding the same pair) used to
+    concatenate the rows and count each pair twice; now one line naming the pair and the runs, exit 2."""
+    def run(name, pairs, rejected=()):
+        d = tmp_path / name
+        rows = [{"run_id": name, "pair_id": p, "key": p, "dataset": "D", "method": "M", "psnr": 30.0} for p in pairs]
+        rejs = [{"run_id": name, "pair_id": p, "key": p, "dataset": "D", "method": "M", "reason": "no_face",
+                 "side": "reference", "stage": "faces", "message": "x"} for p in rejected]
+        results.write_shard(str(d), "metrics", 0, rows, name)
+        results.write_shard(str(d), "rejects", 0, rejs, name)
+        return str(d)
+    a, b, c = run("a", ["p1", "p2"]), run("b", ["p3"], rejected=["p2"]), run("c", ["p4"])
+    for argv, says in (([a, a], f"pair p1 (D / M / p1) is in {a!r}, given twice"),
+                       ([a, b], f"pair p2 (D / M / p2) is in {a!r} and {b!r}")):
+        assert report.main(["--output", str(tmp_path / "out"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+    assert report.main(["--output", str(tmp_path / "out"), a, c]) == 0
+    assert "4 pairs" not in (tmp_path / "out" / "summary.md").read_text()
+    assert "3 pairs = 3 scored" in (tmp_path / "out" / "summary.md").read_text()
+
+
 def test_mean_ci_is_the_t_interval():
     from scipy import stats
 
