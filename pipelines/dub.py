@@ -200,6 +200,10 @@ class DubPairFn(beam.DoFn):
         self.device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else
                                    ("cpu" if dev == "auto" else dev))
         self.model = load_generator(self.checkpoint, self.checkpoint_sha256).to(self.device)
+        from preprocess import writer as writer_mod
+        from radio.dub import TEMP_PREFIX
+
+        writer_mod.remove_stale_local(TEMP_PREFIX)   # this worker's machine: folders of killed runs only
         self.backend = get_backend(self.cfg.dub.landmark_backend, **self.cfg.dub.landmark_args)
 
     def process(self, item: dict):
@@ -355,6 +359,32 @@ def build(p, manifest: str, checkpoint: str, output: str, cfg: dict, *, run_id: 
         checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256, cfg=cfg, started=started)
 
 
+def remove_stale_temporaries(output: str) -> list[str]:
+    """Delete what killed runs left, with preprocess's rules: this machine's ``$TMPDIR/radio-dubout-*``
+    folders whose run is dead (their lock is free; a folder in use holds it), and in the output
+    folder Beam's ``beam-temp-*`` folders (evaluate_pairs.jsonl, runs/*/pairs.jsonl) and hidden
+    ``.tmp-*`` uploads. Call it before a run starts: two runs writing one output at the same time
+    are not supported (as two preprocess runs writing one dataset)."""
+    from preprocess import writer as writer_mod
+    from radio.dub import TEMP_PREFIX
+
+    removed = writer_mod.remove_stale_local(TEMP_PREFIX)
+    fs, root = fsspec.core.url_to_fs(output)
+    root = root.rstrip("/")
+    found = set()
+    for pattern in ("beam-temp-*", "runs/*/beam-temp-*", ".tmp-*", "done/.tmp-*", "runs/.tmp-*", "runs/*/.tmp-*"):
+        found.update(fs.glob(f"{root}/{pattern}"))
+    if fs.isdir(f"{root}/videos"):   # names may hold folders (a/b.mp4)
+        found.update(p for p in fs.find(f"{root}/videos", withdirs=False)
+                     if posixpath.basename(p.rstrip("/")).startswith(".tmp-"))
+    for p in sorted(found):
+        fs.rm(p, recursive=True)
+        removed.append(p)
+    if removed:
+        log.info("removed %d temporaries of killed runs (%s)", len(removed), ", ".join(removed[:5]))
+    return removed
+
+
 # ------------------------------------------------------------------------------ up-front checks
 def check_output(output: str) -> None:
     """The pair lines and evaluation rows go through Beam's file sink: the output must be a file
@@ -463,6 +493,7 @@ def run(manifest: str, checkpoint: str, output: str, pipeline_args=(), *, config
         job = options_mod.build(pipeline_args, job_name=f"radio-dub-{run_id.lower()}",   # no more local
                                 workers=max(1, min(len(pairs), os.cpu_count() or 1)))  # workers than pairs
         p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
+    remove_stale_temporaries(output)
     folder = jobrun.progress_folder(is_local, progress)
     build(p, manifest, checkpoint, output, cfg, run_id=run_id, resume=resume, retry_rejects=retry_rejects,
           checkpoint_sha256=sha, started=started, progress_dir=folder)

@@ -657,3 +657,60 @@ def test_speech_at_a_rate_aac_lacks_is_encoded_at_the_nearest_aac_rate(tmp_path)
         enc.write(np.zeros((64, 64, 3), np.uint8))
     enc.close()
     assert media.probe(str(out)).audio_rate == 96000
+
+
+def test_temporaries_of_killed_runs_are_removed_but_not_those_in_use(tmp_path, monkeypatch):
+    """As preprocess: ``$TMPDIR/radio-dubout-*`` folders whose lock is free (the run was killed) go,
+    one whose run holds its lock stays (also one just made, not locked yet); the output folder's
+    ``beam-temp-*`` folders and ``.tmp-*`` uploads of killed runs go."""
+    import fcntl
+    import os
+    import tempfile
+
+    from pipelines import dub as dub_job
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    dead, live, fresh = (tmp / f"{dub.TEMP_PREFIX}{n}" for n in ("dead", "live", "fresh"))
+    for d in (dead, live, fresh):
+        d.mkdir()
+        (d / "out0.mp4").write_bytes(b"x")
+    (dead / ".lock").write_bytes(b"")
+    (live / ".lock").write_bytes(b"")
+    held = open(live / ".lock", "rb")
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    out = tmp_path / "out"
+    leftovers = [out / "beam-temp-evaluate_pairs-1a2b" / "x", out / "runs" / "r1" / "beam-temp-pairs-3c" / "y",
+                 out / "videos" / "a" / ".tmp-0f-b.mp4", out / "done" / ".tmp-0f-k.json", out / ".tmp-0f-summary.json"]
+    keep = [out / "videos" / "a" / "b.mp4", out / "done" / "k.json", out / "runs" / "r1" / "pairs.jsonl"]
+    for p in leftovers + keep:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    dub_job.remove_stale_temporaries(str(out))
+    assert not dead.exists() and live.exists() and fresh.exists()
+    assert not any(p.exists() for p in leftovers) and all(p.exists() for p in keep)
+    assert not (out / "beam-temp-evaluate_pairs-1a2b").exists()
+    held.close()
+    old = 1_000_000_000
+    os.utime(fresh, (old, old))                  # a folder never locked, older than a minute: gone
+    dub_job.remove_stale_temporaries(str(out))
+    assert not live.exists() and not fresh.exists()
+
+    # dub_uris holds its folder's lock while it works: a cleaner running meanwhile leaves it alone
+    seen = []
+
+    def fake_clip(v, a, local, *args):
+        from preprocess import writer
+
+        assert writer.remove_stale_local(dub.TEMP_PREFIX) == []
+        seen.append(os.path.dirname(local[0]))
+        for p in local:
+            open(p, "wb").write(b"video")
+        return {"frames": 1}
+
+    monkeypatch.setattr(dub, "dub_clip", fake_clip)
+    src = str(DATA_DIR / "00015.mp4")
+    dub.dub_uris(src, src, str(out / "videos" / "n.mp4"), None, None, dub.DubConfig())
+    assert (out / "videos" / "n.mp4").read_bytes() == b"video" and not os.path.exists(seen[0])
+    assert os.path.basename(seen[0]).startswith(dub.TEMP_PREFIX)
