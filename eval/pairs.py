@@ -10,7 +10,8 @@ the manifest's folder — or, for ``reference``, against ``--reference`` when it
 as written. An empty ``generated``/``reference`` cell is an error in the manifest.
 
 **Two folders** (``--generated DIR_OR_GLOB --reference DIR``; a folder or manifest that exists is
-used as written even when its name holds ``[ ] ? *``, a glob only otherwise): video files (by suffix) under each
+used as written even when its name holds ``[ ] ? *``, a glob only otherwise; names starting with
+'.' are skipped): video files (by suffix) under each
 are matched by relative path without the suffix (``spk1/clip 03.mp4`` ↔ ``spk1/clip 03.mov``); an
 exact relative path wins over a suffix-only difference, and two references with the same stem are
 an error (write a manifest). A folder or glob that lists no video on either side is an error
@@ -160,12 +161,17 @@ def _videos(spec: str, flag: str = "--generated") -> dict[str, str]:
     elif fs.isdir(path):
         root = path
         found = [p for p in fs.find(path) if p.lower().endswith(VIDEO_SUFFIXES)]
+    elif fs.exists(path):
+        raise PairsError(f"{flag} {spec!r} is a single file; expected a folder, a glob or a pairs manifest "
+                         "(.csv/.jsonl).")
     else:
         raise PairsError(f"Expected a folder, glob or manifest (.csv/.jsonl). Got {spec!r}, which does not exist.")
     root = root.rstrip("/")
     out = {}
     for p in found:
         rel = p[len(root) + 1:] if root and p.startswith(root + "/") else posixpath.basename(p)
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue  # hidden: .tmp-<uuid>-x.mp4 of a killed write, macOS ._x.mp4, .cache/
         out[rel] = _full_uri(fs, p)
     if not out:
         what = "glob" if glob else "folder"

@@ -401,6 +401,20 @@ def test_only_allowed_schemes_are_read(tmp_path):
     assert (e.value.reason, e.value.side) == ("too_large", "generated")
 
 
+def test_hidden_files_are_skipped_and_a_single_file_is_named(tmp_path):
+    """Folder listings used to include a killed dub's .tmp-<uuid>-x.mp4 and macOS's ._x.mp4 (scored
+    or rejected as videos); a single generated file was said not to exist."""
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    _touch(gen, "a.mp4", ".tmp-0f3c-a.mp4", "._a.mp4", ".cache/b.mp4")
+    _touch(ref, "a.mp4", "._a.mp4")
+    for spec in (str(gen), str(gen / "*.mp4")):
+        pairs = list(pairs_mod.list_pairs(spec, str(ref)))
+        assert [(p["key"], p["generated"], p["reference"]) for p in pairs] == [
+            ("a", str(gen / "a.mp4"), str(ref / "a.mp4"))]
+    with pytest.raises(pairs_mod.PairsError, match=r"is a single file; expected a folder, a glob or a pairs manifest"):
+        list(pairs_mod.list_pairs(str(gen / "a.mp4"), str(ref)))
+
+
 def test_pairs_manifest_rules(tmp_path):
     m = tmp_path / "pairs.jsonl"
     m.write_text('{"generated": "g/x.mp4", "reference": "x.mp4", "dataset": "HDTF"}\n'
