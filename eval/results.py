@@ -132,9 +132,15 @@ def validate_run_id(run_id: str) -> str:
     return run_id
 
 
-def default_run_id(now: dt.datetime | None = None) -> str:
-    """Today's UTC date, ``YYYY-MM-DD``: a nightly job re-run the same day replaces that day's run."""
-    return (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%d")
+def default_run_id(dataset: str, method: str, now: dt.datetime | None = None) -> str:
+    """Today's UTC date and the table row, ``YYYY-MM-DD_<dataset>_<method>``: a nightly job re-run
+    the same day replaces that day's run, and two methods scored into one output the same day are
+    two runs (with the date alone the second replaced the first)."""
+    def slug(name: str) -> str:
+        return re.sub(r"[^A-Za-z0-9.-]+", "-", str(name)).strip(".-")[:48] or "x"
+
+    date = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%d")
+    return f"{date}_{slug(dataset)}_{slug(method)}"
 
 
 def run_dir(output: str, run_id: str) -> str:

@@ -18,7 +18,7 @@ count, about 2,000 pairs per shard) and each shard is written by one worker; the
 exact means and CIs, provenance, a bounded sample of rows for histograms) is a ``CombineFn``; the
 sample crops travel only through per-metric Top-K combiners.
 
-Idempotent per run id (default: today's UTC date): everything goes to OUTPUT/runs/<run_id>/; before
+Idempotent per run id (default: today's UTC date, dataset and method, ``2026-11-30_HDTF_radio``): everything goes to OUTPUT/runs/<run_id>/; before
 the job starts ``results.prepare_run_dir`` removes an earlier run of that id (its completion marker
 summary.json first), each file is written whole and atomically and summary.json comes last, so
 re-running an id overwrites that run, never adds duplicate rows, and a killed rerun never looks
@@ -210,11 +210,11 @@ def run(generated: str, output: str, pipeline_args=(), *, reference: str | None 
     started = time.time()
     cfg = config_mod.load(EvalConfig, config_path, overrides)
     cfg_dict = config_mod.to_dict(cfg)
-    run_id = run_id or results.default_run_id()
-    out_dir = results.run_dir(output, run_id)  # validates run_id
-    check_weights(cfg)  # fail here, with the fix, not on every worker
     default_dataset, default_method = pairs_mod.default_names(generated, reference)
     dataset, method = dataset or default_dataset, method or default_method
+    run_id = run_id or results.default_run_id(dataset, method)
+    out_dir = results.run_dir(output, run_id)  # validates run_id
+    check_weights(cfg)  # fail here, with the fix, not on every worker
     schemes = tuple(cfg.input.schemes)
     first = list(itertools.islice(pairs_mod.list_pairs(generated, reference, dataset=dataset, method=method,
                                                        schemes=schemes), os.cpu_count() or 1))

@@ -456,7 +456,11 @@ def test_config_and_run_id_validation():
         with pytest.raises(results.RunIdError):
             results.run_dir("/out", bad)
     import datetime as dt
-    assert results.default_run_id(dt.datetime(2025, 3, 4, 23, 59, tzinfo=dt.timezone.utc)) == "2025-03-04"
+    when = dt.datetime(2025, 3, 4, 23, 59, tzinfo=dt.timezone.utc)
+    assert results.default_run_id("HDTF", "radio v2/ema", when) == "2025-03-04_HDTF_radio-v2-ema"
+    assert results.default_run_id("..", "", when) == "2025-03-04_x_x"
+    for name in ("HDTF", "a b", "ü/..", "-x-"):
+        results.run_dir("/out", results.default_run_id(name, name, when))     # always a valid run id
     from pipelines.evaluate import job_name
     assert job_name("2025-03-04_Nightly.v2") == "radio-evaluate-2025-03-04-nightly-v2"
 
