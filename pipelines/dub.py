@@ -411,7 +411,7 @@ def check_pairs(manifest: str, output: str, references: int = 1, schemes=None) -
     base = posixpath.dirname(manifest)
     for line, rec in sources.numbered_records(manifest, errors):
         try:
-            item = sources._checked_record(rec, base, schemes)  # as read_manifest checks and resolves it
+            item = sources.checked_record(rec, base, schemes)  # as read_manifest checks and resolves it
             item["name"] = name_of(item.get("name"))
         except ValueError as e:
             errors.append(f"{manifest}:{line}: {e}")

@@ -85,7 +85,7 @@ def read_manifest(uri: str, key: tuple[str, ...] = ("uri",),
     dropped: list[str] = []
     for n, rec in records:
         try:
-            out = _checked_record(rec, base, schemes)
+            out = checked_record(rec, base, schemes)
         except ValueError as e:
             errors.append(f"{uri}:{n}: {e}")
             continue
@@ -166,7 +166,7 @@ def _resolve(u: str, base: str) -> str:
     return u if "://" in u else os.path.abspath(u)
 
 
-def _checked_record(rec: dict, base: str, schemes: tuple[str, ...] | None) -> dict:
+def checked_record(rec: dict, base: str, schemes: tuple[str, ...] | None) -> dict:
     """One manifest record, resolved and typed; ValueError(reason) when it cannot be used."""
     u = rec.get("uri")
     if not isinstance(u, str):

@@ -12,6 +12,7 @@ worker). A local one lives in ``$TMPDIR/<prefix><uuid>/`` beside a lock that its
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import hashlib
@@ -21,7 +22,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import fsspec
 import pyarrow as pa
@@ -113,6 +114,24 @@ def file_digest(path: str) -> tuple[int, str]:
             h.update(block)
             size += len(block)
     return size, h.hexdigest()
+
+
+@contextlib.contextmanager
+def locked_temp_dir(prefix: str) -> Iterator[str]:
+    """A fresh ``$TMPDIR/<prefix><uuid>`` folder that holds a lock (flock) while the block runs and is
+    removed after it: :func:`remove_stale_local` removes such folders of killed processes (lock free)
+    and never one in use."""
+    d = os.path.join(tempfile.gettempdir(), f"{prefix}{uuid.uuid4().hex}")
+    os.mkdir(d, 0o700)
+    lock = None
+    try:
+        lock = open(os.path.join(d, _LOCK), "wb")
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+        if lock is not None:
+            lock.close()  # after the removal: a cleaner never sees it unlocked and present
 
 
 def remove_stale_local(prefix: str, min_age_s: float = 60.0) -> list[str]:

@@ -29,19 +29,14 @@ Frames without a tracked face pass through unchanged.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import logging
 import math
 import os
 import queue
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -51,7 +46,7 @@ import cv2
 import numpy as np
 import torch
 
-from preprocess import align, audio, failures, media, progress, video
+from preprocess import align, audio, failures, media, progress, video, writer
 from preprocess import uri as uri_mod
 from preprocess.config import ConfigError, to_dict
 
@@ -668,7 +663,7 @@ def dub_uris(video_uri: str, audio_uri: str, out_uris: str | list[str], model, b
     max_bytes = None if limits is None else limits.max_source_bytes
     with uri_mod.local_copy(video_uri, max_bytes=max_bytes, schemes=schemes) as v, \
             uri_mod.local_copy(audio_uri, max_bytes=max_bytes, schemes=schemes) as a, \
-            _locked_temp_dir() as tmp_dir:
+            writer.locked_temp_dir(TEMP_PREFIX) as tmp_dir:
         local = [os.path.join(tmp_dir, f"out{i}.mp4") for i in range(len(out_uris))]
         stats = dub_clip(v, a, local, model, backend, cfg, device, comment, limits)
         for src, dst in zip(local, out_uris):
@@ -679,26 +674,6 @@ def dub_uris(video_uri: str, audio_uri: str, out_uris: str | list[str], model, b
 
 #: local folders of outputs being encoded: ``$TMPDIR/radio-dubout-<uuid>``, each locked by its run
 TEMP_PREFIX = "radio-dubout-"
-
-
-@contextlib.contextmanager
-def _locked_temp_dir() -> Iterator[str]:
-    """A ``$TMPDIR/radio-dubout-*`` folder holding a lock (flock) while it is in use, as preprocess's
-    shard writers do: ``preprocess.writer.remove_stale_local(TEMP_PREFIX)`` removes the folders of
-    killed runs (lock free) and never one in use."""
-    from preprocess import writer as writer_mod
-
-    d = os.path.join(tempfile.gettempdir(), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
-    os.mkdir(d, 0o700)
-    lock = None
-    try:
-        lock = open(os.path.join(d, writer_mod._LOCK), "wb")
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-        if lock is not None:
-            lock.close()  # after the removal: a cleaner never sees it unlocked and present
 
 
 def _worker_cores() -> int:
