@@ -148,13 +148,41 @@ def fingerprint(uri: str | None) -> dict | None:
 
 def identity(item: dict, checkpoint_sha256: str, cfg: DubConfig) -> dict:
     """What makes a pair's outputs: inputs (URIs and content fingerprints), checkpoint and the
-    output-affecting dub settings. A marker written before fingerprints existed has another
-    ``made_by``: its pair is dubbed again (and counted as replaced)."""
+    output-affecting dub settings (a marker from before fingerprints: :func:`legacy_stands`)."""
     ident = {"video": item["uri"], "audio": item.get("audio_uri"), "checkpoint_sha256": checkpoint_sha256,
              "dub": output_config(cfg), "video_fingerprint": fingerprint(item["uri"]),
              "audio_fingerprint": fingerprint(item.get("audio_uri"))}
-    ident["made_by"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    ident["made_by"] = _made_by(ident)
     return ident
+
+
+def _made_by(ident: dict) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def modified(uri: str | None) -> float | None:
+    """When a file last changed (POSIX seconds), None when unknown or missing."""
+    if not uri:
+        return None
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        return fs.modified(path).timestamp()
+    except (FileNotFoundError, NotImplementedError, AttributeError, ValueError, OSError):
+        return None
+
+
+def legacy_stands(marker: dict | None, marker_uri: str, ident: dict) -> bool:
+    """A marker written before input fingerprints existed (no ``video_fingerprint``) stands when it
+    was made by the same URIs, checkpoint and settings and neither input changed after the marker
+    was written (both older than it); else its pair is dubbed again. So an upgrade does not redo a
+    whole output, and a file changed since is still caught."""
+    if not marker or "video_fingerprint" in marker:
+        return False
+    if marker.get("made_by") != _made_by({k: ident[k] for k in ("video", "audio", "checkpoint_sha256", "dub")}):
+        return False
+    written = modified(marker_uri)
+    inputs = [modified(u) for u in (ident["video"], ident["audio"])]
+    return written is not None and all(t is not None and t < written for t in inputs)
 
 
 def _read_marker(uri: str) -> dict | None:
@@ -212,6 +240,10 @@ class DubPairFn(beam.DoFn):
         ident = identity(item, self.checkpoint_sha256, self.cfg.dub)
         marker_uri = done_uri(self.output, item)
         earlier = _read_marker(marker_uri)
+        if self.resume and legacy_stands(earlier, marker_uri, ident) and finished(
+                earlier, earlier["made_by"], self.retry_rejects):
+            earlier = dict(earlier, **ident)          # the marker now records the fingerprints it stands for
+            uri_mod.write_bytes_atomic(marker_uri, json.dumps(earlier, sort_keys=True).encode())
         if self.resume and finished(earlier, ident["made_by"], self.retry_rejects):
             self.skipped.inc()
             yield dict(earlier, status_now="skipped")

@@ -496,7 +496,7 @@ def test_bad_x264_preset_or_crf_is_refused_in_the_config():
 def test_a_changed_input_at_the_same_uri_is_dubbed_again(tmp_path, monkeypatch):
     """The pair's identity holds a fingerprint of each input (local: size + mtime): rewriting the
     video or the speech at the same path redoes the pair (counted as replaced); an untouched pair is
-    skipped; a marker from before fingerprints (no fingerprint fields) is redone."""
+    skipped; a marker from before fingerprints stands only while both inputs are older than it."""
     import os
 
     from pipelines import dub as dub_job
@@ -516,14 +516,31 @@ def test_a_changed_input_at_the_same_uri_is_dubbed_again(tmp_path, monkeypatch):
     os.utime(speech, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same size, touched
     (r,) = fn.process(item)
     assert r["status_now"] == "dubbed" and r["replaced"], r
-    # an old marker (no fingerprints): made by something else, so dubbed again
+    # a marker from before fingerprints, as that version wrote it: it stands while both inputs are
+    # older than it (an upgrade does not redo the output; the marker gets the fingerprints), and not
+    # once an input changed after it
     marker = tmp_path / "out" / "done" / f"{dub_job.pair_key(item)}.json"
-    old = json.loads(marker.read_text())
-    ident = {k: old[k] for k in ("video", "audio", "checkpoint_sha256", "dub")}
-    old["made_by"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-    marker.write_text(json.dumps(old))
+
+    def write_old_marker():
+        old = {k: v for k, v in json.loads(marker.read_text()).items() if not k.endswith("_fingerprint")}
+        ident = {k: old[k] for k in ("video", "audio", "checkpoint_sha256", "dub")}
+        old["made_by"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+        marker.write_text(json.dumps(old))
+        return old
+
+    t = marker.stat().st_mtime_ns
+    for f in (video, speech):
+        os.utime(f, ns=(t - 10**9, t - 10**9))                 # both inputs written before the marker
+    write_old_marker()
+    (r,) = fn.process(item)
+    assert r["status_now"] == "skipped", r
+    assert "video_fingerprint" in json.loads(marker.read_text())
+    assert [r["status_now"] for r in fn.process(item)] == ["skipped"]
+    old = write_old_marker()
+    os.utime(speech, ns=(marker.stat().st_mtime_ns + 10**9,) * 2)   # the speech changed after it
     (r,) = fn.process(item)
     assert r["status_now"] == "dubbed" and r["replaced"], r
+    assert old["made_by"] != r["made_by"]
     # remote files: what fs.info gives
     import fsspec
 
