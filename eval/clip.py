@@ -197,7 +197,9 @@ def check_aspect(gen_info, ref_info, tolerance: float) -> None:
     gw, gh, rw, rh = gen_info.width, gen_info.height, ref_info.width, ref_info.height
     if not (gw and gh and rw and rh):
         return
-    ga, ra = gw / gh, rw / rh
+    # as displayed: an anamorphic reference (224x224 stored, 4:3 pixels) is a 4:3 picture, which a
+    # 298x224 square-pixel copy shows alike (scoring compares the stored frames, resized)
+    ga, ra = gw * gen_info.sar / gh, rw * ref_info.sar / rh
     if abs(ga - ra) / ra > tolerance:
         raise PairReject("aspect_mismatch", f"generated is {gw}x{gh} (aspect {ga:.3f}), reference {rw}x{rh} "
                          f"({ra:.3f}): scoring would stretch it (tolerance {tolerance:g}; raise it with "

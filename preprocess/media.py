@@ -154,6 +154,7 @@ class MediaInfo:
     video_streams: int = 0  # video streams that are not cover art
     container: str = ""
     size_bytes: int = 0
+    sar: float = 1.0  # a displayed pixel's width / height, after rotation (anamorphic video: not 1)
 
 
 def ffmpeg_bin(name: str) -> str:
@@ -471,6 +472,9 @@ def _pyav_fields(av, container) -> dict:
                 raise _PyAVShort(f"video stream {st.index} has no size")
             d.update(width=cc.width, height=cc.height,
                      r_frame_rate=_ff_q(st.base_rate), avg_frame_rate=_ff_q(st.average_rate))
+            sar = getattr(st, "sample_aspect_ratio", None) or cc.sample_aspect_ratio
+            if sar:                                    # ffprobe prints it only when it is known
+                d["sample_aspect_ratio"] = f"{sar.numerator}:{sar.denominator}"
             if cc.pix_fmt:
                 d["pix_fmt"] = cc.pix_fmt
             need_dump = need_dump or not d["disposition"]["attached_pic"]
@@ -528,13 +532,15 @@ def _info_from_probe(path: str, data: dict) -> MediaInfo:
         v = videos[0]
         rotation = _rotation(v)
         w, h = _int(v.get("width")) or 0, _int(v.get("height")) or 0
+        num, _, den = str(v.get("sample_aspect_ratio") or "1:1").partition(":")
+        sar = float(Fraction(int(num), int(den))) if num.isdigit() and den.isdigit() and int(num) and int(den) else 1.0
         if rotation in (90, 270):
-            w, h = h, w
+            w, h, sar = h, w, 1.0 / sar
         r, avg = _rate(v.get("r_frame_rate")), _rate(v.get("avg_frame_rate"))
         fps = float(avg or r)
         is_vfr = bool(r and avg and abs(float(avg - r)) > _VFR_TOLERANCE * float(r))
         duration = duration_of(v) or 0.0
-        kw.update(width=w, height=h, rotation=rotation, fps=fps, is_vfr=is_vfr,
+        kw.update(width=w, height=h, sar=sar, rotation=rotation, fps=fps, is_vfr=is_vfr,
                   duration_s=duration, n_frames_25=frames_at(duration, 25),
                   video_codec=v.get("codec_name"), pix_fmt=v.get("pix_fmt"),
                   r_frame_rate=str(v.get("r_frame_rate", "0/0")),

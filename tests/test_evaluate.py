@@ -269,8 +269,8 @@ def test_other_aspect_ratio_is_a_reject_same_aspect_is_resized(tmp_path):
     from preprocess.landmarks import get_backend
 
     ref = str(DATA_DIR / "00015.mp4")  # 224x224
-    for name, size in (("wide", "398:224"), ("half", "112:112")):
-        ffmpeg("-i", f"file:{ref}", "-t", "0.4", "-vf", f"scale={size}", "-c:v", "libx264", "-preset", "ultrafast",
+    for name, size in (("wide", "398:224"), ("half", "112:112")):   # setsar=1: square pixels, a wide picture
+        ffmpeg("-i", f"file:{ref}", "-t", "0.4", "-vf", f"scale={size},setsar=1", "-c:v", "libx264", "-preset", "ultrafast",
                "-an", f"file:{tmp_path / name}.mp4")
     cfg = config_mod.load(EvalConfig, None, ["lpips.enabled=false", "sync.enabled=false", "max_frames=6",
                                               "length_tolerance=1000"])
@@ -285,6 +285,12 @@ def test_other_aspect_ratio_is_a_reject_same_aspect_is_resized(tmp_path):
     s = results.summarise([row], [], 1)
     assert s["generated_resized"] == 1
     assert "resized to the reference's frame size (same aspect ratio): 1 clip." in report.table_markdown([row], {**s, "run_id": "x"})
+    # aspect as displayed: 398x224 square pixels show the picture a 224x224 reference with 16:9
+    # pixels (anamorphic) shows: scored, not rejected
+    ffmpeg("-i", f"file:{ref}", "-t", "0.4", "-vf", "setsar=16/9", "-c:v", "libx264", "-preset", "ultrafast",
+           "-an", f"file:{tmp_path / 'anamorphic.mp4'}")
+    row, _ = clip_mod.evaluate_pair(str(tmp_path / "wide.mp4"), str(tmp_path / "anamorphic.mp4"), cfg, models)
+    assert row["generated_resized"] is True and row["psnr"] > 20
 
 
 def test_missing_weights_fail_unless_the_metric_is_off(tmp_path, inputs):

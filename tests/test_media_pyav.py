@@ -105,6 +105,8 @@ def _extra_builders() -> dict:
         "rot45.mp4": lambda d: _display_matrix(d, 45),
         "rot30.mp4": lambda d: _display_matrix(d, 30),
         "rot135.mp4": lambda d: _display_matrix(d, 135),
+        "anamorphic.mp4": lambda d: _ff(d, "-i", s, "-t", 1, "-vf", "setsar=4/3", *_x264(), "-an"),
+        "anamorphic.mkv": lambda d: _ff(d, "-i", s, "-t", 1, "-vf", "setsar=16/11", *_x264(), "-an"),
     }
     if has_encoder("libvorbis"):
         b["vorbis.ogg"] = lambda d: _ff(d, "-i", s, "-t", 2, "-vn", "-c:a", "libvorbis")
@@ -200,6 +202,9 @@ def test_rotations_from_display_matrix(corpus):
     assert got == expect
     wide = probe(corpus("wide_rot"), backend="pyav")
     assert (wide.width, wide.height, wide.rotation) == (48, 64, 270)
+    assert probe(corpus("anamorphic.mp4")).sar == pytest.approx(4 / 3)
+    assert probe(corpus("anamorphic.mkv"), backend="ffprobe").sar == pytest.approx(16 / 11)
+    assert probe(corpus("data/00015.mp4")).sar == 1.0
     cover = probe(corpus("cover.m4a"), backend="pyav")
     assert (cover.has_video, cover.video_streams, cover.has_audio) == (False, 0, True)
 
