@@ -192,13 +192,29 @@ def _read_marker(uri: str) -> dict | None:
         return None
 
 
-def finished(marker: dict | None, made_by: str, retry_rejects: bool) -> bool:
-    """Whether an earlier result can stand: made by exactly this, and complete."""
+def finished(marker: dict | None, made_by: str, retry_rejects: bool, outs: list[str] | None = None) -> bool:
+    """Whether an earlier result can stand: made by exactly this, and complete — its outputs are
+    ``outs``, the files this run would write (a marker copied or reached under another spelling of
+    the output names files elsewhere), and they exist."""
     if not marker or marker.get("made_by") != made_by:
         return False
     if marker.get("status") == "dubbed":
-        return all(uri_mod.exists(u) for u in marker.get("outputs", []))
+        named = marker.get("outputs", [])
+        return (outs is None or named == outs) and all(uri_mod.exists(u) for u in named)
     return marker.get("status") == "rejected" and not retry_rejects
+
+
+def stale_outputs(earlier: list[str], outs: list[str], output: str) -> list[str]:
+    """Files an earlier make of a pair wrote that this one does not overwrite (it had more references):
+    only those under this run's ``OUTPUT/videos/`` and never one that is a new output under another
+    spelling (a symlinked output folder). A marker copied with its output, or reached through another
+    path, names files elsewhere: they are never touched."""
+    videos = uri_mod.join(output, "videos") + "/"
+    mine = [u for u in earlier if u.startswith(videos) and u not in outs]
+    if uri_mod.is_local(output):
+        new = {os.path.realpath(u) for u in outs}
+        mine = [u for u in mine if os.path.realpath(u) not in new]
+    return sorted(mine)
 
 
 def earlier_outputs(marker: dict | None) -> list[str]:
@@ -240,15 +256,15 @@ class DubPairFn(beam.DoFn):
         ident = identity(item, self.checkpoint_sha256, self.cfg.dub)
         marker_uri = done_uri(self.output, item)
         earlier = _read_marker(marker_uri)
+        outs = output_uris(self.output, item, self.cfg.dub.references)
         if self.resume and legacy_stands(earlier, marker_uri, ident) and finished(
-                earlier, earlier["made_by"], self.retry_rejects):
+                earlier, earlier["made_by"], self.retry_rejects, outs):
             earlier = dict(earlier, **ident)          # the marker now records the fingerprints it stands for
             uri_mod.write_bytes_atomic(marker_uri, json.dumps(earlier, sort_keys=True).encode())
-        if self.resume and finished(earlier, ident["made_by"], self.retry_rejects):
+        if self.resume and finished(earlier, ident["made_by"], self.retry_rejects, outs):
             self.skipped.inc()
             yield dict(earlier, status_now="skipped")
             return
-        outs = output_uris(self.output, item, self.cfg.dub.references)
         result = {"pair_id": pair_id(item), "pair_key": pair_key(item), "name": output_name(item),
                   "uri": item["uri"], "audio_uri": item.get("audio_uri"), **ident}
         replaces = (any(uri_mod.exists(u) for u in outs)
@@ -269,10 +285,10 @@ class DubPairFn(beam.DoFn):
                           message=traceback.format_exception_only(type(e), e)[-1].strip()[:2000])
             self.rejected.inc()
             Metrics.counter(NS, f"rejects_{reason}").inc()
-        earlier_outs = set(earlier_outputs(earlier))
+        earlier_outs = stale_outputs(earlier_outputs(earlier), [], self.output)   # this output's only
         if result["status"] == "dubbed":
             # outputs of an earlier, different make that this one does not overwrite (fewer references)
-            for stale in sorted(earlier_outs - set(outs)):
+            for stale in stale_outputs(earlier_outs, outs, self.output):
                 fs, path = fsspec.core.url_to_fs(stale)
                 if fs.exists(path):
                     fs.rm(path)
@@ -433,7 +449,7 @@ def check_output(output: str) -> None:
 def check_pairs(manifest: str, output: str, references: int = 1, schemes=None) -> list[dict]:
     """The manifest's pairs, every line checked before any work: a JSON object / CSV row, ``uri``
     and ``audio_uri`` strings with a scheme in ``schemes`` (``input.schemes``), a ``name`` that is
-    text or a number and a safe relative path; and no two lines writing one output file — any of the
+    text or a number and a safe relative path, no part of it hidden ('.'); and no two lines writing one output file — any of the
     ``references`` outputs of each (``a`` with K=2 writes ``a.ref1.mp4``, which a pair named
     ``a.ref1`` writes too), nor an exact duplicate line. Refusals name the line(s)."""
     if not sources.is_manifest(manifest):
@@ -445,6 +461,9 @@ def check_pairs(manifest: str, output: str, references: int = 1, schemes=None) -
         try:
             item = sources.checked_record(rec, base, schemes)  # as read_manifest checks and resolves it
             item["name"] = name_of(item.get("name"))
+            if any(part.startswith(".") for part in (item["name"] or "").split("/")):
+                raise ValueError(f"output name {item['name']!r}: a part starts with '.' (hidden files and "
+                                 "'.tmp-*' are temporaries a later run removes); name it without")
         except ValueError as e:
             errors.append(f"{manifest}:{line}: {e}")
             continue

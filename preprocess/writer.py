@@ -45,13 +45,10 @@ class AtomicParquetWriter:
                  compression: str = "zstd", temp_prefix: str = TEMP_PREFIX):
         self.dest = dest
         self.schema = schema.with_metadata(metadata) if metadata else schema
-        self._dir = os.path.join(tempfile.gettempdir(), f"{temp_prefix}{uuid.uuid4().hex}")
-        os.mkdir(self._dir, 0o700)
         self._lock = None
         self._writer = None
+        self._dir, self._lock = _new_locked_dir(temp_prefix)
         try:
-            self._lock = open(os.path.join(self._dir, _LOCK), "wb")
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._tmp = os.path.join(self._dir, "part.parquet")
             self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=compression)
         except BaseException:
@@ -116,29 +113,53 @@ def file_digest(path: str) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
+def _new_locked_dir(prefix: str):
+    """``($TMPDIR/<prefix><uuid>, its locked .lock file)``. The folder is made and locked under a hidden
+    name and only then renamed into the ``<prefix>*`` namespace, so :func:`remove_stale_local` never
+    sees it unlocked (it used to be able to, between mkdir and flock, and removed a folder in use)."""
+    name = f"{prefix}{uuid.uuid4().hex}"
+    hidden = os.path.join(tempfile.gettempdir(), f".creating-{name}")
+    os.mkdir(hidden, 0o700)
+    lock = None
+    try:
+        lock = open(os.path.join(hidden, _LOCK), "wb")
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        final = os.path.join(tempfile.gettempdir(), name)
+        os.rename(hidden, final)              # the open, locked file moves with its folder
+        return final, lock
+    except BaseException:
+        shutil.rmtree(hidden, ignore_errors=True)
+        if lock is not None:
+            lock.close()
+        raise
+
+
 @contextlib.contextmanager
 def locked_temp_dir(prefix: str) -> Iterator[str]:
     """A fresh ``$TMPDIR/<prefix><uuid>`` folder that holds a lock (flock) while the block runs and is
     removed after it: :func:`remove_stale_local` removes such folders of killed processes (lock free)
     and never one in use."""
-    d = os.path.join(tempfile.gettempdir(), f"{prefix}{uuid.uuid4().hex}")
-    os.mkdir(d, 0o700)
-    lock = None
+    d, lock = _new_locked_dir(prefix)
     try:
-        lock = open(os.path.join(d, _LOCK), "wb")
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
-        if lock is not None:
-            lock.close()  # after the removal: a cleaner never sees it unlocked and present
+        lock.close()  # after the removal: a cleaner never sees it unlocked and present
 
 
 def remove_stale_local(prefix: str, min_age_s: float = 60.0) -> list[str]:
     """Delete ``$TMPDIR/<prefix>*`` folders whose writer is gone (its lock is free), or that never
     got a lock and are older than ``min_age_s``. Returns what was removed."""
     removed = []
-    for d in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), glob.escape(prefix) + "*")):
+    tmp = glob.escape(tempfile.gettempdir())
+    for d in glob.glob(os.path.join(tmp, ".creating-" + glob.escape(prefix) + "*")):
+        try:                                  # killed between mkdir and rename (_new_locked_dir)
+            if time.time() - os.stat(d).st_mtime >= min_age_s:
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d)
+        except FileNotFoundError:
+            continue
+    for d in glob.glob(os.path.join(tmp, glob.escape(prefix) + "*")):
         try:
             with open(os.path.join(d, _LOCK), "rb") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its writer lives

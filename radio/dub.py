@@ -29,6 +29,7 @@ Frames without a tracked face pass through unchanged.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import math
@@ -527,7 +528,10 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
     except media.MediaError as e:
         raise DubError(e.stage, e.reason, str(e)) from e
     try:
-        speech = media.check_limits(media.probe(audio_path), **lim)
+        speech = media.probe(audio_path)
+        # the speech's own length: duration_s is its video stream's when the file has one (an mp4)
+        media.check_limits(dataclasses.replace(speech, duration_s=max(speech.duration_s,
+                                                                      speech.audio_duration_s or 0.0)), **lim)
         wav = audio.load_audio(audio_path, info=speech, align_to_video=False)
     except media.MediaError as e:
         raise DubError("audio", e.reason, str(e)) from e

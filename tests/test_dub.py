@@ -429,6 +429,41 @@ def _fake_dub(video, audio_uri, outs, *a, **k):
     return {"frames": 3}
 
 
+def test_a_dub_never_removes_files_outside_its_output(tmp_path, monkeypatch):
+    """Markers name full output paths. A copied output folder dubbed again used to delete the
+    original's videos (the marker's 'stale' outputs) and, rerun, to count pairs as finished whose
+    files live in the original; an output reached through a symlink and then by its real path lost
+    the fresh video (the same file under another spelling, removed as stale)."""
+    import shutil
+
+    src = tmp_path / "v.mp4"
+    src.write_bytes(b"v")
+    item = {"uri": str(src), "audio_uri": str(src), "name": "a"}
+
+    def fn_for(out, refs, sha):
+        fn = _pair_fn(tmp_path, monkeypatch, _fake_dub, references=refs, checkpoint_sha256=sha)
+        fn.output = str(out)
+        return fn
+
+    orig, copy = tmp_path / "orig", tmp_path / "copy"
+    list(fn_for(orig, 2, "a" * 64).process(item))
+    shutil.copytree(orig, copy)
+    (r,) = fn_for(copy, 1, "b" * 64).process(item)          # another checkpoint, fewer references
+    assert r["status_now"] == "dubbed" and r["outputs"] == [str(copy / "videos" / "a.mp4")]
+    assert sorted(p.name for p in (orig / "videos").iterdir()) == ["a.mp4", "a.ref1.mp4"]   # untouched
+    shutil.rmtree(copy)
+    shutil.copytree(orig, copy)
+    (r,) = fn_for(copy, 2, "a" * 64).process(item)          # same make, but the marker names orig's files
+    assert r["status_now"] == "dubbed" and all(str(copy) in o for o in r["outputs"])
+
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)
+    list(fn_for(link, 1, "a" * 64).process(item))
+    (r,) = fn_for(real, 1, "b" * 64).process(item)
+    assert r["status_now"] == "dubbed" and (real / "videos" / "a.mp4").read_bytes() == b"video of " + str(src).encode()
+
+
 def test_a_reject_keeps_earlier_outputs_until_a_dub_replaces_them(tmp_path, monkeypatch):
     """A pair dubbed earlier (2 references) whose redo is rejected keeps both outputs; the next
     successful dub (1 reference) replaces the first and only then removes the other."""
@@ -588,6 +623,9 @@ def test_numeric_names_and_exact_duplicate_lines(tmp_path, caplog):
         with pytest.raises(dub_job.DubInputError, match=r"lines 1 and 2 both write videos/same.mp4"):
             dub_job.check_pairs(m, str(tmp_path / "out"))
     assert "dropped" not in caplog.text
+    for hidden in (".tmp-take1", "batch1/.tmp-take1", ".hidden/a"):   # a later run's cleanup removes .tmp-*
+        with pytest.raises(SourceError, match=r"hidden.jsonl:1: output name .*starts with '\.'"):
+            dub_job.check_pairs(_manifest(tmp_path, [dict(row, name=hidden)], "hidden.jsonl"), str(tmp_path / "out"))
 
 
 def test_dub_applies_the_input_schemes_and_media_limits(tmp_path):
@@ -620,6 +658,16 @@ def test_dub_applies_the_input_schemes_and_media_limits(tmp_path):
     with pytest.raises(dub.DubError) as e:   # the speech is over the limit too
         dub.dub_clip(video, wav, str(tmp_path / "o.mp4"), None, None, cfg,
                      limits=LimitsConfig(max_duration_s=media.probe(video).duration_s + 0.01))
+    assert e.value.stage == "audio" and e.value.reason == "too_long"
+    # speech in an mp4 whose video stream is short: its length is the audio's (duration_s is the video's)
+    sp = tmp_path / "speech_with_short_video.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=gray:size=64x64:d=0.5", "-i", f"file:{wav}", "-map", "0:v", "-map", "1:a",
+           "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", f"file:{sp}")
+    info = media.probe(str(sp))
+    assert info.duration_s < 1.0 < info.audio_duration_s
+    with pytest.raises(dub.DubError) as e:
+        dub.dub_clip(video, str(sp), str(tmp_path / "o.mp4"), None, None, cfg,
+                     limits=LimitsConfig(max_duration_s=max(1.0, media.probe(video).duration_s + 0.01)))
     assert e.value.stage == "audio" and e.value.reason == "too_long"
     assert not (tmp_path / "o.mp4").exists()
     # up front: a manifest line with another scheme is the user's mistake
@@ -731,3 +779,19 @@ def test_temporaries_of_killed_runs_are_removed_but_not_those_in_use(tmp_path, m
     dub.dub_uris(src, src, str(out / "videos" / "n.mp4"), None, None, dub.DubConfig())
     assert (out / "videos" / "n.mp4").read_bytes() == b"video" and not os.path.exists(seen[0])
     assert os.path.basename(seen[0]).startswith(dub.TEMP_PREFIX)
+
+    # a cleaner running between a folder's mkdir and its flock used to take the free lock and remove
+    # a folder in use: now the folder enters the prefix's namespace only once locked
+    from preprocess import writer
+
+    real_flock, removed = fcntl.flock, []
+
+    def cleaner_in_between(f, op):
+        monkeypatch.setattr(writer.fcntl, "flock", real_flock)    # once: the cleaner flocks too
+        removed.extend(writer.remove_stale_local(dub.TEMP_PREFIX))
+        return real_flock(f, op)
+
+    monkeypatch.setattr(writer.fcntl, "flock", cleaner_in_between)
+    with writer.locked_temp_dir(dub.TEMP_PREFIX) as d:
+        assert os.path.isdir(d) and writer.remove_stale_local(dub.TEMP_PREFIX) == [] and os.path.isdir(d)
+    assert removed == [] and not os.path.exists(d)
