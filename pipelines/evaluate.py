@@ -18,7 +18,7 @@ count, about 2,000 pairs per shard) and each shard is written by one worker; the
 exact means and CIs, provenance, a bounded sample of rows for histograms) is a ``CombineFn``; the
 sample crops travel only through per-metric Top-K combiners.
 
-Idempotent per run id (default: today's UTC date, dataset and method, ``2026-11-30_HDTF_radio``): everything goes to OUTPUT/runs/<run_id>/; before
+Idempotent per run id (default: today's UTC date, dataset, method and a hash of the inputs, ``2026-11-30_HDTF_radio_3f9a1c``): everything goes to OUTPUT/runs/<run_id>/; before
 the job starts ``results.prepare_run_dir`` removes an earlier run of that id (its completion marker
 summary.json first), each file is written whole and atomically and summary.json comes last, so
 re-running an id overwrites that run, never adds duplicate rows, and a killed rerun never looks
@@ -198,6 +198,13 @@ def job_name(run_id: str) -> str:
     return ("radio-evaluate-" + re.sub(r"[^a-z0-9-]+", "-", run_id.lower())).strip("-")[:63]
 
 
+def _spelled(spec: str | None) -> str:
+    """A spec as one string however it is written (a relative local path made absolute)."""
+    if not spec:
+        return ""
+    return os.path.abspath(spec) if "://" not in spec else spec.rstrip("/")
+
+
 def run(generated: str, output: str, pipeline_args=(), *, reference: str | None = None, run_id: str | None = None,
         dataset: str | None = None, method: str | None = None, config_path: str | None = None, overrides=(),
         progress: bool = False, test_pipeline: beam.Pipeline | None = None) -> dict:
@@ -212,7 +219,7 @@ def run(generated: str, output: str, pipeline_args=(), *, reference: str | None 
     cfg_dict = config_mod.to_dict(cfg)
     default_dataset, default_method = pairs_mod.default_names(generated, reference)
     dataset, method = dataset or default_dataset, method or default_method
-    run_id = run_id or results.default_run_id(dataset, method)
+    run_id = run_id or results.default_run_id(dataset, method, (_spelled(generated), _spelled(reference)))
     out_dir = results.run_dir(output, run_id)  # validates run_id
     check_weights(cfg)  # fail here, with the fix, not on every worker
     schemes = tuple(cfg.input.schemes)

@@ -463,10 +463,13 @@ def test_config_and_run_id_validation():
             results.run_dir("/out", bad)
     import datetime as dt
     when = dt.datetime(2025, 3, 4, 23, 59, tzinfo=dt.timezone.utc)
-    assert results.default_run_id("HDTF", "radio v2/ema", when) == "2025-03-04_HDTF_radio-v2-ema"
-    assert results.default_run_id("..", "", when) == "2025-03-04_x_x"
+    rid = results.default_run_id("HDTF", "radio v2/ema", ("/d/dubA/videos", "/d/ref"), when)
+    assert rid.startswith("2025-03-04_HDTF_radio-v2-ema_") and len(rid.rsplit("_", 1)[1]) == 6
+    assert rid == results.default_run_id("HDTF", "radio v2/ema", ("/d/dubA/videos", "/d/ref"), when)
+    assert rid != results.default_run_id("HDTF", "radio v2/ema", ("/d/dubB/videos", "/d/ref"), when)
+    assert results.default_run_id("..", "", (), when).startswith("2025-03-04_x_x_")
     for name in ("HDTF", "a b", "ü/..", "-x-"):
-        results.run_dir("/out", results.default_run_id(name, name, when))     # always a valid run id
+        results.run_dir("/out", results.default_run_id(name, name, (name,), when))     # always a valid run id
     from pipelines.evaluate import job_name
     assert job_name("2025-03-04_Nightly.v2") == "radio-evaluate-2025-03-04-nightly-v2"
 
@@ -633,6 +636,20 @@ def test_folders_unpaired_default_names_and_shards(tmp_path):
     assert "| wav2lip_out |" in md and "hdtf_refs PSNR↑" in md
     assert "2 unpaired" in job.format_summary(summary)
     json.loads((run / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
+
+    # default run ids: two generated folders of one name scored into one output the same day are two
+    # runs (the date alone made the second replace the first)
+    other = tmp_path / "other" / "wav2lip_out"
+    shutil.copytree(gen, other)
+    ids = []
+    for g in (gen, other):
+        s = job.run(str(g), str(out), reference=str(refs), overrides=["max_frames=2", "lpips.enabled=false",
+                                                                      "sync.enabled=false"],
+                    test_pipeline=beam.Pipeline(runner=fn_runner.FnApiRunner()))
+        ids.append(s["run_id"])
+    assert ids[0] != ids[1] and all((out / "runs" / i / "summary.json").exists() for i in ids)
+    import re
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d_hdtf-refs_wav2lip-out_[0-9a-f]{6}", i) for i in ids), ids
 
 
 def test_one_bad_pair_is_a_scoring_error_not_the_end_of_the_run(monkeypatch):
