@@ -13,9 +13,13 @@ functions into Beam) rewrites a dataset as
       compact.json                       written last: layout, input, sizes and counts
 
 Inputs (sorted by name) are packed greedily into groups of about ``target_shard_mib``; a group's
-file name is its position and a hash of its members' names and sizes, so the same input gives the
-same names and bytes, a rerun skips groups whose index file exists (written after their shard),
-and output files of an earlier plan that the new one lacks are removed. Rows keep their schema,
+file name is its position and a hash of its members' names, sizes and change tags (mtime, or the
+object's generation / etag), so the same input gives the same names and bytes, an input rewritten
+in place (same size: a new split, a repaired file) renames its group; a rerun skips groups whose
+index file exists (written after their shard, and only when no input was left out: a group with a
+bad input is redone and reported again until it is fixed), and output files of an earlier plan that
+the new one lacks are removed. A rows/part-* folder without compact.json is a compaction in progress
+or killed: readers refuse it (:func:`check_complete`). Rows keep their schema,
 so every reader of per-source datasets (training, inspect) reads compacted ones too.
 """
 from __future__ import annotations
@@ -78,15 +82,17 @@ def check_paths(src: str, dst: str) -> None:
                            "use an empty or earlier compact output.")
 
 
-def list_inputs(src: str, kind: str) -> list[tuple[str, int]]:
-    return [(u, size) for u, size, _ in catalog.list_detail(src, kind)]
+def list_inputs(src: str, kind: str) -> list[tuple[str, int, str]]:
+    """(uri, size, change tag) of the input's ``kind`` files."""
+    return [(u, size, tag) for u, size, tag in catalog.list_detail(src, kind)]
 
 
-def plan(inputs: list[tuple[str, int]], kind: str, target_bytes: float) -> list[Group]:
-    """Inputs (sorted by name) packed greedily into groups of about ``target_bytes``."""
+def plan(inputs: list[tuple], kind: str, target_bytes: float) -> list[Group]:
+    """Inputs ``(uri, size[, tag])`` (sorted by name) packed greedily into groups of about
+    ``target_bytes``; a group's name hashes its members' names, sizes and tags."""
     groups, members, acc = [], [], 0
-    for uri, size in sorted(inputs):
-        members.append((uri, int(size)))
+    for uri, size, *tag in sorted(inputs):
+        members.append((uri, int(size), tag[0] if tag else ""))
         acc += int(size)
         if acc >= target_bytes:
             groups.append(members)
@@ -95,9 +101,21 @@ def plan(inputs: list[tuple[str, int]], kind: str, target_bytes: float) -> list[
         groups.append(members)
     out = []
     for i, m in enumerate(groups):
-        key = json.dumps([kind, [(u.rsplit("/", 1)[-1], s) for u, s in m]]).encode()
-        out.append(Group(kind, f"part-{i:05d}-{hashlib.sha1(key).hexdigest()[:12]}.parquet", tuple(m)))
+        key = json.dumps([kind, [(u.rsplit("/", 1)[-1], s, t) for u, s, t in m]]).encode()
+        out.append(Group(kind, f"part-{i:05d}-{hashlib.sha1(key).hexdigest()[:12]}.parquet",
+                         tuple((u, s) for u, s, _ in m)))
     return out
+
+
+def check_complete(dataset: str, names: list[str]) -> None:
+    """A dataset whose rows (``names``) include compacted parts is complete only with compact.json:
+    without it a `radio compact` is writing it, or was killed (old and new parts may both be there)."""
+    if dataset.endswith(".parquet"):          # one shard named directly: nothing to be complete
+        return
+    if any(n.rsplit("/", 1)[-1].startswith("part-") for n in names) and not uri_mod.exists(
+            uri_mod.join(dataset, MARKER)):
+        raise CompactError(f"{dataset!r} holds compacted shards but no {MARKER}: a `radio compact` into it "
+                           "is running or was killed. Wait for it, or rerun it to finish the output.")
 
 
 class _TableWriter(AtomicParquetWriter):
@@ -158,7 +176,7 @@ def write_group(dst: str, group: Group, cfg: CompactConfig) -> dict:
         writer.abort()
         raise
     writer.commit()
-    if rows_kind:
+    if rows_kind and not done["bad"]:   # a group that left an input out is redone by the next run
         write_table_atomic(marker, [{"clip_id": c, "shard": s, "row": r} for c, s, r in index], INDEX_SCHEMA)
     return dict(done, rows=writer.n_rows, skipped=False)
 

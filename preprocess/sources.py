@@ -89,7 +89,7 @@ def read_manifest(uri: str, key: tuple[str, ...] = ("uri",),
         except ValueError as e:
             errors.append(f"{uri}:{n}: {e}")
             continue
-        k = tuple(out.get(f) for f in key)
+        k = tuple(same_file_key(out.get(f)) for f in key)
         if k in seen:
             dropped.append(f"{n} (= line {seen[k]})")
             continue
@@ -158,6 +158,14 @@ def _raw_records(uri: str, text: str, errors: list[str]) -> Iterator[tuple[int, 
             errors.append(f"{uri}:{n}: expected a JSON object. Got {type(rec).__name__}.")
             continue
         yield n, rec
+
+
+def same_file_key(u):
+    """A URI as a duplicate check sees it: ``file:///x`` and ``/x`` are one local file (the URI
+    itself is kept as written: source ids hash it)."""
+    if isinstance(u, str) and u.startswith("file://"):
+        return os.path.abspath(u[len("file://"):])
+    return u
 
 
 def _resolve(u: str, base: str) -> str:

@@ -131,10 +131,33 @@ def dataset(uri: str, flag: str = "--data") -> None:
     """A dataset folder (or one shard) with row shards written by ``radio preprocess``."""
     from preprocess import shards
 
+    from preprocess import compact
+
     exists(uri, flag, "dataset")
-    if not shards.list_shards(uri):
+    listed = shards.list_shards(uri)
+    if not listed:
         raise CheckError(f"{flag} {uri!r}: no row shards ({shards.ROWS}/*.parquet); "
                          "write them with `radio preprocess --output` first.")
+    try:
+        compact.check_complete(uri, listed)
+    except compact.CompactError as e:
+        raise CheckError(f"{flag} {e}") from e
+
+
+def not_compacted(uri: str, flag: str = "--output") -> None:
+    """``radio preprocess`` adds per-source shards; into a compacted dataset they would duplicate the
+    sources the parts already hold."""
+    from preprocess import compact
+
+    if uri_exists(uri, compact.MARKER) or uri_exists(uri, compact.INDEX):
+        raise CheckError(f"{flag} {uri!r} is a compacted dataset (`radio compact` output): preprocess into "
+                         "the per-source dataset it was made from, then compact again.")
+
+
+def uri_exists(base: str, name: str) -> bool:
+    from preprocess import uri as uri_mod
+
+    return uri_mod.exists(uri_mod.join(base, name))
 
 
 # ---- per command -----------------------------------------------------------------------------
@@ -146,6 +169,7 @@ def command(args: argparse.Namespace) -> None:
     cfg = job_config(args)
     if cmd == "preprocess":
         output_folder(args.output)
+        not_compacted(args.output)
         media_input(args.input)
     elif cmd == "compact":
         dataset(args.input, "--input")

@@ -115,6 +115,55 @@ def test_a_changed_input_rewrites_only_what_changed_and_drops_stale_files(per_so
     assert set(compact.lookup(str(dst), ["new", "c50", "c40"])) == {"new", "c40"}
 
 
+def test_an_input_rewritten_in_place_or_left_out_is_not_forgotten(per_source, sample_dataset, tmp_path, capsys):
+    """Group names hashed input names and sizes only: a shard rewritten with the same size (a new
+    split) kept its old rows in the compacted copy, and a group that left a bad shard out was
+    committed, so a rerun reported nothing and the shard's rows never came back once repaired."""
+    import os
+
+    dst = tmp_path / "out"
+    sets = (_pair_target(per_source),)
+    assert _compact(per_source, dst, *sets) == 0
+    src0 = per_source / "rows" / "src0.parquet"
+    rows = pq.read_table(src0).to_pylist()
+    write_table_atomic(str(src0), [dict(r, split="eval") for r in rows], schema.SEGMENT_SCHEMA,
+                       schema.file_metadata())
+    st = src0.stat()
+    os.utime(src0, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))   # rewritten later (size may be the same)
+    assert _compact(per_source, dst, *sets) == 0
+    got = {r["clip_id"]: r["split"] for r in shards.iter_rows(str(dst))}
+    assert all(got[r["clip_id"]] == "eval" for r in rows) and len(got) == 15
+
+    good = src0.read_bytes()                 # a shard cut short: left out, reported on every run
+    src0.write_bytes(good[:-8] + b"\0" * 8)
+    for _ in range(2):
+        capsys.readouterr()
+        assert _compact(per_source, dst, *sets) == 1
+        assert "left out (bad shard)" in capsys.readouterr().out and "src0" in json.dumps(
+            json.loads((dst / "compact.json").read_text())["bad_input_shards"])
+    src0.write_bytes(good)                   # repaired (same size): its rows come back
+    assert _compact(per_source, dst, *sets) == 0
+    assert len({r["clip_id"] for r in shards.iter_rows(str(dst))}) == 15
+    assert json.loads((dst / "compact.json").read_text())["bad_input_shards"] == []
+
+
+def test_a_half_written_compact_output_is_refused_and_so_is_preprocess_into_one(per_source, tmp_path, capsys):
+    dst = tmp_path / "out"
+    assert _compact(per_source, dst, _pair_target(per_source)) == 0
+    (dst / "compact.json").unlink()          # what a killed `radio compact` leaves
+    smoke = str(Path(__file__).resolve().parents[1] / "configs" / "smoke-cpu.yaml")
+    for argv in (["train", "--config", smoke, "--data", str(dst), "--output", str(tmp_path / "run")],
+                 ["inspect", str(dst)]):
+        assert radio.cli.main(argv) == 2
+        assert "compacted shards but no compact.json" in capsys.readouterr().err
+    one = sorted((dst / "rows").glob("part-*.parquet"))[0]
+    assert radio.cli.main(["inspect", str(one), "--output", str(tmp_path / "one.png")]) == 0   # one shard: fine
+    clip = Path(__file__).resolve().parent / "data" / "00015.mp4"
+    assert radio.cli.main(["preprocess", "--input", str(clip), "--output", str(dst)]) == 2
+    assert "is a compacted dataset" in capsys.readouterr().err
+    assert not (dst / "done").exists()
+
+
 def test_compact_refuses_an_output_inside_its_input_or_a_per_source_output(per_source, capsys):
     assert _compact(per_source, per_source / "sub") == 2
     err = capsys.readouterr().err

@@ -63,6 +63,11 @@ def test_numbers_become_strings_bom_accepted_duplicates_dropped(tmp_path, caplog
     jsonl_m = _write(tmp_path, "m.jsonl", '{"uri": "a.mp4", "speaker_id": 7, "split": 2.0}\n', bom=True)
     (rec,) = sources.list_sources(str(jsonl_m))
     assert rec["uri"] == str(tmp_path / "a.mp4") and rec["speaker_id"] == "7" and rec["split"] == "2"
+    # one file, four spellings (file:// too: it used to become a second source with the same frames)
+    spelled = _write(tmp_path, "s.csv", f"uri\na.mp4\n./a.mp4\nsub/../a.mp4\nfile://{tmp_path / 'a.mp4'}\n")
+    caplog.clear()
+    assert [r["uri"] for r in sources.list_sources(str(spelled))] == [str(tmp_path / "a.mp4")]
+    assert "dropped 3 duplicate" in caplog.text
 
 
 def test_numeric_speaker_ids_fit_the_row_schema(tmp_path):
