@@ -165,7 +165,12 @@ class PartitionFinishedFn(beam.DoFn):
         for item in items[:1]:  # the same URI listed twice is one source
             self.listed.inc()
             marker = done[0] if done and self.resume else None
-            if marker is not None and marker["why"] is not None:
+            relabelled = (marker is not None and marker["why"] is None and marker.get("status") == "rows"
+                          and marker.get("labels") is not None and marker["labels"] != source.labels_of(item))
+            if relabelled:
+                log.warning("redoing source %s: the manifest changed its labels from %s to %s", _sid,
+                            marker["labels"], source.labels_of(item))
+            if marker is not None and (marker["why"] is not None or relabelled):
                 self.untrusted.inc()
                 yield beam.pvalue.TaggedOutput(self.UNTRUSTED, 1)
                 yield item
@@ -195,7 +200,7 @@ class CheckFinishedFn(beam.DoFn):
                 "unreadable done marker"
             if why is not None:
                 log.warning("redoing source %s: %s", sid, why)
-            yield sid, {"status": marker.get("status"), "why": why}
+            yield sid, {"status": marker.get("status"), "why": why, "labels": marker.get("labels")}
 
 
 def write_summary(acc: dict, *, dataset: str, run_id: str, skipped: int, cfg: dict, started: float,
@@ -330,7 +335,7 @@ def format_summary(s: dict) -> str:
     if s["rejects_by_reason"]:
         lines.append("  rejects: " + ", ".join(f"{k} {v}" for k, v in sorted(s["rejects_by_reason"].items())))
     if s.get("redone_after_check"):
-        lines.append(f"  {s['redone_after_check']} earlier source(s) redone: files missing or damaged, "
+        lines.append(f"  {s['redone_after_check']} earlier source(s) redone: files missing or damaged, labels changed, "
                      "or another config")
     if s["sources_failed"]:
         lines.append(f"  {s['sources_failed']} failed on environment errors (no space, I/O, network, killed): "

@@ -341,9 +341,17 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
         "reject_reasons": [r.reason for r in rejects],
         "seconds": {k: round(v, 4) for k, v in stages.seconds.items()},
     }
-    marker = {**result, "files": files, "config_fingerprint": shards.config_fingerprint(_config_dict(cfg))}
+    marker = {**result, "files": files, "config_fingerprint": shards.config_fingerprint(_config_dict(cfg)),
+              "labels": labels_of(item)}
     uri_mod.write_bytes_atomic(shards.done_uri(dataset, sid), json.dumps(marker, sort_keys=True).encode())
     return result
+
+
+def labels_of(item: dict) -> dict:
+    """The manifest columns a source's rows carry (``speaker_id``, ``split``): recorded in its done
+    marker, so ``--resume`` redoes a source whose labels changed instead of keeping rows that say
+    ``train`` for a clip the manifest now puts in ``eval``."""
+    return {"speaker_id": item.get("speaker_id"), "split": item.get("split")}
 
 
 def _config_dict(cfg: PreprocessConfig) -> dict:

@@ -80,6 +80,29 @@ def test_resume_redoes_sources_whose_files_are_damaged(made, tmp_path, damage):
     assert (summary["redone_after_check"], summary["skipped_resume"]) == (0, 2)
 
 
+def test_resume_redoes_a_source_whose_manifest_labels_changed(made, tmp_path):
+    """A clip moved from train to eval in the manifest used to be 'finished earlier' with rows that
+    still said train (and trained on); the marker records the labels, and a change redoes it."""
+    import pyarrow.parquet as pq
+
+    inputs, _ = made
+    ds = str(tmp_path / "labelled")
+    man = tmp_path / "m.csv"
+
+    def run(split, run_id):
+        man.write_text(f"uri,speaker_id,split\n{inputs / 'face.mp4'},s1,{split}\n{inputs / 'noface.mp4'},s2,{split}\n")
+        return pipeline.run(str(man), ds, ONE_WORKER, overrides=IN_PROCESS, resume=True, run_id=run_id)
+
+    run("train", "first")
+    assert {m["labels"]["split"] for m in markers(ds).values()} == {"train"}
+    s = run("eval", "moved")
+    assert (s["redone_after_check"], s["skipped_resume"]) == (1, 1)         # the rejected one has no rows
+    (rows,) = Path(ds, shards.ROWS).glob("*.parquet")
+    assert set(pq.read_table(rows, columns=["split"]).column("split").to_pylist()) == {"eval"}
+    s = run("eval", "same")
+    assert (s["redone_after_check"], s["skipped_resume"]) == (0, 2)
+
+
 def test_other_config_is_refused_in_one_line_unless_new_version(made, tmp_path, capsys):
     from radio import cli
 
