@@ -179,6 +179,10 @@ def claim_dataset(dataset: str, cfg: dict, *, new_version: bool = False) -> dict
             f"{dataset} was made with another config (version {info.get('version', 1)}): {shown}; "
             f"use the same config, or pass --new-version to redo every source as the next version")
     version = (info or {}).get("version", 0) + 1
+    if info is not None:
+        log.warning("%s: version %d (another config): this run redoes the sources of its input; the "
+                    "dataset's other sources keep version %d's rows until a run with them redoes them "
+                    "(radio preprocess --resume with the whole input)", dataset, version, version - 1)
     info = {"fingerprint": fp, "version": version, "config": flat,
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     uri_mod.write_bytes_atomic(uri_mod.join(dataset, DATASET_INFO),
