@@ -81,6 +81,7 @@ def run(src: str, dst: str, pipeline_args=(), *, config_path: str | None = None,
 
         fs, path = fsspec.core.url_to_fs(fs_marker)
         fs.rm(path)
+    shards.remove_stale_temporaries(dst)   # what killed runs left: $TMPDIR folders, .tmp-* uploads
     if test_pipeline is not None:
         p, is_local = test_pipeline, True
     else:

@@ -142,7 +142,7 @@ def write_group(dst: str, group: Group, cfg: CompactConfig) -> dict:
     rows_kind = group.kind == shards.ROWS
     base = schema.SEGMENT_SCHEMA if rows_kind else schema.REJECT_SCHEMA
     meta = schema.file_metadata({"compacted_from": [u.rsplit("/", 1)[-1] for u, _ in group.inputs]})
-    writer = _TableWriter(out, base, meta)
+    writer = _TableWriter(out, base, meta, temp_prefix=shards.temp_prefix(dst))   # removable once dead
     index, pending, pending_bytes = [], [], 0
     target = cfg.row_group_mib * 2**20
 
@@ -177,7 +177,8 @@ def write_group(dst: str, group: Group, cfg: CompactConfig) -> dict:
         raise
     writer.commit()
     if rows_kind and not done["bad"]:   # a group that left an input out is redone by the next run
-        write_table_atomic(marker, [{"clip_id": c, "shard": s, "row": r} for c, s, r in index], INDEX_SCHEMA)
+        write_table_atomic(marker, [{"clip_id": c, "shard": s, "row": r} for c, s, r in index], INDEX_SCHEMA,
+                           temp_prefix=shards.temp_prefix(dst))
     return dict(done, rows=writer.n_rows, skipped=False)
 
 

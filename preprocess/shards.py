@@ -212,7 +212,7 @@ def remove_stale_temporaries(dataset: str) -> list[str]:
     starts: two runs writing one dataset at the same time are not supported."""
     removed = remove_stale_local(dataset)
     fs, root = fsspec.core.url_to_fs(dataset)
-    for sub in ("", ROWS, REJECTS, DONE, RUNS):
+    for sub in ("", ROWS, REJECTS, DONE, RUNS, "index"):      # index/: a compacted dataset's
         folder = f"{root.rstrip('/')}/{sub}".rstrip("/")
         if not fs.isdir(folder):
             continue

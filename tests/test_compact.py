@@ -164,6 +164,36 @@ def test_a_half_written_compact_output_is_refused_and_so_is_preprocess_into_one(
     assert not (dst / "done").exists()
 
 
+def test_compact_removes_what_a_killed_compact_left(per_source, tmp_path, monkeypatch):
+    """A killed compact left its $TMPDIR part (the shard being written) and .tmp-* uploads for good:
+    its writers now use the output's temporary prefix, which a run clears at start (dead ones only)."""
+    import os
+    import tempfile
+
+    from preprocess import writer
+
+    dst = tmp_path / "out"
+    assert _compact(per_source, dst, _pair_target(per_source)) == 0
+    dead = Path(tempfile.gettempdir()) / f"{shards.temp_prefix(str(dst))}killed"
+    dead.mkdir()
+    (dead / "part.parquet").write_bytes(b"x" * 1000)
+    os.utime(dead, (1e9, 1e9))
+    upload = dst / "rows" / ".tmp-0f-part-00000.parquet"
+    upload.write_bytes(b"x")
+    used = []
+    real = writer.AtomicParquetWriter.__init__
+
+    def spy(self, dest, schema_, metadata=None, compression="zstd", temp_prefix=writer.TEMP_PREFIX):
+        used.append(temp_prefix)
+        real(self, dest, schema_, metadata, compression, temp_prefix)
+
+    monkeypatch.setattr(writer.AtomicParquetWriter, "__init__", spy)
+    (dst / "index" / sorted(p.name for p in (dst / "index").iterdir())[0]).unlink()   # one group to redo
+    assert _compact(per_source, dst, _pair_target(per_source)) == 0
+    assert not dead.exists() and not upload.exists()
+    assert used and all(u == shards.temp_prefix(str(dst)) for u in used)
+
+
 def test_compact_refuses_an_output_inside_its_input_or_a_per_source_output(per_source, capsys):
     assert _compact(per_source, per_source / "sub") == 2
     err = capsys.readouterr().err
