@@ -293,6 +293,12 @@ def frames_at(duration_s: float, fps=25) -> int:
     return int(math.floor(duration_s * float(fps) + 0.5 + 1e-9)) if duration_s > 0 else 0
 
 
+def _default_first(streams: list[dict]) -> list[dict]:
+    """``streams`` with the first one whose disposition is ``default`` moved to the front (stable)."""
+    pick = next((s for s in streams if (s.get("disposition") or {}).get("default")), None)
+    return [pick] + [s for s in streams if s is not pick] if pick is not None else streams
+
+
 def _is_cover(stream: dict) -> bool:
     return bool((stream.get("disposition") or {}).get("attached_pic"))
 
@@ -452,8 +458,8 @@ def _pyav_fields(av, container) -> dict:
     for st in container.streams:
         kind = st.type
         d: dict = {"index": st.index, "codec_type": kind,
-                   "disposition": {"attached_pic": int(bool(
-                       st.disposition & av.stream.Disposition.attached_pic))},
+                   "disposition": {"attached_pic": int(bool(st.disposition & av.stream.Disposition.attached_pic)),
+                                   "default": int(bool(st.disposition & av.stream.Disposition.default))},
                    "tags": dict(st.metadata)}
         tb = st.time_base
         for key, value in (("start_time", _ff_time(st.start_time, tb)),
@@ -502,8 +508,10 @@ def _info_from_probe(path: str, data: dict) -> MediaInfo:
     fmt = data.get("format") or {}
     if not streams:
         raise MediaError("probe", "no_streams", "no audio or video stream", path)
-    videos = [s for s in streams if s.get("codec_type") == "video" and not _is_cover(s)]
-    audios = [s for s in streams if s.get("codec_type") == "audio"]
+    # the stream a player shows: the first marked default, else the first (a second camera angle or
+    # a commentary track placed first is not the talking face and its speech)
+    videos = _default_first([s for s in streams if s.get("codec_type") == "video" and not _is_cover(s)])
+    audios = _default_first([s for s in streams if s.get("codec_type") == "audio"])
     fmt_start = _float(fmt.get("start_time")) or 0.0
     fmt_duration = _float(fmt.get("duration"))
 

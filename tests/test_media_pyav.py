@@ -106,6 +106,10 @@ def _extra_builders() -> dict:
         "rot30.mp4": lambda d: _display_matrix(d, 30),
         "rot135.mp4": lambda d: _display_matrix(d, 135),
         "anamorphic.mp4": lambda d: _ff(d, "-i", s, "-t", 1, "-vf", "setsar=4/3", *_x264(), "-an"),
+        "second_default.mkv": lambda d: _ff(d, "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25:duration=1",
+                                            "-i", s, "-t", 1, "-map", "0:v", "-map", "1:v", "-map", "1:a",
+                                            *_x264(), "-c:a", "aac", "-disposition:v:0", "0",
+                                            "-disposition:v:1", "default"),
         "anamorphic.mkv": lambda d: _ff(d, "-i", s, "-t", 1, "-vf", "setsar=16/11", *_x264(), "-an"),
     }
     if has_encoder("libvorbis"):
@@ -202,6 +206,8 @@ def test_rotations_from_display_matrix(corpus):
     assert got == expect
     wide = probe(corpus("wide_rot"), backend="pyav")
     assert (wide.width, wide.height, wide.rotation) == (48, 64, 270)
+    two = probe(corpus("second_default.mkv"))        # the default video stream, not the first
+    assert (two.video_index, two.video_streams, two.width) == (1, 2, 224)
     assert probe(corpus("anamorphic.mp4")).sar == pytest.approx(4 / 3)
     assert probe(corpus("anamorphic.mkv"), backend="ffprobe").sar == pytest.approx(16 / 11)
     assert probe(corpus("data/00015.mp4")).sar == 1.0
