@@ -131,7 +131,17 @@ def main(args) -> int:
     segments = load_segments(args.uri, args.rows, args.clip_id)
     png = contact_sheet(segments, args.frames)
     fs, path = fsspec.core.url_to_fs(args.uri)
-    out = args.output or (args.uri.rstrip("/") + "/contact_sheet.png" if fs.isdir(path) else args.uri + ".png")
+    out = args.output or (args.uri.rstrip("/") + "/contact_sheet.png" if fs.isdir(path) else _beside_dataset(args.uri))
     uri_mod.write_bytes_atomic(out, png)
     print(f"contact sheet of {len(segments)} segment(s): {out}")
     return 0
+
+
+def _beside_dataset(shard: str) -> str:
+    """Default sheet for one shard: ``<dataset>/contact_sheet-<shard>.png`` when it lies in a
+    dataset's rows/ (not among the shards), else next to it."""
+    folder, _, name = shard.rpartition("/")
+    stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
+    if folder.rstrip("/").endswith("/rows") or folder == "rows":
+        return f"{folder.rstrip('/')[: -len('rows')] or './'}contact_sheet-{stem}.png"
+    return shard + ".png"

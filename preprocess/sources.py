@@ -65,6 +65,9 @@ def list_sources(spec: str, schemes: tuple[str, ...] | None = None) -> Iterator[
             yield {"uri": _full_uri(fs, p), "speaker_id": None, "split": None}
 
 
+_WARNED: set = set()
+
+
 def read_manifest(uri: str, key: tuple[str, ...] = ("uri",),
                   schemes: tuple[str, ...] | None = None) -> Iterator[dict]:
     """Records of a CSV/JSONL manifest, all checked before the first is yielded.
@@ -100,7 +103,8 @@ def read_manifest(uri: str, key: tuple[str, ...] = ("uri",),
         raise SourceError(errors[0] + more)
     if not out_records:
         raise SourceError(f"{uri}: no records.")
-    if dropped:
+    if dropped and (uri, tuple(dropped)) not in _WARNED:       # once per process, not per listing
+        _WARNED.add((uri, tuple(dropped)))
         log.warning("%s: dropped %d duplicate record(s) of the same %s at line(s) %s", uri,
                     len(dropped), "/".join(key), ", ".join(dropped[:10]) + (" ..." if len(dropped) > 10 else ""))
     yield from out_records

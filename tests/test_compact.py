@@ -158,6 +158,8 @@ def test_a_half_written_compact_output_is_refused_and_so_is_preprocess_into_one(
         assert "compacted shards but no compact.json" in capsys.readouterr().err
     one = sorted((dst / "rows").glob("part-*.parquet"))[0]
     assert radio.cli.main(["inspect", str(one), "--output", str(tmp_path / "one.png")]) == 0   # one shard: fine
+    assert radio.cli.main(["inspect", str(one)]) == 0          # by default beside rows/, not among the shards
+    assert (dst / f"contact_sheet-{one.stem}.png").exists() and not list((dst / "rows").glob("*.png"))
     clip = Path(__file__).resolve().parent / "data" / "00015.mp4"
     assert radio.cli.main(["preprocess", "--input", str(clip), "--output", str(dst)]) == 2
     assert "is a compacted dataset" in capsys.readouterr().err
