@@ -97,8 +97,11 @@ def test_preprocess_gs_to_gs(gcs, gs_inputs, tmp_path, monkeypatch):
     assert objects and not [o for o in objects if "/." in o or "tmp" in o.rsplit("/", 1)[1]], objects
     assert os.listdir(tmp_path) == []
 
-    # resume from a gs:// manifest (relative URIs resolve against its folder): the same sources
+    # resume from a gs:// manifest (relative URIs resolve against its folder): the same sources, which
+    # the manifest gives speaker ids: the one with rows is redone (its rows said no speaker), the
+    # rejected one is finished
     summary = pipeline.run(f"gs://{BUCKET}/in/manifest.jsonl", ds, ["--direct_num_workers=1"], resume=True,
                            run_id="gcs-resume")
-    assert (summary["skipped_resume"], summary["processed"], summary["counts_add_up"]) == (2, 0, True)
+    assert (summary["skipped_resume"], summary["processed"], summary["counts_add_up"]) == (1, 1, True)
+    assert summary["redone_after_check"] == 1
     assert shards.list_shards(ds) == [shard]
