@@ -387,28 +387,21 @@ def test_frames_of_a_long_item_show_while_it_runs(tmp_path):
     bar = jobrun.Bar(str(tmp_path), 1, unit="pair", desc="t", stream=None, workers=1)
     seen = []
 
-    class Long(_FakeFn):
-        def process(self, item):
-            progress.frames(7)
-            seen.append(bar.read())
-            yield {"frames": 7}
+    def item_of(decoded: int, kept: int, uri: str):
+        class Long(_FakeFn):
+            def process(self, item):
+                progress.frames(decoded)
+                seen.append(bar.read())
+                yield {"frames": kept}
 
-    fn = jobrun.Tracked(Long(), describe=jobrun.uri_of, frames=jobrun.frames_of, progress_dir=str(tmp_path))
-    fn.setup()
-    fn._last = float("-inf")  # past the twice-a-second throttle
-    list(fn.process({"uri": "a"}))
+        fn = jobrun.Tracked(Long(), describe=jobrun.uri_of, frames=jobrun.frames_of, progress_dir=str(tmp_path))
+        fn.setup()
+        fn._last = float("-inf")  # past the twice-a-second throttle
+        list(fn.process({"uri": uri}))
+
+    item_of(7, 7, "a")
     assert seen == [(1, 0, 7)] and bar.read() == (1, 1, 7)
-
-    class KeepsFewer(_FakeFn):                # a source decodes 7 frames, its rows keep 5
-        def process(self, item):
-            progress.frames(7)
-            seen.append(bar.read())
-            yield {"frames": 5}
-
-    fn = jobrun.Tracked(KeepsFewer(), describe=jobrun.uri_of, frames=jobrun.frames_of, progress_dir=str(tmp_path))
-    fn.setup()
-    fn._last = float("-inf")
-    list(fn.process({"uri": "b"}))
+    item_of(7, 5, "b")                         # a source decodes 7 frames, its rows keep 5
     assert seen[-1] == (2, 1, 14) and bar.read() == (2, 2, 14)   # the count never steps back
 
 
