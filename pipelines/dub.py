@@ -199,9 +199,23 @@ def finished(marker: dict | None, made_by: str, retry_rejects: bool, outs: list[
     if not marker or marker.get("made_by") != made_by:
         return False
     if marker.get("status") == "dubbed":
-        named = marker.get("outputs", [])
-        return (outs is None or named == outs) and all(uri_mod.exists(u) for u in named)
+        named, sizes = marker.get("outputs", []), marker.get("output_sizes")
+        return ((outs is None or named == outs) and all(_is_file(u) for u in named)
+                and (sizes is None or [_size(u) for u in named] == sizes))   # not cut, not replaced
     return marker.get("status") == "rejected" and not retry_rejects
+
+
+def _is_file(uri: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs.isfile(path)
+
+
+def _size(uri: str) -> int | None:
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        return int(fs.size(path))
+    except FileNotFoundError:
+        return None
 
 
 def stale_outputs(earlier: list[str], outs: list[str], output: str) -> list[str]:
@@ -272,10 +286,15 @@ class DubPairFn(beam.DoFn):
         try:
             if not item.get("audio_uri"):
                 raise DubError("input", "no_audio_uri", "manifest row has no audio_uri")
+            folders = [u for u in outs if uri_mod.exists(u) and not _is_file(u)]
+            if folders:   # another pair's name made it a folder (x.mp4/y): the video would land inside
+                raise DubError("output", "output_is_a_folder", f"{folders[0]} is a folder (another pair's "
+                               "output name puts files under it); rename one of the pairs")
             comment = json.dumps({k: ident[k] for k in ("made_by", "checkpoint_sha256", "dub")}, sort_keys=True)
             stats = dub_uris(item["uri"], item["audio_uri"], outs, self.model, self.backend, self.cfg.dub,
                              self.device, comment, limits=self.cfg.limits, schemes=tuple(self.cfg.input.schemes))
-            result.update(status="dubbed", outputs=outs, replaced=replaces, **stats)
+            result.update(status="dubbed", outputs=outs, output_sizes=[_size(u) for u in outs], replaced=replaces,
+                          **stats)
             self.dubbed.inc()
             self.frames.inc(stats["frames"] * len(outs))
         except (DubError, MediaError) as e:  # a fact about this pair: a typed reject, the job goes on
@@ -464,6 +483,8 @@ def check_pairs(manifest: str, output: str, references: int = 1, schemes=None) -
             if any(part.startswith(".") for part in (item["name"] or "").split("/")):
                 raise ValueError(f"output name {item['name']!r}: a part starts with '.' (hidden files and "
                                  "'.tmp-*' are temporaries a later run removes); name it without")
+            if item["name"] and item["name"].endswith("/"):
+                raise ValueError(f"output name {item['name']!r} ends with '/': it names a folder, not a video")
         except ValueError as e:
             errors.append(f"{manifest}:{line}: {e}")
             continue
@@ -485,6 +506,16 @@ def check_pairs(manifest: str, output: str, references: int = 1, schemes=None) -
                 raise DubInputError(f"{manifest}: lines {seen[out]} and {line} both write "
                                     f"videos/{out[len(videos) + 1:]}; give each pair its own name.")
             seen[out] = line
+    folders = {}                 # 'x.mp4/y' makes videos/x.mp4 a folder: the pair named 'x' could not write it
+    for out, line in seen.items():
+        parts = out[len(videos) + 1:].split("/")
+        for k in range(1, len(parts)):
+            folders.setdefault("/".join(parts[:k]), line)
+    for out, line in seen.items():
+        rel = out[len(videos) + 1:]
+        if rel in folders:
+            raise DubInputError(f"{manifest}: line {line} writes videos/{rel}, which line {folders[rel]} makes a "
+                                "folder; give the pairs names that do not nest.")
     return [item for _, item in numbered]
 
 

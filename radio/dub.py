@@ -536,7 +536,9 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
     except media.MediaError as e:
         raise DubError("audio", e.reason, str(e)) from e
     fps = output_rate(info, cfg.fps)
-    speech_s = len(wav) / audio.SAMPLE_RATE
+    # the decoder's samples run past the stream's declared length by the codec's padding (AAC: up to
+    # ~20 ms), which made the video a frame longer than the speech it carries
+    speech_s = min(len(wav) / audio.SAMPLE_RATE, speech.audio_duration_s or math.inf)
     n_video = video.frame_count(info, fps)
     n_out = n_video if cfg.length == "video" else int(math.ceil(speech_s * fps - 1e-9))
     if n_out < 1:

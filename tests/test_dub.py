@@ -464,6 +464,27 @@ def test_a_dub_never_removes_files_outside_its_output(tmp_path, monkeypatch):
     assert r["status_now"] == "dubbed" and (real / "videos" / "a.mp4").read_bytes() == b"video of " + str(src).encode()
 
 
+def test_a_cut_output_or_a_folder_in_its_place_is_not_finished(tmp_path, monkeypatch):
+    """Resume trusted any existing path: a video cut short (a bad copy) stayed 'finished earlier',
+    and a folder where the video goes (another run's pair named 'x.mp4/y') counted as the output."""
+    src = tmp_path / "v.mp4"
+    src.write_bytes(b"v")
+    item = {"uri": str(src), "audio_uri": str(src), "name": "x"}
+    fn = _pair_fn(tmp_path, monkeypatch, _fake_dub)
+    (r,) = fn.process(item)
+    out = tmp_path / "out" / "videos" / "x.mp4"
+    assert r["output_sizes"] == [out.stat().st_size]
+    out.write_bytes(out.read_bytes()[:5])
+    assert [r["status_now"] for r in fn.process(item)] == ["dubbed"]
+    assert [r["status_now"] for r in fn.process(item)] == ["skipped"]
+    out.unlink()
+    (out / "y.mp4").parent.mkdir()
+    (out / "y.mp4").write_bytes(b"other pair")
+    (r,) = fn.process(item)
+    assert (r["status_now"], r["reason"]) == ("rejected", "output_is_a_folder")
+    assert (out / "y.mp4").read_bytes() == b"other pair"
+
+
 def test_a_reject_keeps_earlier_outputs_until_a_dub_replaces_them(tmp_path, monkeypatch):
     """A pair dubbed earlier (2 references) whose redo is rejected keeps both outputs; the next
     successful dub (1 reference) replaces the first and only then removes the other."""
@@ -623,6 +644,11 @@ def test_numeric_names_and_exact_duplicate_lines(tmp_path, caplog):
         with pytest.raises(dub_job.DubInputError, match=r"lines 1 and 2 both write videos/same.mp4"):
             dub_job.check_pairs(m, str(tmp_path / "out"))
     assert "dropped" not in caplog.text
+    with pytest.raises(SourceError, match=r"trailing.jsonl:1: output name 'a/' ends with '/'"):
+        dub_job.check_pairs(_manifest(tmp_path, [dict(row, name="a/")], "trailing.jsonl"), str(tmp_path / "out"))
+    nested = _manifest(tmp_path, [dict(row, name="x"), dict(row, name="x.mp4/y")], "nested.jsonl")
+    with pytest.raises(dub_job.DubInputError, match=r"line 1 writes videos/x.mp4, which line 2 makes a folder"):
+        dub_job.check_pairs(nested, str(tmp_path / "out"))
     for hidden in (".tmp-take1", "batch1/.tmp-take1", ".hidden/a"):   # a later run's cleanup removes .tmp-*
         with pytest.raises(SourceError, match=r"hidden.jsonl:1: output name .*starts with '\.'"):
             dub_job.check_pairs(_manifest(tmp_path, [dict(row, name=hidden)], "hidden.jsonl"), str(tmp_path / "out"))
