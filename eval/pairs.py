@@ -223,12 +223,16 @@ def _folder_name(spec: str) -> str:
 
 def default_names(generated: str, reference: str | None) -> tuple[str, str]:
     """``(dataset, method)`` for a run without ``--dataset``/``--method``: the reference folder's
-    name and the generated folder's; for a manifest, its folder's name (or ``--reference``'s)
-    and its file stem."""
+    name and the generated folder's (for ``DUB/videos``, a `radio dub` output, ``DUB``'s); for a
+    manifest, its folder's name (or ``--reference``'s) and its file stem."""
     if is_manifest(generated):
         stem = posixpath.splitext(posixpath.basename(generated))[0]
         return (_folder_name(reference) if reference else _folder_name(posixpath.dirname(generated) or ".")), stem
-    return (_folder_name(reference) if reference else "dataset"), _folder_name(generated)
+    method = _folder_name(generated)
+    parent = posixpath.dirname(generated.rstrip("/"))
+    if method == "videos" and parent and not _is_glob(generated):   # a `radio dub` output: its folder's name
+        method = _folder_name(parent)
+    return (_folder_name(reference) if reference else "dataset"), method
 
 
 def list_pairs(generated: str, reference: str | None = None, *, dataset: str = "dataset",

@@ -15,8 +15,9 @@ generated | reference crops, the rejects, and the provenance (protocol, crop siz
 backend, weight hashes). Images are inline base64 PNGs: the file stands alone.
 
 ``python -m eval.report --output DIR RUN_DIR_OR_METRICS.parquet ...`` rebuilds the table from one
-or more runs' ``metrics.parquet`` (e.g. one run per method) into DIR; a pair in two of them is
-refused (one line naming the pair and both runs, exit 2), never counted twice.
+or more complete runs' ``metrics.parquet`` (e.g. one run per method) into DIR; a clip of one
+(dataset, method) in two of them is refused (one line naming it and both runs, exit 2), never
+counted twice, and so is a run without its summary.json (killed or running).
 """
 from __future__ import annotations
 
@@ -502,8 +503,8 @@ def write_report(out_dir: str, rows: list[dict], rejects: list[dict], summary: d
 
 def main(argv: list[str] | None = None) -> int:
     """Rebuild the summary table from one or more runs (``metrics.parquet`` files or run folders).
-    A pair found in two runs (or a run given twice) is refused, naming the pair and both runs:
-    its scores would count twice; exit 2."""
+    A clip of one (dataset, method) found in two runs (or a run given twice) is refused, naming it and
+    both runs: its scores would count twice; so is an incomplete run (no summary.json); exit 2."""
     from eval import results
 
     ap = argparse.ArgumentParser(prog="python -m eval.report", description=main.__doc__)
@@ -513,16 +514,20 @@ def main(argv: list[str] | None = None) -> int:
     rows, rejects, seen = [], [], {}
     for i, src in enumerate(a.inputs):
         run = src.rsplit("/", 1)[0] if src.endswith(".parquet") else src.rstrip("/")
+        if not uri_mod.exists(uri_mod.join(run, "summary.json")):   # written last: the run is complete
+            print(f"python -m eval.report: error: {run!r} has no summary.json: the run is incomplete (killed, "
+                  "or still running); rerun it to the end.", file=sys.stderr)
+            return 2
         got = results.read_table(uri_mod.join(run, "metrics.parquet"))
         bad = (results.read_table(uri_mod.join(run, "rejects.parquet"))
                if uri_mod.exists(uri_mod.join(run, "rejects.parquet")) else [])
-        for r in got + bad:  # a pair counted twice would weigh twice in every mean and count
-            j, first = seen.setdefault(r["pair_id"], (i, src))
+        for r in got + bad:  # a clip counted twice in one table row would weigh twice in every mean
+            j, first = seen.setdefault((r["dataset"], r["method"], r["key"]), (i, src))
             if j != i:
                 where = f"{first!r} and {src!r}" if first != src else f"{src!r}, given twice"
-                print(f"python -m eval.report: error: pair {r['pair_id']} ({r['dataset']} / {r['method']} / "
-                      f"{r['key']}) is in {where}; give each pair's run once (for a rerun, only its latest run).",
-                      file=sys.stderr)
+                print(f"python -m eval.report: error: clip {r['key']!r} of {r['dataset']} / {r['method']} is in "
+                      f"{where}; give each method's run once (for a rerun, only its latest run; two methods "
+                      "need two --method names).", file=sys.stderr)
                 return 2
         rows, rejects = rows + got, rejects + bad
     summary = {"run_id": "+".join(sorted({str(r["run_id"]) for r in rows + rejects})),

@@ -374,6 +374,8 @@ def test_existing_names_with_glob_characters_are_literal(tmp_path):
     assert {p["key"]: (p["generated"], p["reference"]) for p in pairs} == {
         "a": (str(gen / "a.mp4"), str(ref / "a.mp4")), "b": (None, str(ref / "b.mp4"))}
     assert pairs_mod.default_names(str(gen), str(ref)) == ("ref [a]?", "gen[1]")
+    # a `radio dub` output's videos/ is named after the dub output (every one used to be "videos")
+    assert pairs_mod.default_names(str(tmp_path / "wav2lip_dub" / "videos") + "/", str(ref))[1] == "wav2lip_dub"
     m = tmp_path / "m[2].jsonl"
     m.write_text('{"generated": "gen[1]/a.mp4", "reference": "ref [a]?/a.mp4"}\n')
     assert pairs_mod.is_manifest(str(m)) and pairs_mod.default_names(str(m), None)[1] == "m[2]"
@@ -477,17 +479,25 @@ def test_config_and_run_id_validation():
 def test_report_refuses_a_pair_counted_twice(tmp_path, capsys):
     """`python -m eval.report --output X RUN RUN` (or two runs holding the same pair) used to
     concatenate the rows and count each pair twice; now one line naming the pair and the runs, exit 2."""
-    def run(name, pairs, rejected=()):
+    def run(name, pairs, rejected=(), complete=True, pair_id=lambda p: p):
         d = tmp_path / name
-        rows = [{"run_id": name, "pair_id": p, "key": p, "dataset": "D", "method": "M", "psnr": 30.0} for p in pairs]
-        rejs = [{"run_id": name, "pair_id": p, "key": p, "dataset": "D", "method": "M", "reason": "no_face",
+        rows = [{"run_id": name, "pair_id": pair_id(p), "key": p, "dataset": "D", "method": "M", "psnr": 30.0}
+                for p in pairs]
+        rejs = [{"run_id": name, "pair_id": pair_id(p), "key": p, "dataset": "D", "method": "M", "reason": "no_face",
                  "side": "reference", "stage": "faces", "message": "x"} for p in rejected]
         results.write_shard(str(d), "metrics", 0, rows, name)
         results.write_shard(str(d), "rejects", 0, rejs, name)
+        if complete:
+            (d / "summary.json").write_text("{}")
         return str(d)
     a, b, c = run("a", ["p1", "p2"]), run("b", ["p3"], rejected=["p2"]), run("c", ["p4"])
-    for argv, says in (([a, a], f"pair p1 (D / M / p1) is in {a!r}, given twice"),
-                       ([a, b], f"pair p2 (D / M / p2) is in {a!r} and {b!r}")):
+    # another generated folder of the same default method name: other pair ids, the same clips
+    copy = run("copy", ["p1"], pair_id=lambda p: "other-" + p)
+    killed = run("killed", ["p5"], complete=False)
+    for argv, says in (([a, a], f"clip 'p1' of D / M is in {a!r}, given twice"),
+                       ([a, b], f"clip 'p2' of D / M is in {a!r} and {b!r}"),
+                       ([a, copy], f"clip 'p1' of D / M is in {a!r} and {copy!r}"),
+                       ([a, killed], f"{killed!r} has no summary.json")):
         assert report.main(["--output", str(tmp_path / "out"), *argv]) == 2
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1, err
