@@ -125,9 +125,10 @@ def progress_folder(is_local: bool, progress: bool) -> str | None:
 class Bar:
     """Progress of a local job from the workers' reports: items and frames, rate, ETA."""
 
-    def __init__(self, folder: str | None, total: int, *, unit: str, desc: str, stream, workers: int | None):
+    def __init__(self, folder: str | None, total: int, *, unit: str, desc: str, stream, workers: int | None,
+                 frames_word: str = "frames"):
         self.folder, self.total, self.unit, self.desc, self.stream = folder, total, unit, desc, stream
-        self.workers = workers
+        self.workers, self.frames_word = workers, frames_word
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True) if folder else None
 
@@ -167,7 +168,7 @@ class Bar:
                 else:
                     rate = frames / max((t_frame or 0) - (t_ready or 0), 1e-6) if t_frame and t_ready else 0.0
                     done = " - writing the summary" if self.total and items >= self.total and not stop else ""
-                    bar.set_postfix_str(f"{frames} frames, {rate:.1f} frames/s{done}")
+                    bar.set_postfix_str(f"{frames} {self.frames_word}, {rate:.1f} frames/s{done}")
                 if stop:
                     break
 

@@ -300,8 +300,8 @@ def run_job(input_spec: str, dataset: str, pipeline_args=(), *, config_path: str
     folder = jobrun.progress_folder(is_local, progress)
     build(p, input_spec, dataset, cfg_dict, run_id=run_id, resume=resume, retry_rejects=retry_rejects,
           started=started, progress_dir=folder)
-    bar = jobrun.Bar(folder, total, unit="video", desc="preprocess", stream=None,
-                     workers=options_mod.local_workers(p.options)) if folder else None
+    bar = jobrun.Bar(folder, total, unit="video", desc="preprocess", stream=None,  # the summary counts kept ones
+                     workers=options_mod.local_workers(p.options), frames_word="frames decoded") if folder else None
     result = jobrun.run(p, log_uri=uri_mod.join(dataset, "runs", run_id, "job.log"), is_local=is_local, bar=bar,
                         namespace=NS)
     return json.loads(uri_mod.read_bytes(summary_uri)), result
