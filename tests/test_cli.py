@@ -385,7 +385,7 @@ def test_frames_of_a_long_item_show_while_it_runs(tmp_path):
     from preprocess import progress
 
     bar = jobrun.Bar(str(tmp_path), 1, unit="pair", desc="t", stream=None, workers=1)
-    seen = []
+    seen, fns = [], []          # fns: kept alive (a report file is named by the DoFn's id())
 
     def item_of(decoded: int, kept: int, uri: str):
         class Long(_FakeFn):
@@ -395,6 +395,7 @@ def test_frames_of_a_long_item_show_while_it_runs(tmp_path):
                 yield {"frames": kept}
 
         fn = jobrun.Tracked(Long(), describe=jobrun.uri_of, frames=jobrun.frames_of, progress_dir=str(tmp_path))
+        fns.append(fn)
         fn.setup()
         fn._last = float("-inf")  # past the twice-a-second throttle
         list(fn.process({"uri": uri}))
