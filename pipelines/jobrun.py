@@ -26,6 +26,7 @@ import threading
 import time
 import traceback
 import urllib.parse
+import uuid
 from contextlib import contextmanager
 from typing import Callable
 
@@ -56,7 +57,7 @@ class Tracked(beam.DoFn):
         self.items = self.n_frames = self.partial = 0
         self._path, self._last = None, 0.0
         if self.progress_dir:
-            self._path = os.path.join(self.progress_dir, f"{os.getpid()}-{id(self):x}.json")
+            self._path = os.path.join(self.progress_dir, f"{os.getpid()}-{uuid.uuid4().hex}.json")  # never reused
             self._report()  # this worker is ready
 
     def start_bundle(self):
