@@ -60,6 +60,8 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 CRF_RANGE = (0, 51)  # libx264, 8-bit
 COPY_CODECS = frozenset({"aac", "mp3", "alac", "ac3", "eac3", "opus"})  # MP4 holds these as they are
 #: sample rates ffmpeg's AAC encoder takes (others, e.g. 192 kHz, fail: the nearest of these is used)
+#: how far a decoder's samples may run past the declared stream length (AAC priming/padding: ~2 frames)
+CODEC_PADDING_S = 0.1
 AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 
 
@@ -252,6 +254,15 @@ def mel_window_starts(n_frames: int, fps: Fraction) -> np.ndarray:
     k = np.arange(n_frames, dtype=np.int64)
     num, den = fps.numerator, fps.denominator
     return (200 * k * den + num) // (2 * num) - 8  # floor(100·k·den/num + 1/2)
+
+
+def speech_length(decoded_s: float, declared_s: float | None) -> float:
+    """Seconds of speech. The decoder's samples run past the stream's declared length by the codec's
+    padding (AAC: tens of ms), which made the video a frame longer than the speech it carries; a
+    declared length further off (estimated from a bitrate, bogus) is not trusted: the samples are."""
+    if declared_s and 0.0 < decoded_s - declared_s <= CODEC_PADDING_S:
+        return declared_s
+    return decoded_s
 
 
 def pad_with_silence(wav: np.ndarray, seconds: float) -> np.ndarray:
@@ -536,9 +547,7 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
     except media.MediaError as e:
         raise DubError("audio", e.reason, str(e)) from e
     fps = output_rate(info, cfg.fps)
-    # the decoder's samples run past the stream's declared length by the codec's padding (AAC: up to
-    # ~20 ms), which made the video a frame longer than the speech it carries
-    speech_s = min(len(wav) / audio.SAMPLE_RATE, speech.audio_duration_s or math.inf)
+    speech_s = speech_length(len(wav) / audio.SAMPLE_RATE, speech.audio_duration_s)
     n_video = video.frame_count(info, fps)
     n_out = n_video if cfg.length == "video" else int(math.ceil(speech_s * fps - 1e-9))
     if n_out < 1:

@@ -464,6 +464,21 @@ def test_a_dub_never_removes_files_outside_its_output(tmp_path, monkeypatch):
     assert r["status_now"] == "dubbed" and (real / "videos" / "a.mp4").read_bytes() == b"video of " + str(src).encode()
 
 
+def test_speech_length_is_the_declared_one_within_the_codec_padding():
+    """00015.mp4's AAC decodes to 6.976 s for a declared 6.96 s: the dub was 175 frames, a frame
+    longer than its speech; a declared length far off (a bitrate estimate) is not trusted."""
+    from preprocess import audio
+
+    info = media.probe(str(DATA_DIR / "00015.mp4"))
+    wav = audio.load_audio(str(DATA_DIR / "00015.mp4"), info=info, align_to_video=False)
+    decoded = len(wav) / audio.SAMPLE_RATE
+    assert decoded > info.audio_duration_s
+    assert dub.speech_length(decoded, info.audio_duration_s) == info.audio_duration_s == pytest.approx(6.96)
+    assert media.frames_at(dub.speech_length(decoded, info.audio_duration_s), 25) == 174
+    assert dub.speech_length(10.0, 3.0) == 10.0 and dub.speech_length(5.0, 5.2) == 5.0
+    assert dub.speech_length(5.0, None) == 5.0
+
+
 def test_a_cut_output_or_a_folder_in_its_place_is_not_finished(tmp_path, monkeypatch):
     """Resume trusted any existing path: a video cut short (a bad copy) stayed 'finished earlier',
     and a folder where the video goes (another run's pair named 'x.mp4/y') counted as the output."""
