@@ -33,6 +33,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import posixpath
 from typing import Iterator, Sequence
 
@@ -229,7 +230,8 @@ def default_names(generated: str, reference: str | None) -> tuple[str, str]:
         stem = posixpath.splitext(posixpath.basename(generated))[0]
         return (_folder_name(reference) if reference else _folder_name(posixpath.dirname(generated) or ".")), stem
     method = _folder_name(generated)
-    parent = posixpath.dirname(generated.rstrip("/"))
+    spelled = generated if "://" in generated else os.path.abspath(generated)   # 'videos' and './videos' alike
+    parent = posixpath.dirname(spelled.rstrip("/"))
     if method == "videos" and parent and not _is_glob(generated):   # a `radio dub` output: its folder's name
         method = _folder_name(parent)
     return (_folder_name(reference) if reference else "dataset"), method

@@ -28,6 +28,7 @@ import html
 import io
 import json
 import math
+import posixpath
 import sys
 
 import numpy as np
@@ -513,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     rows, rejects, seen = [], [], {}
     for i, src in enumerate(a.inputs):
-        run = src.rsplit("/", 1)[0] if src.endswith(".parquet") else src.rstrip("/")
+        run = (posixpath.dirname(src.rstrip("/")) or ".") if src.rstrip("/").endswith(".parquet") else src.rstrip("/")
         if not uri_mod.exists(uri_mod.join(run, "summary.json")):   # written last: the run is complete
             print(f"python -m eval.report: error: {run!r} has no summary.json: the run is incomplete (killed, "
                   "or still running); rerun it to the end.", file=sys.stderr)

@@ -218,6 +218,13 @@ def _size(uri: str) -> int | None:
         return None
 
 
+def _parents_under(uri: str, output: str) -> list[str]:
+    """The folders between ``OUTPUT/videos/`` and ``uri``: ``videos/a/b/c.mp4`` -> videos/a, videos/a/b."""
+    videos = uri_mod.join(output, "videos")
+    parts = uri[len(videos) + 1:].split("/")[:-1]
+    return [uri_mod.join(videos, *parts[:k]) for k in range(1, len(parts) + 1)]
+
+
 def stale_outputs(earlier: list[str], outs: list[str], output: str) -> list[str]:
     """Files an earlier make of a pair wrote that this one does not overwrite (it had more references):
     only those under this run's ``OUTPUT/videos/`` and never one that is a new output under another
@@ -264,6 +271,12 @@ class DubPairFn(beam.DoFn):
         writer_mod.remove_stale_local(TEMP_PREFIX)   # this worker's machine: folders of killed runs only
         self.backend = get_backend(self.cfg.dub.landmark_backend, **self.cfg.dub.landmark_args)
 
+    def _owned_by_another_pair(self, uri: str) -> bool:
+        """Whether ``videos/<rel>.mp4`` is the video of the pair named ``<rel>`` (its marker names it)."""
+        rel = uri[len(uri_mod.join(self.output, "videos")) + 1:]
+        marker = _read_marker(done_uri(self.output, {"name": rel}))
+        return bool(marker) and uri in earlier_outputs(marker)
+
     def process(self, item: dict):
         from radio.dub import dub_uris
 
@@ -276,6 +289,9 @@ class DubPairFn(beam.DoFn):
             earlier = dict(earlier, **ident)          # the marker now records the fingerprints it stands for
             uri_mod.write_bytes_atomic(marker_uri, json.dumps(earlier, sort_keys=True).encode())
         if self.resume and finished(earlier, ident["made_by"], self.retry_rejects, outs):
+            if earlier.get("status") == "dubbed" and "output_sizes" not in earlier:   # an older marker:
+                earlier = dict(earlier, output_sizes=[_size(u) for u in outs])         # from now on checked
+                uri_mod.write_bytes_atomic(marker_uri, json.dumps(earlier, sort_keys=True).encode())
             self.skipped.inc()
             yield dict(earlier, status_now="skipped")
             return
@@ -290,6 +306,10 @@ class DubPairFn(beam.DoFn):
             if folders:   # another pair's name made it a folder (x.mp4/y): the video would land inside
                 raise DubError("output", "output_is_a_folder", f"{folders[0]} is a folder (another pair's "
                                "output name puts files under it); rename one of the pairs")
+            files = [p for p in _parents_under(outs[0], self.output) if _is_file(p)]
+            if files:     # an earlier run's pair 'x' wrote videos/x.mp4; this pair is named 'x.mp4/y'
+                raise DubError("output", "output_parent_is_a_file", f"{files[0]} is another pair's video; "
+                               "rename this pair so that its output does not nest under it")
             comment = json.dumps({k: ident[k] for k in ("made_by", "checkpoint_sha256", "dub")}, sort_keys=True)
             stats = dub_uris(item["uri"], item["audio_uri"], outs, self.model, self.backend, self.cfg.dub,
                              self.device, comment, limits=self.cfg.limits, schemes=tuple(self.cfg.input.schemes))
@@ -308,6 +328,8 @@ class DubPairFn(beam.DoFn):
         if result["status"] == "dubbed":
             # outputs of an earlier, different make that this one does not overwrite (fewer references)
             for stale in stale_outputs(earlier_outs, outs, self.output):
+                if self._owned_by_another_pair(stale):   # a.ref1.mp4 of an earlier 'a' is now pair 'a.ref1''s
+                    continue
                 fs, path = fsspec.core.url_to_fs(stale)
                 if fs.exists(path):
                     fs.rm(path)

@@ -500,6 +500,40 @@ def test_a_cut_output_or_a_folder_in_its_place_is_not_finished(tmp_path, monkeyp
     assert (out / "y.mp4").read_bytes() == b"other pair"
 
 
+def test_a_dub_never_removes_another_pairs_video_nor_fails_on_a_nested_name(tmp_path, monkeypatch):
+    """'a' dubbed with 2 references wrote a.ref1.mp4; later a pair named 'a.ref1' owns that file, and
+    'a' redone with 1 reference removed it as its own stale output. A pair named 'x.mp4/y' after an
+    earlier 'x' failed the whole job (FileExistsError) instead of being rejected."""
+    src = tmp_path / "v.mp4"
+    src.write_bytes(b"v")
+    a, a_ref1 = ({"uri": str(src), "audio_uri": str(src), "name": n} for n in ("a", "a.ref1"))
+    list(_pair_fn(tmp_path, monkeypatch, _fake_dub, references=2, checkpoint_sha256="a" * 64).process(a))
+    fn = _pair_fn(tmp_path, monkeypatch, _fake_dub, references=1, checkpoint_sha256="b" * 64)
+    assert [r["status_now"] for r in fn.process(a_ref1)] == ["dubbed"]
+    assert [r["status_now"] for r in fn.process(a)] == ["dubbed"]
+    assert (tmp_path / "out" / "videos" / "a.ref1.mp4").exists()        # pair a.ref1's video, kept
+    (r,) = fn.process({"uri": str(src), "audio_uri": str(src), "name": "a.mp4/y"})
+    assert (r["status_now"], r["reason"]) == ("rejected", "output_parent_is_a_file")
+    assert (tmp_path / "out" / "videos" / "a.mp4").is_file()
+
+
+def test_an_older_marker_gets_output_sizes_on_its_next_skip(tmp_path, monkeypatch):
+    src = tmp_path / "v.mp4"
+    src.write_bytes(b"v")
+    item = {"uri": str(src), "audio_uri": str(src), "name": "b"}
+    fn = _pair_fn(tmp_path, monkeypatch, _fake_dub)
+    list(fn.process(item))
+    marker = next((tmp_path / "out" / "done").glob("*.json"))
+    old = json.loads(marker.read_text())
+    del old["output_sizes"]                                   # as markers written before sizes
+    marker.write_text(json.dumps(old))
+    assert [r["status_now"] for r in fn.process(item)] == ["skipped"]
+    assert "output_sizes" in json.loads(marker.read_text())
+    out = tmp_path / "out" / "videos" / "b.mp4"
+    out.write_bytes(out.read_bytes()[:3])                     # cut after that: redone
+    assert [r["status_now"] for r in fn.process(item)] == ["dubbed"]
+
+
 def test_a_reject_keeps_earlier_outputs_until_a_dub_replaces_them(tmp_path, monkeypatch):
     """A pair dubbed earlier (2 references) whose redo is rejected keeps both outputs; the next
     successful dub (1 reference) replaces the first and only then removes the other."""

@@ -476,7 +476,7 @@ def test_config_and_run_id_validation():
     assert job_name("2025-03-04_Nightly.v2") == "radio-evaluate-2025-03-04-nightly-v2"
 
 
-def test_report_refuses_a_pair_counted_twice(tmp_path, capsys):
+def test_report_refuses_a_pair_counted_twice(tmp_path, capsys, monkeypatch):
     """`python -m eval.report --output X RUN RUN` (or two runs holding the same pair) used to
     concatenate the rows and count each pair twice; now one line naming the pair and the runs, exit 2."""
     def run(name, pairs, rejected=(), complete=True, pair_id=lambda p: p):
@@ -502,6 +502,8 @@ def test_report_refuses_a_pair_counted_twice(tmp_path, capsys):
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+    monkeypatch.chdir(a)                      # a bare metrics.parquet: the run is the current folder
+    assert report.main(["--output", str(tmp_path / "bare"), "metrics.parquet"]) == 0
     assert report.main(["--output", str(tmp_path / "out"), a, c]) == 0
     assert "4 pairs" not in (tmp_path / "out" / "summary.md").read_text()
     assert "3 pairs = 3 scored" in (tmp_path / "out" / "summary.md").read_text()
