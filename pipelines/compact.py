@@ -75,6 +75,7 @@ def run(src: str, dst: str, pipeline_args=(), *, config_path: str | None = None,
 
     cfg = config_mod.load(compact.CompactConfig, config_path, overrides)
     compact.check_paths(src, dst)
+    compact.check_earlier(src, dst, allow_fewer_inputs=cfg.allow_fewer_inputs)   # before anything is touched
     fs_marker = uri_mod.join(dst, compact.MARKER)
     if uri_mod.exists(fs_marker):          # the output is in flux until the new marker
         import fsspec

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 from dataclasses import dataclass
 
@@ -39,8 +40,8 @@ from preprocess.errors import UserError
 from preprocess.writer import AtomicParquetWriter, write_table_atomic
 
 LAYOUT = "radio-compact/1"
-INDEX, MARKER = "index", "compact.json"
-PER_SOURCE = (shards.ROWS, shards.REJECTS, shards.DONE, INDEX, MARKER)   # not copied as is
+INDEX, MARKER, RUN_RECORD = "index", "compact.json", "compact.run.json"
+PER_SOURCE = (shards.ROWS, shards.REJECTS, shards.DONE, INDEX, MARKER, RUN_RECORD)   # not copied as is
 INDEX_SCHEMA = pa.schema([pa.field("clip_id", pa.string(), nullable=False),
                           pa.field("shard", pa.string(), nullable=False),
                           pa.field("row", pa.int64(), nullable=False)])
@@ -54,6 +55,8 @@ class CompactError(UserError, ValueError):
 class CompactConfig:
     target_shard_mib: float = 256.0    # output shard size (inputs are packed up to about this)
     row_group_mib: float = catalog.PIECE_BYTES / 2**20   # read unit of the training loader
+    allow_fewer_inputs: bool = False   # recompact an input with fewer row shards than the output was made
+                                       # from (their rows leave the output)
 
     def __post_init__(self):
         if self.target_shard_mib <= 0 or self.row_group_mib <= 0:
@@ -105,6 +108,40 @@ def plan(inputs: list[tuple], kind: str, target_bytes: float) -> list[Group]:
         out.append(Group(kind, f"part-{i:05d}-{hashlib.sha1(key).hexdigest()[:12]}.parquet",
                          tuple((u, s) for u, s, _ in m)))
     return out
+
+
+def _same_place(a: str, b: str) -> bool:
+    norm = (lambda u: os.path.realpath(u) if "://" not in u else u.rstrip("/"))
+    return norm(a) == norm(b)
+
+
+def check_earlier(src: str, dst: str, *, allow_fewer_inputs: bool = False) -> None:
+    """Before a compaction into an earlier one's output (which removes the earlier parts the new plan
+    lacks): refuse when the earlier one was made from another input, or from more row shards than
+    ``src`` now has (compacting usually comes before deleting the per-source shards: recompacting
+    after that would remove their rows) unless ``allow_fewer_inputs``. The input is also recorded in
+    ``compact.run.json`` at start, so a killed run is checked the same way."""
+    earlier = None
+    for name in (MARKER, RUN_RECORD):
+        if uri_mod.exists(uri_mod.join(dst, name)):
+            earlier = json.loads(uri_mod.read_bytes(uri_mod.join(dst, name)))
+            break
+    if earlier is not None:
+        if not _same_place(str(earlier.get("input", "")), src):
+            raise CompactError(f"{dst!r} holds a compaction of {earlier.get('input')!r}, not of {src!r}: "
+                               "compacting into it would remove those rows; use another --output.")
+        before, now = earlier.get("input_shards"), len(catalog.list_detail(src))
+        if before is not None and now < before and not allow_fewer_inputs:
+            raise CompactError(f"{src!r} has {now} row shards, {dst!r} was compacted from {before}: the rows of "
+                               "the missing ones would leave the output. Restore them, use another --output, "
+                               "or --set allow_fewer_inputs=true.")
+    write_run_record(dst, src, (earlier or {}).get("input_shards"))
+
+
+def write_run_record(dst: str, src: str, input_shards: int | None) -> None:
+    """``compact.run.json``: the input and how many row shards it had at the last finished run."""
+    uri_mod.write_bytes_atomic(uri_mod.join(dst, RUN_RECORD), json.dumps(
+        {"input": src, "input_shards": input_shards}, sort_keys=True).encode())
 
 
 def check_complete(dataset: str, names: list[str]) -> None:
@@ -238,6 +275,7 @@ def finish(src: str, dst: str, results: list[dict], cfg: CompactConfig) -> dict:
         "bad_input_shards": sorted([list(b) for r in rows for b in r["bad"]]),
         "copied": copied,
     }
+    write_run_record(dst, src, summary["input_shards"])
     uri_mod.write_bytes_atomic(uri_mod.join(dst, MARKER), json.dumps(summary, indent=2, sort_keys=True).encode())
     summary["written"] = sum(not r["skipped"] for r in results)
     summary["removed_stale"] = stale

@@ -196,6 +196,28 @@ def test_compact_removes_what_a_killed_compact_left(per_source, tmp_path, monkey
     assert used and all(u == shards.temp_prefix(str(dst)) for u in used)
 
 
+def test_compact_never_removes_an_earlier_compaction_of_another_or_larger_input(per_source, tmp_path, capsys):
+    """Compacting into an earlier output removes the earlier parts the new plan lacks: another input
+    (or the same one after its per-source shards were deleted) silently took rows away."""
+    import shutil
+
+    dst = tmp_path / "out"
+    assert _compact(per_source, dst, _pair_target(per_source)) == 0
+    before = _tree(dst)
+    other = tmp_path / "other"
+    shutil.copytree(per_source, other)
+    (other / "rows" / "src0.parquet").unlink()
+    assert _compact(other, dst, _pair_target(per_source)) == 2
+    assert "holds a compaction of" in capsys.readouterr().err
+    (per_source / "rows" / "src0.parquet").unlink()          # the input lost a shard since
+    assert _compact(per_source, dst, _pair_target(per_source)) == 2
+    err = capsys.readouterr().err
+    assert "has 5 row shards" in err and "allow_fewer_inputs" in err
+    assert _tree(dst) == before                               # untouched
+    assert _compact(per_source, dst, _pair_target(per_source), "allow_fewer_inputs=true") == 0
+    assert json.loads((dst / "compact.json").read_text())["input_shards"] == 5
+
+
 def test_compact_refuses_an_output_inside_its_input_or_a_per_source_output(per_source, capsys):
     assert _compact(per_source, per_source / "sub") == 2
     err = capsys.readouterr().err
