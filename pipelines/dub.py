@@ -218,6 +218,13 @@ def _size(uri: str) -> int | None:
         return None
 
 
+def _same_file(a: str, b: str) -> bool:
+    """One file however spelled (a symlinked output folder: markers name the path they were made by)."""
+    if a == b:
+        return True
+    return uri_mod.is_local(a) and uri_mod.is_local(b) and os.path.realpath(a) == os.path.realpath(b)
+
+
 def _parents_under(uri: str, output: str) -> list[str]:
     """The folders between ``OUTPUT/videos/`` and ``uri``: ``videos/a/b/c.mp4`` -> videos/a, videos/a/b."""
     videos = uri_mod.join(output, "videos")
@@ -275,7 +282,7 @@ class DubPairFn(beam.DoFn):
         """Whether ``videos/<rel>.mp4`` is the video of the pair named ``<rel>`` (its marker names it)."""
         rel = uri[len(uri_mod.join(self.output, "videos")) + 1:]
         marker = _read_marker(done_uri(self.output, {"name": rel}))
-        return bool(marker) and uri in earlier_outputs(marker)
+        return bool(marker) and any(_same_file(uri, o) for o in earlier_outputs(marker))
 
     def process(self, item: dict):
         from radio.dub import dub_uris
@@ -461,8 +468,15 @@ def remove_stale_temporaries(output: str) -> list[str]:
     fs, root = fsspec.core.url_to_fs(output)
     root = root.rstrip("/")
     found = set()
-    for pattern in ("beam-temp-*", "runs/*/beam-temp-*", ".tmp-*", "done/.tmp-*", "runs/.tmp-*", "runs/*/.tmp-*"):
-        found.update(fs.glob(f"{root}/{pattern}"))
+
+    def named(folder: str, prefix: str) -> list[str]:   # ls, not glob: the output's own name may hold [ ] * ?
+        return [p for p in (fs.ls(folder, detail=False) if fs.isdir(folder) else [])
+                if posixpath.basename(p.rstrip("/")).startswith(prefix)]
+
+    runs = [p for p in (fs.ls(f"{root}/runs", detail=False) if fs.isdir(f"{root}/runs") else []) if fs.isdir(p)]
+    for folder, prefix in ([(root, "beam-temp-"), (root, ".tmp-"), (f"{root}/done", ".tmp-"), (f"{root}/runs", ".tmp-")]
+                           + [(r, "beam-temp-") for r in runs] + [(r, ".tmp-") for r in runs]):
+        found.update(named(folder, prefix))
     if fs.isdir(f"{root}/videos"):   # names may hold folders (a/b.mp4)
         found.update(p for p in fs.find(f"{root}/videos", withdirs=False)
                      if posixpath.basename(p.rstrip("/")).startswith(".tmp-"))

@@ -512,6 +512,15 @@ def test_a_dub_never_removes_another_pairs_video_nor_fails_on_a_nested_name(tmp_
     assert [r["status_now"] for r in fn.process(a_ref1)] == ["dubbed"]
     assert [r["status_now"] for r in fn.process(a)] == ["dubbed"]
     assert (tmp_path / "out" / "videos" / "a.ref1.mp4").exists()        # pair a.ref1's video, kept
+    # the same when pair a.ref1's marker names the file through a symlinked output folder
+    (tmp_path / "link").symlink_to(tmp_path / "out")
+    fn2 = _pair_fn(tmp_path, monkeypatch, _fake_dub, references=2, checkpoint_sha256="c" * 64)
+    list(fn2.process(a))                                                 # a: 2 references again
+    fn_link = _pair_fn(tmp_path, monkeypatch, _fake_dub, references=1, checkpoint_sha256="d" * 64)
+    fn_link.output = str(tmp_path / "link")
+    assert [r["status_now"] for r in fn_link.process(a_ref1)] == ["dubbed"]
+    assert [r["status_now"] for r in fn.process(a)] == ["dubbed"]       # a: 1 reference, via the real path
+    assert (tmp_path / "out" / "videos" / "a.ref1.mp4").exists()
     (r,) = fn.process({"uri": str(src), "audio_uri": str(src), "name": "a.mp4/y"})
     assert (r["status_now"], r["reason"]) == ("rejected", "output_parent_is_a_file")
     assert (tmp_path / "out" / "videos" / "a.mp4").is_file()
