@@ -218,13 +218,6 @@ def _size(uri: str) -> int | None:
         return None
 
 
-def _same_file(a: str, b: str) -> bool:
-    """One file however spelled (a symlinked output folder: markers name the path they were made by)."""
-    if a == b:
-        return True
-    return uri_mod.is_local(a) and uri_mod.is_local(b) and os.path.realpath(a) == os.path.realpath(b)
-
-
 def _parents_under(uri: str, output: str) -> list[str]:
     """The folders between ``OUTPUT/videos/`` and ``uri``: ``videos/a/b/c.mp4`` -> videos/a, videos/a/b."""
     videos = uri_mod.join(output, "videos")
@@ -239,10 +232,8 @@ def stale_outputs(earlier: list[str], outs: list[str], output: str) -> list[str]
     path, names files elsewhere: they are never touched."""
     videos = uri_mod.join(output, "videos") + "/"
     mine = [u for u in earlier if u.startswith(videos) and u not in outs]
-    if uri_mod.is_local(output):
-        new = {os.path.realpath(u) for u in outs}
-        mine = [u for u in mine if os.path.realpath(u) not in new]
-    return sorted(mine)
+    new = {uri_mod.canonical(u) for u in outs}
+    return sorted(u for u in mine if uri_mod.canonical(u) not in new)
 
 
 def earlier_outputs(marker: dict | None) -> list[str]:
@@ -282,7 +273,7 @@ class DubPairFn(beam.DoFn):
         """Whether ``videos/<rel>.mp4`` is the video of the pair named ``<rel>`` (its marker names it)."""
         rel = uri[len(uri_mod.join(self.output, "videos")) + 1:]
         marker = _read_marker(done_uri(self.output, {"name": rel}))
-        return bool(marker) and any(_same_file(uri, o) for o in earlier_outputs(marker))
+        return bool(marker) and any(uri_mod.canonical(uri) == uri_mod.canonical(o) for o in earlier_outputs(marker))
 
     def process(self, item: dict):
         from radio.dub import dub_uris

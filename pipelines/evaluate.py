@@ -198,13 +198,6 @@ def job_name(run_id: str) -> str:
     return ("radio-evaluate-" + re.sub(r"[^a-z0-9-]+", "-", run_id.lower())).strip("-")[:63]
 
 
-def _spelled(spec: str | None) -> str:
-    """A spec as one string however it is written (a relative local path made absolute)."""
-    if not spec:
-        return ""
-    return os.path.abspath(spec) if "://" not in spec else spec.rstrip("/")
-
-
 def run(generated: str, output: str, pipeline_args=(), *, reference: str | None = None, run_id: str | None = None,
         dataset: str | None = None, method: str | None = None, config_path: str | None = None, overrides=(),
         progress: bool = False, test_pipeline: beam.Pipeline | None = None) -> dict:
@@ -219,7 +212,7 @@ def run(generated: str, output: str, pipeline_args=(), *, reference: str | None 
     cfg_dict = config_mod.to_dict(cfg)
     default_dataset, default_method = pairs_mod.default_names(generated, reference)
     dataset, method = dataset or default_dataset, method or default_method
-    run_id = run_id or results.default_run_id(dataset, method, (_spelled(generated), _spelled(reference)))
+    run_id = run_id or results.default_run_id(dataset, method, tuple(uri_mod.canonical(x) if x else "" for x in (generated, reference)))
     out_dir = results.run_dir(output, run_id)  # validates run_id
     check_weights(cfg)  # fail here, with the fix, not on every worker
     schemes = tuple(cfg.input.schemes)

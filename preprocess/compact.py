@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 from dataclasses import dataclass
 
@@ -73,8 +72,7 @@ class Group:
 
 def check_paths(src: str, dst: str) -> None:
     """User mistakes, before any work: no input rows, output inside the input, a per-source output."""
-    a, b = src.rstrip("/"), dst.rstrip("/")
-    if a == b or b.startswith(a + "/"):
+    if uri_mod.within(dst, src):
         raise CompactError(f"--output must be outside --input. Got {dst!r} for {src!r}.")
     fs, path = fsspec.core.url_to_fs(src)
     if not fs.isdir(f"{path.rstrip('/')}/{shards.ROWS}"):      # cheap: no listing of 10^6 shards here
@@ -110,11 +108,6 @@ def plan(inputs: list[tuple], kind: str, target_bytes: float) -> list[Group]:
     return out
 
 
-def _same_place(a: str, b: str) -> bool:
-    norm = (lambda u: os.path.realpath(u) if "://" not in u else u.rstrip("/"))
-    return norm(a) == norm(b)
-
-
 def check_earlier(src: str, dst: str, *, allow_fewer_inputs: bool = False) -> None:
     """Before a compaction into an earlier one's output (which removes the earlier parts the new plan
     lacks): refuse when the earlier one was made from another input, or from more row shards than
@@ -127,7 +120,7 @@ def check_earlier(src: str, dst: str, *, allow_fewer_inputs: bool = False) -> No
             earlier = json.loads(uri_mod.read_bytes(uri_mod.join(dst, name)))
             break
     if earlier is not None:
-        if not _same_place(str(earlier.get("input", "")), src):
+        if uri_mod.canonical(str(earlier.get("input", ""))) != uri_mod.canonical(src):
             raise CompactError(f"{dst!r} holds a compaction of {earlier.get('input')!r}, not of {src!r}: "
                                "compacting into it would remove those rows; use another --output.")
         before, now = earlier.get("input_shards"), len(catalog.list_detail(src))

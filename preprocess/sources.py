@@ -16,6 +16,7 @@ import posixpath
 from typing import Iterator
 
 import fsspec
+from preprocess import uri as uri_mod
 from preprocess.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,9 @@ def read_manifest(uri: str, key: tuple[str, ...] = ("uri",),
         except ValueError as e:
             errors.append(f"{uri}:{n}: {e}")
             continue
-        k = tuple(same_file_key(out.get(f)) for f in key)
+        # file:///x and /x are one file (the URI itself is kept as written: source ids hash it)
+        k = tuple(uri_mod.canonical(v) if isinstance(v, str) and f.endswith("uri") else v
+                  for f, v in ((f, out.get(f)) for f in key))
         if k in seen:
             dropped.append(f"{n} (= line {seen[k]})")
             continue
@@ -162,14 +165,6 @@ def _raw_records(uri: str, text: str, errors: list[str]) -> Iterator[tuple[int, 
             errors.append(f"{uri}:{n}: expected a JSON object. Got {type(rec).__name__}.")
             continue
         yield n, rec
-
-
-def same_file_key(u):
-    """A URI as a duplicate check sees it: ``file:///x`` and ``/x`` are one local file (the URI
-    itself is kept as written: source ids hash it)."""
-    if isinstance(u, str) and u.startswith("file://"):
-        return os.path.abspath(u[len("file://"):])
-    return u
 
 
 def _resolve(u: str, base: str) -> str:

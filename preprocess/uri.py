@@ -23,6 +23,20 @@ def is_local(uri: str) -> bool:
     return "file" in (proto if isinstance(proto, tuple) else (proto,))
 
 
+def canonical(uri: str) -> str:
+    """One spelling of a location: a local path (``file://`` or not, relative, through symlinks)
+    resolved, a remote URI without its trailing '/'. For comparing locations, never for opening."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    return os.path.realpath(uri) if "://" not in uri else uri.rstrip("/")
+
+
+def within(uri: str, folder: str) -> bool:
+    """``uri`` is ``folder`` or lies under it, however either is spelled (:func:`canonical`)."""
+    a, b = canonical(folder), canonical(uri)
+    return b == a or b.startswith(a.rstrip("/") + "/")
+
+
 def join(base: str, *names: str) -> str:
     """Join ``names`` under ``base`` refusing absolute parts, '..', empty or control characters."""
     out = base.rstrip("/")

@@ -61,12 +61,9 @@ def output_file(uri: str, flag: str = "--output") -> None:
 def outside(uri: str, other: str, flag: str, other_flag: str, why: str) -> None:
     """``uri`` is neither ``other`` nor under it (local paths compared resolved: ``ds``, ``./ds/``
     and a symlink to it are one folder)."""
-    def norm(u: str) -> str:
-        path = _local_path(u)
-        return os.path.realpath(path) if path is not None else u.rstrip("/")
+    from preprocess import uri as uri_mod
 
-    a, b = norm(other), norm(uri)
-    if b == a or b.startswith(a.rstrip("/") + "/"):
+    if uri_mod.within(uri, other):
         raise CheckError(f"{flag} {uri!r} is {other_flag} {other!r} or inside it: {why}; use a folder outside it.")
 
 
