@@ -46,6 +46,7 @@ from eval.metrics.lpips import ALEXNET_SHA256, LPIPS_ALEX_V01_SHA256
 from eval.metrics.msssim import MIN_SIDE
 from eval.metrics.syncnet import SYNCNET_V2_SHA256
 from preprocess.config import ConfigError
+from preprocess.source import InputConfig
 
 METRICS = ("psnr", "ms_ssim", "lpips", "sync_c", "sync_d", "lmd")
 
@@ -91,11 +92,16 @@ class SyncConfig:
 
 
 @dataclass
-class EvalInputConfig:
-    """Where pairs' videos may come from, as ``radio preprocess``'s ``input.schemes`` and
-    ``limits.max_source_bytes``: a manifest naming another scheme is refused before any work."""
-    schemes: list[str] = field(default_factory=lambda: ["file", "gs", "memory"])  # URI schemes of videos ('file' = local paths); http/https only when listed
+class EvalInputConfig(InputConfig):
+    """Where pairs' videos may come from: ``radio preprocess``'s ``input.schemes`` (a manifest naming
+    another scheme is refused before any work), and the size of one video, as its
+    ``limits.max_source_bytes``."""
     max_source_bytes: int = 16 * 2**30  # size of one video, checked before it is copied (else a too_large reject)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_source_bytes < 1:
+            raise ValueError(f"input.max_source_bytes: expected >= 1. Got {self.max_source_bytes}.")
 
 
 @dataclass
@@ -147,10 +153,3 @@ class EvalConfig:
         if self.sync.box_scale <= 0:
             raise ConfigError(f"sync.box_scale: expected > 0. Got {self.sync.box_scale}.")
         self.sync.track_config()  # unknown track keys fail at load, not on a worker
-        schemes = self.input.schemes
-        if not isinstance(schemes, list) or not schemes or not all(isinstance(x, str) and x for x in schemes):
-            raise ConfigError(f"input.schemes: expected a non-empty list of URI schemes (file = local paths). "
-                              f"Got {schemes!r}.")
-        self.input.schemes = [x.lower() for x in schemes]
-        if self.input.max_source_bytes < 1:
-            raise ConfigError(f"input.max_source_bytes: expected >= 1. Got {self.input.max_source_bytes}.")

@@ -59,6 +59,13 @@ class InputConfig:
     """Where sources may come from: URI schemes ('file' = local paths); http/https only when listed."""
     schemes: list[str] = field(default_factory=lambda: ["file", "gs", "memory"])
 
+    def __post_init__(self):
+        if not isinstance(self.schemes, list) or not self.schemes or not all(
+                isinstance(x, str) and x for x in self.schemes):
+            raise ValueError(f"input.schemes: expected a non-empty list of URI schemes (file = local paths). "
+                             f"Got {self.schemes!r}.")
+        self.schemes = [x.lower() for x in self.schemes]
+
 
 @dataclass
 class FacesConfig:
