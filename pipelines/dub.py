@@ -59,7 +59,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines import jobrun
 from preprocess import config as config_mod
-from preprocess import sources
+from preprocess import catalog, sources
 from preprocess import uri as uri_mod
 from preprocess.errors import UserError
 from preprocess.media import MediaError
@@ -123,27 +123,18 @@ def done_uri(output: str, item: dict) -> str:
     return uri_mod.join(output, "done", f"{pair_key(item)}.json")
 
 
-#: what ``fs.info`` says of a remote file that changes when its content does (gs: generation, md5Hash;
-#: s3: ETag; http: ETag; any: size and modification time)
-_CHANGE_KEYS = ("generation", "etag", "ETag", "md5Hash", "md5", "crc32c", "size", "mtime", "updated",
-                "LastModified", "last_modified", "created")
-
-
 def fingerprint(uri: str | None) -> dict | None:
-    """A cheap fingerprint of an input's content, without reading it: size and mtime (ns) of a local
-    file, what ``fs.info`` gives of a remote one (generation / etag / md5 / size / time). None when
-    there is no such file (the dub rejects it). Network errors propagate (retried)."""
+    """A cheap fingerprint of an input's content, without reading it: its size and change tag
+    (``preprocess.catalog.change_tag``: mtime of a local file, etag / generation / md5 of a remote
+    one). None when there is no such file (the dub rejects it). Network errors propagate (retried)."""
     if not uri:
         return None
     fs, path = fsspec.core.url_to_fs(uri)
     try:
-        if uri_mod.is_local(uri):
-            st = os.stat(path)
-            return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
         info = fs.info(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    return {k: str(info[k]) for k in _CHANGE_KEYS if info.get(k) is not None}
+    return {"size": str(info.get("size")), "tag": catalog.change_tag(info)}
 
 
 def identity(item: dict, checkpoint_sha256: str, cfg: DubConfig) -> dict:

@@ -59,7 +59,8 @@ def cache_dir() -> str:
     return os.environ.get("RADIO_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "radio")
 
 
-def _tag(entry: dict) -> str:
+def change_tag(entry: dict) -> str:
+    """What an ``fs.ls``/``fs.info`` entry says changes when the file does (etag, generation, md5, mtime)."""
     for key in ("etag", "generation", "md5Hash", "mtime", "LastModified", "created"):
         if entry.get(key) is not None:
             return str(entry[key])
@@ -75,7 +76,7 @@ def list_detail(dataset: str, sub: str = shards.ROWS, suffix: str = ".parquet") 
     folder = f"{path.rstrip('/')}/{sub}"
     if not fs.isdir(folder):
         return []
-    out = [(shards._unstrip(fs, e["name"]), int(e.get("size") or 0), _tag(e))
+    out = [(shards._unstrip(fs, e["name"]), int(e.get("size") or 0), change_tag(e))
            for e in fs.ls(folder, detail=True)
            if e["name"].endswith(suffix) and not e["name"].rsplit("/", 1)[-1].startswith(".")]
     return sorted(out)
