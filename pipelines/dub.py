@@ -59,7 +59,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines import jobrun
 from preprocess import config as config_mod
-from preprocess import catalog, sources
+from preprocess import catalog, shards, sources
 from preprocess import uri as uri_mod
 from preprocess.errors import UserError
 from preprocess.media import MediaError
@@ -449,22 +449,14 @@ def remove_stale_temporaries(output: str) -> list[str]:
     removed = writer_mod.remove_stale_local(TEMP_PREFIX)
     fs, root = fsspec.core.url_to_fs(output)
     root = root.rstrip("/")
-    found = set()
-
-    def named(folder: str, prefix: str) -> list[str]:   # ls, not glob: the output's own name may hold [ ] * ?
-        return [p for p in (fs.ls(folder, detail=False) if fs.isdir(folder) else [])
-                if posixpath.basename(p.rstrip("/")).startswith(prefix)]
-
-    runs = [p for p in (fs.ls(f"{root}/runs", detail=False) if fs.isdir(f"{root}/runs") else []) if fs.isdir(p)]
-    for folder, prefix in ([(root, "beam-temp-"), (root, ".tmp-"), (f"{root}/done", ".tmp-"), (f"{root}/runs", ".tmp-")]
-                           + [(r, "beam-temp-") for r in runs] + [(r, ".tmp-") for r in runs]):
-        found.update(named(folder, prefix))
+    runs = [posixpath.relpath(p, root) for p in (fs.ls(f"{root}/runs", detail=False)
+                                                 if fs.isdir(f"{root}/runs") else []) if fs.isdir(p)]
+    removed += shards.remove_named(output, ["", "done", "runs", *runs], (".tmp-", "beam-temp-"))
     if fs.isdir(f"{root}/videos"):   # names may hold folders (a/b.mp4)
-        found.update(p for p in fs.find(f"{root}/videos", withdirs=False)
-                     if posixpath.basename(p.rstrip("/")).startswith(".tmp-"))
-    for p in sorted(found):
-        fs.rm(p, recursive=True)
-        removed.append(p)
+        for p in sorted(fs.find(f"{root}/videos", withdirs=False)):
+            if posixpath.basename(p.rstrip("/")).startswith(".tmp-"):
+                fs.rm(p)
+                removed.append(p)
     if removed:
         log.info("removed %d temporaries of killed runs (%s)", len(removed), ", ".join(removed[:5]))
     return removed

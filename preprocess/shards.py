@@ -206,20 +206,28 @@ def remove_stale_local(dataset: str) -> list[str]:
     return writer_mod.remove_stale_local(temp_prefix(dataset))
 
 
+def remove_named(base: str, subs, prefixes: tuple[str, ...] = (".tmp-",)) -> list[str]:
+    """Delete the entries of the folders ``base/<sub>`` whose names start with one of ``prefixes``
+    (listed, not globbed: ``base`` may hold ``[ ] * ?``); returns their URIs."""
+    fs, root = fsspec.core.url_to_fs(base)
+    removed = []
+    for sub in subs:
+        folder = f"{root.rstrip('/')}/{sub}".rstrip("/")
+        if not fs.isdir(folder):
+            continue
+        for p in fs.ls(folder, detail=False):
+            if p.rstrip("/").rsplit("/", 1)[-1].startswith(prefixes):
+                fs.rm(p, recursive=True)
+                removed.append(_unstrip(fs, p))
+    return removed
+
+
 def remove_stale_temporaries(dataset: str) -> list[str]:
     """Delete what killed runs of this dataset left: hidden ``.tmp-*`` uploads in its folders, and
     local ``$TMPDIR/radio-shard-<dataset>-*`` folders whose writer is dead. Call it before a run
     starts: two runs writing one dataset at the same time are not supported."""
     removed = remove_stale_local(dataset)
-    fs, root = fsspec.core.url_to_fs(dataset)
-    for sub in ("", ROWS, REJECTS, DONE, RUNS, "index"):      # index/: a compacted dataset's
-        folder = f"{root.rstrip('/')}/{sub}".rstrip("/")
-        if not fs.isdir(folder):
-            continue
-        for p in fs.ls(folder, detail=False):
-            if p.rstrip("/").rsplit("/", 1)[-1].startswith(".tmp-"):
-                fs.rm(p, recursive=True)
-                removed.append(_unstrip(fs, p))
+    removed += remove_named(dataset, ("", ROWS, REJECTS, DONE, RUNS, "index"))   # index/: a compacted dataset's
     if removed:
         log.info("removed %d stale temporaries of %s", len(removed), dataset)
     return removed
