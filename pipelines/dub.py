@@ -191,8 +191,9 @@ def finished(marker: dict | None, made_by: str, retry_rejects: bool, outs: list[
         return False
     if marker.get("status") == "dubbed":
         named, sizes = marker.get("outputs", []), marker.get("output_sizes")
-        return ((outs is None or named == outs) and all(_is_file(u) for u in named)
-                and (sizes is None or [_size(u) for u in named] == sizes))   # not cut, not replaced
+        now = [_size(u) for u in named]            # one metadata request per output
+        return ((outs is None or named == outs) and None not in now
+                and (sizes is None or now == sizes))   # files, not cut, not replaced
     return marker.get("status") == "rejected" and not retry_rejects
 
 
@@ -202,11 +203,13 @@ def _is_file(uri: str) -> bool:
 
 
 def _size(uri: str) -> int | None:
+    """The size of the file ``uri``; None when there is none (missing, or a folder)."""
     fs, path = fsspec.core.url_to_fs(uri)
     try:
-        return int(fs.size(path))
-    except FileNotFoundError:
+        info = fs.info(path)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    return int(info["size"]) if info.get("type") == "file" else None
 
 
 def _parents_under(uri: str, output: str) -> list[str]:
@@ -291,7 +294,7 @@ class DubPairFn(beam.DoFn):
         try:
             if not item.get("audio_uri"):
                 raise DubError("input", "no_audio_uri", "manifest row has no audio_uri")
-            folders = [u for u in outs if uri_mod.exists(u) and not _is_file(u)]
+            folders = [u for u in outs if _size(u) is None and uri_mod.exists(u)]
             if folders:   # another pair's name made it a folder (x.mp4/y): the video would land inside
                 raise DubError("output", "output_is_a_folder", f"{folders[0]} is a folder (another pair's "
                                "output name puts files under it); rename one of the pairs")

@@ -146,15 +146,11 @@ def not_compacted(uri: str, flag: str = "--output") -> None:
     sources the parts already hold."""
     from preprocess import compact
 
-    if uri_exists(uri, compact.MARKER) or uri_exists(uri, compact.INDEX):
-        raise CheckError(f"{flag} {uri!r} is a compacted dataset (`radio compact` output): preprocess into "
-                         "the per-source dataset it was made from, then compact again.")
-
-
-def uri_exists(base: str, name: str) -> bool:
     from preprocess import uri as uri_mod
 
-    return uri_mod.exists(uri_mod.join(base, name))
+    if any(uri_mod.exists(uri_mod.join(uri, name)) for name in (compact.MARKER, compact.INDEX)):
+        raise CheckError(f"{flag} {uri!r} is a compacted dataset (`radio compact` output): preprocess into "
+                         "the per-source dataset it was made from, then compact again.")
 
 
 # ---- per command -----------------------------------------------------------------------------
