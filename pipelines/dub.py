@@ -544,7 +544,8 @@ def check_checkpoint(checkpoint: str, job: DubJobConfig) -> str:
     try:
         found = resolve_weights(checkpoint, job.checkpoint_sha256, name="RADIO checkpoint",
                                 allow_unverified=job.allow_unverified_checkpoint,
-                                how_to_get="Pin it with --set checkpoint_sha256=<sha256 of the file>.")
+                                how_to_get="Give a `radio train` output's radio.pt (or checkpoints/step-N.pt), pinned with "
+                                           "--set checkpoint_sha256=<sha256 of the file>.")
         load_generator(found.path, found.sha256)
     except WeightsError as e:
         raise DubInputError(str(e)) from e

@@ -271,6 +271,9 @@ def test_duplicate_names_and_bad_checkpoints_are_refused_up_front(tmp_path, chec
              (good, str(tmp_path / "missing.pt"), sha, "not found"),
              (good, str(DATA_DIR / "david4.wav"), hashlib.sha256((DATA_DIR / "david4.wav").read_bytes()).hexdigest(),
               "does not load")]
+    sync = tmp_path / "sync.pt"  # what `radio train-sync` writes: the right format, the wrong network
+    torch.save({"kind": "sync", "step": 1, "config": {}, "models": {"sync": {}}}, sync)
+    cases.append((good, str(sync), hashlib.sha256(sync.read_bytes()).hexdigest(), "sync-discriminator checkpoint"))
     for m, c, pin, msg in cases:
         err = tmp_path / "err.txt"
         argv = ["dub", "--checkpoint", c, "--input", str(m), "--output", str(tmp_path / "out")]

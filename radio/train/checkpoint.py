@@ -121,6 +121,13 @@ def load_generator(uri: str, sha256: str | None = None, *, ema: bool = True, all
     found = resolve_weights(uri, sha256, name="RADIO checkpoint", allow_unverified=allow_unverified,
                             how_to_get="Train one with `radio train` (RUN/radio.pt) and pin its sha256.")
     ckpt = torch.load(found.path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{uri} is not a RADIO checkpoint (it holds a {type(ckpt).__name__}).")
+    if ckpt.get("kind") == "sync":
+        raise ValueError(f"{uri} is a sync-discriminator checkpoint (radio train-sync), not a RADIO generator: "
+                         "give a `radio train` output's radio.pt or checkpoints/step-N.pt.")
+    if "model" not in ckpt and "generator" not in (ckpt.get("models") or {}):
+        raise ValueError(f"{uri} holds no RADIO generator weights (keys: {sorted(ckpt)[:8]}).")
     model = RADIO(model_config_of(ckpt))
     state = ckpt["model"] if "model" in ckpt else ckpt["models"]["ema" if ema else "generator"]
     unused = unused_noise_scales(state, model.cfg)
