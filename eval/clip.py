@@ -198,7 +198,7 @@ def check_aspect(gen_info, ref_info, tolerance: float) -> None:
     if not (gw and gh and rw and rh):
         return
     # as displayed: an anamorphic reference (224x224 stored, 4:3 pixels) is a 4:3 picture, which a
-    # 298x224 square-pixel copy shows alike (scoring compares the stored frames, resized)
+    # 298x224 square-pixel copy shows alike (both are decoded in square pixels, as displayed)
     ga, ra = gw * gen_info.sar / gh, rw * ref_info.sar / rh
     if abs(ga - ra) / ra > tolerance:
         raise PairReject("aspect_mismatch", f"generated is {gw}x{gh} (aspect {ga:.3f}), reference {rw}x{rh} "

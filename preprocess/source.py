@@ -199,8 +199,8 @@ def aligned_segments(path: str, info, cfg: PreprocessConfig, backend, stages: _S
     tracker = track.FaceTracker(backend, track.tracker_config(cfg.faces.tracker, where="faces.tracker",
                                                               min_segment_frames=1))
     cache = RegionCache(cfg.align.crop_size)
-    hw = (info.height, info.width)
-    frame_bytes = max(1, info.height * info.width * 3)
+    hw = video.output_size(info)  # square pixels: an anamorphic source is decoded as displayed
+    frame_bytes = max(1, hw[0] * hw[1] * 3)
     n_chunk = max(1, min(cfg.decode.chunk, cfg.decode.chunk_mib * 2**20 // frame_bytes))
     chunks = _timed_iter(video.iter_frames(path, info=info, fps=cfg.decode.fps, chunk=n_chunk,
                                            backend=cfg.decode.backend), stages, "decode")
@@ -248,7 +248,7 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
     and no done marker. The done marker is written last, and records the size and sha256 of each
     file written and the config's fingerprint, so ``--resume`` can check them.
     """
-    from preprocess import audio, media
+    from preprocess import audio, media, video
 
     src = item["uri"]
     sid = schema.source_id(src)
@@ -271,6 +271,8 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
             with stages("audio"):  # to a temporary file: each segment's mel is computed from its samples
                 track = stack.enter_context(audio.decode_audio(path, info=info, max_seconds=info.duration_s + 1.0))
                 audio_frames = int(len(track) * cfg.decode.fps // audio.SAMPLE_RATE)
+            # the frames' size: the display size in square pixels (affines are in these pixels)
+            height, width = video.output_size(info)
             for seg in aligned_segments(path, info, cfg, backend, stages):
                 n = min(len(seg), max(0, audio_frames - seg.start))
                 least = cfg.output.min_segment_frames
@@ -289,7 +291,7 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                         frames=seg.crops[:n], landmarks=seg.landmarks[:n], affine=seg.affines[:n],
                         detector_score=seg.scores[:n], mel=segment_mel(track, seg.start, n),
                         fps=float(cfg.decode.fps), speaker_id=item.get("speaker_id"), split=item.get("split"),
-                        source_width=info.width, source_height=info.height,
+                        source_width=width, source_height=height,
                         quality=segment_quality(seg, n, cfg.align.crop_size))
                     writer.write_rows([schema.segment_to_row(s, cfg.output.frame_format, cfg.output.jpeg_quality)])
                 seg_index += 1

@@ -28,6 +28,11 @@ Three backends give the same frames (tested to be pixel-identical on H.264/HEVC 
   frames already yielded, and the pipe's count is final. decord is only
   used when asked for: it decodes ahead of its reader without bound (dmlc/decord#208).
 
+Frame size: the display size (rotation applied), in square pixels: an anamorphic video (sample
+aspect ratio ``info.sar`` != 1, e.g. 384×512 stored with 4:3 pixels) is resampled to the picture a
+player shows (512×512), so faces keep their shape; ``square_pixels=False`` keeps the stored grid
+(``square_pixel_map`` maps one to the other).
+
 Frame-count contract: exactly ``frame_count(info, fps)`` frames. A decoder that stops short by at
 most ``PAD_TOLERANCE`` (2) frames — last-frame duration rounding, a damaged final GOP — is padded
 by repeating its last frame; shorter than that raises ``MediaError('decode', 'truncated')``.
@@ -47,7 +52,7 @@ from preprocess import failures
 from preprocess.media import (MediaError, MediaInfo, cli_error, cli_input, ffmpeg_bin, frames_at,
                               open_av, probe, _check_file, _rate, _stderr_tail)
 
-__all__ = ["iter_frames", "read_frames", "frame_count", "frame_count_25", "output_size",
+__all__ = ["iter_frames", "read_frames", "frame_count", "frame_count_25", "output_size", "square_pixel_map",
            "choose_backend", "BACKENDS", "PAD_TOLERANCE"]
 
 log = logging.getLogger(__name__)
@@ -78,13 +83,33 @@ def frame_count_25(info: MediaInfo) -> int:
     return frame_count(info, 25)
 
 
-def output_size(info: MediaInfo, max_side: Optional[int] = None) -> tuple[int, int]:
-    """(H, W) of decoded frames: display size, shrunk (aspect kept, rounded) to fit ``max_side``."""
+def output_size(info: MediaInfo, max_side: Optional[int] = None,
+                square_pixels: bool = True) -> tuple[int, int]:
+    """(H, W) of decoded frames: the display size, shrunk (aspect kept, rounded) to fit ``max_side``.
+
+    With ``square_pixels`` (default) an anamorphic video (``info.sar`` != 1) is resampled to
+    square pixels, so that faces have their true shape: the width is stretched by the sample
+    aspect ratio when it is > 1 (384×512 at 4:3 → 512×512), the height by its inverse when it is
+    < 1. Without it, the stored pixel grid (rotation applied). ``max_side`` applies after that.
+    """
     h, w = info.height, info.width
+    sar = info.sar if square_pixels and info.sar and info.sar > 0 else 1.0
+    if sar > 1.0 + 1e-6:
+        w = max(1, int(round(w * sar)))
+    elif sar < 1.0 - 1e-6:
+        h = max(1, int(round(h / sar)))
     if max_side is not None and max(h, w) > max_side:
         s = max_side / max(h, w)
         h, w = max(1, int(round(h * s))), max(1, int(round(w * s)))
     return h, w
+
+
+def square_pixel_map(info: MediaInfo) -> np.ndarray:
+    """2×3 affine from the stored pixel grid (``square_pixels=False``) to the square-pixel frames
+    (``square_pixels=True``), pixel centres at integer coordinates: identity unless anamorphic."""
+    (h, w), (hs, ws) = output_size(info), output_size(info, square_pixels=False)
+    sx, sy = w / ws, h / hs
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
 
 
 def choose_backend(info: MediaInfo, max_side: Optional[int] = None) -> str:
@@ -97,7 +122,8 @@ def choose_backend(info: MediaInfo, max_side: Optional[int] = None) -> str:
 
 
 def iter_frames(path, info: Optional[MediaInfo] = None, fps=25, chunk: int = 64,
-                backend: str = "auto", max_side: Optional[int] = None) -> Iterator[np.ndarray]:
+                backend: str = "auto", max_side: Optional[int] = None,
+                square_pixels: bool = True) -> Iterator[np.ndarray]:
     """Yield the video as uint8 RGB chunks ``(n, H, W, 3)``, n ≤ ``chunk``, at ``fps`` CFR.
 
     Args:
@@ -107,8 +133,10 @@ def iter_frames(path, info: Optional[MediaInfo] = None, fps=25, chunk: int = 64,
         chunk: frames per yielded array; memory use is O(chunk · H · W).
         backend: 'auto' | 'pyav' | 'decord' | 'ffmpeg' (see module docstring).
         max_side: shrink so that max(H, W) ≤ max_side (aspect kept); None keeps the display size.
+        square_pixels: resample anamorphic video (``info.sar`` != 1) to square pixels (default);
+            False keeps the stored pixel grid (see ``output_size``).
 
-    Rotation is applied (H, W are the display size, ``output_size(info, max_side)``).
+    Rotation is applied (H, W are the display size, ``output_size(info, max_side, square_pixels)``).
     Raises MediaError: stage 'probe' (from probing), or stage 'decode' with reason
     'no_video_stream', 'undecodable' or 'truncated'.
     """
@@ -124,7 +152,7 @@ def iter_frames(path, info: Optional[MediaInfo] = None, fps=25, chunk: int = 64,
     info = info if info is not None else probe(p)
     if not info.has_video:
         raise MediaError("decode", "no_video_stream", "no video stream", p)
-    size = output_size(info, max_side)
+    size = output_size(info, max_side, square_pixels)
     if backend == "ffmpeg":
         yield from _ffmpeg_frames(p, info, fps, chunk, size)
         return
@@ -159,13 +187,14 @@ def iter_frames(path, info: Optional[MediaInfo] = None, fps=25, chunk: int = 64,
 
 
 def read_frames(path, info: Optional[MediaInfo] = None, fps=25, backend: str = "auto",
-                max_side: Optional[int] = None, chunk: int = 64) -> np.ndarray:
+                max_side: Optional[int] = None, chunk: int = 64,
+                square_pixels: bool = True) -> np.ndarray:
     """The whole video as one uint8 array ``(N, H, W, 3)``, N = ``frame_count(info, fps)``."""
     info = info if info is not None else probe(path)
     blocks = list(iter_frames(path, info, fps=fps, chunk=chunk, backend=backend,
-                              max_side=max_side))
+                              max_side=max_side, square_pixels=square_pixels))
     if not blocks:
-        h, w = output_size(info, max_side)
+        h, w = output_size(info, max_side, square_pixels)
         return np.empty((0, h, w, 3), np.uint8)
     return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
 

@@ -13,6 +13,11 @@ length: frames stream from the decoder into the encoder.
 
 Output rules (SPEC "Dubbing output"):
 
+- **Anamorphic sources** (sample aspect ratio != 1): faces are tracked on square-pixel frames,
+  as preprocess decodes them (the model sees faces of their true shape); the crops are warped
+  from, and pasted back into, the stored frames through the affine composed with the
+  square-pixel map (``to_stored``), and the output keeps the stored size and the source's sample
+  aspect ratio (it displays as the source does).
 - **Frame rate and size.** The output has the source's resolution and frame rate (a VFR source
   becomes CFR at its average rate; ``fps`` > 0 forces a rate). Output frame k at time
   t_k = k / fps takes the 20 mel rows starting at row round(100·t_k) − 8 (half up), edge-padded;
@@ -403,11 +408,13 @@ def _from_model(x: torch.Tensor, size: int) -> np.ndarray:
 
 
 def _looped_frames(path: str, info, n_out: int, chunk: int, fps) -> Iterator[tuple[int, np.ndarray]]:
-    """(output index, frame) for n_out frames at ``fps``, looping the video when it is shorter."""
+    """(output index, frame) for n_out frames at ``fps``, looping the video when it is shorter.
+    Frames on the stored pixel grid (the output's: an anamorphic source keeps its pixels; see
+    ``to_stored``)."""
     k = 0
     while k < n_out:
         produced = 0
-        for block in video.iter_frames(path, info=info, fps=fps, chunk=chunk):
+        for block in video.iter_frames(path, info=info, fps=fps, chunk=chunk, square_pixels=False):
             for frame in block:
                 if k >= n_out:
                     return
@@ -452,12 +459,13 @@ class _Encoder:
     """ffmpeg: raw RGB frames on stdin + the speech file -> H.264 + speech mp4 (list args, no shell)."""
 
     def __init__(self, dst: str, w: int, h: int, audio_path: str, audio_index: int, crf: int, preset: str,
-                 fps: Fraction, audio_args: list[str], comment: str = ""):
+                 fps: Fraction, audio_args: list[str], comment: str = "", sar: Fraction | None = None):
+        vf = "pad=ceil(iw/2)*2:ceil(ih/2)*2" + (f",setsar={sar.numerator}/{sar.denominator}" if sar else "")
         cmd = [media.ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
                *media.cli_input(audio_path), "-map", "0:v:0", "-map", f"1:{audio_index}",
                "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
-               "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", *audio_args, "-metadata", f"comment={comment}",
+               "-vf", vf, *audio_args, "-metadata", f"comment={comment}",
                "-movflags", "+faststart", "file:" + os.path.abspath(dst)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         self._err: list[bytes] = []
@@ -507,12 +515,23 @@ def _autocast(device, precision: str):
     return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
 
 
+def to_stored(affine: np.ndarray, info) -> np.ndarray:
+    """A source→crop affine of the tracked (square-pixel) frames as one of the stored frames.
+
+    Pass 1 tracks faces on square-pixel frames (as preprocess: an anamorphic face has its true
+    shape there, as in training); pass 2 warps and pastes back on the stored pixel grid, so the
+    output keeps the source's resolution and every pixel outside the face is the source's.
+    Identity for square-pixel sources."""
+    m = np.vstack([video.square_pixel_map(info), [0.0, 0.0, 1.0]])
+    return np.asarray(affine, np.float64) @ m
+
+
 def _grab_references(path: str, info, tracks: dict, refs: list[int], cfg: DubConfig, fps) -> np.ndarray:
     """(K, S, S, 3) crops of the reference frames (decodes up to the last one)."""
     want, crops = sorted(set(refs)), {}
     for k, frame in _looped_frames(path, info, max(want) + 1, cfg.chunk, fps):
         if k in want:
-            crops[k] = align.warp_face(frame, tracks[k][0], cfg.crop_size)
+            crops[k] = align.warp_face(frame, to_stored(tracks[k][0], info), cfg.crop_size)
     return np.stack([crops[r] for r in refs])
 
 
@@ -577,8 +596,10 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
         ref_t = _to_model(ref_crops, res, device)                     # (K,3,r,r)
         starts = mel_window_starts(n_out, fps)
         plan = audio_plan(speech, cfg, n_out / fps, speech_s)
+        anamorphic = abs(info.sar - 1.0) > 1e-6
+        sar = Fraction(info.sar).limit_denominator(10000) if anamorphic else None
         encs = [_Encoder(p, info.width, info.height, audio_path, speech.audio_index, cfg.crf, cfg.x264_preset, fps,
-                         plan["args"], comment) for p in out_paths]
+                         plan["args"], comment, sar=sar) for p in out_paths]
         threads = cfg.threads or _worker_cores()
         pool = ThreadPoolExecutor(threads, thread_name_prefix="radio-paste")
         masks_cache: dict = {}
@@ -588,6 +609,8 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
             batch: list = []
             for k, frame in _looped_frames(video_path, info, n_out, cfg.chunk, fps):
                 tr = stream.get(k % max(n_video, 1))
+                if tr is not None and anamorphic:
+                    tr = (to_stored(tr[0], info), tr[1])
                 t = time.perf_counter()
                 item = (k, frame, align.warp_face(frame, tr[0], cfg.crop_size), tr) if tr else (k, frame, None, None)
                 timer.add("warp", time.perf_counter() - t)

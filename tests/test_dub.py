@@ -882,3 +882,52 @@ def test_temporaries_of_killed_runs_are_removed_but_not_those_in_use(tmp_path, m
     with writer.locked_temp_dir(dub.TEMP_PREFIX) as d:
         assert os.path.isdir(d) and writer.remove_stale_local(dub.TEMP_PREFIX) == [] and os.path.isdir(d)
     assert removed == [] and not os.path.exists(d)
+
+
+class _Identity:
+    """A stand-in generator that returns its target crop: dubbing then only re-samples the face,
+    so any misplaced paste-back shows."""
+
+    def __init__(self, resolution: int = 192):
+        self.cfg = type("Cfg", (), {"resolution": resolution})()
+        self.targets: list = []
+
+    def __call__(self, target, reference, mel):
+        self.targets.append(target[:1].clone())
+        return target
+
+
+def test_anamorphic_source_is_tracked_as_displayed_and_keeps_its_pixels(tmp_path, backend):
+    """A 168x224 video with 4:3 pixels (displayed 224x224) was tracked and warped on its stored,
+    squeezed pixels: the model saw a narrow face. Now faces are tracked on square-pixel frames (as
+    preprocess decodes them), the crop is warped from / pasted into the stored frames through the
+    composed affine, and the output keeps the stored size and the 4:3 pixels."""
+    src = tmp_path / "sar43.mp4"
+    ffmpeg("-i", f"file:{DATA_DIR / '00015.mp4'}", "-t", "1.2", "-vf", "scale=168:224,setsar=4/3", "-c:v", "libx264",
+           "-preset", "ultrafast", "-crf", "12", "-an", f"file:{src}")
+    speech = tmp_path / "speech.wav"
+    ffmpeg("-i", f"file:{DATA_DIR / 'david4.wav'}", "-t", "1.2", f"file:{speech}")
+    model = _Identity()
+    out = tmp_path / "out.mp4"
+    s = dub.dub_clip(str(src), str(speech), str(out), model, backend, dub.DubConfig(batch_size=8, length="video"))
+    info = media.probe(str(out))
+    assert (info.width, info.height, round(info.sar, 4)) == (168, 224, round(4 / 3, 4)) and s["frames_dubbed"] == 30
+    # the model's first crop is the face with its true shape: close to the square-pixel original's crop
+    frame = video.read_frames(str(DATA_DIR / "00015.mp4"), chunk=8)[0]
+    det = max(backend.detect(frame), key=lambda d: d.side)
+    lm = backend.fit(frame, det.box)
+    want = align.warp_face(frame, align.quad_to_affine(align.ffhq_quad(lm)))
+    got = ((model.targets[0][0].permute(1, 2, 0).numpy() + 1) * 127.5).round()
+    assert np.abs(got - want).mean() < 12, np.abs(got - want).mean()
+    # pasted back where the face is in the stored frames: a black face lands on the mouth
+    class Black(_Identity):
+        def __call__(self, target, reference, mel):
+            return torch.full_like(target, -1.0)
+
+    dub.dub_clip(str(src), str(speech), str(out), Black(), backend, dub.DubConfig(batch_size=8, length="video"))
+    after = video.read_frames(str(out), square_pixels=False)
+    assert after.shape == (30, 224, 168, 3)
+    ys, xs = np.nonzero(after[0, 100:].max(-1) < 30)
+    mouth = lm[48:68].mean(0)                       # square-pixel (display) coordinates
+    mouth_x = (mouth[0] + 0.5) * 168 / 224 - 0.5    # ... in stored pixels
+    assert abs(xs.mean() - mouth_x) < 5 and abs(ys.mean() + 100 - mouth[1]) < 25, (xs.mean(), ys.mean(), mouth)

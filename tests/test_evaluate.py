@@ -285,12 +285,13 @@ def test_other_aspect_ratio_is_a_reject_same_aspect_is_resized(tmp_path):
     s = results.summarise([row], [], 1)
     assert s["generated_resized"] == 1
     assert "resized to the reference's frame size (same aspect ratio): 1 clip." in report.table_markdown([row], {**s, "run_id": "x"})
-    # aspect as displayed: 398x224 square pixels show the picture a 224x224 reference with 16:9
-    # pixels (anamorphic) shows: scored, not rejected
-    ffmpeg("-i", f"file:{ref}", "-t", "0.4", "-vf", "setsar=16/9", "-c:v", "libx264", "-preset", "ultrafast",
-           "-an", f"file:{tmp_path / 'anamorphic.mp4'}")
-    row, _ = clip_mod.evaluate_pair(str(tmp_path / "wide.mp4"), str(tmp_path / "anamorphic.mp4"), cfg, models)
-    assert row["generated_resized"] is True and row["psnr"] > 20
+    # aspect as displayed: the 224x224 square-pixel clip shows the picture a 168x224 reference with
+    # 4:3 pixels (anamorphic) shows: scored, not rejected, and both decode to the same square-pixel
+    # frames (preprocess.video), so nothing is resized
+    ffmpeg("-i", f"file:{ref}", "-t", "0.4", "-vf", "scale=168:224,setsar=4/3", "-c:v", "libx264", "-preset",
+           "ultrafast", "-an", f"file:{tmp_path / 'anamorphic.mp4'}")
+    row, _ = clip_mod.evaluate_pair(ref, str(tmp_path / "anamorphic.mp4"), cfg, models)
+    assert row["generated_resized"] is False and row["psnr"] > 20
 
 
 def test_missing_weights_fail_unless_the_metric_is_off(tmp_path, inputs):
