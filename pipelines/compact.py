@@ -75,7 +75,12 @@ def run(src: str, dst: str, pipeline_args=(), *, config_path: str | None = None,
 
     cfg = config_mod.load(compact.CompactConfig, config_path, overrides)
     compact.check_paths(src, dst)
-    compact.check_earlier(src, dst, allow_fewer_inputs=cfg.allow_fewer_inputs)   # before anything is touched
+    if test_pipeline is not None:
+        p, is_local = test_pipeline, True
+    else:   # Beam options are checked before the output is touched (a --runner typo must not cost it its marker)
+        job = options_mod.build(pipeline_args, job_name="radio-compact")
+        p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
+    compact.check_earlier(src, dst, allow_fewer_inputs=cfg.allow_fewer_inputs)   # the first write: the run record
     fs_marker = uri_mod.join(dst, compact.MARKER)
     if uri_mod.exists(fs_marker):          # the output is in flux until the new marker
         import fsspec
@@ -83,11 +88,6 @@ def run(src: str, dst: str, pipeline_args=(), *, config_path: str | None = None,
         fs, path = fsspec.core.url_to_fs(fs_marker)
         fs.rm(path)
     shards.remove_stale_temporaries(dst)   # what killed runs left: $TMPDIR folders, .tmp-* uploads
-    if test_pipeline is not None:
-        p, is_local = test_pipeline, True
-    else:
-        job = options_mod.build(pipeline_args, job_name="radio-compact")
-        p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
     build(p, src, dst, config_mod.to_dict(cfg))
     jobrun.run(p, log_uri=uri_mod.join(dst, "runs", "compact", "job.log"), is_local=is_local, namespace=NS)
     return json.loads(uri_mod.read_bytes(fs_marker))

@@ -56,7 +56,26 @@ def build(pipeline_args: Sequence[str], *, job_name: str, workers: int | None = 
         return BeamJob(options=opts, runner=fn_runner.FnApiRunner(), is_local=True)
     if runner_name in REMOTE_RUNNERS:
         check_dataflow(opts, job_name)
+    else:
+        check_runner(runner_name)
     return BeamJob(options=opts, runner=runner_name, is_local=False)
+
+
+def check_runner(name: str) -> None:
+    """A runner Beam knows by name, or a dotted path to a PipelineRunner class (a typo fails here
+    in one line, not as Beam's traceback after the job's checks)."""
+    import difflib
+
+    if "." in name:
+        return
+    known = sorted(set(StandardOptions.KNOWN_RUNNER_NAMES) | {"DirectRunner", "DataflowRunner"})
+    lowered = {k.lower(): k for k in known}
+    if name.lower() in lowered or name.lower() + "runner" in lowered:
+        return
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise OptionsError(f"--runner {name!r}: no such Beam runner; {hint}(radio runs DirectRunner locally by default, "
+                       "DataflowRunner for scale).")
 
 
 def check_dataflow(opts: PipelineOptions, job_name: str) -> None:

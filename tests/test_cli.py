@@ -209,6 +209,12 @@ def test_unknown_option(argv, hint, tmp_path, capsys):
     assert "unknown option" in err
 
 
+def test_a_runner_beam_does_not_know_is_one_line(tmp_path, capsys):
+    """`--runner DataflowRuner` was Beam's 25-line 'Unexpected pipeline runner' traceback, exit 1."""
+    assert_mistake(["preprocess", "--input", CLIP, "--output", str(tmp_path / "out"), "--runner", "DataflowRuner"],
+                   capsys, tmp_path, says="did you mean DataflowRunner?")
+
+
 def test_beam_options_still_pass(tmp_path):
     """Options Beam knows are not mistakes (they reach the pipeline options unchanged)."""
     from radio import checks

@@ -218,6 +218,23 @@ def test_compact_never_removes_an_earlier_compaction_of_another_or_larger_input(
     assert json.loads((dst / "compact.json").read_text())["input_shards"] == 5
 
 
+def test_bad_beam_options_leave_a_finished_output_as_it_was(per_source, tmp_path, capsys):
+    """A --runner typo (or Dataflow without its options) was refused only after compact.json was
+    removed: the finished dataset became 'a compaction running or killed' that training refuses."""
+    dst = tmp_path / "out"
+    assert _compact(per_source, dst) == 0
+    before = _tree(dst)
+    for bad in (["--runner", "DataflowRunner"], ["--runner", "NoSuchRunner"]):
+        args = ["compact", "--input", str(per_source), "--output", str(dst), *bad]
+        assert radio.cli.main(args) == 2, bad
+        assert _tree(dst) == before
+    fresh = tmp_path / "fresh"
+    assert radio.cli.main(["compact", "--input", str(per_source), "--output", str(fresh),
+                           "--runner", "DataflowRunner"]) == 2
+    assert not fresh.exists()
+    capsys.readouterr()
+
+
 def test_compact_refuses_an_output_inside_its_input_or_a_per_source_output(per_source, capsys):
     assert _compact(per_source, per_source / "sub") == 2
     err = capsys.readouterr().err
