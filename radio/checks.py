@@ -78,12 +78,13 @@ def _writable_parent(path: str, uri: str, flag: str) -> None:
 
 
 # ---- inputs ----------------------------------------------------------------------------------
-def media_input(spec: str, flag: str = "--input") -> None:
+def media_input(spec: str, flag: str = "--input", schemes: Sequence[str] | None = None) -> None:
     """A glob, folder or manifest that lists at least one video (a glob that matches nothing is
-    a mistake, not an empty run)."""
+    a mistake, not an empty run), of the allowed URI ``schemes`` (``input.schemes``): the input
+    itself too, not only a manifest's lines."""
     from preprocess import sources
 
-    if next(iter(sources.list_sources(spec)), None) is None:
+    if next(iter(sources.list_sources(spec, tuple(schemes) if schemes is not None else None)), None) is None:
         what = ("manifest" if sources.is_manifest(spec) else
                 "glob" if any(c in spec for c in "*?[") else "folder")
         raise CheckError(f"{flag} {spec!r}: the {what} lists no video files "
@@ -163,7 +164,7 @@ def command(args: argparse.Namespace) -> None:
     if cmd == "preprocess":
         output_folder(args.output)
         not_compacted(args.output)
-        media_input(args.input)
+        media_input(args.input, schemes=cfg.input.schemes)
     elif cmd == "compact":
         dataset(args.input, "--input")
         output_folder(args.output)

@@ -215,6 +215,13 @@ def test_a_runner_beam_does_not_know_is_one_line(tmp_path, capsys):
                    capsys, tmp_path, says="did you mean DataflowRunner?")
 
 
+def test_an_input_uri_of_a_scheme_not_allowed_is_refused_before_it_is_read(tmp_path, capsys):
+    """`--input http://…` was fetched (a 77-line DNS traceback offline) while the same URI in a
+    manifest is refused: input.schemes holds for the input itself."""
+    assert_mistake(["preprocess", "--input", "http://example.invalid/a.mp4", "--output", str(tmp_path / "o")],
+                   capsys, tmp_path, says="http:// sources are not allowed")
+
+
 def test_beam_options_still_pass(tmp_path):
     """Options Beam knows are not mistakes (they reach the pipeline options unchanged)."""
     from radio import checks
