@@ -112,17 +112,45 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
     cur[keys[-1]] = value
 
 
+def _yaml_problem(e: "yaml.YAMLError") -> str:
+    """PyYAML's several-line message as one line: what is wrong, and where."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or type(e).__name__}{where}"
+
+
+def read_yaml(path: str) -> dict:
+    """The top-level mapping of the YAML file ``path`` (any fsspec URI); ConfigError, in one line,
+    when it is not a UTF-8 YAML mapping."""
+    try:
+        with fsspec.open(path, "rt", encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        raise ConfigError(f"{path}: not a config file ({type(e).__name__}).") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a YAML text file (not UTF-8 at byte {e.start}).") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping at the top level.")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``'a.b=value'`` -> ``('a.b', value)``, the value YAML-parsed; ConfigError in one line."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value.")
+    key, raw = item.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML: {_yaml_problem(e)} "
+                          "(quote it: key='value').") from e
+
+
 def load(cls: type[T], path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
     """Load ``cls`` from a YAML file (any fsspec URI) plus ``a.b=value`` overrides (YAML-parsed)."""
-    data: dict = {}
-    if path:
-        with fsspec.open(path, "rt") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a YAML mapping at the top level.")
+    data: dict = read_yaml(path) if path else {}
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value.")
-        key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(raw))
+        _set_path(data, *parse_override(item))
     return from_dict(cls, data, where=path or "config")

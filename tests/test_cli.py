@@ -222,6 +222,19 @@ def test_an_input_uri_of_a_scheme_not_allowed_is_refused_before_it_is_read(tmp_p
                    capsys, tmp_path, says="http:// sources are not allowed")
 
 
+@pytest.mark.parametrize("content,says", [(b"worker: [1\n", "not valid YAML: expected ',' or ']'"),
+                                           (b"\x00\x00\x00\x18ftypmp42\xff\xfe", "not a YAML text file"),
+                                           (None, "not a config file (IsADirectoryError)")])
+def test_a_config_that_does_not_parse_is_one_line(content, says, tmp_path, capsys):
+    """A binary file, broken YAML or a folder given as --config were 30-50-line tracebacks, exit 1."""
+    cfg = tmp_path / "c.yaml"
+    cfg.mkdir() if content is None else cfg.write_bytes(content)
+    for command in (["preprocess", "--input", CLIP, "--output", str(tmp_path / "out")], ["model-summary"]):
+        assert_mistake([*command, "--config", str(cfg)], capsys, tmp_path, says=says)
+    assert_mistake(["preprocess", "--input", CLIP, "--output", str(tmp_path / "out"), "--set", "worker.attempts=[1"],
+                   capsys, tmp_path, says="the value is not valid YAML")
+
+
 def test_beam_options_still_pass(tmp_path):
     """Options Beam knows are not mistakes (they reach the pipeline options unchanged)."""
     from radio import checks

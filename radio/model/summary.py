@@ -52,27 +52,19 @@ def model_summary(cfg: ModelConfig | None = None) -> str:
 def load_model_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ModelConfig:
     """ModelConfig from a YAML file (its ``model:`` section when it has one, e.g. a training config,
     else the whole mapping) plus ``key=value`` / ``model.key=value`` overrides (YAML-parsed)."""
-    import fsspec
-    import yaml
+    from preprocess.config import from_dict, parse_override, read_yaml
 
-    from preprocess.config import from_dict
-
-    data: dict = {}
-    if path:
-        with fsspec.open(path, "rt") as f:
-            data = yaml.safe_load(f) or {}
-        if isinstance(data.get("model"), dict):
-            data = data["model"]
+    data: dict = read_yaml(path) if path else {}
+    if isinstance(data.get("model"), dict):
+        data = data["model"]
     data = dict(data)
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r}: expected key=value.")
-        key, raw = item.split("=", 1)
-        keys = key.strip().removeprefix("model.").split(".")
+        key, value = parse_override(item)
+        keys = key.removeprefix("model.").split(".")
         cur = data
         for k in keys[:-1]:
             cur = cur.setdefault(k, {})
-        cur[keys[-1]] = yaml.safe_load(raw)
+        cur[keys[-1]] = value
     return from_dict(ModelConfig, data, where=path or "model")
 
 
