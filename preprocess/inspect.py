@@ -13,8 +13,13 @@ import logging
 import fsspec
 import numpy as np
 from preprocess import schema, shards
+from preprocess.errors import UserError
 
 log = logging.getLogger(__name__)
+
+class InspectError(UserError, ValueError):
+    """What to show is not in the dataset."""
+
 
 CANON_EYES = (96.0, 91.0)
 CANON_MOUTH = (96.0, 142.0)
@@ -30,7 +35,7 @@ def load_segments(uri: str, n: int, clip_id: str | None = None) -> list[dict]:
             if len(out) >= n:
                 return out
     if clip_id and not out:
-        raise ValueError(f"clip_id {clip_id!r} not found under {uri}")
+        raise InspectError(f"--clip-id {clip_id!r}: no such segment under {uri}.")
     return out
 
 

@@ -170,6 +170,9 @@ def command(args: argparse.Namespace) -> None:
         output_folder(args.output)
         outside(args.output, args.input, "--output", "--input", "the compacted copy would mix with its source")
     elif cmd == "inspect":
+        for flag, n in (("--rows", args.rows), ("--frames", args.frames)):
+            if n < 1:
+                raise CheckError(f"{flag} {n}: expected at least 1.")
         dataset(args.uri, "URI")
         if args.output:
             output_file(args.output)

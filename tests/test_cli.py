@@ -149,6 +149,15 @@ def test_output_under_a_file(tmp_path, capsys, a_file):
                    says="is a file, so no folder")
 
 
+@pytest.mark.parametrize("extra,says", [(["--rows", "0"], "--rows 0: expected at least 1"),
+                                        (["--frames", "-3"], "--frames -3: expected at least 1"),
+                                        (["--clip-id", "nope"], "--clip-id 'nope': no such segment")])
+def test_inspect_what_to_show_is_checked(extra, says, sample_dataset, tmp_path, capsys):
+    """A numpy linspace traceback (--frames -3) and a ValueError traceback (unknown clip id) before."""
+    assert_mistake(["inspect", str(sample_dataset), "--output", str(tmp_path / "s.png"), *extra], capsys, tmp_path,
+                   says=says)
+
+
 def test_inspect_output_is_a_folder(tmp_path, capsys, shards_dir):
     assert_mistake(["inspect", str(shards_dir), "--output", str(tmp_path)], capsys, tmp_path,
                    says="is an existing folder")
