@@ -121,6 +121,11 @@ class AlignedSegment:
     def __len__(self) -> int:
         return len(self.crops)
 
+    def part(self, a: int, b: int) -> "AlignedSegment":
+        """Frames ``[a, b)`` of the segment (indexes within it) as a segment of their own."""
+        return AlignedSegment(start=self.start + a, crops=self.crops[a:b], landmarks=self.landmarks[a:b],
+                              affines=self.affines[a:b], scores=self.scores[a:b], outside=self.outside[a:b])
+
 
 def outside_fraction(affines: np.ndarray, hw: tuple[int, int], size: int) -> np.ndarray:
     """Per frame, the fraction of the crop square whose source pixels fall outside the frame

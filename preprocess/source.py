@@ -160,18 +160,32 @@ def _timed_iter(it: Iterator, stages: _Stages, name: str) -> Iterator:
         yield x
 
 
-def segment_quality(seg: AlignedSegment, n: int, size: int) -> dict[str, float]:
-    aff = seg.affines[:n]
+def segment_quality(seg: AlignedSegment, size: int) -> dict[str, float]:
+    aff = seg.affines
     scale = np.sqrt(np.abs(np.linalg.det(aff[:, :, :2].astype(np.float64))))
     return {
-        "det_score_min": float(np.min(seg.scores[:n])),
-        "det_score_mean": float(np.mean(seg.scores[:n])),
-        "landmark_jitter": align.eye_jitter(seg.landmarks[:n]),
+        "det_score_min": float(np.min(seg.scores)),
+        "det_score_mean": float(np.mean(seg.scores)),
+        "landmark_jitter": align.eye_jitter(seg.landmarks),
         "crop_shake": align.crop_shake(aff, size),
         "face_size": float(np.median(size / scale)),
-        "outside_frac": float(np.mean(seg.outside[:n])),
+        "outside_frac": float(np.mean(seg.outside)),
     }
 
+
+def audio_frames(info, n_samples: int, fps: int) -> tuple[int, int]:
+    """``[first, stop)``: the video frames (at ``fps``, 0 = the first video frame) that have sound.
+
+    The decoded track's sample 0 is the first video frame's time (``audio.load_audio``): audio that
+    starts later is preceded there by silence, audio that ends earlier leaves the last frames
+    without any. Frame i has sound when all of [i/fps, (i+1)/fps) lies within the audio stream:
+    ``first`` = ceil(lead·fps) for audio starting ``lead`` s after the video (1 ms of timestamp
+    rounding forgiven), ``stop`` = the whole frames the track covers."""
+    from preprocess.audio import SAMPLE_RATE
+
+    lead = info.audio_start_s - info.video_start_s if info.has_video else 0.0
+    first = int(np.ceil((lead - 1e-3) * fps)) if lead > 1e-3 else 0
+    return first, int(n_samples * fps // SAMPLE_RATE)
 
 
 
@@ -270,16 +284,21 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                 media.check_gaps(path, info, lim.max_gap_s)
             with stages("audio"):  # to a temporary file: each segment's mel is computed from its samples
                 track = stack.enter_context(audio.decode_audio(path, info=info, max_seconds=info.duration_s + 1.0))
-                audio_frames = int(len(track) * cfg.decode.fps // audio.SAMPLE_RATE)
+                sound_from, sound_to = audio_frames(info, len(track), cfg.decode.fps)
             # the frames' size: the display size in square pixels (affines are in these pixels)
             height, width = video.output_size(info)
-            for seg in aligned_segments(path, info, cfg, backend, stages):
-                n = min(len(seg), max(0, audio_frames - seg.start))
+            for whole in aligned_segments(path, info, cfg, backend, stages):
+                # only the frames with sound: audio that starts late or ends early shortens the segment
+                a = min(len(whole), max(0, sound_from - whole.start))
+                seg = whole.part(a, max(a, min(len(whole), sound_to - whole.start)))
+                n = len(seg)
                 least = cfg.output.min_segment_frames
                 short = (("faces", "segment_too_short", "SegmentTooShort",
-                          f"face track at frame {seg.start}: {len(seg)} frames (< {least})") if len(seg) < least else
+                          f"face track at frame {whole.start}: {len(whole)} frames (< {least})")
+                         if len(whole) < least else
                          ("audio", "no_audio", "AudioTooShort",
-                          f"segment at frame {seg.start}: {n} of its {len(seg)} frames have audio (< {least})")
+                          f"segment at frame {whole.start}: {n} of its {len(whole)} frames have audio (< {least}; "
+                          f"sound in frames {sound_from}..{sound_to - 1})")
                          if n < least else None)
                 if short:
                     rejects.append(schema.Reject(src, *short, segment_index=seg_index))
@@ -288,11 +307,11 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                 with stages("encode"):
                     s = schema.Segment(
                         source_uri=src, segment_index=seg_index, start_frame=seg.start,
-                        frames=seg.crops[:n], landmarks=seg.landmarks[:n], affine=seg.affines[:n],
-                        detector_score=seg.scores[:n], mel=segment_mel(track, seg.start, n),
+                        frames=seg.crops, landmarks=seg.landmarks, affine=seg.affines,
+                        detector_score=seg.scores, mel=segment_mel(track, seg.start, n),
                         fps=float(cfg.decode.fps), speaker_id=item.get("speaker_id"), split=item.get("split"),
                         source_width=width, source_height=height,
-                        quality=segment_quality(seg, n, cfg.align.crop_size))
+                        quality=segment_quality(seg, cfg.align.crop_size))
                     writer.write_rows([schema.segment_to_row(s, cfg.output.frame_format, cfg.output.jpeg_quality)])
                 seg_index += 1
                 n_segments += 1

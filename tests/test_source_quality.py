@@ -62,3 +62,51 @@ def test_anamorphic_video_is_decoded_as_displayed(tmp_path, backend, plain):
     # affines in display pixels: the crop's centre maps back to where it is in the original
     centre = lambda a: np.linalg.inv(np.vstack([a, [0, 0, 1]]))[:2] @ [95.5, 95.5, 1]  # noqa: E731
     assert np.abs(centre(row["affine"][0]) - centre(plain["affine"][0])).max() < 4
+
+
+def _late_audio(dst, seconds: float, delay: float):
+    """The clip's first ``seconds`` with its sound ``delay`` s after its picture (both stream copies)."""
+    base = dst.with_name("base_" + dst.name)
+    ffmpeg("-i", f"file:{CLIP}", "-t", seconds, "-c", "copy", f"file:{base}")
+    ffmpeg("-i", f"file:{base}", "-itsoffset", delay, "-i", f"file:{base}", "-map", "0:v", "-map", "1:a",
+           "-c", "copy", f"file:{dst}")
+    return dst
+
+
+def test_audio_that_starts_late_starts_the_segment_late(tmp_path, backend, plain):
+    """Sound 0.5 s after the picture was padded with 0.5 s of silence (mel rows at the -5 floor
+    while the lips move) where sound ending early was trimmed. Now the segment starts at the first
+    frame with sound: start_frame, segment_start_s and clip_id follow it, and its mel is the
+    clip's speech from its first row."""
+    from preprocess import media
+
+    path = _late_audio(tmp_path / "late.mp4", 3, 0.5)
+    info = media.probe(path)
+    first = int(np.ceil((info.audio_start_s - info.video_start_s) * 25 - 1e-6))
+    assert 11 <= first <= 13, info
+    res, rows, _ = run(path, tmp_path, backend)
+    assert res["status"] == "rows" and len(rows) == 1, res
+    row = rows[0]
+    assert row["start_frame"] == first and row["segment_start_s"] == first / 25
+    assert row["clip_id"] == schema.clip_id(str(path), first)
+    assert row["mel"][:8].mean() > -3.0, row["mel"][:8].mean(1)     # speech, not the -5 floor
+    # and it is the clip's speech 0.5 s later: mel row r (video time (4·first + r)/100 s) is the
+    # plain clip's row 4·first + r - 50 (the stream copy keeps AAC's 64 ms of priming in front of
+    # the sound, so the stream starts at 0.436 s)
+    mel, ref = row["mel"], plain["mel"]
+
+    def err(lag):
+        skip = max(0, lag - 4 * first)   # mel rows before the plain clip's row 0
+        return np.abs(mel[skip: skip + 100] - ref[4 * first + skip - lag: 4 * first + skip - lag + 100]).mean()
+
+    errs = {lag: err(lag) for lag in range(40, 61)}
+    assert min(errs, key=errs.get) == 50 and errs[50] < 0.05, errs
+
+
+def test_audio_that_starts_too_late_is_a_segment_reject(tmp_path, backend):
+    """Sound starting 1.6 s into a 2 s clip leaves 10 frames with sound: the existing reject for a
+    segment without enough audio, not a row of silence."""
+    path = _late_audio(tmp_path / "later.mp4", 2, 1.6)
+    res, rows, rejects = run(path, tmp_path, backend)
+    assert res["status"] == "rejected" and not rows, res
+    assert {r["reason"] for r in rejects} == {"no_audio", "no_usable_segment"}, rejects
