@@ -79,13 +79,15 @@ def read_manifest(uri: str, key: tuple[str, ...] = ("uri",),
     with how many more are bad), so a bad manifest fails before any work. ``speaker_id`` and
     ``split`` become strings (a CSV reader or a JSON number gives 12, the schema wants "12"),
     a UTF-8 byte-order mark (Excel exports) is accepted, and later duplicates of the same ``key``
-    fields are dropped with a warning naming their lines (they would write the same ids twice).
+    fields are dropped with a warning naming their lines (they would write the same ids twice);
+    a duplicate whose ``speaker_id`` or ``split`` differ is an error, since one of the two lines'
+    labels would be lost.
     """
     base = posixpath.dirname(uri)
     errors: list[str] = []
     records = numbered_records(uri, errors)
     out_records: list[dict] = []
-    seen: dict[tuple, int] = {}
+    seen: dict[tuple, tuple[int, dict]] = {}
     dropped: list[str] = []
     for n, rec in records:
         try:
@@ -97,9 +99,16 @@ def read_manifest(uri: str, key: tuple[str, ...] = ("uri",),
         k = tuple(uri_mod.canonical(v) if isinstance(v, str) and f.endswith("uri") else v
                   for f, v in ((f, out.get(f)) for f in key))
         if k in seen:
-            dropped.append(f"{n} (= line {seen[k]})")
+            first, kept = seen[k]
+            differ = [f for f in ("speaker_id", "split") if f not in key and kept.get(f) != out.get(f)]
+            if differ:   # which line's labels are right is the user's to say, not ours to guess
+                f = differ[0]
+                errors.append(f"{uri}:{n}: repeats line {first}'s {'/'.join(key)} with another {f} "
+                              f"({out.get(f)!r}, line {first}: {kept.get(f)!r}); keep one of the two lines.")
+                continue
+            dropped.append(f"{n} (= line {first})")
             continue
-        seen[k] = n
+        seen[k] = (n, out)
         out_records.append(out)
     if errors:
         more = f" (+{len(errors) - 1} more bad line(s))" if len(errors) > 1 else ""

@@ -55,11 +55,15 @@ def test_every_bad_line_is_counted_in_one_message(tmp_path):
 
 
 def test_numbers_become_strings_bom_accepted_duplicates_dropped(tmp_path, caplog):
-    csv_m = _write(tmp_path, "m.csv", "uri,speaker_id,split\na.mp4,12,1\nb.mp4,,\na.mp4,13,train\n", bom=True)
+    csv_m = _write(tmp_path, "m.csv", "uri,speaker_id,split\na.mp4,12,1\nb.mp4,,\na.mp4,12,1\n", bom=True)
     recs = list(sources.list_sources(str(csv_m)))
     assert [(Path(r["uri"]).name, r["speaker_id"], r["split"]) for r in recs] == [
         ("a.mp4", "12", "1"), ("b.mp4", None, None)]
     assert "duplicate" in caplog.text and "4 (= line 2)" in caplog.text
+    # the same video with other labels: keeping line 2 silently lost line 4's speaker and split
+    other = _write(tmp_path, "o.csv", "uri,speaker_id,split\na.mp4,12,1\nb.mp4,,\na.mp4,13,train\n")
+    with pytest.raises(sources.SourceError, match=r"o\.csv:4: repeats line 2's uri with another speaker_id"):
+        next(sources.list_sources(str(other)))
     jsonl_m = _write(tmp_path, "m.jsonl", '{"uri": "a.mp4", "speaker_id": 7, "split": 2.0}\n', bom=True)
     (rec,) = sources.list_sources(str(jsonl_m))
     assert rec["uri"] == str(tmp_path / "a.mp4") and rec["speaker_id"] == "7" and rec["split"] == "2"
