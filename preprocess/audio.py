@@ -11,6 +11,12 @@ Timing rules (100 mel rows per second, 25 video frames per second):
 
 ``load_audio`` puts sample 0 at the first video frame (when the file has video), so these rules
 hold for files whose audio and video streams start at different times.
+
+Channels: libswresample's standard downmix to mono (what ``ffmpeg -ac 1`` does: stereo is
+(L+R)/2; 5.1 keeps the centre, where dialogue is, at full level, the front pair at 0.71 and the
+surrounds at 0.5 each, where a plain mean gave the centre 1/6), in every decode path. Channels that cancel in the
+downmix (stereo with one channel's polarity inverted: silence) are caught: when the mono has
+``CANCEL_DB`` (20 dB) less energy than the louder channel, that channel alone is the audio.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ ROWS_PER_FRAME = 4
 WINDOW_ROWS = (-8, 12)  # frame i's window: rows [4i-8, 4i+12)
 AUDIO_TIMEOUT_S = 600.0
 AUDIO_BACKENDS = ("auto", "pyav", "ffmpeg")
+CANCEL_DB = 20.0  # a downmix this much quieter than its louder channel cancelled: that channel is used
 
 #: Everything that defines the stored mel; written into the Parquet schema metadata.
 MEL_PARAMS = {
@@ -71,7 +78,8 @@ def load_audio(path, sr: int = SAMPLE_RATE, info: Optional[MediaInfo] = None,
     """Decode the first audio stream to mono float32 ``(n_samples,)`` in [-1, 1] at ``sr`` Hz.
 
     Any container/rate/channel count ffmpeg reads (wav, mp4, audio-only, ...). Channels are
-    averaged. Timestamp gaps are filled with silence (``aresample`` ``min_comp``/``first_pts``),
+    downmixed by libswresample (``ffmpeg -ac 1``), or the louder one is taken where they cancel
+    (see the module docstring). Timestamp gaps are filled with silence (``aresample`` ``min_comp``/``first_pts``),
     and with ``align_to_video`` sample 0 is the first video frame's time: audio that starts
     before the video is trimmed, audio that starts after it is preceded by silence.
     ``max_seconds`` stops decoding after that much output (None: the whole stream).
@@ -139,8 +147,10 @@ def decode_audio(path, info: Optional[MediaInfo] = None, backend: str = "auto",
 
 
 class _MonoSink:
-    """Interleaved float32 blocks -> mono, from sample ``skip`` on, at most ``limit`` samples,
-    clipped to [-1, 1]; kept as blocks, or appended to ``file``."""
+    """Interleaved float32 blocks of ``channels`` channels, from sample ``skip`` on, at most
+    ``limit`` samples. Mono (``channels`` 1) is clipped to [-1, 1] and kept as blocks, or appended
+    to ``file``; with more channels nothing is kept but each channel's energy. ``energy``: the sum
+    of squares per channel of the samples taken."""
 
     def __init__(self, channels: int, skip: int, limit: Optional[int], file=None):
         self.channels, self.skip, self.limit, self.file = channels, skip, limit, file
@@ -149,6 +159,7 @@ class _MonoSink:
     def reset(self) -> None:  # a fallback to the CLI starts over
         self.blocks: list = []
         self.n = self.seen = 0
+        self.energy = np.zeros(self.channels, np.float64)
         self.rest = np.zeros(0, np.float32)
         if self.file is not None:
             self.file.seek(0)
@@ -165,7 +176,6 @@ class _MonoSink:
         whole = len(raw) // c * c
         self.rest = raw[whole:].copy()
         wav = raw[:whole].reshape(-1, c)
-        wav = wav[:, 0].copy() if c == 1 else wav.mean(axis=1, dtype=np.float32)
         drop = min(len(wav), max(0, self.skip - self.seen))
         self.seen += len(wav)
         wav = wav[drop:]
@@ -173,8 +183,12 @@ class _MonoSink:
             wav = wav[:max(0, self.limit - self.n)]
         if not len(wav):
             return
-        np.clip(wav, -1.0, 1.0, out=wav)
         self.n += len(wav)
+        if c > 1:
+            self.energy += np.einsum("ij,ij->j", wav, wav, dtype=np.float64)
+            return
+        wav = np.clip(wav[:, 0], -1.0, 1.0)
+        self.energy[0] += float(np.dot(wav, wav))
         if self.file is not None:
             self.file.write(np.ascontiguousarray(wav, "<f4").tobytes())
         else:
@@ -200,22 +214,44 @@ def _decode(path, sr: int, info: Optional[MediaInfo], align_to_video: bool, back
     # container time of the first video frame: audio before it is dropped
     skip = int(round(info.video_start_s * sr)) if align_to_video and info.has_video else 0
     limit = None if max_seconds is None else int(math.ceil(max_seconds * sr))
-    sink = _MonoSink(channels, skip, limit, file)
 
-    def cli():
-        sink.reset()
-        _decode_ffmpeg(p, sr, info, channels, sink, None if limit is None else (skip + limit) / sr)
+    def run(sink: _MonoSink, pick: Optional[int] = None) -> _MonoSink:
+        def cli():
+            sink.reset()
+            _decode_ffmpeg(p, sr, info, sink.channels, sink, None if limit is None else (skip + limit) / sr,
+                           pick=pick)
 
-    pyav_or_cli(backend, "ffmpeg", "audio", p, lambda: _decode_pyav(p, sr, info, channels, sink), cli)
+        pyav_or_cli(backend, "ffmpeg", "audio", p, lambda: _decode_pyav(p, sr, info, sink.channels, sink, pick),
+                    cli)
+        return sink
+
+    sink = run(_MonoSink(1, skip, limit, file))           # libswresample's downmix
+    if channels > 1:
+        levels = run(_MonoSink(channels, skip, limit)).energy  # each channel's energy, nothing kept
+        loud = int(np.argmax(levels))
+        if levels[loud] > 0 and sink.energy[0] < levels[loud] * 10 ** (-CANCEL_DB / 10):
+            sink.reset()  # the channels cancel in the downmix (one inverted): the louder one alone
+            run(sink, pick=loud)
     return sink
 
 
+def _filters(sr: int, channels_in: int, pick: Optional[int]) -> list[str]:
+    """The filters before the output format: resampling on the input's timeline, and with ``pick``
+    that channel alone (of the input in the default layout of its channel count)."""
+    out = [f"aresample={sr}:min_comp=0.001:first_pts=0"]
+    if pick is not None:
+        out += [f"aformat=channel_layouts={channels_in}c", f"pan=mono|c0=c{int(pick)}"]
+    return out
+
+
 def _decode_ffmpeg(p: str, sr: int, info: MediaInfo, channels: int, sink: "_MonoSink",
-                   max_seconds: Optional[float] = None) -> None:
-    """Interleaved float32 samples from the ffmpeg CLI (the reference chain), streamed to ``sink``."""
+                   max_seconds: Optional[float] = None, pick: Optional[int] = None) -> None:
+    """Interleaved float32 samples of ``channels`` channels (1: libswresample's downmix; with
+    ``pick``, that input channel) from the ffmpeg CLI (the reference chain), streamed to ``sink``."""
+    channels_in = max(1, info.audio_channels or 1)
     cmd = [ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
            *cli_input(p), "-map", f"0:{info.audio_index}", "-vn", "-sn", "-dn",
-           "-af", f"aresample={sr}:min_comp=0.001:first_pts=0", "-ac", str(channels),
+           "-af", ",".join(_filters(sr, channels_in, pick)), "-ac", str(channels),
            "-ar", str(sr)]
     if max_seconds is not None:
         cmd += ["-t", f"{max_seconds + 1.0 / sr:.6f}"]
@@ -299,18 +335,20 @@ class _RescaleDelta:
         return out
 
 
-def _decode_pyav(p: str, sr: int, info: MediaInfo, channels: int, emit: "_MonoSink") -> None:
+def _decode_pyav(p: str, sr: int, info: MediaInfo, channels: int, emit: "_MonoSink",
+                 pick: Optional[int] = None) -> None:
     """Interleaved float32 samples: the CLI's chain, in-process, streamed to ``emit`` (which
-    stops the decoding once full).
+    stops the decoding once full). ``channels`` and ``pick`` as ``_decode_ffmpeg``'s.
 
     What ``ffmpeg -i FILE -map 0:<a> -af aresample={sr}:min_comp=0.001:first_pts=0 -ac C
-    -ar {sr} -c:a pcm_f32le -f f32le`` (FFmpeg 5.1's CLI) does, step by step:
+    -ar {sr} -c:a pcm_f32le -f f32le`` (FFmpeg 5.1's CLI; C = ``channels``; with ``pick`` k,
+    ``,aformat=channel_layouts=<in>c,pan=mono|c0=ck`` after aresample) does, step by step:
 
     - timestamps are shifted by the file's start time (the CLI's default input ``ts_offset``),
       then each decoded frame's pts goes to 1/in_rate with ``av_rescale_delta`` (``_RescaleDelta``,
       reset where a packet's pts jumps past the previous one's duration);
     - ``abuffer`` (time_base=1/in_rate, the first frame's rate/format/layout) →
-      ``aresample={sr}:min_comp=0.001:first_pts=0`` → ``aformat`` (flt, {sr} Hz, the default
+      ``aresample={sr}:min_comp=0.001:first_pts=0`` (→ the pick) → ``aformat`` (flt, {sr} Hz, the default
       layout of C channels: what ``-ac``/``-ar``/pcm_f32le ask for) → ``abuffersink``;
     - a packet that fails to decode is skipped (the CLI logs it and goes on); the file fails
       when more than 2/3 of the decode calls failed (``-max_error_rate``), and a demux error
@@ -370,14 +408,14 @@ def _decode_pyav(p: str, sr: int, info: MediaInfo, channels: int, emit: "_MonoSi
                 src = graph.add("abuffer", f"time_base=1/{rate}:sample_rate={rate}:"
                                            f"sample_fmt={frame.format.name}:"
                                            f"channel_layout={layout.name}")
-                res = graph.add("aresample", f"{sr}:min_comp=0.001:first_pts=0")
+                chain = [graph.add(*f.split("=", 1)) for f in _filters(sr, layout.nb_channels, pick)]
                 out_layout = av.AudioLayout(f"{channels}c").name
                 fmt = graph.add("aformat", f"sample_fmts=flt:sample_rates={sr}:"
                                            f"channel_layouts={out_layout}")
                 sink = graph.add("abuffersink")
-                src.link_to(res)
-                res.link_to(fmt)
-                fmt.link_to(sink)
+                nodes = [src, *chain, fmt, sink]
+                for a, b in zip(nodes, nodes[1:]):
+                    a.link_to(b)
                 graph.configure()
                 rescale = _RescaleDelta(st_tb, rate)
             elif here != params:

@@ -110,3 +110,36 @@ def test_audio_that_starts_too_late_is_a_segment_reject(tmp_path, backend):
     res, rows, rejects = run(path, tmp_path, backend)
     assert res["status"] == "rejected" and not rows, res
     assert {r["reason"] for r in rejects} == {"no_audio", "no_usable_segment"}, rejects
+
+
+def _remix(dst, pan: str):
+    """The clip's first 2 s, its sound remixed by ``pan`` (AAC), its picture copied."""
+    ffmpeg("-i", f"file:{CLIP}", "-t", 2, "-af", f"pan={pan}", "-c:v", "copy", "-c:a", "aac", "-b:a", "384k",
+           f"file:{dst}")
+    return dst
+
+
+@pytest.mark.parametrize("backend_name", ["pyav", "ffmpeg"])
+def test_centre_dialogue_and_opposite_phase_stereo_keep_their_level(tmp_path, backend_name):
+    """5.1 with the dialogue in the centre channel was a plain mean of 6 channels (1/6 of its level,
+    -15.6 dB); libswresample's standard downmix keeps the centre whole. Stereo whose right channel
+    is the left one inverted cancelled to silence in any downmix; the louder channel is used."""
+    from preprocess import audio, media
+
+    ref = audio.load_audio(CLIP, backend=backend_name)[:32000]
+    for name, pan in (("centre.mp4", "5.1|c2=c0"), ("antiphase.mp4", "stereo|c0=c0|c1=-1*c0")):
+        path = _remix(tmp_path / name, pan)
+        info = media.probe(path)
+        got = audio.load_audio(path, info=info, backend=backend_name)
+        n = min(len(got), len(ref))
+        level = 20 * np.log10(np.sqrt(np.mean(got[:n] ** 2)) / np.sqrt(np.mean(ref[:n] ** 2)))
+        assert abs(level) < 1.0, (name, level)        # was -15.6 dB (5.1) and silence (opposite phase)
+        assert abs(np.corrcoef(got[:n], ref[:n])[0, 1]) > 0.99, name
+
+
+def test_opposite_phase_stereo_becomes_a_row_of_speech(tmp_path, backend, plain):
+    path = _remix(tmp_path / "antiphase.mp4", "stereo|c0=c0|c1=-1*c0")
+    res, rows, _ = run(path, tmp_path, backend)
+    assert res["status"] == "rows" and len(rows) == 1, res
+    n = min(len(rows[0]["mel"]), len(plain["mel"]))
+    assert np.abs(rows[0]["mel"][:n] - plain["mel"][:n]).mean() < 0.15
