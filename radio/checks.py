@@ -117,6 +117,18 @@ def evaluate_pairs(generated: str, reference: str | None, schemes=None) -> None:
     next(iter(pairs.list_pairs(generated, reference, schemes=schemes)), None)
 
 
+def run_id(name: str) -> None:
+    """A run id names one folder under ``runs/``: one plain name, no '/', '.' or '..'."""
+    from preprocess import uri as uri_mod
+
+    try:
+        uri_mod.join("runs", name)
+    except uri_mod.UnsafePathError as e:
+        raise CheckError(f"--run-id {name!r}: {e}") from e
+    if "/" in name or "\\" in name:
+        raise CheckError(f"--run-id {name!r}: expected one name, without '/'.")
+
+
 def exists(uri: str, flag: str, what: str) -> None:
     import fsspec
 
@@ -160,6 +172,8 @@ def command(args: argparse.Namespace) -> None:
     if getattr(args, "config", None):
         exists(args.config, "--config", "config file")
     cmd = args.command
+    if getattr(args, "run_id", None):
+        run_id(args.run_id)
     cfg = job_config(args)
     if cmd == "preprocess":
         output_folder(args.output)

@@ -158,6 +158,13 @@ def test_inspect_what_to_show_is_checked(extra, says, sample_dataset, tmp_path, 
                    says=says)
 
 
+@pytest.mark.parametrize("name", ["../../escape", ".", "a/b"])
+def test_a_run_id_that_is_not_one_name_is_one_line(name, tmp_path, capsys):
+    """preprocess printed UnsafePathError's 22-line traceback, exit 1 (evaluate was already one line)."""
+    assert_mistake(["preprocess", "--input", CLIP, "--output", str(tmp_path / "o"), "--run-id", name], capsys,
+                   tmp_path, says=f"--run-id {name!r}")
+
+
 def test_inspect_output_is_a_folder(tmp_path, capsys, shards_dir):
     assert_mistake(["inspect", str(shards_dir), "--output", str(tmp_path)], capsys, tmp_path,
                    says="is an existing folder")
