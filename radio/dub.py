@@ -455,17 +455,24 @@ def aac_rate(rate: int) -> int:
     return min(AAC_RATES, key=lambda r: (abs(r - rate), -r))
 
 
+def output_pix_fmt(w: int, h: int) -> str:
+    """yuv420p (what every player decodes) when the size allows it; an odd width or height cannot be
+    4:2:0, so it is kept exactly in yuv444p (High 4:4:4) rather than padded with a black row/column:
+    the output has the source's size, as evaluation against the source needs."""
+    return "yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p"
+
+
 class _Encoder:
     """ffmpeg: raw RGB frames on stdin + the speech file -> H.264 + speech mp4 (list args, no shell)."""
 
     def __init__(self, dst: str, w: int, h: int, audio_path: str, audio_index: int, crf: int, preset: str,
                  fps: Fraction, audio_args: list[str], comment: str = "", sar: Fraction | None = None):
-        vf = "pad=ceil(iw/2)*2:ceil(ih/2)*2" + (f",setsar={sar.numerator}/{sar.denominator}" if sar else "")
+        vf = ["-vf", f"setsar={sar.numerator}/{sar.denominator}"] if sar else []
         cmd = [media.ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
                *media.cli_input(audio_path), "-map", "0:v:0", "-map", f"1:{audio_index}",
-               "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
-               "-vf", vf, *audio_args, "-metadata", f"comment={comment}",
+               "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", output_pix_fmt(w, h),
+               *vf, *audio_args, "-metadata", f"comment={comment}",
                "-movflags", "+faststart", "file:" + os.path.abspath(dst)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         self._err: list[bytes] = []

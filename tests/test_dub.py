@@ -931,3 +931,22 @@ def test_anamorphic_source_is_tracked_as_displayed_and_keeps_its_pixels(tmp_path
     mouth = lm[48:68].mean(0)                       # square-pixel (display) coordinates
     mouth_x = (mouth[0] + 0.5) * 168 / 224 - 0.5    # ... in stored pixels
     assert abs(xs.mean() - mouth_x) < 5 and abs(ys.mean() + 100 - mouth[1]) < 25, (xs.mean(), ys.mean(), mouth)
+
+
+def test_an_odd_sized_source_keeps_its_size_and_its_edge_pixels(tmp_path, backend):
+    """A 225x223 video came out 226x224 with a black column and row (yuv420p needs even sizes), and
+    its pair line said 225x223: evaluation against the source compared other pictures."""
+    src = tmp_path / "odd.mp4"
+    ffmpeg("-i", f"file:{DATA_DIR / '00015.mp4'}", "-t", "0.6", "-vf",
+           "scale=225:223,setsar=1,drawbox=x=0:y=0:w=iw:h=ih:color=white:t=3", "-c:v", "libx264", "-preset", "ultrafast",
+           "-crf", "12", "-pix_fmt", "yuv444p", "-an", f"file:{src}")
+    speech = tmp_path / "speech.wav"
+    ffmpeg("-i", f"file:{DATA_DIR / 'david4.wav'}", "-t", "0.6", f"file:{speech}")
+    out = tmp_path / "out.mp4"
+    dub.dub_clip(str(src), str(speech), str(out), _Identity(), backend, dub.DubConfig(batch_size=8, length="video"))
+    info = media.probe(str(out))
+    assert (info.width, info.height) == (225, 223)
+    frames = video.read_frames(str(out))
+    assert frames.shape[1:3] == (223, 225)
+    assert frames[:, :, -1].mean() > 200 and frames[:, -1, :].mean() > 200   # the white border, not black padding
+    assert dub.output_pix_fmt(224, 224) == "yuv420p"                          # even sizes play everywhere
