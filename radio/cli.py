@@ -205,15 +205,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(parser, args, extra)
     except Exception as e:  # a user's mistake is one line; anything else keeps its traceback
-        from preprocess.errors import JobFailed, UserError
+        rc = report(e, args)
+        if rc is None:
+            raise
+        return rc
 
-        if isinstance(e, UserError) and not args.verbose:
-            print(f"radio {args.command}: error: {one_line(e)}", file=sys.stderr)
-            return 2
-        if isinstance(e, JobFailed) and not args.verbose:
-            print(f"radio {args.command}: job failed: {e}", file=sys.stderr)
-            return 1
-        raise
+
+def report(e: BaseException, args: argparse.Namespace) -> int | None:
+    """Print a user's mistake (exit status 2) or a failed job (1) as one line on stderr; None for
+    anything else, or with --verbose (the caller keeps its traceback)."""
+    from preprocess.errors import JobFailed, UserError
+
+    if isinstance(e, UserError) and not args.verbose:
+        print(f"radio {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    if isinstance(e, JobFailed) and not args.verbose:
+        print(f"radio {args.command}: job failed: {e}", file=sys.stderr)
+        return 1
+    return None
 
 
 def one_line(e: Exception) -> str:

@@ -147,6 +147,37 @@ def test_sigterm_to_torchrun_three_times_loses_and_repeats_no_window(five_shards
     assert data["cursors"] == [last_cursor[k] for k in range(4)] and data["next_slot"] == steps % 2
 
 
+def test_a_rank_that_fails_mid_run_ends_the_run_at_once(sample_dataset, tmp_path):
+    """Rank 1's only shard has no row its filters keep: it fails at its first batch while rank 0 is
+    in step 1's all-reduce. The failed rank used to enter a barrier on its way out (never matched:
+    both waited for gloo's 30 min timeout, a stuck billed machine); now it exits at once, rank 0
+    sees its peer gone, and torchrun ends non-zero within seconds."""
+    row = next(r for s in shards.list_shards(str(sample_dataset)) for r in shards.read_shard(s).to_pylist())
+    data = tmp_path / "ds"
+    write_table_atomic(shards.rows_uri(str(data), "good"), [dict(row, clip_id="good", crop_shake=0.5)],
+                       schema.SEGMENT_SCHEMA, schema.file_metadata())
+    write_table_atomic(shards.rows_uri(str(data), "shaky"), [dict(row, clip_id="shaky", crop_shake=9.0)],
+                       schema.SEGMENT_SCHEMA, schema.file_metadata())
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "radio.cli", "train", "--config", SMOKE, "--data", str(data), "--output", str(tmp_path / "run"),
+           "--set", "run.steps=2", "--set", "data.filters.crop_shake_max=2"]
+    log = tmp_path / "torchrun.log"
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    _LAUNCHED.append(proc)
+    t0 = time.monotonic()
+    try:
+        rc = proc.wait(timeout=150)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a failed rank left the run hanging:\n" + log.read_text()[-3000:])
+    text = log.read_text()
+    assert rc != 0 and time.monotonic() - t0 < 150, text[-3000:]
+    errors = re.findall(r"^radio train: error: (.*)$", text, re.M)
+    assert len(errors) == 1 and re.match(r"Data consumer [01] of 2 has no usable rows", errors[0]), text[-3000:]
+    assert "step 1/2" not in text and not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_cursor_table_one_row_per_consumer_across_resumes_and_layouts():
     # a rank tracks only its own consumers, whatever the checkpoint held for the others
     start = {0: (0, 0, 100), 1: (0, 0, 90), 2: (0, 0, 80), 3: (0, 0, 70)}

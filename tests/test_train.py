@@ -467,6 +467,25 @@ def test_a_run_that_fails_with_loader_workers_exits(sample_dataset, tmp_path):
     assert last[0].startswith("radio train: error: Data consumer") and "face_size" in last[0]
 
 
+def test_a_consumer_dealt_no_row_is_refused_before_any_step(sample_dataset, tmp_path, capsys):
+    """Fewer rows than consumers (ranks x loader workers): found when the data stream is made, alike on
+    every rank (not by the hungry consumer alone at step 1 while the other ranks wait for it)."""
+    row = _real_rows(sample_dataset)[0]
+    one = tmp_path / "one"
+    write_table_atomic(shards.rows_uri(str(one), "only"), [row], schema.SEGMENT_SCHEMA, schema.file_metadata())
+    cfg = _cfg()
+    for rank in (0, 1):
+        unfed = ShardStream(str(one), cfg, resolution=96, rank=rank, world=2).unfed
+        assert unfed.startswith("Data consumer 1 of 2 has no rows to read") and "1 row(s) in 1 shard(s)" in unfed
+    assert ShardStream(str(one), cfg, resolution=96).unfed is None
+    assert ShardStream(str(one), _cfg(workers=1), resolution=96).unfed is None
+    rc = radio.cli.main(["train", "--config", SMOKE, "--data", str(one), "--output", str(tmp_path / "run"),
+                         "--set", "run.steps=1", "--set", "data.workers=2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("radio train: error: Data consumer 1 of 2 has no rows to read"), err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_training_error_stops_the_loader_workers(sample_dataset, tmp_path):
     import multiprocessing
 

@@ -24,7 +24,7 @@ from preprocess.config import ConfigError, plain
 from . import build, checkpoint, dist
 from .config import TrainConfig, from_dict, load_train_config, micro_batch, to_dict
 from .cursors import same_listing
-from .data import ShardStream, closing_loader, make_loader
+from .data import DataError, ShardStream, closing_loader, make_loader
 from .logger import Board
 from .preempt import PREEMPTED, StopSignal, ignore_stop_signals
 
@@ -118,6 +118,9 @@ def _data(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, info: dis
                                 consumers)
     stream.start, stream.worker_shift = start, shift
     resume = dataclasses.replace(resume, cursors=start, next_slot=shift, listing=stream.listing)
+    unfed = dist.agree(stream.unfed)          # on every rank, or a lone rank fails inside step 1
+    if unfed:
+        raise DataError(unfed)
     if info.main:
         log.info("data: %d shards in %s, %d consumers (%d ranks x %d workers); batch %d = %d ranks x %d "
                  "accumulation x %d windows of %d frames; resolution %d; amp %s", len(stream.shards), data,
@@ -145,11 +148,14 @@ def run_radio(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, *, on
                 optimizers={"g": opts.g, "d": opts.d})
             del ckpt
             with closing_loader(batches):
-                return _run_loop(train, cfg, models, opts, batches, output=output, device=device, info=info,
-                                 resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device),
-                                 on_step=on_step, stop=stop)
-        finally:
-            dist.shutdown()
+                rc = _run_loop(train, cfg, models, opts, batches, output=output, device=device, info=info,
+                               resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device),
+                               on_step=on_step, stop=stop)
+        except BaseException:
+            dist.shutdown(clean=False)        # no barrier: another rank may be inside a collective
+            raise
+        dist.shutdown()
+        return rc
 
 
 def run_sync(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, *, on_step=None) -> int:
@@ -171,11 +177,14 @@ def run_sync(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, *, on_
                                                   optimizers={"sync": opt})
             del ckpt
             with closing_loader(batches):
-                return _run_loop(train_sync, cfg, net, view, opt, batches, output=output, device=device,
-                                 info=info, resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device),
-                                 on_step=on_step, stop=stop)
-        finally:
-            dist.shutdown()
+                rc = _run_loop(train_sync, cfg, net, view, opt, batches, output=output, device=device,
+                               info=info, resume=resume, consumers=consumers, amp=build.amp_dtype(cfg, device),
+                               on_step=on_step, stop=stop)
+        except BaseException:
+            dist.shutdown(clean=False)
+            raise
+        dist.shutdown()
+        return rc
 
 
 def main(args) -> int:
@@ -191,13 +200,42 @@ def main(args) -> int:
     if ckpt is not None and args.command == "train" and ckpt.get("kind") != "radio":
         raise ConfigError(f"{args.output} holds '{ckpt.get('kind')}' checkpoints, not RADIO ones: use another --output.")
     checks.train(cfg, args.command)
-    if args.command == "train-sync":
-        rc = run_sync(cfg, ckpt, args.data, args.output)
-    else:
-        rc = run_radio(cfg, ckpt, args.data, args.output)
+    try:
+        if args.command == "train-sync":
+            rc = run_sync(cfg, ckpt, args.data, args.output)
+        else:
+            rc = run_radio(cfg, ckpt, args.data, args.output)
+    except BaseException as e:
+        if dist.env_info().world > 1:
+            _exit_rank(e, args)
+        raise
     if dist.env_info().main:
         _report_export(args.output, "sync.pt" if args.command == "train-sync" else "radio.pt")
     return rc
+
+
+def _exit_rank(e: BaseException, args) -> None:
+    """A failed rank under torchrun: its error (one line for a user's mistake, else the traceback),
+    then ``os._exit`` at once. A normal exit could wait on the other ranks (the gloo group's
+    teardown, exit handlers), which wait inside a collective for this one; gone, it lets torchrun
+    stop them and the job end non-zero instead of hanging until the backend's timeout."""
+    import os
+    import sys
+    import traceback
+
+    from radio.cli import report
+
+    rc = 1
+    try:
+        rc = report(e, args)
+        if rc is None:
+            traceback.print_exception(e)
+            rc = 1
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(rc)
 
 
 def _report_export(output: str, name: str) -> None:

@@ -207,6 +207,7 @@ class ShardStream(IterableDataset):
         self.shards = [i.uri for i in good]
         self.pieces = catalog.pieces(good, int(cfg.piece_mib * 2**20))
         self.listing = listing_id(good, self.pieces)
+        self.unfed = self._unfed(good)          # None, or why a consumer would get no row at all
         self.unsplit = self._unsplit(good)      # the footers are not kept: 10^6 of them weigh GBs
         self.half = cfg.frames // 2
         extra = 1 if mode == "radio" else 0           # a reference outside the window must exist
@@ -232,6 +233,27 @@ class ShardStream(IterableDataset):
             log.warning("skipping %d of %d shards that fail their footer check (data.strict stops instead): %s%s",
                         len(bad), len(infos), named, more)
         return good
+
+    def _unfed(self, good: list[catalog.ShardInfo]) -> str | None:
+        """A consumer (rank x loader worker) that no row of the dataset is dealt to, before any filter:
+        fewer pieces than consumers split rows, (piece + row) % consumers (``load_piece``), and fewer
+        rows than consumers leave some with none. Found at start on every rank alike, instead of by
+        that consumer alone at its first batch while the other ranks wait in the step's collectives."""
+        workers = max(1, self.cfg.workers)
+        n = self.world * workers
+        if len(self.pieces) >= n:
+            return None                         # each consumer reads whole pieces, at least one
+        dealt: set[int] = set()
+        for p, piece in enumerate(self.pieces):
+            rows = sum(r for r, _ in good[piece.shard].groups[piece.first:piece.first + piece.count])
+            dealt.update((p + r) % n for r in range(min(rows, n)))
+        unfed = [k for k in range(n) if k not in dealt]
+        if not unfed:
+            return None
+        total = sum(i.rows for i in good)
+        return (f"Data consumer {unfed[0]} of {n} has no rows to read: {self.dataset!r} holds {total} row(s) in "
+                f"{len(good)} shard(s) ({len(self.pieces)} pieces), dealt to {n} consumers ({self.world} ranks x "
+                f"{workers} workers), {len(unfed)} of which get none. Use fewer ranks/data.workers, or add data.")
 
     def _unsplit(self, infos: list[catalog.ShardInfo]) -> str:
         """The split of rows without one (module docstring); raises when it is undecided."""

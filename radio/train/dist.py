@@ -58,14 +58,46 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def shutdown() -> None:
+def shutdown(clean: bool = True) -> None:
+    """Close the process group. ``clean`` (every rank finished the run): a barrier first, so that no
+    rank closes its connections while another still talks on them (gloo aborts then). After an error
+    (``clean=False``) no collective at all: the other ranks may be inside another one (a DDP
+    all-reduce, a checkpoint's barrier) that a barrier here would never match, and every rank would
+    wait for the backend's timeout (a stuck, billed machine). NCCL's communicators are aborted;
+    gloo's are left to the process's exit, which ``cli.main`` makes at once (``os._exit``): the
+    other ranks then see their peer gone, or torchrun stops them."""
     global _FLAGS
     if dist.is_available() and dist.is_initialized():
-        try:   # no rank closes its connections while another still talks on them (gloo aborts then)
-            dist.barrier()
-        finally:
-            dist.destroy_process_group()
+        if clean:
+            try:
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
+        else:
+            _abort()
     _FLAGS = None
+
+
+def _abort() -> None:
+    """Abort the process groups where the backend can (NCCL) without waiting on any other rank."""
+    try:
+        if dist.get_backend() == "nccl":
+            from torch.distributed.distributed_c10d import _abort_process_group
+
+            _abort_process_group()
+    except Exception:  # noqa: BLE001  (already failing: the process exits next)
+        pass
+
+
+def agree(message: str | None) -> str | None:
+    """The first non-None ``message`` of any rank, on every rank: a start-up check whose verdict may
+    differ between ranks fails on all of them at the same point, before any of them starts a step
+    (one rank failing alone would leave the others inside the first step's collectives)."""
+    if not active():
+        return message
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, message, group=_FLAGS)
+    return next((m for m in out if m), None)
 
 
 def barrier() -> None:
