@@ -62,6 +62,7 @@ from preprocess import config as config_mod
 from preprocess import catalog, shards, sources
 from preprocess import uri as uri_mod
 from preprocess.errors import UserError
+from preprocess.failures import is_environment_error
 from preprocess.media import MediaError
 from preprocess.source import InputConfig, LimitsConfig
 from radio.dub import DubConfig, DubError, output_config
@@ -550,6 +551,8 @@ def check_checkpoint(checkpoint: str, job: DubJobConfig) -> str:
     except WeightsError as e:
         raise DubInputError(str(e)) from e
     except Exception as e:  # not a RADIO checkpoint (pickle, keys, shapes): say so in one line
+        if is_environment_error(e):   # the network or the disk, not the file: not the user's mistake
+            raise
         raise DubInputError(f"RADIO checkpoint {checkpoint!r} does not load: "
                             f"{traceback.format_exception_only(type(e), e)[-1].strip()[:300]}") from e
     return found.sha256

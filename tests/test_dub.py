@@ -950,3 +950,17 @@ def test_an_odd_sized_source_keeps_its_size_and_its_edge_pixels(tmp_path, backen
     assert frames.shape[1:3] == (223, 225)
     assert frames[:, :, -1].mean() > 200 and frames[:, -1, :].mean() > 200   # the white border, not black padding
     assert dub.output_pix_fmt(224, 224) == "yuv420p"                          # even sizes play everywhere
+
+
+def test_a_checkpoint_the_network_cannot_reach_is_not_called_a_bad_file(monkeypatch):
+    """An unreachable gs:// checkpoint was exit 2 'does not load: ClientConnectorDNSError' (a user's
+    mistake); the network failing is the environment's: it propagates (exit 1, retry later)."""
+    from pipelines import dub as dub_job
+    from preprocess import weights
+
+    def offline(*a, **k):
+        raise ConnectionError("Cannot connect to host storage.googleapis.com:443")
+
+    monkeypatch.setattr(weights, "resolve_weights", offline)
+    with pytest.raises(ConnectionError):
+        dub_job.check_checkpoint("gs://bucket/radio.pt", dub_job.DubJobConfig(checkpoint_sha256="a" * 64))
