@@ -68,17 +68,41 @@ def read_bytes(uri: str) -> bytes:
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write to a temporary sibling, then move into place: readers never see a partial file.
 
-    On local disks the move is an atomic rename. Object stores (gs://) have no rename, but a
-    single-object upload is itself all-or-nothing, so the temp object is copied and removed.
+    On local disks the move is an atomic rename, after an fsync of the data (without it a machine
+    reset soon after the rename can leave the name pointing at a zero-length file) and followed by
+    one of the folder (the rename itself). Object stores (gs://) have no rename, but a single-object
+    upload is itself all-or-nothing, so the temp object is copied and removed.
     """
     fs, path = fsspec.core.url_to_fs(uri)
     parent = posixpath.dirname(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
     tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    if is_local(uri):
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_folder(parent or ".")
+        return
     with fs.open(tmp, "wb") as f:
         f.write(data)
     fs.mv(tmp, path)
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` durable (best effort: some file systems refuse to open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 _COPY_BLOCK = 4 * 2**20

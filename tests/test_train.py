@@ -406,6 +406,71 @@ def test_radio_train_cli_end_to_end_then_resumes(sample_dataset, tmp_path, caplo
     assert [s for s, _ in checkpoint.list_checkpoints(str(out))] == [4, 5]       # keep_checkpoints: 2
 
 
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(sample_dataset, tmp_path, caplog, capsys):
+    """A checkpoint cut short, emptied (a VM reset after an unsynced rename) or without the format
+    marker is skipped with a warning naming it; a later one that does not load never pushes the good
+    ones out; none loading is one line, exit 2."""
+    import shutil
+
+    caplog.set_level(logging.INFO, logger="radio.train")
+    base = ["train", "--config", SMOKE, "--data", str(sample_dataset), "--set", "run.image_every=0",
+            "--set", "run.checkpoint_every=1"]
+    first = tmp_path / "first"
+    assert radio.cli.main([*base, "--output", str(first), "--set", "run.steps=2"]) == 0
+    newest = Path("checkpoints") / "step-000000002.pt"
+    good = (first / newest).read_bytes()
+    damages = {"cut": good[:len(good) // 2], "empty": b"",
+               "unmarked": checkpoint.to_bytes({"step": 2, "config": {}})}
+    for name, data in damages.items():
+        run = tmp_path / name
+        shutil.copytree(first, run)
+        (run / newest).write_bytes(data)
+        caplog.clear()
+        assert radio.cli.main([*base, "--output", str(run), "--set", "run.steps=2"]) == 0, name
+        assert f"skipping checkpoint {run / newest}" in caplog.text and "resuming from step 1" in caplog.text
+        assert checkpoint.load(str(run / newest))["step"] == 2                 # step 2 again, written whole
+
+    run = tmp_path / "later"               # a damaged checkpoint after the good ones, keep_checkpoints=1
+    shutil.copytree(first, run)
+    (run / "checkpoints" / "step-000000009.pt").write_bytes(good[:1000])
+    assert radio.cli.main([*base, "--output", str(run), "--set", "run.steps=3", "--set", "run.keep_checkpoints=1"]) == 0
+    assert [s for s, _ in checkpoint.list_checkpoints(str(run))] == [3, 9]
+    caplog.clear()
+    assert radio.cli.main([*base, "--output", str(run), "--set", "run.steps=4"]) == 0
+    assert "resuming from step 3" in caplog.text
+
+    for p in (run / "checkpoints").glob("step-*.pt"):
+        p.write_bytes(b"")
+    capsys.readouterr()
+    assert radio.cli.main([*base, "--output", str(run), "--set", "run.steps=5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "none of the 3 checkpoints" in err and "another --output" in err, err
+
+
+def test_atomic_writes_reach_the_disk_before_the_rename(tmp_path, monkeypatch):
+    from preprocess import uri as uri_lib
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("rename", str(a)))
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "run" / "x.pt"
+    uri_lib.write_bytes_atomic(str(target), b"data")
+    assert target.read_bytes() == b"data"
+    (_, tmp), (_, renamed), (_, folder) = events
+    assert events[0][0] == "fsync" and Path(tmp).name.startswith(".tmp-") and renamed == tmp
+    assert events[2] == ("fsync", str(tmp_path / "run"))
+
+
 def test_a_noise_free_run_from_before_noise_scales_were_dropped_resumes(sample_dataset, tmp_path, caplog):
     """A `model.noise: false` checkpoint written when G still built its (never trained) noise scales:
     resuming drops them from G and the EMA and renumbers G's Adam state by parameter name."""

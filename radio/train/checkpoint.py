@@ -28,6 +28,7 @@ import torch
 
 from preprocess import uri as uri_lib
 from preprocess.config import from_dict as _from_dict
+from preprocess.errors import UserError
 from preprocess.weights import resolve_weights
 from radio.model.config import ModelConfig
 
@@ -63,6 +64,39 @@ def latest(output: str) -> tuple[int, str] | None:
     return found[-1] if found else None
 
 
+class CheckpointError(UserError, ValueError):
+    """The run folder holds checkpoints and none of them loads: the user decides what to do with them."""
+
+
+def load_newest(output: str) -> dict | None:
+    """The newest of the run's checkpoints that loads, or None when it has none. One cut short or
+    emptied (a full disk, a VM reset before its data reached the disk) or without the format marker
+    is skipped with a warning naming it, for the next older one; CheckpointError when none loads. A
+    read that fails on I/O (OSError: a disk, the network) is raised, not skipped: the file may be fine."""
+    found = list_checkpoints(output)
+    skipped = []
+    for _, uri in reversed(found):
+        data = uri_lib.read_bytes(uri)
+        try:
+            ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            why = None if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT else \
+                f"not a training checkpoint (no format '{FORMAT}')"
+        except Exception as e:  # noqa: BLE001  (zip/pickle/EOF errors: what a damaged file raises)
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            why = f"{len(data)} bytes that do not load ({type(e).__name__}{': ' + first if first else ''})"
+        if why is None:
+            if skipped:
+                log.warning("resuming from %s, the newest checkpoint that loads (%d newer skipped)", uri, len(skipped))
+            return ckpt
+        log.warning("skipping checkpoint %s: %s", uri, why)
+        skipped.append(f"{uri.rsplit('/', 1)[-1]}: {why}")
+    if skipped:
+        raise CheckpointError(f"none of the {len(skipped)} checkpoints in {uri_lib.join(output, CHECKPOINTS)} loads "
+                              f"({'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''}): move them away to "
+                              "start a new run in this --output, or give another --output.")
+    return None
+
+
 def to_bytes(obj) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -75,11 +109,15 @@ def load(uri: str) -> dict:
 
 
 def save(output: str, state: dict, *, keep: int = 3) -> str:
-    """Write ``state`` as ``step-N.pt`` atomically, then delete all but the newest ``keep``."""
-    uri = checkpoint_uri(output, int(state["step"]))
+    """Write ``state`` as ``step-N.pt`` atomically, then delete all but the newest ``keep`` up to
+    its step. A checkpoint of a later step is one that did not load when the run resumed
+    (``load_newest``): it is neither counted nor deleted (the run overwrites it when it gets there),
+    so it never pushes out the good ones."""
+    step = int(state["step"])
+    uri = checkpoint_uri(output, step)
     uri_lib.write_bytes_atomic(uri, to_bytes({"format": FORMAT, **state}))
     if keep > 0:
-        for _, old in list_checkpoints(output)[:-keep]:
+        for _, old in [c for c in list_checkpoints(output) if c[0] <= step][:-keep]:
             fs, path = fsspec.core.url_to_fs(old)
             fs.rm(path)
     return uri

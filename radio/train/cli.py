@@ -34,8 +34,7 @@ log = logging.getLogger("radio.train")
 def resolve_config(config: str | None, overrides: list[str], output: str) -> tuple[TrainConfig, dict | None]:
     """The run's config and the checkpoint to resume from (None for a fresh run). Without
     ``config`` a resumed run keeps the checkpoint's config (plus ``overrides``)."""
-    found = checkpoint.latest(output)
-    ckpt = checkpoint.load(found[1]) if found else None
+    ckpt = checkpoint.load_newest(output)
     if config is None and ckpt is not None:
         cfg = _with_overrides(ckpt["config"], overrides)
     else:
