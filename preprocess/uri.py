@@ -66,7 +66,9 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes_atomic(uri: str, data: bytes) -> None:
-    """Write to a temporary sibling, then move into place: readers never see a partial file.
+    """Write to a temporary sibling, then move into place: readers never see a partial file, and
+    a write that fails removes its temporary (a process killed mid-write leaves it to its writer's
+    next start: ``.tmp-*`` names).
 
     On local disks the move is an atomic rename, after an fsync of the data (without it a machine
     reset soon after the rename can leave the name pointing at a zero-length file) and followed by
@@ -78,17 +80,32 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     if parent:
         fs.makedirs(parent, exist_ok=True)
     tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
-    if is_local(uri):
-        with open(tmp, "wb") as f:
+    local = is_local(uri)
+    try:
+        if local:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_folder(parent or ".")
+            return
+        with fs.open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_folder(parent or ".")
-        return
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
+        fs.mv(tmp, path)
+    except BaseException:      # a full disk, an I/O error, Ctrl-C: the partial temporary goes too
+        _remove_quietly(fs, tmp, local)
+        raise
+
+
+def _remove_quietly(fs, path: str, local: bool) -> None:
+    try:
+        if local:
+            os.unlink(path)
+        elif fs.exists(path):
+            fs.rm(path)
+    except Exception:  # noqa: BLE001  (already failing: the first error is the one to report)
+        pass
 
 
 def _fsync_folder(folder: str) -> None:

@@ -8,6 +8,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -469,6 +470,65 @@ def test_atomic_writes_reach_the_disk_before_the_rename(tmp_path, monkeypatch):
     (_, tmp), (_, renamed), (_, folder) = events
     assert events[0][0] == "fsync" and Path(tmp).name.startswith(".tmp-") and renamed == tmp
     assert events[2] == ("fsync", str(tmp_path / "run"))
+
+
+def _enospc_on(monkeypatch, name: str) -> None:
+    """os.fsync fails with ENOSPC for files whose name contains ``name`` (a full disk, found when the
+    data is flushed: delayed allocation reports it there)."""
+    import errno
+
+    real = os.fsync
+
+    def fsync(fd):
+        if name in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_failed_atomic_writes_leave_no_temporary(tmp_path, monkeypatch):
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+    from preprocess import uri as uri_lib
+
+    _enospc_on(monkeypatch, "x.pt")
+    with pytest.raises(OSError, match="No space"):
+        uri_lib.write_bytes_atomic(str(tmp_path / "x.pt"), b"data")
+    assert list(tmp_path.iterdir()) == []
+
+    def broken_mv(self, *a, **k):
+        raise ConnectionError("network down")
+
+    monkeypatch.setattr(MemoryFileSystem, "mv", broken_mv)
+    with pytest.raises(ConnectionError):
+        uri_lib.write_bytes_atomic("memory://failwrite/x.pt", b"data")
+    fs = fsspec.filesystem("memory")
+    assert fs.ls("/failwrite", detail=False) == []
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_no_temporary(sample_dataset, tmp_path, monkeypatch,
+                                                                        capsys, caplog):
+    caplog.set_level(logging.INFO, logger="radio.train")
+    out = tmp_path / "run"
+    args = ["train", "--config", SMOKE, "--data", str(sample_dataset), "--output", str(out),
+            "--set", "run.image_every=0", "--set", "run.checkpoint_every=1", "--set", "run.steps=2"]
+    with monkeypatch.context() as m:
+        _enospc_on(m, "step-000000002.pt")
+        assert radio.cli.main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("radio train: job failed: no space left for "), err
+    assert str(out) in err and re.search(r"Checkpoints of this run take \d+\.\d MiB each", err), err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000000001.pt"]
+
+    # what killed writes leave: removed when the run resumes (the run's own names only)
+    (out / "checkpoints" / ".tmp-0123-step-000000002.pt").write_bytes(b"x" * 1000)
+    (out / f".tmp-{'ab' * 16}-radio.pt").write_bytes(b"x" * 1000)
+    (out / ".tmp-notours.txt").write_bytes(b"kept")
+    assert radio.cli.main(args) == 0
+    assert "removed 2 temporaries" in caplog.text and "resuming from step 1" in caplog.text
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000000001.pt", "step-000000002.pt"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".tmp-")) == [".tmp-notours.txt"]
 
 
 def test_a_noise_free_run_from_before_noise_scales_were_dropped_resumes(sample_dataset, tmp_path, caplog):

@@ -18,6 +18,7 @@ Next to the checkpoints the run keeps an export for the other jobs, rewritten at
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import io
 import logging
@@ -28,7 +29,7 @@ import torch
 
 from preprocess import uri as uri_lib
 from preprocess.config import from_dict as _from_dict
-from preprocess.errors import UserError
+from preprocess.errors import JobFailed, UserError
 from preprocess.weights import resolve_weights
 from radio.model.config import ModelConfig
 
@@ -112,10 +113,13 @@ def save(output: str, state: dict, *, keep: int = 3) -> str:
     """Write ``state`` as ``step-N.pt`` atomically, then delete all but the newest ``keep`` up to
     its step. A checkpoint of a later step is one that did not load when the run resumed
     (``load_newest``): it is neither counted nor deleted (the run overwrites it when it gets there),
-    so it never pushes out the good ones."""
+    so it never pushes out the good ones. Temporaries earlier writes left go first (the main rank is
+    the run's only writer); a full disk is a one-line JobFailed naming the folder and the size."""
     step = int(state["step"])
     uri = checkpoint_uri(output, step)
-    uri_lib.write_bytes_atomic(uri, to_bytes({"format": FORMAT, **state}))
+    remove_stale_temporaries(output)
+    data = to_bytes({"format": FORMAT, **state})
+    _write(output, uri, data, f"Checkpoints of this run take {_mib(len(data))} each ({keep or 'all'} kept)")
     if keep > 0:
         for _, old in [c for c in list_checkpoints(output) if c[0] <= step][:-keep]:
             fs, path = fsspec.core.url_to_fs(old)
@@ -126,8 +130,48 @@ def save(output: str, state: dict, *, keep: int = 3) -> str:
 def export(output: str, name: str, obj: dict) -> str:
     """Write ``<output>/<name>`` atomically; returns its sha256 (what configs pin)."""
     data = to_bytes(obj)
-    uri_lib.write_bytes_atomic(uri_lib.join(output, name), data)
+    _write(output, uri_lib.join(output, name), data, f"{name} takes {_mib(len(data))}, rewritten at every checkpoint")
     return hashlib.sha256(data).hexdigest()
+
+
+#: what a write of the run left when its process died: any temporary in checkpoints/, and those of
+#: the files the run keeps in its folder (``write_bytes_atomic`` names them ``.tmp-<hex>-<name>``)
+_RUN_TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{32}-(radio\.pt|sync\.pt|config\.yaml)$")
+
+
+def remove_stale_temporaries(output: str) -> list[str]:
+    """Remove the temporaries killed writes of this run left (10s of MB each, forever, and after a
+    full disk the reason it stays full). Call it on the main rank only: it is the run's one writer,
+    and its own writes are done when it calls this, so every temporary there now is stale."""
+    removed = []
+    for folder, pattern in ((uri_lib.join(output, CHECKPOINTS), re.compile(r"\.tmp-")), (output, _RUN_TEMPORARY)):
+        fs, path = fsspec.core.url_to_fs(folder)
+        if not fs.isdir(path):
+            continue
+        for p in fs.ls(path, detail=False):
+            if pattern.match(p.rstrip("/").rsplit("/", 1)[-1]) and fs.isfile(p):
+                fs.rm(p)
+                removed.append(p)
+    if removed:
+        log.info("removed %d temporaries that interrupted writes left in %s: %s", len(removed), output,
+                 ", ".join(p.rsplit("/", 1)[-1] for p in removed))
+    return removed
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _write(output: str, uri: str, data: bytes, needs: str) -> None:
+    """``write_bytes_atomic``; a full disk (or quota) is the environment's failure, told in one line."""
+    try:
+        uri_lib.write_bytes_atomic(uri, data)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise JobFailed(f"no space left for {uri} ({_mib(len(data))}; {e.strerror}). {needs}: free space in "
+                        f"{output}'s file system (or give another --output), then run the same command again to "
+                        "resume from the newest checkpoint.") from e
 
 
 # ---- RNG ------------------------------------------------------------------------------------------

@@ -110,6 +110,8 @@ def _data(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, info: dis
     resume = build.Resume()
     if ckpt is not None:
         resume = build.restore(ckpt, modules, optimizers, consumers, workers)
+    if info.main:                             # the run's one writer: what its killed writes left
+        checkpoint.remove_stale_temporaries(output)
     _write_config(output, cfg, info)
     stream = ShardStream(data, cfg.data, resolution=cfg.model.resolution, mode=mode, rank=info.rank,
                          world=info.world)
