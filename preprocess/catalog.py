@@ -103,6 +103,8 @@ def inspect_footer(uri: str, size: int, tag: str, columns: list[str]) -> ShardIn
     for name in columns:
         want = schema.SEGMENT_SCHEMA.field(name).type
         got = arrow.field(name).type if name in arrow.names else None
+        if got is None and name in schema.ADDED_COLUMNS:
+            continue  # a shard from before the column was added: null (schema.conform)
         if got is None:
             wrong.append(f"missing column {name!r}")
         elif got != want:
@@ -205,12 +207,30 @@ def pieces(infos: list[ShardInfo], piece_bytes: int = PIECE_BYTES) -> list[Piece
 
 
 def read_piece(uri: str, piece: Piece, columns: list[str]):
-    """The rows of one piece as a pyarrow Table (a whole small file in one request)."""
+    """The rows of one piece as a pyarrow Table (a whole small file in one request). A column of
+    ``schema.ADDED_COLUMNS`` that a shard from before it lacks comes back as nulls."""
+    import pyarrow as pa
+
+    added = [c for c in columns if c in schema.ADDED_COLUMNS]
     if piece.whole:
         fs, path = fsspec.core.url_to_fs(uri)
-        import pyarrow as pa
-
-        return pq.read_table(pa.BufferReader(fs.cat_file(path)), columns=columns)
+        buf = pa.BufferReader(fs.cat_file(path))
+        if not added:
+            return pq.read_table(buf, columns=columns)
+        names = set(pq.read_schema(buf).names)
+        return _with_nulls(pq.read_table(buf, columns=[c for c in columns if c in names or c not in added]), columns)
     with fsspec.open(uri, "rb") as f:
-        return pq.ParquetFile(f).read_row_groups(list(range(piece.first, piece.first + piece.count)),
-                                                 columns=columns)
+        pf = pq.ParquetFile(f)
+        names = set(pf.schema_arrow.names) if added else set(columns)
+        table = pf.read_row_groups(list(range(piece.first, piece.first + piece.count)),
+                                   columns=[c for c in columns if c in names or c not in added])
+    return _with_nulls(table, columns) if added else table
+
+
+def _with_nulls(table, columns: list[str]):
+    """``table`` with the ``columns`` it lacks as nulls of SEGMENT_SCHEMA's type, in ``columns``' order."""
+    import pyarrow as pa
+
+    arrays = [table.column(c) if c in table.column_names else pa.nulls(table.num_rows, schema.SEGMENT_SCHEMA.field(c).type)
+              for c in columns]
+    return pa.Table.from_arrays(arrays, names=columns)

@@ -189,7 +189,8 @@ def write_group(dst: str, group: Group, cfg: CompactConfig) -> dict:
                 if info.error:
                     done["bad"].append((uri, info.error))
                     continue
-            table = _read(uri).select(base.names).cast(base)
+            # rows: a shard from before a column was added gets it as nulls (schema.conform)
+            table = schema.conform(_read(uri)).cast(base) if rows_kind else _read(uri).select(base.names).cast(base)
             if rows_kind:
                 start = writer.n_rows + sum(t.num_rows for t in pending)
                 index += [(c, group.name, start + r) for r, c in enumerate(table.column("clip_id").to_pylist())]

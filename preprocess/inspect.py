@@ -59,7 +59,8 @@ def draw_landmarks(ax, lm: np.ndarray) -> None:
 
 def _segment_header(seg: dict, width_in: float) -> str:
     q = (("landmark_jitter", "eye jitter {:.2f} px"), ("crop_shake", "crop shake {:.2f} px"),
-         ("face_size", "face {:.0f} px"), ("outside_frac", "{:.0%} of crop outside the frame"))
+         ("face_size", "face {:.0f} px"), ("outside_frac", "{:.0%} of crop outside the frame"),
+         ("audio_rms_db", "sound {:.0f} dBFS"))
     parts = [f"{seg['source_uri'].split('/')[-1]}", f"segment {seg['clip_id']}",
              f"start {seg['segment_start_s']:.2f} s", f"{seg['n_frames']} frames"]
     parts += [fmt.format(seg[k]) for k, fmt in q if seg.get(k) is not None]

@@ -6,6 +6,8 @@ mel as float16 bytes with its shape), so any Parquet reader can open a shard and
 ``decode_segment`` turns a row back into numpy arrays. Rejects share one small schema.
 
 Bump ``SCHEMA_VERSION`` on any incompatible change; readers check it in the file metadata.
+Nullable columns added later (``ADDED_COLUMNS``) are a compatible change, not a new version:
+shards written before them lack them, and readers take a missing one as null (``conform``).
 """
 from __future__ import annotations
 
@@ -49,7 +51,13 @@ SEGMENT_SCHEMA = pa.schema([
     pa.field("crop_shake", pa.float32()),            # SPEC crop-shake figure (output px/frame^2)
     pa.field("face_size", pa.float32()),             # median crop side in source px
     pa.field("outside_frac", pa.float32()),          # mean fraction of the crop outside the frame
+    # added within radio-dataset/1 (ADDED_COLUMNS): null in shards written before them
+    pa.field("audio_rms_db", pa.float32()),          # RMS level of the segment's 16 kHz mono sound, dBFS (floor -100)
+    pa.field("source_audio_rate", pa.int32()),       # the source's audio sample rate (Hz), before resampling
 ])
+
+#: nullable columns added after radio-dataset/1 first shipped, in order: older shards lack them
+ADDED_COLUMNS = ("audio_rms_db", "source_audio_rate")
 
 REJECT_SCHEMA = pa.schema([
     pa.field("source_uri", pa.string(), nullable=False),
@@ -70,6 +78,15 @@ def source_id(source_uri: str) -> str:
 def clip_id(source_uri: str, start_frame: int) -> str:
     """Stable id of a segment: hash of the source URI and its start (in 25 fps frames)."""
     return hashlib.sha1(f"{source_uri}#{int(start_frame)}".encode("utf-8")).hexdigest()[:20]
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """A row table of any radio-dataset/1 shard as ``SEGMENT_SCHEMA`` (its columns, in order): the
+    ``ADDED_COLUMNS`` an older shard lacks become nulls. Other missing columns raise KeyError."""
+    n = table.num_rows
+    cols = [table.column(f.name) if f.name in table.column_names or f.name not in ADDED_COLUMNS
+            else pa.nulls(n, f.type) for f in SEGMENT_SCHEMA]
+    return pa.Table.from_arrays(cols, schema=SEGMENT_SCHEMA.with_metadata(table.schema.metadata))
 
 
 def file_metadata(extra: dict[str, Any] | None = None) -> dict[bytes, bytes]:
@@ -129,6 +146,7 @@ class Segment:
     split: str | None = None
     source_width: int | None = None
     source_height: int | None = None
+    source_audio_rate: int | None = None
     quality: dict[str, float] = field(default_factory=dict)
 
 
@@ -162,10 +180,16 @@ def segment_to_row(seg: Segment, fmt: str = "jpeg", quality: int = 95) -> dict[s
         "mel": mel16.tobytes(),
         "mel_shape": list(mel16.shape),
     }
-    for k in ("det_score_min", "det_score_mean", "landmark_jitter", "crop_shake", "face_size", "outside_frac"):
+    for k in QUALITY_COLUMNS:
         v = seg.quality.get(k)
         row[k] = None if v is None else float(v)
+    row["source_audio_rate"] = None if seg.source_audio_rate is None else int(seg.source_audio_rate)
     return row
+
+
+#: the float quality columns ``Segment.quality`` fills
+QUALITY_COLUMNS = ("det_score_min", "det_score_mean", "landmark_jitter", "crop_shake", "face_size", "outside_frac",
+                   "audio_rms_db")
 
 
 def decode_segment(row: dict[str, Any], frames: bool = True) -> dict[str, Any]:

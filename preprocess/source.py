@@ -16,7 +16,7 @@ import time
 import traceback
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -88,6 +88,16 @@ class OutputConfig:
 
 
 @dataclass
+class QualityConfig:
+    """What a face segment must be to become a row; one that is not becomes a segment reject with
+    its reason (counted in the run summary), never a row of wrong data."""
+    # segments whose sound (RMS of the segment's 16 kHz mono samples, dBFS) is below this are
+    # rejects silent_audio (digital silence is -100; room tone ~ -60 to -50, speech ~ -30 to -15);
+    # null keeps them all (the level is the row's audio_rms_db either way)
+    min_audio_db: Optional[float] = -60.0
+
+
+@dataclass
 class WorkerConfig:
     """How sources are run (never what they give: not part of the dataset's fingerprint)."""
     attempts: int = 3            # tries per source on environment failures (no space, I/O, network, killed)
@@ -106,6 +116,7 @@ class PreprocessConfig:
     faces: FacesConfig = field(default_factory=FacesConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
 
 
@@ -171,6 +182,16 @@ def segment_quality(seg: AlignedSegment, size: int) -> dict[str, float]:
         "face_size": float(np.median(size / scale)),
         "outside_frac": float(np.mean(seg.outside)),
     }
+
+
+def audio_db(track, start: int, n: int, fps: int) -> float:
+    """RMS level in dBFS (floor -100) of the sound of frames ``[start, start + n)``: ``track``'s
+    samples over those frames' times (``audio.AudioTrack``, 16 kHz mono)."""
+    from preprocess.audio import SAMPLE_RATE
+
+    x = track.read(start * SAMPLE_RATE // fps, (start + n) * SAMPLE_RATE // fps).astype(np.float64)
+    rms = float(np.sqrt(np.mean(x * x))) if len(x) else 0.0
+    return float(20.0 * np.log10(max(rms, 1e-5)))
 
 
 def audio_frames(info, n_samples: int, fps: int) -> tuple[int, int]:
@@ -293,15 +314,21 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                 seg = whole.part(a, max(a, min(len(whole), sound_to - whole.start)))
                 n = len(seg)
                 least = cfg.output.min_segment_frames
-                short = (("faces", "segment_too_short", "SegmentTooShort",
-                          f"face track at frame {whole.start}: {len(whole)} frames (< {least})")
-                         if len(whole) < least else
-                         ("audio", "no_audio", "AudioTooShort",
-                          f"segment at frame {whole.start}: {n} of its {len(whole)} frames have audio (< {least}; "
-                          f"sound in frames {sound_from}..{sound_to - 1})")
-                         if n < least else None)
-                if short:
-                    rejects.append(schema.Reject(src, *short, segment_index=seg_index))
+                refused = (("faces", "segment_too_short", "SegmentTooShort",
+                            f"face track at frame {whole.start}: {len(whole)} frames (< {least})")
+                           if len(whole) < least else
+                           ("audio", "no_audio", "AudioTooShort",
+                            f"segment at frame {whole.start}: {n} of its {len(whole)} frames have audio (< {least}; "
+                            f"sound in frames {sound_from}..{sound_to - 1})")
+                           if n < least else None)
+                level = None if refused else audio_db(track, seg.start, n, cfg.decode.fps)
+                floor = cfg.quality.min_audio_db
+                if not refused and floor is not None and level < floor:
+                    refused = ("audio", "silent_audio", "SilentAudio",
+                               f"segment at frame {seg.start}: its sound is {level:.1f} dBFS "
+                               f"(< quality.min_audio_db {floor:g})")
+                if refused:
+                    rejects.append(schema.Reject(src, *refused, segment_index=seg_index))
                     seg_index += 1
                     continue
                 with stages("encode"):
@@ -310,8 +337,8 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                         frames=seg.crops, landmarks=seg.landmarks, affine=seg.affines,
                         detector_score=seg.scores, mel=segment_mel(track, seg.start, n),
                         fps=float(cfg.decode.fps), speaker_id=item.get("speaker_id"), split=item.get("split"),
-                        source_width=width, source_height=height,
-                        quality=segment_quality(seg, cfg.align.crop_size))
+                        source_width=width, source_height=height, source_audio_rate=info.audio_rate,
+                        quality={**segment_quality(seg, cfg.align.crop_size), "audio_rms_db": level})
                     writer.write_rows([schema.segment_to_row(s, cfg.output.frame_format, cfg.output.jpeg_quality)])
                 seg_index += 1
                 n_segments += 1

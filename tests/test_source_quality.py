@@ -143,3 +143,57 @@ def test_opposite_phase_stereo_becomes_a_row_of_speech(tmp_path, backend, plain)
     assert res["status"] == "rows" and len(rows) == 1, res
     n = min(len(rows[0]["mel"]), len(plain["mel"]))
     assert np.abs(rows[0]["mel"][:n] - plain["mel"][:n]).mean() < 0.15
+
+
+def test_silent_sound_is_a_segment_reject_and_every_row_has_its_level(tmp_path, backend, plain):
+    """A clip whose sound track is digital silence became a normal row (mel all at the floor).
+    Now rows carry audio_rms_db (the segment's level) and source_audio_rate, and a segment below
+    quality.min_audio_db (-60 dBFS) is a reject silent_audio; null keeps it, with its level."""
+    assert -35 < plain["audio_rms_db"] < -10 and plain["source_audio_rate"] == 16000
+    path = tmp_path / "silent.mp4"
+    ffmpeg("-i", f"file:{CLIP}", "-f", "lavfi", "-i", "anullsrc=r=44100:cl=stereo", "-t", 2, "-map", "0:v",
+           "-map", "1:a", "-c:v", "copy", "-c:a", "aac", f"file:{path}")
+    res, rows, rejects = run(path, tmp_path, backend)
+    assert res["status"] == "rejected" and not rows, res
+    (seg,) = [r for r in rejects if r["segment_index"] is not None]
+    assert (seg["stage"], seg["reason"], seg["error_type"]) == ("audio", "silent_audio", "SilentAudio"), seg
+    assert "-100.0 dBFS" in seg["message"] and "quality.min_audio_db" in seg["message"]
+    res, rows, _ = run(path, tmp_path, backend, "quality.min_audio_db=null", name="kept")
+    assert res["status"] == "rows" and rows[0]["audio_rms_db"] == -100 and rows[0]["source_audio_rate"] == 44100
+
+
+def test_shards_from_before_the_added_columns_still_read_compact_and_inspect(tmp_path, plain):
+    """A dataset written before audio_rms_db / source_audio_rate existed: the footer check passes,
+    a reader asking for the columns gets nulls, compact fills them with nulls next to new shards'
+    values, and inspect draws both."""
+    import pyarrow as pa
+
+    import radio.cli
+    from preprocess import catalog, compact, inspect
+    from preprocess.writer import write_table_atomic
+
+    src = tmp_path / "in"
+    row = schema.segment_to_row(schema.Segment(
+        source_uri="new.mp4", segment_index=0, start_frame=0, frames=plain["frames"][:12],
+        landmarks=plain["landmarks"][:12], affine=plain["affine"][:12], detector_score=plain["detector_score"][:12],
+        mel=plain["mel"][:48], source_audio_rate=16000, quality={"audio_rms_db": -20.0}))
+    write_table_atomic(shards.rows_uri(str(src), "new"), [row], schema.SEGMENT_SCHEMA, schema.file_metadata())
+    old_schema = pa.schema([f for f in schema.SEGMENT_SCHEMA if f.name not in schema.ADDED_COLUMNS])
+    old_row = {k: v for k, v in row.items() if k not in schema.ADDED_COLUMNS}
+    old_row.update(source_uri="old.mp4", clip_id="old")
+    write_table_atomic(shards.rows_uri(str(src), "old"), [old_row], old_schema, schema.file_metadata())
+    infos = catalog.check(str(src), list(schema.SEGMENT_SCHEMA.names))
+    assert [i.error for i in infos] == [None, None], infos
+    got = {catalog.read_piece(i.uri, p, ["clip_id", "audio_rms_db"]).to_pylist()[0]["audio_rms_db"]
+           for i, p in zip(infos, catalog.pieces(infos))}
+    assert got == {None, -20.0}
+    dst = tmp_path / "out"
+    assert radio.cli.main(["compact", "--input", str(src), "--output", str(dst), "--direct_num_workers=1"]) == 0
+    rows = {r["source_uri"]: r for r in shards.iter_rows(str(dst))}
+    assert (rows["old.mp4"]["audio_rms_db"], rows["old.mp4"]["source_audio_rate"]) == (None, None)
+    assert (rows["new.mp4"]["audio_rms_db"], rows["new.mp4"]["source_audio_rate"]) == (-20.0, 16000)
+    assert len(compact.lookup(str(dst), {r["clip_id"] for r in rows.values()})) == 2
+    segs = inspect.load_segments(str(src), 5)
+    assert len(segs) == 2
+    fig = inspect.sheet_figure(segs)
+    assert "sound -20 dBFS" in "\n".join(t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text")))
