@@ -531,6 +531,31 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_no_temporary(sample_
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".tmp-")) == [".tmp-notours.txt"]
 
 
+def test_a_resumed_run_uses_the_configs_learning_rates_and_betas(caplog):
+    """Adam's load_state_dict brought back the saved lr/betas while the log said the new values applied."""
+    caplog.set_level(logging.INFO, logger="radio.train")
+    cpu, one = torch.device("cpu"), dist.DistInfo()
+    models, opts = build.build_radio(load_train_config(SMOKE, []), cpu, one)
+    net, _, opt_s = build.build_sync(load_train_config(SMOKE, []), cpu)
+    ckpt = {"step": 5, "models": {"generator": models.generator.state_dict(), "ema": models.ema.state_dict(),
+                                  "disc": models.disc.state_dict(), "sync": net.state_dict()},
+            "optim": {"g": opts.g.state_dict(), "d": opts.d.state_dict(), "sync": opt_s.state_dict()}}
+    new = load_train_config(SMOKE, ["optim.lr=5e-4", "optim.d_lr=2e-4", "optim.betas=[0.9,0.99]",
+                                    "sync_pretrain.lr=3e-4", "sync_pretrain.betas=[0.8,0.9]"])
+    models, opts = build.build_radio(new, cpu, one)
+    build.restore(ckpt, {"generator": models.generator, "ema": models.ema, "disc": models.disc},
+                  {"g": opts.g, "d": opts.d}, consumers=1)
+    net, _, opt_s = build.build_sync(new, cpu)
+    build.restore(ckpt, {"sync": net}, {"sync": opt_s}, consumers=1)
+    for opt, lr, betas in ((opts.g, 5e-4, (0.9, 0.99)), (opts.d, 2e-4, (0.9, 0.99)), (opt_s, 3e-4, (0.8, 0.9))):
+        assert [(g["lr"], tuple(g["betas"])) for g in opt.param_groups] == [(lr, betas)]
+    assert "optimiser g: lr 0.0001 -> 0.0005, betas (0.5, 0.999) -> (0.9, 0.99)" in caplog.text
+    assert "optimiser d: lr 0.0001 -> 0.0002" in caplog.text and "optimiser sync: lr 0.0001 -> 0.0003" in caplog.text
+    caplog.clear()
+    build.restore(ckpt, {"sync": net}, {"sync": build.build_sync(load_train_config(SMOKE, []), cpu)[2]}, consumers=1)
+    assert "optimiser" not in caplog.text                       # nothing changed, nothing said
+
+
 def test_a_noise_free_run_from_before_noise_scales_were_dropped_resumes(sample_dataset, tmp_path, caplog):
     """A `model.noise: false` checkpoint written when G still built its (never trained) noise scales:
     resuming drops them from G and the EMA and renumbers G's Adam state by parameter name."""

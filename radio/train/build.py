@@ -139,9 +139,33 @@ def restore(ckpt: dict, modules: dict[str, nn.Module], optimizers: dict[str, tor
     for name, module in modules.items():
         module.load_state_dict(ckpt["models"][name])
     for name, opt in optimizers.items():
-        opt.load_state_dict(ckpt["optim"][name])
+        load_optimizer(opt, ckpt["optim"][name], name)
     cursors, next_slot = resume_point(ckpt.get("data") or {}, consumers, workers)
     return Resume(step=int(ckpt["step"]), cursors=cursors, next_slot=next_slot)
+
+
+#: optimiser settings the config owns: a resumed run uses the config's (optim.lr/d_lr/betas,
+#: sync_pretrain.lr/betas), not the ones saved with Adam's state
+CONFIG_HYPERPARAMETERS = ("lr", "betas")
+
+
+def load_optimizer(opt: torch.optim.Optimizer, state: dict, name: str) -> None:
+    """Adam's state from a checkpoint, with the learning rate and betas of the config it was built
+    with (``load_state_dict`` alone brings back the saved ones, silently ignoring a changed config);
+    each change is logged old -> new. (No LR schedule exists: a scheduler would need its base
+    learning rates set here too.)"""
+    wanted = [{k: g[k] for k in CONFIG_HYPERPARAMETERS if k in g} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for i, (group, want) in enumerate(zip(opt.param_groups, wanted)):
+        changed = [f"{k} {_hyper(group[k])} -> {_hyper(v)}" for k, v in want.items() if _hyper(group[k]) != _hyper(v)]
+        group.update(want)
+        if changed:
+            where = name if len(wanted) == 1 else f"{name} group {i}"
+            log.info("optimiser %s: %s (the config's values replace the checkpoint's)", where, ", ".join(changed))
+
+
+def _hyper(v) -> str:
+    return "(" + ", ".join(f"{float(x):g}" for x in v) + ")" if isinstance(v, (tuple, list)) else f"{float(v):g}"
 
 
 def restore_rng(ckpt: dict, info: dist.DistInfo) -> None:
