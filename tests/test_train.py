@@ -683,6 +683,29 @@ def test_train_sync_writes_an_s_that_radio_train_uses_frozen(sample_dataset, syn
     assert rc == 0
 
 
+def test_resuming_another_model_or_kind_is_one_line_before_any_work(sample_dataset, sync_export, tmp_path, capsys,
+                                                                     caplog):
+    caplog.set_level(logging.INFO, logger="radio.train")
+    sync_out = str(Path(sync_export[0]).parent)
+    radio_out = str(tmp_path / "run")
+    base = ["--config", SMOKE, "--data", str(sample_dataset), "--set", "run.image_every=0"]
+    assert radio.cli.main(["train", *base, "--output", radio_out, "--set", "run.steps=1"]) == 0
+    cases = [(["train-sync", *base, "--output", radio_out], f"{radio_out} holds 'radio' checkpoints, not train-sync"),
+             (["train", *base, "--output", sync_out], f"{sync_out} holds 'sync' checkpoints, not RADIO"),
+             (["train", *base, "--output", radio_out, "--set", "model.style_dim=32", "--set", "run.steps=2"],
+              "model config differs from this run's: model.style_dim (64 -> 32). Resume"),
+             (["train-sync", *base, "--output", str(tmp_path / "new"), "--set", "data.frames=7"],
+              "train-sync needs data.frames == model.sync.frames (5). Got 7.")]
+    for argv, want in cases:
+        capsys.readouterr()
+        caplog.clear()
+        assert radio.cli.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and want in err, (argv, err)
+        assert "starting a new run" not in caplog.text and "resuming" not in caplog.text
+    assert [s for s, _ in checkpoint.list_checkpoints(radio_out)] == [1]
+
+
 def test_two_rank_ddp_keeps_ranks_in_sync(sample_dataset, tmp_path):
     """torchrun, 2 CPU ranks (gloo): every checkpoint checks that G, EMA and D agree across ranks."""
     out = tmp_path / "ddp"

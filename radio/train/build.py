@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from preprocess.config import plain
+from preprocess.config import ConfigError, plain
 from radio.losses import freeze, load_vgg19
 from radio.model import RADIO, Discriminator, SyncNet
 from radio.model.discriminator import mbstd_group
@@ -180,14 +180,29 @@ def restore_rng(ckpt: dict, info: dist.DistInfo) -> None:
         torch.manual_seed(int(ckpt["config"]["run"]["seed"]) + 1000 * info.rank + int(ckpt["step"]))
 
 
+def _flat(d: dict, prefix: str) -> dict:
+    """Nested config dict -> {'a.b.c': value}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}.{k}"))
+        else:
+            out[f"{prefix}.{k}"] = v
+    return out
+
+
 def check_model_config(saved: dict, cfg: TrainConfig) -> None:
     """Refuse to resume into a different model; note other config changes."""
     from .config import to_dict
 
     now = to_dict(cfg)
     if plain(saved.get("model")) != plain(now["model"]):
-        raise ValueError("The checkpoint's model config differs from this run's config: resume with the same "
-                         "model settings, or pass a new --output to start a new run.")
+        old, new = _flat(plain(saved.get("model") or {}), "model"), _flat(plain(now["model"]), "model")
+        diff = [f"{k} ({old.get(k, 'unset')} -> {new.get(k, 'unset')})" for k in sorted(old.keys() | new.keys())
+                if old.get(k) != new.get(k)]
+        more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
+        raise ConfigError(f"The checkpoint's model config differs from this run's: {', '.join(diff[:5])}{more}. Resume "
+                          "with the same model settings, or pass a new --output to start a new run.")
     changed = sorted(f"{sec}.{k}" for sec in now if isinstance(now[sec], dict)
                      for k in now[sec] if plain(saved.get(sec, {}).get(k)) != plain(now[sec][k]))
     if changed:

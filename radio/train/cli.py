@@ -31,10 +31,16 @@ from .preempt import PREEMPTED, StopSignal, ignore_stop_signals
 log = logging.getLogger("radio.train")
 
 
-def resolve_config(config: str | None, overrides: list[str], output: str) -> tuple[TrainConfig, dict | None]:
+def resolve_config(config: str | None, overrides: list[str], output: str,
+                   command: str = "train") -> tuple[TrainConfig, dict | None]:
     """The run's config and the checkpoint to resume from (None for a fresh run). Without
-    ``config`` a resumed run keeps the checkpoint's config (plus ``overrides``)."""
+    ``config`` a resumed run keeps the checkpoint's config (plus ``overrides``). ConfigError (one
+    line, exit 2, before any process group) for checkpoints of the other command or of another model."""
     ckpt = checkpoint.load_newest(output)
+    kind = "sync" if command == "train-sync" else "radio"
+    if ckpt is not None and ckpt.get("kind") != kind:
+        raise ConfigError(f"{output} holds '{ckpt.get('kind')}' checkpoints, not "
+                          f"{'train-sync' if kind == 'sync' else 'RADIO'} ones: use another --output.")
     if config is None and ckpt is not None:
         cfg = _with_overrides(ckpt["config"], overrides)
     else:
@@ -166,12 +172,6 @@ def run_sync(cfg: TrainConfig, ckpt: dict | None, data: str, output: str, *, on_
         info, device = _setup(cfg)
         try:
             _announce(ckpt, output, cfg.sync_pretrain.steps, info)
-            if ckpt is not None and ckpt.get("kind") != "sync":
-                raise ValueError(f"{output} holds '{ckpt.get('kind')}' checkpoints, not train-sync ones: "
-                                 "use another --output.")
-            if cfg.data.frames != cfg.model.sync.frames:
-                raise ValueError(f"train-sync needs data.frames == model.sync.frames ({cfg.model.sync.frames}). "
-                                 f"Got {cfg.data.frames}.")
             net, view, opt = build.build_sync(cfg, device)
             resume, consumers, batches = _data(cfg, ckpt, data, output, info, device, mode="sync",
                                                   batch=cfg.sync_pretrain.batch, modules={"sync": net},
@@ -197,9 +197,10 @@ def main(args) -> int:
     atexit.register(gc.freeze)
     from radio import checks
 
-    cfg, ckpt = resolve_config(args.config, list(args.overrides or []), args.output)
-    if ckpt is not None and args.command == "train" and ckpt.get("kind") != "radio":
-        raise ConfigError(f"{args.output} holds '{ckpt.get('kind')}' checkpoints, not RADIO ones: use another --output.")
+    cfg, ckpt = resolve_config(args.config, list(args.overrides or []), args.output, args.command)
+    if args.command == "train-sync" and cfg.data.frames != cfg.model.sync.frames:
+        raise ConfigError(f"train-sync needs data.frames == model.sync.frames ({cfg.model.sync.frames}). "
+                          f"Got {cfg.data.frames}.")
     checks.train(cfg, args.command)
     try:
         if args.command == "train-sync":
