@@ -556,6 +556,21 @@ def test_a_resumed_run_uses_the_configs_learning_rates_and_betas(caplog):
     assert "optimiser" not in caplog.text                       # nothing changed, nothing said
 
 
+def test_tensorboard_shows_each_step_once_after_a_resume(sample_dataset, tmp_path):
+    """A run killed after logging step 3 but before its checkpoint resumes from step 2 and logs 3 again."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    args = ["train", "--config", SMOKE, "--data", str(sample_dataset), "--output", str(out), "--set", "run.image_every=0",
+            "--set", "run.checkpoint_every=2", "--set", "run.log_every=1"]
+    assert radio.cli.main([*args, "--set", "run.steps=3"]) == 0
+    (out / "checkpoints" / "step-000000003.pt").unlink()
+    assert radio.cli.main([*args, "--set", "run.steps=4"]) == 0
+    board = EventAccumulator(str(out / "tb"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("loss/l1")] == [1, 2, 3, 4]
+
+
 def test_a_noise_free_run_from_before_noise_scales_were_dropped_resumes(sample_dataset, tmp_path, caplog):
     """A `model.noise: false` checkpoint written when G still built its (never trained) noise scales:
     resuming drops them from G and the EMA and renumbers G's Adam state by parameter name."""

@@ -97,7 +97,8 @@ def _announce(ckpt: dict | None, output: str, total: int, info: dist.DistInfo) -
 
 def _run_loop(loop, *args, output: str, info, **kwargs) -> int:
     """Run a training loop with TensorBoard on the main rank; PREEMPTED exit code after SIGTERM."""
-    board = Board(output) if info.main else None
+    step = kwargs["resume"].step
+    board = Board(output, purge_step=step + 1 if step else None) if info.main else None
     try:
         result = loop(*args, output=output, info=info, board=board, **kwargs)
     finally:

@@ -64,9 +64,11 @@ def image_grid(rows: list[torch.Tensor]) -> torch.Tensor:
 
 
 class Board:
-    """A SummaryWriter under ``<output>/tb`` (local) or a local mirror uploaded by ``sync()``."""
+    """A SummaryWriter under ``<output>/tb`` (local) or a local mirror uploaded by ``sync()``.
+    ``purge_step``: a resumed run's first step (checkpoint step + 1): TensorBoard drops what the
+    earlier, killed run logged from that step on, instead of showing those steps twice."""
 
-    def __init__(self, output: str, enabled: bool = True):
+    def __init__(self, output: str, enabled: bool = True, purge_step: int | None = None):
         self.writer = None
         if not enabled:
             return
@@ -76,7 +78,7 @@ class Board:
         local = (fsspec.core.url_to_fs(uri_lib.join(output, "tb"))[1] if self.remote is None
                  else tempfile.mkdtemp(prefix="radio-tb-"))
         self.local = local
-        self.writer = SummaryWriter(log_dir=local)
+        self.writer = SummaryWriter(log_dir=local, purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is not None:
