@@ -117,6 +117,8 @@ class AlignedSegment:
     affines: np.ndarray      # (T, 2, 3) source -> crop
     scores: np.ndarray       # (T,)
     outside: np.ndarray      # (T,) fraction of the crop outside the frame
+    face_outside: np.ndarray  # (T,) fraction of the face (FACE_BOX of the crop) outside the frame
+    features_outside: np.ndarray  # (T,) bool: an eye or mouth landmark lies outside the frame
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -124,15 +126,25 @@ class AlignedSegment:
     def part(self, a: int, b: int) -> "AlignedSegment":
         """Frames ``[a, b)`` of the segment (indexes within it) as a segment of their own."""
         return AlignedSegment(start=self.start + a, crops=self.crops[a:b], landmarks=self.landmarks[a:b],
-                              affines=self.affines[a:b], scores=self.scores[a:b], outside=self.outside[a:b])
+                              affines=self.affines[a:b], scores=self.scores[a:b], outside=self.outside[a:b],
+                              face_outside=self.face_outside[a:b], features_outside=self.features_outside[a:b])
 
 
-def outside_fraction(affines: np.ndarray, hw: tuple[int, int], size: int) -> np.ndarray:
-    """Per frame, the fraction of the crop square whose source pixels fall outside the frame
-    (sampled 16×16). (T, 2, 3) source->crop affines -> (T,)."""
+#: Where FFHQ alignment puts the face in its crop, in crop sides (x0, x1, y0, y1): cheek to cheek,
+#: brows to chin (32..160 × 40..184 at 192). The crop square itself reaches well past the head:
+#: on tightly framed talking heads a quarter of it lies outside the frame while the whole face is in.
+FACE_BOX = (1 / 6, 5 / 6, 5 / 24, 23 / 24)
+
+
+def outside_fraction(affines: np.ndarray, hw: tuple[int, int], size: int,
+                     box: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)) -> np.ndarray:
+    """Per frame, the fraction of the crop square (or of its ``box``: x0, x1, y0, y1 in crop sides)
+    whose source pixels fall outside the frame (sampled 16×16). (T, 2, 3) source->crop affines -> (T,)."""
     a = np.asarray(affines, dtype=np.float64).reshape(-1, 2, 3)
-    g = (np.arange(16) + 0.5) * size / 16 - 0.5
-    pts = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    x0, x1, y0, y1 = box
+    gx = (x0 + (np.arange(16) + 0.5) * (x1 - x0) / 16) * size - 0.5
+    gy = (y0 + (np.arange(16) + 0.5) * (y1 - y0) / 16) * size - 0.5
+    pts = np.stack(np.meshgrid(gx, gy), -1).reshape(-1, 2)
     lin = a[:, :, :2]
     inv = np.linalg.inv(lin)                                   # crop -> source, per frame
     src = np.einsum("tij,pj->tpi", inv, pts) - np.einsum("tij,tj->ti", inv, a[:, :, 2])[:, None]
@@ -153,4 +165,14 @@ def align_segment(start: int, landmarks: np.ndarray, scores: np.ndarray, cache: 
     crop_lm = np.einsum("tij,tkj->tki", affines[:, :, :2], lm) + affines[:, None, :, 2]
     return AlignedSegment(start=start, crops=crops, landmarks=crop_lm.astype(np.float32),
                           affines=affines.astype(np.float32), scores=np.asarray(scores, np.float32),
-                          outside=outside_fraction(affines, frame_hw, size))
+                          outside=outside_fraction(affines, frame_hw, size),
+                          face_outside=outside_fraction(affines, frame_hw, size, FACE_BOX),
+                          features_outside=features_outside(lm, frame_hw))
+
+
+def features_outside(landmarks: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Per frame, whether an eye or mouth landmark (36-67, source pixels) lies outside the frame.
+    (T, 68, 2) -> (T,) bool."""
+    p = np.asarray(landmarks, dtype=np.float64).reshape(-1, 68, 2)[:, 36:68]
+    h, w = hw
+    return ((p[..., 0] < -0.5) | (p[..., 0] > w - 0.5) | (p[..., 1] < -0.5) | (p[..., 1] > h - 0.5)).any(axis=1)

@@ -95,6 +95,10 @@ class QualityConfig:
     # rejects silent_audio (digital silence is -100; room tone ~ -60 to -50, speech ~ -30 to -15);
     # null keeps them all (the level is the row's audio_rms_db either way)
     min_audio_db: Optional[float] = -60.0
+    # a frame with more than this fraction of the face (cheeks to chin in the aligned crop) outside
+    # the picture, or an eye or mouth landmark outside it, ends the segment as a lost face does (the
+    # crop would show replicated edge pixels); null keeps such frames
+    max_face_outside: Optional[float] = 0.25
 
 
 @dataclass
@@ -267,6 +271,44 @@ def aligned_segments(path: str, info, cfg: PreprocessConfig, backend, stages: _S
     yield from out
 
 
+def segment_parts(whole: AlignedSegment, sound: tuple[int, int], cfg: PreprocessConfig):
+    """The parts of one aligned face track that may become rows, in order, each with why it is
+    refused (a reject's (stage, reason, error type, message)) or None.
+
+    A track shorter than ``output.min_segment_frames`` is refused whole. Only its frames with sound
+    (``sound``: [first, stop) video frames, ``audio_frames``) are kept. Where the face is out of
+    the picture (more than ``quality.max_face_outside`` of its FACE_BOX, or an eye or mouth
+    landmark, outside the frame: a crop of replicated edge pixels) the segment ends, as at a lost
+    face: those frames are dropped (a run of them long enough for a segment is a reject
+    ``face_outside_frame``), and the frames in the picture on either side are parts of their own."""
+    least = cfg.output.min_segment_frames
+    if len(whole) < least:
+        yield whole, ("faces", "segment_too_short", "SegmentTooShort",
+                      f"face track at frame {whole.start}: {len(whole)} frames (< {least})")
+        return
+    a = min(len(whole), max(0, sound[0] - whole.start))
+    seg = whole.part(a, max(a, min(len(whole), sound[1] - whole.start)))
+    if len(seg) < least:
+        yield seg, ("audio", "no_audio", "AudioTooShort",
+                    f"segment at frame {whole.start}: {len(seg)} of its {len(whole)} frames have audio (< {least}; "
+                    f"sound in frames {sound[0]}..{sound[1] - 1})")
+        return
+    limit = cfg.quality.max_face_outside
+    out = np.zeros(len(seg), bool) if limit is None else (seg.face_outside > limit) | seg.features_outside
+    edges = np.flatnonzero(np.diff(out.astype(np.int8))) + 1
+    for i, j in zip([0, *edges], [*edges, len(seg)]):
+        part = seg.part(i, j)
+        if not out[i]:
+            yield part, (("faces", "segment_too_short", "SegmentTooShort",
+                          f"face in the picture from frame {part.start}: {len(part)} frames (< {least})")
+                         if len(part) < least else None)
+        elif len(part) >= least:
+            yield part, ("faces", "face_outside_frame", "FaceOutsideFrame",
+                         f"frames {part.start}..{part.start + len(part) - 1}: up to "
+                         f"{float(part.face_outside.max()):.0%} of the face outside the picture "
+                         f"(> quality.max_face_outside {limit:g}) or an eye/mouth point outside it")
+
+
 def _remove(uri: str) -> None:
     import fsspec
 
@@ -309,40 +351,30 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
             # the frames' size: the display size in square pixels (affines are in these pixels)
             height, width = video.output_size(info)
             for whole in aligned_segments(path, info, cfg, backend, stages):
-                # only the frames with sound: audio that starts late or ends early shortens the segment
-                a = min(len(whole), max(0, sound_from - whole.start))
-                seg = whole.part(a, max(a, min(len(whole), sound_to - whole.start)))
-                n = len(seg)
-                least = cfg.output.min_segment_frames
-                refused = (("faces", "segment_too_short", "SegmentTooShort",
-                            f"face track at frame {whole.start}: {len(whole)} frames (< {least})")
-                           if len(whole) < least else
-                           ("audio", "no_audio", "AudioTooShort",
-                            f"segment at frame {whole.start}: {n} of its {len(whole)} frames have audio (< {least}; "
-                            f"sound in frames {sound_from}..{sound_to - 1})")
-                           if n < least else None)
-                level = None if refused else audio_db(track, seg.start, n, cfg.decode.fps)
-                floor = cfg.quality.min_audio_db
-                if not refused and floor is not None and level < floor:
-                    refused = ("audio", "silent_audio", "SilentAudio",
-                               f"segment at frame {seg.start}: its sound is {level:.1f} dBFS "
-                               f"(< quality.min_audio_db {floor:g})")
-                if refused:
-                    rejects.append(schema.Reject(src, *refused, segment_index=seg_index))
+                for seg, refused in segment_parts(whole, (sound_from, sound_to), cfg):
+                    n = len(seg)
+                    level = None if refused else audio_db(track, seg.start, n, cfg.decode.fps)
+                    floor = cfg.quality.min_audio_db
+                    if not refused and floor is not None and level < floor:
+                        refused = ("audio", "silent_audio", "SilentAudio",
+                                   f"segment at frame {seg.start}: its sound is {level:.1f} dBFS "
+                                   f"(< quality.min_audio_db {floor:g})")
+                    if refused:
+                        rejects.append(schema.Reject(src, *refused, segment_index=seg_index))
+                        seg_index += 1
+                        continue
+                    with stages("encode"):
+                        s = schema.Segment(
+                            source_uri=src, segment_index=seg_index, start_frame=seg.start,
+                            frames=seg.crops, landmarks=seg.landmarks, affine=seg.affines,
+                            detector_score=seg.scores, mel=segment_mel(track, seg.start, n),
+                            fps=float(cfg.decode.fps), speaker_id=item.get("speaker_id"), split=item.get("split"),
+                            source_width=width, source_height=height, source_audio_rate=info.audio_rate,
+                            quality={**segment_quality(seg, cfg.align.crop_size), "audio_rms_db": level})
+                        writer.write_rows([schema.segment_to_row(s, cfg.output.frame_format, cfg.output.jpeg_quality)])
                     seg_index += 1
-                    continue
-                with stages("encode"):
-                    s = schema.Segment(
-                        source_uri=src, segment_index=seg_index, start_frame=seg.start,
-                        frames=seg.crops, landmarks=seg.landmarks, affine=seg.affines,
-                        detector_score=seg.scores, mel=segment_mel(track, seg.start, n),
-                        fps=float(cfg.decode.fps), speaker_id=item.get("speaker_id"), split=item.get("split"),
-                        source_width=width, source_height=height, source_audio_rate=info.audio_rate,
-                        quality={**segment_quality(seg, cfg.align.crop_size), "audio_rms_db": level})
-                    writer.write_rows([schema.segment_to_row(s, cfg.output.frame_format, cfg.output.jpeg_quality)])
-                seg_index += 1
-                n_segments += 1
-                n_frames += n
+                    n_segments += 1
+                    n_frames += n
             if n_segments == 0 and not rejects:
                 rejects.append(schema.Reject(src, "faces", "no_face", "NoFace",
                                              "no face track found in any frame"))

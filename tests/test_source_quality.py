@@ -197,3 +197,50 @@ def test_shards_from_before_the_added_columns_still_read_compact_and_inspect(tmp
     assert len(segs) == 2
     fig = inspect.sheet_figure(segs)
     assert "sound -20 dBFS" in "\n".join(t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text")))
+
+
+def test_frames_with_the_face_out_of_the_picture_end_the_segment(tmp_path, backend):
+    """The face pans out of the picture (left third of it gone) while the tracker still holds it:
+    those frames stayed in the row as crops of replicated edge pixels (only the segment's mean
+    outside_frac said so). Now a frame with more than quality.max_face_outside (0.25) of the
+    face outside ends the segment; null keeps them."""
+    from preprocess.assemble import FACE_BOX, outside_fraction
+
+    path = tmp_path / "leaves.mp4"
+    ffmpeg("-i", f"file:{CLIP}", "-t", 3, "-vf", "pad=448:224:0:0,crop=224:224:x='max(0,min(60,(t-0.8)*60))':y=0",
+           *_x264(12), "-c:a", "copy", f"file:{path}")
+    res, rows, _ = run(path, tmp_path, backend, "quality.max_face_outside=null", name="kept")
+    (kept,) = rows
+    out = outside_fraction(kept["affine"], (224, 224), 192, FACE_BOX)
+    assert kept["n_frames"] >= 55 and out.max() > 0.28, (kept["n_frames"], out.max())   # what it was
+    res, rows, _ = run(path, tmp_path, backend)
+    (row,) = rows
+    out = outside_fraction(row["affine"], (224, 224), 192, FACE_BOX)
+    assert 30 <= row["n_frames"] < kept["n_frames"] - 10 and out.max() <= 0.25, (row["n_frames"], out.max())
+    assert np.array_equal(row["affine"], kept["affine"][:row["n_frames"]])
+
+
+def test_segment_parts_split_where_the_face_leaves_and_returns():
+    """The rules on a made-up track: frames out of the picture are dropped like a lost face's; a run
+    of them long enough for a segment is a reject face_outside_frame; the frames in the picture on
+    either side are segments of their own (or segment_too_short rejects)."""
+    from preprocess.assemble import AlignedSegment
+
+    t = 120
+    face = np.zeros(t)
+    face[30:60] = 0.5            # 30 frames out: a reject
+    face[70:72] = 0.3            # 2 frames out: dropped
+    eyes = np.zeros(t, bool)
+    eyes[100] = True             # an eye outside the frame ends it too
+    seg = AlignedSegment(start=10, crops=np.zeros((t, 4, 4, 3), np.uint8), landmarks=np.zeros((t, 68, 2)),
+                         affines=np.zeros((t, 2, 3)), scores=np.zeros(t), outside=np.zeros(t),
+                         face_outside=face, features_outside=eyes)
+    cfg = source.PreprocessConfig()
+    parts = [(p.start, len(p), why and why[1]) for p, why in source.segment_parts(seg, (0, 1000), cfg)]
+    assert parts == [(10, 30, None), (40, 30, "face_outside_frame"), (70, 10, "segment_too_short"),
+                     (82, 28, None), (111, 19, "segment_too_short")], parts
+    # sound in frames 15..59 only: those frames, then the same rules (the 20 frames out are dropped)
+    parts = [(p.start, len(p), why and why[1]) for p, why in source.segment_parts(seg, (15, 60), cfg)]
+    assert parts == [(15, 25, None)], parts
+    cfg.quality.max_face_outside = None
+    assert [(p.start, len(p)) for p, _ in source.segment_parts(seg, (0, 1000), cfg)] == [(10, 120)]
