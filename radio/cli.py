@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 BEAM_EPILOG = ("Other --options go to Apache Beam (an option neither radio nor Beam knows is an error), e.g.\n"
@@ -83,7 +84,12 @@ CONFIG_COMMANDS = ("preprocess", "compact", "train", "train-sync", "dub", "evalu
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse whose mistakes are one line (no usage block) and exit 2."""
+    """argparse whose mistakes are one line (no usage block) and exit 2, and that never takes a
+    prefix for a whole flag: ``--run DataflowRunner`` was ``--run-id DataflowRunner`` run locally."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -202,13 +208,96 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
         # each local worker warns once that it has no semi_persistent_directory: harmless
         logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+        # gcsfs/aiohttp log each retry of an unreachable bucket with its traceback: the failure is one line below
+        for name in ("gcsfs", "aiohttp", "google.auth", "fsspec"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    expand_home(args)
+    restore = stop_on_signals() if args.command in BEAM_COMMANDS else None
     try:
         return _dispatch(parser, args, extra)
+    except KeyboardInterrupt as e:
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)   # its workers' exit warnings
+        again = " with --resume" if args.command == "preprocess" else ""
+        signum = getattr(e, "signum", 2)
+        print(f"radio {args.command}: {'interrupted' if signum == 2 else 'stopped (SIGTERM)'}; finished work is "
+              f"kept: run the same command again{again} to finish.", file=sys.stderr)
+        return 128 + signum
     except Exception as e:  # a user's mistake is one line; anything else keeps its traceback
         rc = report(e, args)
         if rc is None:
             raise
         return rc
+    finally:
+        if restore:
+            restore()
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler stopping the job) reached a Beam command."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (Linux /proc; none where there is no /proc)."""
+    children: dict[int, list[int]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def stop_on_signals():
+    """SIGINT and SIGTERM end a Beam command cleanly: its local worker processes are stopped too
+    (signalled alone, the main process waited for them forever in Beam's cleanup, or left them
+    running when killed), and the threads watching them die quietly (a terminal's Ctrl-C printed
+    60 lines of their tracebacks above the one that matters). Returns what puts the previous
+    handlers back (None off the main thread, where none can be set)."""
+    import signal
+    import threading
+
+    def on_signal(signum, frame):
+        threading.excepthook = lambda hook_args: None
+        for pid in descendants(os.getpid()):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    before = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(sig, h) for sig, h in before.items()]
+
+
+PATH_ARGS = ("input", "output", "data", "generated", "reference", "checkpoint", "uri", "config")
+
+
+def expand_home(args: argparse.Namespace) -> None:
+    """``~`` and ``~user`` in local paths, expanded once here: fsspec expands them when it opens a
+    file but ``os.path`` does not, so checks and logs went to a literal ``./~`` folder."""
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
 
 
 def report(e: BaseException, args: argparse.Namespace) -> int | None:
@@ -221,6 +310,12 @@ def report(e: BaseException, args: argparse.Namespace) -> int | None:
         return 2
     if isinstance(e, JobFailed) and not args.verbose:
         print(f"radio {args.command}: job failed: {e}", file=sys.stderr)
+        return 1
+    from preprocess.failures import describe, is_environment_error
+
+    if is_environment_error(e) and not args.verbose:   # the network, the disk: nothing was the user's
+        print(f"radio {args.command}: environment failure: {describe(e)}; run the same command again later "
+              "(-v for the traceback).", file=sys.stderr)
         return 1
     return None
 

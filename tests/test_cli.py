@@ -518,3 +518,73 @@ def test_remote_runs_log_beam_counters(caplog):
     with caplog.at_level(logging.INFO, logger="pipelines.jobrun"):
         jobrun._log_counters(Result(), "radio.preprocess")
     assert "radio.preprocess: frames 500, videos 3" in caplog.text
+
+
+# ---- abbreviations, ~, the environment, Ctrl-C ---------------------------------------------------
+def test_a_flag_prefix_is_not_taken_for_the_whole_flag(tmp_path, capsys):
+    """argparse took `--run DataflowRunner` for `--run-id DataflowRunner`: a local run named
+    'DataflowRunner', exit 0, where the user meant --runner."""
+    assert_mistake(["preprocess", "--input", CLIP, "--output", str(tmp_path / "o"), "--run", "DataflowRunner"],
+                   capsys, tmp_path, says="unknown option --run")
+
+
+def test_home_in_a_local_path_is_expanded_once_for_every_check(tmp_path, capsys, monkeypatch):
+    """`--output ~/f` with ~/f a file skipped the 'is a file' check (os.path does not expand ~, fsspec
+    does) and ended in a NotADirectoryError traceback; a good ~ path split the output in two."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "f").write_text("keep me")
+    assert_mistake(["preprocess", "--input", CLIP, "--output", "~/f"], capsys, tmp_path, says="is an existing file")
+    args = cli.build_parser().parse_args(["train", "--data", "~/ds", "--output", "~/run", "--config", "gs://b/~c"])
+    cli.expand_home(args)
+    assert (args.data, args.output, args.config) == (str(tmp_path / "ds"), str(tmp_path / "run"), "gs://b/~c")
+
+
+def test_an_environment_failure_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
+    """An unreachable bucket ended in a 150-250-line gcsfs/aiohttp traceback."""
+    from radio import checks
+
+    def offline(args):
+        raise ConnectionError("Cannot connect to host storage.googleapis.com:443 [Temporary failure in name resolution]")
+
+    monkeypatch.setattr(checks, "command", offline)
+    rc, out, err = run_cli(["preprocess", "--input", "gs://b/*.mp4", "--output", "gs://b/ds"], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and "environment failure: ConnectionError" in lines[0], err
+
+
+@pytest.mark.parametrize("sig,rc,says", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "stopped (SIGTERM)")])
+def test_a_signal_to_the_job_stops_it_and_its_workers_in_one_line(sig, rc, says, tmp_path):
+    """SIGINT to the radio process alone (not its group: `kill -INT`, a supervisor) hung forever in
+    Beam's cleanup, which waits for workers that never got it; SIGTERM left the workers running
+    after the main process died; a terminal's Ctrl-C printed 60-116 lines of thread tracebacks."""
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = tmp_path / "ds"
+    argv = [sys.executable, "-m", "radio.cli", "preprocess", "--input", str(DATA_DIR / "*.mp4"), "--output", str(out)]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "runs").glob("*/job.log")):   # the pipeline has started
+        time.sleep(0.2)
+    time.sleep(1.0)
+    workers = cli.descendants(p.pid)
+    assert workers, "no local worker processes to stop"
+    p.send_signal(getattr(signal, sig))
+    try:
+        _, err = p.communicate(timeout=60)
+    finally:
+        for pid in [p.pid, *workers]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    text = err.replace("\r", "\n")
+    assert p.returncode == rc, text[-2000:]
+    assert "Traceback" not in text and says in text.strip().splitlines()[-1], text[-3000:]
+    time.sleep(1.0)
+    alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}") and
+             not open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"]
+    assert not alive, f"worker processes left running: {alive}"
+    done = subprocess.run([*argv, "--resume", "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and "4 inputs = " in done.stdout, done.stdout + done.stderr[-2000:]
