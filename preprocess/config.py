@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import fsspec
 import yaml
@@ -66,6 +66,23 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{where}: expected {tp.__name__}. Got {value!r}.") from e
     return value
+
+
+def check_min(obj: Any, **minimums: float) -> None:
+    """For a dataclass's ``__post_init__``: ValueError naming the first field below its minimum
+    (``from_dict`` makes it a one-line ConfigError with the section's name)."""
+    for name, low in minimums.items():
+        value = getattr(obj, name)
+        if value < low:
+            raise ValueError(f"{name}: expected at least {low}. Got {value!r}.")
+
+
+def check_choice(obj: Any, **choices: Sequence[str]) -> None:
+    """For a dataclass's ``__post_init__``: ValueError naming the first field not among its choices."""
+    for name, allowed in choices.items():
+        value = getattr(obj, name)
+        if value not in allowed:
+            raise ValueError(f"{name}: expected one of {', '.join(map(str, allowed))}. Got {value!r}.")
 
 
 def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:

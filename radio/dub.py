@@ -54,7 +54,7 @@ import torch
 
 from preprocess import align, audio, failures, media, progress, video, writer
 from preprocess import uri as uri_mod
-from preprocess.config import ConfigError, to_dict
+from preprocess.config import ConfigError, check_min, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,8 @@ class DubConfig:
             raise ConfigError(f"Expected dub.x264_preset in {X264_PRESETS}. Got {self.x264_preset!r}.")
         if isinstance(self.crf, bool) or not isinstance(self.crf, int) or not CRF_RANGE[0] <= self.crf <= CRF_RANGE[1]:
             raise ConfigError(f"Expected dub.crf an integer in {CRF_RANGE[0]}..{CRF_RANGE[1]}. Got {self.crf!r}.")
+        # a job that started with chunk 0 failed on every pair ('Expected chunk >= 1'), exit 1
+        check_min(self, chunk=1, threads=0, crop_size=32, smooth_window=1, mask_feather=0.0, audio_kbps_per_channel=8)
 
 
 SPEED_FIELDS = ("batch_size", "chunk", "queue_batches", "threads")

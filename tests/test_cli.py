@@ -588,3 +588,14 @@ def test_a_signal_to_the_job_stops_it_and_its_workers_in_one_line(sig, rc, says,
     assert not alive, f"worker processes left running: {alive}"
     done = subprocess.run([*argv, "--resume", "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0 and "4 inputs = " in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("command,key", [
+    ("dub", "dub.chunk=0"), ("dub", "dub.threads=-2"), ("dub", "dub.crop_size=0"),
+])
+def test_out_of_range_settings_are_mistakes_not_failed_jobs(command, key, tmp_path, capsys):
+    """`dub.chunk=0` started the job and failed every pair ('Expected chunk >= 1'), exit 1."""
+    name = key.split("=")[0].split(".")[-1]
+    argv = {"dub": ["dub", "--checkpoint", "x.pt", "--input", str(tmp_path / "p.jsonl")],
+            "preprocess": ["preprocess", "--input", CLIP]}[command]
+    assert_mistake([*argv, "--output", str(tmp_path / "o"), "--set", key], capsys, tmp_path, says=f"{name}: expected")
