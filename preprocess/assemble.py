@@ -119,6 +119,7 @@ class AlignedSegment:
     outside: np.ndarray      # (T,) fraction of the crop outside the frame
     face_outside: np.ndarray  # (T,) fraction of the face (FACE_BOX of the crop) outside the frame
     features_outside: np.ndarray  # (T,) bool: an eye or mouth landmark lies outside the frame
+    n_faces: int = 1         # faces of the main face's size in the picture (the tracker's FaceSegment.n_faces)
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -127,7 +128,8 @@ class AlignedSegment:
         """Frames ``[a, b)`` of the segment (indexes within it) as a segment of their own."""
         return AlignedSegment(start=self.start + a, crops=self.crops[a:b], landmarks=self.landmarks[a:b],
                               affines=self.affines[a:b], scores=self.scores[a:b], outside=self.outside[a:b],
-                              face_outside=self.face_outside[a:b], features_outside=self.features_outside[a:b])
+                              face_outside=self.face_outside[a:b], features_outside=self.features_outside[a:b],
+                              n_faces=self.n_faces)
 
 
 #: Where FFHQ alignment puts the face in its crop, in crop sides (x0, x1, y0, y1): cheek to cheek,
@@ -155,7 +157,8 @@ def outside_fraction(affines: np.ndarray, hw: tuple[int, int], size: int,
 
 
 def align_segment(start: int, landmarks: np.ndarray, scores: np.ndarray, cache: RegionCache,
-                  frame_hw: tuple[int, int], size: int = align.CROP_SIZE, smooth_window: int = 5) -> AlignedSegment:
+                  frame_hw: tuple[int, int], size: int = align.CROP_SIZE, smooth_window: int = 5,
+                  n_faces: int = 1) -> AlignedSegment:
     """Smooth the segment's FFHQ quads over time and warp each cached frame to size×size."""
     affines = align.segment_affines(landmarks, smooth_window, size=size).astype(np.float64)
     crops = np.empty((len(affines), size, size, 3), np.uint8)
@@ -167,7 +170,7 @@ def align_segment(start: int, landmarks: np.ndarray, scores: np.ndarray, cache: 
                           affines=affines.astype(np.float32), scores=np.asarray(scores, np.float32),
                           outside=outside_fraction(affines, frame_hw, size),
                           face_outside=outside_fraction(affines, frame_hw, size, FACE_BOX),
-                          features_outside=features_outside(lm, frame_hw))
+                          features_outside=features_outside(lm, frame_hw), n_faces=int(n_faces))
 
 
 def features_outside(landmarks: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

@@ -54,10 +54,11 @@ SEGMENT_SCHEMA = pa.schema([
     # added within radio-dataset/1 (ADDED_COLUMNS): null in shards written before them
     pa.field("audio_rms_db", pa.float32()),          # RMS level of the segment's 16 kHz mono sound, dBFS (floor -100)
     pa.field("source_audio_rate", pa.int32()),       # the source's audio sample rate (Hz), before resampling
+    pa.field("n_faces", pa.int32()),                 # faces of >= quality.other_face_ratio x the tracked one's size
 ])
 
 #: nullable columns added after radio-dataset/1 first shipped, in order: older shards lack them
-ADDED_COLUMNS = ("audio_rms_db", "source_audio_rate")
+ADDED_COLUMNS = ("audio_rms_db", "source_audio_rate", "n_faces")
 
 REJECT_SCHEMA = pa.schema([
     pa.field("source_uri", pa.string(), nullable=False),
@@ -147,6 +148,7 @@ class Segment:
     source_width: int | None = None
     source_height: int | None = None
     source_audio_rate: int | None = None
+    n_faces: int | None = None
     quality: dict[str, float] = field(default_factory=dict)
 
 
@@ -184,6 +186,7 @@ def segment_to_row(seg: Segment, fmt: str = "jpeg", quality: int = 95) -> dict[s
         v = seg.quality.get(k)
         row[k] = None if v is None else float(v)
     row["source_audio_rate"] = None if seg.source_audio_rate is None else int(seg.source_audio_rate)
+    row["n_faces"] = None if seg.n_faces is None else int(seg.n_faces)
     return row
 
 

@@ -99,6 +99,20 @@ class QualityConfig:
     # the picture, or an eye or mouth landmark outside it, ends the segment as a lost face does (the
     # crop would show replicated edge pixels); null keeps such frames
     max_face_outside: Optional[float] = 0.25
+    # reject | keep: a segment whose picture holds another face of at least other_face_ratio × the
+    # tracked face's size (the row's n_faces > 1) is a reject multiple_faces: the largest face is
+    # tracked, whoever speaks, so its lips may not match the sound. keep: such rows stay, with n_faces
+    multiple_faces: str = "reject"
+    other_face_ratio: float = 0.5    # faces this size × the tracked one's or larger are counted in n_faces
+
+    def __post_init__(self):
+        from preprocess.config import check_choice
+
+        check_choice(self, multiple_faces=("reject", "keep"))
+        if not 0 < self.other_face_ratio <= 1:
+            raise ValueError(f"other_face_ratio: expected a number in (0, 1]. Got {self.other_face_ratio!r}.")
+        if self.max_face_outside is not None and not 0 <= self.max_face_outside <= 1:
+            raise ValueError(f"max_face_outside: expected a fraction in [0, 1] or null. Got {self.max_face_outside!r}.")
 
 
 @dataclass
@@ -236,7 +250,8 @@ def aligned_segments(path: str, info, cfg: PreprocessConfig, backend, stages: _S
 
     # every track comes out: short ones become segment rejects here
     tracker = track.FaceTracker(backend, track.tracker_config(cfg.faces.tracker, where="faces.tracker",
-                                                              min_segment_frames=1))
+                                                              min_segment_frames=1,
+                                                              other_face_ratio=cfg.quality.other_face_ratio))
     cache = RegionCache(cfg.align.crop_size)
     hw = video.output_size(info)  # square pixels: an anamorphic source is decoded as displayed
     frame_bytes = max(1, hw[0] * hw[1] * 3)
@@ -260,14 +275,14 @@ def aligned_segments(path: str, info, cfg: PreprocessConfig, backend, stages: _S
             progress.frames(len(chunk))
             hw = chunk.shape[1:3]
             out = [align_segment(seg.start, seg.landmarks, seg.scores, cache, hw, cfg.align.crop_size,
-                                 cfg.align.smooth_window) for seg in done]
+                                 cfg.align.smooth_window, seg.n_faces) for seg in done]
             cache.drop_before(open_start if len(open_marks) else t0)
         yield from out
     with stages("track"):
         done = tracker.finish()
     with stages("align"):
         out = [align_segment(seg.start, seg.landmarks, seg.scores, cache, hw, cfg.align.crop_size,
-                             cfg.align.smooth_window) for seg in done]
+                             cfg.align.smooth_window, seg.n_faces) for seg in done]
     yield from out
 
 
@@ -359,6 +374,11 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                         refused = ("audio", "silent_audio", "SilentAudio",
                                    f"segment at frame {seg.start}: its sound is {level:.1f} dBFS "
                                    f"(< quality.min_audio_db {floor:g})")
+                    if not refused and seg.n_faces > 1 and cfg.quality.multiple_faces == "reject":
+                        refused = ("faces", "multiple_faces", "MultipleFaces",
+                                   f"segment at frame {seg.start}: {seg.n_faces} faces of at least "
+                                   f"{cfg.quality.other_face_ratio:g} x the tracked one's size in the picture; "
+                                   "the largest is tracked whoever speaks (quality.multiple_faces=keep keeps them)")
                     if refused:
                         rejects.append(schema.Reject(src, *refused, segment_index=seg_index))
                         seg_index += 1
@@ -370,6 +390,7 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                             detector_score=seg.scores, mel=segment_mel(track, seg.start, n),
                             fps=float(cfg.decode.fps), speaker_id=item.get("speaker_id"), split=item.get("split"),
                             source_width=width, source_height=height, source_audio_rate=info.audio_rate,
+                            n_faces=seg.n_faces,
                             quality={**segment_quality(seg, cfg.align.crop_size), "audio_rms_db": level})
                         writer.write_rows([schema.segment_to_row(s, cfg.output.frame_format, cfg.output.jpeg_quality)])
                     seg_index += 1

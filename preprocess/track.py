@@ -7,7 +7,10 @@ How it works (one :class:`FaceTracker` per video; feed it decoded RGB chunks in 
   short_side))``, so that any face at least ``min_face_frac`` of the short side keeps at least the
   detector's ``min_face_px`` (80 px for dlib's HOG window). With the defaults (0.2, dlib): 224² and
   400² frames are searched at full size, 512² at 0.78, 1080p at 0.37 (short side 400). The largest
-  face found becomes the main face. Without a face, the search repeats every ``search_every`` frames.
+  face found becomes the main face, whoever speaks: the faces found of at least ``other_face_ratio``
+  (0.5) × its size are counted (``FaceSegment.n_faces``, updated whenever a re-detection falls back
+  to a full-frame search), so that a caller can refuse segments where another face may be the
+  speaker. Without a face, the search repeats every ``search_every`` frames.
 * **Tracking**: each frame is fitted once from a box in the *detector's* convention, predicted from
   the previous frame's landmarks through a per-track mapping (landmark centre/size of the rigid
   points 27–47 -> detector box), fitted on the track's detections and updated by EMA at each
@@ -79,6 +82,7 @@ class TrackerConfig:
     cut_size: int = 64               # the cut detector samples about cut_size² pixels per frame
     max_segment_frames: int = 250    # segment cap (10 s at 25 fps)
     min_segment_frames: int = 25     # shorter segments are dropped
+    other_face_ratio: float = 0.5    # FaceSegment.n_faces counts faces at least this × the main face's size
 
     def __post_init__(self) -> None:
         if self.max_segment_frames < 1 or self.min_segment_frames < 1:
@@ -103,6 +107,8 @@ class FaceSegment:
     scores: np.ndarray         # (n,) float32, score of the track's latest detection
     end_reason: str            # cut | lost | jump | max_length | end
     frame_size: tuple[int, int]  # (height, width) of the source frames
+    n_faces: int = 1           # faces (the main one included) of at least other_face_ratio × its size that
+    #                            the full-frame searches of its track found, up to the segment's end
 
     @property
     def n_frames(self) -> int:
@@ -174,6 +180,7 @@ class _Track:
     since_detection: int = 0
     misses: int = 0          # re-detections failed in a row
     elsewhere: bool = False  # the latest failed one found faces, but not on the track
+    n_faces: int = 1         # most faces of the main face's size seen by a full-frame search
 
 
 @dataclass
@@ -269,7 +276,9 @@ class FaceTracker:
             if self._search_wait <= 0:
                 dets = self._search(frame)
                 if dets:
-                    self._start_track(frame, max(dets, key=lambda d: (d.side, d.score)))
+                    main = max(dets, key=lambda d: (d.side, d.score))
+                    self._start_track(frame, main)
+                    self._track.n_faces = self._count_faces(dets, main.side)
                 else:
                     self._search_wait = cfg.search_every - 1
             else:
@@ -413,7 +422,7 @@ class FaceTracker:
         self._out.append(FaceSegment(
             start=seg.start, landmarks=np.stack(seg.landmarks[:n]), boxes=np.stack(seg.boxes[:n]),
             scores=np.asarray(seg.scores[:n], dtype=np.float32), end_reason=reason,
-            frame_size=self._size))
+            frame_size=self._size, n_faces=max(1, self._track.n_faces) if self._track is not None else 1))
 
     # ---- detection / fitting ------------------------------------------------------------------
     def _fit(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -432,7 +441,14 @@ class FaceTracker:
         self.stats.searches += 1
         h, w = frame.shape[:2]
         scale = search_scale(h, w, self.backend.min_face_px, self.config.min_face_frac)
-        return self._detect(frame, scale)
+        dets = self._detect(frame, scale)
+        if self._track is not None and dets:  # a re-detection's fallback: the whole frame seen again
+            self._track.n_faces = max(self._track.n_faces, self._count_faces(dets, _side(self._track.box)))
+        return dets
+
+    def _count_faces(self, dets: list[Detection], side: float) -> int:
+        """Faces of ``dets`` at least ``other_face_ratio`` × ``side`` (the main face's box side)."""
+        return sum(d.side >= self.config.other_face_ratio * side for d in dets)
 
     def _redetect(self, frame: np.ndarray, box: np.ndarray, margin: float | None = None,
                   face_px: float | None = None, fallback: bool = True) -> list[Detection]:

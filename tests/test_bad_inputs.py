@@ -77,7 +77,7 @@ CASES = {
     "audio_only": (lambda d: make_audio_only(d), {"no_video_stream"}),
     "video_only": (lambda d: make_video_only(d), {"no_audio_stream"}),
     "no_face": (lambda d: make_testsrc(d, seconds=2, size="320x240", audio=True), {"no_face"}),
-    "two_faces": (make_two_faces, ROWS),
+    "two_faces": (make_two_faces, {"multiple_faces", "no_usable_segment"}),  # who speaks? (test_source_quality)
     "rotated": (make_phone_rotated, ROWS),
     "tiny_32": (lambda d: make_tiny(d), {"too_small"}),
     "one_frame": (lambda d: make_one_frame_with_audio(d), {"segment_too_short", "no_usable_segment"}),
@@ -142,12 +142,6 @@ def test_case_through_run_source(case, corpus, backend, tmp_path, monkeypatch):
     for seg in segs:
         t = seg["n_frames"]
         assert seg["frames"].shape == (t, 192, 192, 3) and seg["mel"].shape == (4 * t, 80)
-    if case == "two_faces":  # the larger face (left half, x < 224) is the main face in every frame
-        for seg in segs:
-            for a, lm in zip(seg["affine"], seg["landmarks"]):
-                inv = np.linalg.inv(np.vstack([a, [0, 0, 1]]))
-                x = inv[0, :2] @ lm.T + inv[0, 2]
-                assert x.max() < 224, x.max()
     if case == "rotated":  # display size, upright face: eyes above the mouth in the crop
         assert (rows[0]["source_width"], rows[0]["source_height"]) == (288, 224)
         lm = segs[0]["landmarks"]

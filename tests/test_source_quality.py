@@ -244,3 +244,28 @@ def test_segment_parts_split_where_the_face_leaves_and_returns():
     assert parts == [(15, 25, None)], parts
     cfg.quality.max_face_outside = None
     assert [(p.start, len(p)) for p, _ in source.segment_parts(seg, (0, 1000), cfg)] == [(10, 120)]
+
+
+def test_two_faces_of_similar_size_are_counted_and_refused_unless_kept(tmp_path, backend):
+    """Two speakers side by side: the largest face was tracked whoever spoke, silently. Now the
+    faces of at least half its size are counted (n_faces) and such a segment is a reject
+    multiple_faces by default; quality.multiple_faces=keep keeps it, with n_faces = 2 and the
+    larger face (left half) tracked in every frame."""
+    from test_bad_inputs import make_two_faces
+
+    path = make_two_faces(tmp_path / "two.mp4")
+    res, rows, rejects = run(path, tmp_path, backend)
+    assert res["status"] == "rejected" and not rows, res
+    (seg,) = [r for r in rejects if r["segment_index"] is not None]
+    assert (seg["stage"], seg["reason"], seg["error_type"]) == ("faces", "multiple_faces", "MultipleFaces"), seg
+    assert "2 faces" in seg["message"] and "quality.multiple_faces=keep" in seg["message"]
+    res, rows, _ = run(path, tmp_path, backend, "quality.multiple_faces=keep", name="kept")
+    assert res["status"] == "rows" and [r["n_faces"] for r in rows] == [2], res
+    for a, lm in zip(rows[0]["affine"], rows[0]["landmarks"]):
+        inv = np.linalg.inv(np.vstack([a, [0, 0, 1]]))
+        assert (inv[0, :2] @ lm.T + inv[0, 2]).max() < 224
+    # only faces of at least other_face_ratio x the main one are counted (here the other is 0.7 x)
+    res, rows, _ = run(path, tmp_path, backend, "quality.other_face_ratio=0.95", name="big_only")
+    assert res["status"] == "rows" and [r["n_faces"] for r in rows] == [1], res
+    with pytest.raises(config_mod.ConfigError, match="multiple_faces"):
+        config_mod.load(source.PreprocessConfig, None, ["quality.multiple_faces=maybe"])
