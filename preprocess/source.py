@@ -295,7 +295,9 @@ def segment_parts(whole: AlignedSegment, sound: tuple[int, int], cfg: Preprocess
     the picture (more than ``quality.max_face_outside`` of its FACE_BOX, or an eye or mouth
     landmark, outside the frame: a crop of replicated edge pixels) the segment ends, as at a lost
     face: those frames are dropped (a run of them long enough for a segment is a reject
-    ``face_outside_frame``), and the frames in the picture on either side are parts of their own."""
+    ``face_outside_frame``), and the runs of frames in the picture on either side long enough for a
+    segment are parts of their own; shorter runs, in or out, are dropped (a face at the threshold
+    flickers across it), and a segment of nothing but such runs is one reject ``face_outside_frame``."""
     least = cfg.output.min_segment_frames
     if len(whole) < least:
         yield whole, ("faces", "segment_too_short", "SegmentTooShort",
@@ -310,18 +312,21 @@ def segment_parts(whole: AlignedSegment, sound: tuple[int, int], cfg: Preprocess
         return
     limit = cfg.quality.max_face_outside
     out = np.zeros(len(seg), bool) if limit is None else (seg.face_outside > limit) | seg.features_outside
+    if not out.any():
+        yield seg, None
+        return
     edges = np.flatnonzero(np.diff(out.astype(np.int8))) + 1
-    for i, j in zip([0, *edges], [*edges, len(seg)]):
-        part = seg.part(i, j)
-        if not out[i]:
-            yield part, (("faces", "segment_too_short", "SegmentTooShort",
-                          f"face in the picture from frame {part.start}: {len(part)} frames (< {least})")
-                         if len(part) < least else None)
-        elif len(part) >= least:
-            yield part, ("faces", "face_outside_frame", "FaceOutsideFrame",
-                         f"frames {part.start}..{part.start + len(part) - 1}: up to "
-                         f"{float(part.face_outside.max()):.0%} of the face outside the picture "
-                         f"(> quality.max_face_outside {limit:g}) or an eye/mouth point outside it")
+    parts = [seg.part(i, j) for i, j in zip([0, *edges], [*edges, len(seg)])]
+    runs = [(p, bool(out[p.start - seg.start])) for p in parts if len(p) >= least]  # shorter: dropped
+    for part, outside in runs:
+        yield part, (("faces", "face_outside_frame", "FaceOutsideFrame",
+                      f"frames {part.start}..{part.start + len(part) - 1}: up to "
+                      f"{float(part.face_outside.max()):.0%} of the face outside the picture "
+                      f"(> quality.max_face_outside {limit:g}) or an eye/mouth point outside it") if outside else None)
+    if not runs:  # all in short runs in and out of the picture: no row, and one reject saying why
+        yield seg, ("faces", "face_outside_frame", "FaceOutsideFrame",
+                    f"segment at frame {seg.start}: the face was outside the picture in {int(out.sum())} of its "
+                    f"{len(seg)} frames (> quality.max_face_outside {limit:g}), leaving no {least} frames in it")
 
 
 def _remove(uri: str) -> None:

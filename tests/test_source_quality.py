@@ -222,8 +222,8 @@ def test_frames_with_the_face_out_of_the_picture_end_the_segment(tmp_path, backe
 
 def test_segment_parts_split_where_the_face_leaves_and_returns():
     """The rules on a made-up track: frames out of the picture are dropped like a lost face's; a run
-    of them long enough for a segment is a reject face_outside_frame; the frames in the picture on
-    either side are segments of their own (or segment_too_short rejects)."""
+    of them long enough for a segment is a reject face_outside_frame; the runs in the picture on
+    either side long enough for a segment are segments of their own, shorter runs are dropped."""
     from preprocess.assemble import AlignedSegment
 
     t = 120
@@ -237,11 +237,15 @@ def test_segment_parts_split_where_the_face_leaves_and_returns():
                          face_outside=face, features_outside=eyes)
     cfg = source.PreprocessConfig()
     parts = [(p.start, len(p), why and why[1]) for p, why in source.segment_parts(seg, (0, 1000), cfg)]
-    assert parts == [(10, 30, None), (40, 30, "face_outside_frame"), (70, 10, "segment_too_short"),
-                     (82, 28, None), (111, 19, "segment_too_short")], parts
+    assert parts == [(10, 30, None), (40, 30, "face_outside_frame"), (82, 28, None)], parts
     # sound in frames 15..59 only: those frames, then the same rules (the 20 frames out are dropped)
     parts = [(p.start, len(p), why and why[1]) for p, why in source.segment_parts(seg, (15, 60), cfg)]
     assert parts == [(15, 25, None)], parts
+    # flickering in and out, no run long enough: one reject for the segment
+    flicker = seg.part(0, 40)
+    flicker.face_outside = np.tile([0.0] * 10 + [0.5] * 10, 2)
+    parts = [(p.start, len(p), why and why[1]) for p, why in source.segment_parts(flicker, (0, 1000), cfg)]
+    assert parts == [(10, 40, "face_outside_frame")], parts
     cfg.quality.max_face_outside = None
     assert [(p.start, len(p)) for p, _ in source.segment_parts(seg, (0, 1000), cfg)] == [(10, 120)]
 
