@@ -561,8 +561,8 @@ def test_tensorboard_shows_each_step_once_after_a_resume(sample_dataset, tmp_pat
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    args = ["train", "--config", SMOKE, "--data", str(sample_dataset), "--output", str(out), "--set", "run.image_every=0",
-            "--set", "run.checkpoint_every=2", "--set", "run.log_every=1"]
+    args = ["train", "--config", SMOKE, "--data", str(sample_dataset), "--output", str(out),
+            "--set", "run.image_every=0", "--set", "run.checkpoint_every=2", "--set", "run.log_every=1"]
     assert radio.cli.main([*args, "--set", "run.steps=3"]) == 0
     (out / "checkpoints" / "step-000000003.pt").unlink()
     assert radio.cli.main([*args, "--set", "run.steps=4"]) == 0
