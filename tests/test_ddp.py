@@ -68,9 +68,11 @@ def _no_leftover_torchrun():
     yield
     while _LAUNCHED:
         proc = _LAUNCHED.pop()
-        if proc.poll() is None:
+        try:    # the whole group, even when torchrun itself has exited: its ranks may not have
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 def _windows(folder: Path) -> dict[int, list[tuple]]:
