@@ -231,6 +231,6 @@ def _with_nulls(table, columns: list[str]):
     """``table`` with the ``columns`` it lacks as nulls of SEGMENT_SCHEMA's type, in ``columns``' order."""
     import pyarrow as pa
 
-    arrays = [table.column(c) if c in table.column_names else pa.nulls(table.num_rows, schema.SEGMENT_SCHEMA.field(c).type)
-              for c in columns]
+    arrays = [table.column(c) if c in table.column_names
+              else pa.nulls(table.num_rows, schema.SEGMENT_SCHEMA.field(c).type) for c in columns]
     return pa.Table.from_arrays(arrays, names=columns)
