@@ -23,6 +23,7 @@ import numpy as np
 from preprocess import align, failures, progress, schema, shards
 from preprocess import uri as uri_mod
 from preprocess.assemble import AlignedSegment, RegionCache, align_segment
+from preprocess.config import check_choice, check_min
 from preprocess.writer import AtomicParquetWriter
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,12 @@ class DecodeConfig:
     backend: str = "auto"
     min_side: int = 64           # smaller videos are rejected at probe (no usable face)
 
+    def __post_init__(self):
+        from preprocess.video import BACKENDS
+
+        check_min(self, fps=1, chunk=1, chunk_mib=1, min_side=1)
+        check_choice(self, backend=BACKENDS)
+
 
 @dataclass
 class LimitsConfig:
@@ -52,6 +59,9 @@ class LimitsConfig:
     max_duration_s: float = 7200.0    # video (or audio) stream duration
     max_gap_s: float = 10.0           # a timestamp gap (within a stream, or between the streams' starts)
     max_source_bytes: int = 16 * 2**30  # size of the source file, checked before it is copied
+
+    def __post_init__(self):
+        check_min(self, max_pixels=1, max_duration_s=0.0, max_gap_s=0.0, max_source_bytes=1)
 
 
 @dataclass
@@ -79,12 +89,21 @@ class AlignConfig:
     crop_size: int = align.CROP_SIZE  # side of the aligned face crop in pixels
     smooth_window: int = 5       # frames; centred moving average of the FFHQ quad
 
+    def __post_init__(self):
+        check_min(self, crop_size=32, smooth_window=1)
+
 
 @dataclass
 class OutputConfig:
     frame_format: str = "jpeg"   # jpeg | png
     jpeg_quality: int = 95       # JPEG quality of stored frames (frame_format jpeg)
     min_segment_frames: int = 25  # shorter face tracks become segment rejects
+
+    def __post_init__(self):
+        check_choice(self, frame_format=("jpeg", "png"))
+        check_min(self, jpeg_quality=1, min_segment_frames=1)
+        if self.jpeg_quality > 100:
+            raise ValueError(f"jpeg_quality: expected 1..100. Got {self.jpeg_quality}.")
 
 
 @dataclass
@@ -106,8 +125,6 @@ class QualityConfig:
     other_face_ratio: float = 0.5    # faces this size × the tracked one's or larger are counted in n_faces
 
     def __post_init__(self):
-        from preprocess.config import check_choice
-
         check_choice(self, multiple_faces=("reject", "keep"))
         if not 0 < self.other_face_ratio <= 1:
             raise ValueError(f"other_face_ratio: expected a number in (0, 1]. Got {self.other_face_ratio!r}.")
@@ -124,6 +141,9 @@ class WorkerConfig:
     #                              one killed by the kernel (OOM) is retried instead of ending the job
     stall_s: float = 900.0       # with isolate: a child with no progress (frames decoded, bytes copied,
     #                              a stage begun) for this long is killed and the source retried; 0 = never
+
+    def __post_init__(self):
+        check_min(self, attempts=1, backoff_s=0.0, stall_s=0.0)
 
 
 @dataclass

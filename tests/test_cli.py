@@ -592,9 +592,15 @@ def test_a_signal_to_the_job_stops_it_and_its_workers_in_one_line(sig, rc, says,
 
 @pytest.mark.parametrize("command,key", [
     ("dub", "dub.chunk=0"), ("dub", "dub.threads=-2"), ("dub", "dub.crop_size=0"),
+    ("preprocess", "decode.fps=0"), ("preprocess", "align.crop_size=0"), ("preprocess", "decode.backend=bogus"),
+    ("preprocess", "output.frame_format=gif"), ("preprocess", "worker.stall_s=-1"),
+    ("preprocess", "worker.backoff_s=-5"), ("preprocess", "worker.attempts=0"), ("preprocess", "decode.chunk=0"),
+    ("preprocess", "output.jpeg_quality=1000"),
 ])
 def test_out_of_range_settings_are_mistakes_not_failed_jobs(command, key, tmp_path, capsys):
-    """`dub.chunk=0` started the job and failed every pair ('Expected chunk >= 1'), exit 1."""
+    """`dub.chunk=0` started the job and failed every pair ('Expected chunk >= 1'), exit 1;
+    `decode.fps=0` made every source an internal_error reject with a done marker, and the corrected
+    rerun was refused as 'made with another config'; `worker.stall_s=-1` killed every source."""
     name = key.split("=")[0].split(".")[-1]
     argv = {"dub": ["dub", "--checkpoint", "x.pt", "--input", str(tmp_path / "p.jsonl")],
             "preprocess": ["preprocess", "--input", CLIP]}[command]
