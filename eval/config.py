@@ -33,11 +33,22 @@ One dataclass tree, loaded with :func:`preprocess.config.load` (unknown keys are
                                         # record the fitting (landmark_fitting, landmark_fit_boxes)
       tracker: {}                       # preprocess.track.TrackerConfig fields
 
+The **scoring config** (:func:`scoring_config`, digest :func:`scoring_digest`) is this tree less
+the settings that cannot change a score, a reject or a row's numbers (:data:`SPEED_ONLY`: block
+size, device, report images, LPIPS batch, labels, allowed URI schemes) and less each weight URI
+whose sha256 is set (the digest names the bytes, wherever they are). ``radio evaluate``'s
+default run id hashes it with the inputs: the same inputs scored with another protocol,
+``max_frames``, tolerance, landmark setting or weight file the same day are another run, not a
+replacement of the first; the same scoring config gives the same id.
+
 A metric whose weights are not configured fails loudly (:class:`preprocess.weights.WeightsError`)
 unless it is switched off (``--set lpips.enabled=false``, ``--set sync.enabled=false``).
 """
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 from eval.crop import PROTOCOLS
@@ -153,3 +164,44 @@ class EvalConfig:
         if self.sync.box_scale <= 0:
             raise ConfigError(f"sync.box_scale: expected > 0. Got {self.sync.box_scale}.")
         self.sync.track_config()  # unknown track keys fail at load, not on a worker
+
+
+#: dotted keys that change speed or presentation only: never a score, a reject or a row's numbers
+#: (chunk_frames: the streamed scores equal the one-block scores, a test)
+SPEED_ONLY = ("chunk_frames", "device", "sample_frames", "sample_size", "lpips.batch_size", "lpips.label",
+              "sync.label", "input.schemes")
+#: weight URI -> its sha256 key: with the digest set, where the file lies does not change a number
+WEIGHT_URIS = {"lpips.backbone_uri": "lpips.backbone_sha256", "lpips.linear_uri": "lpips.linear_sha256",
+               "sync.weights_uri": "sync.weights_sha256", "sync.s3fd_uri": "sync.s3fd_sha256"}
+
+
+def _pop(d: dict, dotted: str):
+    *parents, last = dotted.split(".")
+    for k in parents:
+        d = d.get(k) or {}
+    return d.pop(last, None)
+
+
+def _get(d: dict, dotted: str):
+    for k in dotted.split("."):
+        d = (d or {}).get(k)
+    return d
+
+
+def scoring_config(cfg_dict: dict) -> dict:
+    """The settings of ``cfg_dict`` (``preprocess.config.to_dict`` of an :class:`EvalConfig`) that
+    can change what a run writes: everything but :data:`SPEED_ONLY` and the weight URIs whose
+    sha256 is set. A setting added later counts unless it is listed as speed-only."""
+    out = copy.deepcopy(cfg_dict)
+    for uri, sha in WEIGHT_URIS.items():
+        if _get(out, sha):
+            _pop(out, uri)
+    for k in SPEED_ONLY:
+        _pop(out, k)
+    return out
+
+
+def scoring_digest(cfg_dict: dict) -> str:
+    """sha256 (hex) of :func:`scoring_config` as canonical JSON."""
+    text = json.dumps(scoring_config(cfg_dict), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -132,17 +132,21 @@ def validate_run_id(run_id: str) -> str:
     return run_id
 
 
-def default_run_id(dataset: str, method: str, inputs: tuple = (), now: dt.datetime | None = None) -> str:
+def default_run_id(dataset: str, method: str, inputs: tuple = (), now: dt.datetime | None = None,
+                   config_digest: str | None = None) -> str:
     """Today's UTC date, the table row and a short hash of the inputs (``--generated``,
-    ``--reference``): ``YYYY-MM-DD_<dataset>_<method>_<hash6>``. A nightly job re-run the same day
-    replaces that day's run; two generated folders scored into one output the same day are two runs,
-    even when their folders share a name (``dubA/videos``, ``dubB/videos``) — with the date alone the
-    second replaced the first."""
+    ``--reference``) and of the scoring config (``config_digest``, :func:`eval.config.scoring_digest`):
+    ``YYYY-MM-DD_<dataset>_<method>_<hash6>``. A nightly job re-run the same day with the same
+    config replaces that day's run; two generated folders scored into one output the same day are
+    two runs, even when their folders share a name (``dubA/videos``, ``dubB/videos``) — with the
+    date alone the second replaced the first —, and so are the same inputs scored with another
+    protocol, ``max_frames`` or weight file (with the inputs alone the second deleted the first)."""
     def slug(name: str) -> str:
         return re.sub(r"[^A-Za-z0-9.-]+", "-", str(name)).strip(".-")[:48] or "x"
 
     date = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%d")
-    digest = hashlib.sha256("\n".join(str(i) for i in inputs).encode()).hexdigest()[:6]
+    parts = [str(i) for i in inputs] + ([f"config:{config_digest}"] if config_digest else [])
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:6]
     return f"{date}_{slug(dataset)}_{slug(method)}_{digest}"
 
 

@@ -18,7 +18,8 @@ count, about 2,000 pairs per shard) and each shard is written by one worker; the
 exact means and CIs, provenance, a bounded sample of rows for histograms) is a ``CombineFn``; the
 sample crops travel only through per-metric Top-K combiners.
 
-Idempotent per run id (default: today's UTC date, dataset, method and a hash of the inputs, ``2026-11-30_HDTF_radio_3f9a1c``): everything goes to OUTPUT/runs/<run_id>/; before
+Idempotent per run id (default: today's UTC date, dataset, method and a hash of the inputs and of
+the scoring config, ``2026-11-30_HDTF_radio_3f9a1c``): everything goes to OUTPUT/runs/<run_id>/; before
 the job starts ``results.prepare_run_dir`` removes an earlier run of that id (its completion marker
 summary.json first), each file is written whole and atomically and summary.json comes last, so
 re-running an id overwrites that run, never adds duplicate rows, and a killed rerun never looks
@@ -38,7 +39,7 @@ from apache_beam.metrics import Metrics
 
 from eval import aggregate, clip, report, reference_spread, results
 from eval import pairs as pairs_mod
-from eval.config import EvalConfig
+from eval.config import EvalConfig, scoring_digest
 from pipelines import jobrun
 from preprocess import config as config_mod
 from preprocess import uri as uri_mod
@@ -181,7 +182,8 @@ def build(p: beam.Pipeline, *, generated: str, reference: str | None, out_dir: s
     # reference sensitivity (keys <pair>#ref<k> from `radio dub --references K`): reference_spread.json/.csv
     _ = (scored.scored | "SpreadRows" >> beam.Map(lambda e: e["row"])
                        | "ReferenceSpread" >> ReferenceSpread(out_dir))
-    inputs = {"generated": generated, "reference": reference, "dataset": dataset, "method": method}
+    inputs = {"generated": generated, "reference": reference, "dataset": dataset, "method": method,
+              "config_digest": scoring_digest(cfg_dict)}
     return (p | "RunDir" >> beam.Create([out_dir])
               | "WriteSummary" >> beam.Map(
                   lambda d, acc, written, worst, samples, n: results.write_summary(
@@ -212,7 +214,9 @@ def run(generated: str, output: str, pipeline_args=(), *, reference: str | None 
     cfg_dict = config_mod.to_dict(cfg)
     default_dataset, default_method = pairs_mod.default_names(generated, reference)
     dataset, method = dataset or default_dataset, method or default_method
-    run_id = run_id or results.default_run_id(dataset, method, tuple(uri_mod.canonical(x) if x else "" for x in (generated, reference)))
+    run_id = run_id or results.default_run_id(
+        dataset, method, tuple(uri_mod.canonical(x) if x else "" for x in (generated, reference)),
+        config_digest=scoring_digest(cfg_dict))  # another scoring config is another run, not a replacement
     out_dir = results.run_dir(output, run_id)  # validates run_id
     check_weights(cfg)  # fail here, with the fix, not on every worker
     schemes = tuple(cfg.input.schemes)

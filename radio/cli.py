@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="folder of reference videos (paired by relative path)")
     p.add_argument("--output", required=True, help="report folder URI")
     p.add_argument("--run-id", "--run_id", dest="run_id",
-                   help="idempotent run name (default: <UTC date>_<dataset>_<method>_<hash of the inputs>)")
+                   help="idempotent run name (default: <UTC date>_<dataset>_<method>_<hash of the inputs and scoring config>)")
     p.add_argument("--dataset", default=None, help="dataset name for the summary table (default: the reference folder's name)")
     p.add_argument("--method", default=None, help="method name for the summary table (default: the generated folder's name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

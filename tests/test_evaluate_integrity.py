@@ -1,0 +1,80 @@
+"""Evaluation results that must not be silently wrong or lost: run ids per scoring config,
+non-finite scores, generated videos framed unlike their reference, frames shifted in time,
+the unpaired count of ``python -m eval.report``, resize provenance.
+
+Real media (tests/data) cut to a few frames; LPIPS and Sync off (they play no part here).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from eval import results
+from eval.config import EvalConfig, scoring_config, scoring_digest
+from preprocess import config as config_mod
+
+from conftest import DATA_DIR
+
+OFF = ["lpips.enabled=false", "sync.enabled=false"]
+
+
+def _digest(*overrides) -> str:
+    return scoring_digest(config_mod.to_dict(config_mod.load(EvalConfig, None, list(overrides))))
+
+
+# ------------------------------------------------------------------------------- F4: run ids
+def test_default_run_id_depends_on_the_scoring_config_only():
+    """The default run id hashed the inputs only: the same inputs scored with --set protocol=dinet
+    (or max_frames, a tolerance, landmark settings, other weights) the same day got the same id,
+    and the second run deleted the first. Speed-only settings keep the id."""
+    when = dt.datetime(2025, 3, 4, tzinfo=dt.timezone.utc)
+    inputs = ("/d/dub/videos", "/d/ref")
+    base = _digest(*OFF)
+
+    def rid(digest):
+        return results.default_run_id("HDTF", "radio", inputs, when, config_digest=digest)
+    assert rid(base) == rid(_digest(*OFF)) and len(base) == 64          # stable
+    same = ("chunk_frames=9", "device=cuda", "sample_frames=1", "sample_size=64", "lpips.batch_size=2",
+            "lpips.label=x", "sync.label=y", "input.schemes=[file]", "lpips.backbone_uri=/elsewhere/alex.pth")
+    for o in same:
+        assert rid(_digest(*OFF, o)) == rid(base), o
+    other = ("protocol=dinet", "max_frames=20", "crop_size=288", "length_tolerance=0", "aspect_tolerance=0.05",
+             "min_face_coverage=0.9", "landmarks.backend_args={fit_boxes: 1}", "landmarks.tracker={redetect_every: 3}",
+             "lpips.enabled=true", "sync.track={min_track: 20}", f"lpips.backbone_sha256={'0' * 64}",
+             "sync.s3fd_uri=/w/s3fd.pth", "input.max_source_bytes=1000")
+    ids = {rid(_digest(*OFF, o)) for o in other}
+    assert len(ids) == len(other) and rid(base) not in ids
+    # a weight URI without a sha256 names the file: it counts
+    assert _digest(*OFF, "sync.s3fd_uri=/a.pth") != _digest(*OFF, "sync.s3fd_uri=/b.pth")
+    cfg = scoring_config(config_mod.to_dict(EvalConfig()))
+    assert "chunk_frames" not in cfg and "backbone_uri" not in cfg["lpips"] and cfg["protocol"] == "radio-v1"
+    # without a digest (callers of the old signature): the inputs' hash as before
+    assert results.default_run_id("HDTF", "radio", inputs, when).startswith("2025-03-04_HDTF_radio_")
+
+
+def test_another_protocol_the_same_day_is_another_run(tmp_path):
+    """End to end: the same folders scored with the default protocol and with dinet keep both
+    runs; the default protocol again (another block size) replaces its own run only."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    from pipelines import evaluate as job
+
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    shutil.copyfile(DATA_DIR / "00086.mp4", gen / "00086.mp4")
+    out = tmp_path / "out"
+    ids = []
+    for extra in ([], ["protocol=dinet"], ["chunk_frames=2"]):
+        s = job.run(str(gen), str(out), reference=str(DATA_DIR), overrides=["max_frames=2", *OFF, *extra],
+                    test_pipeline=beam.Pipeline(runner=fn_runner.FnApiRunner()))
+        assert s["scored"] == 1 and s["config_digest"] == _digest("max_frames=2", *OFF, *extra)
+        ids.append(s["run_id"])
+    assert ids[0] != ids[1] and ids[2] == ids[0]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(set(ids))
+    assert all((out / "runs" / i / "summary.json").exists() for i in ids)
+    assert json.loads((out / "runs" / ids[1] / "summary.json").read_text())["config"]["protocol"] == "dinet"
