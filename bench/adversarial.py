@@ -59,6 +59,13 @@ def make_huge_frame(dst: Path, side: int = 8000) -> Path:
     return dst
 
 
+def make_huge_sar(dst: Path) -> Path:
+    """1024×1024 stored, with 100:1 pixels (ffmpeg's largest): displayed 102400×1024."""
+    _ffmpeg("-i", f"file:{CLIP}", "-t", "1", "-frames:v", "2", "-vf", "scale=1024:1024,setsar=100/1",
+            "-c:v", "libx264", "-preset", "ultrafast", "-crf", "40", "-c:a", "copy", f"file:{dst}")
+    return dst
+
+
 def make_video_gap_600s(dst: Path) -> Path:
     _ffmpeg("-i", f"file:{CLIP}", "-c", "copy", "-bsf:v", _jump(12800, 3, 600), f"file:{dst}")
     return dst
@@ -73,7 +80,7 @@ def make_fps1_1h(dst: Path, seconds: int = 3600) -> Path:
     return dst
 
 
-MAKERS = {"gap_3h": make_gap_3h, "huge_frame": make_huge_frame,
+MAKERS = {"gap_3h": make_gap_3h, "huge_frame": make_huge_frame, "huge_sar": make_huge_sar,
           "video_gap_600s": make_video_gap_600s, "fps1_1h": make_fps1_1h}
 
 

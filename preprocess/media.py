@@ -594,9 +594,15 @@ def check_limits(info: MediaInfo, *, max_pixels: Optional[int] = None,
             (duration > ``max_duration_s``) or 'timestamp_gap' (audio and video start more
             than ``max_gap_s`` apart).
     """
-    if max_pixels is not None and info.width * info.height > max_pixels:
-        raise MediaError("probe", "too_large", f"Expected at most {max_pixels} pixels a frame. "
-                         f"Got {info.width}x{info.height}.", info.path)
+    if max_pixels is not None:
+        # frames are decoded as displayed (square pixels): a declared sample aspect ratio of 255:1
+        # makes a 1080p frame 275,400 pixels wide, so the limit holds for the displayed size too
+        sar = info.sar if info.sar and info.sar > 0 else 1.0
+        w, h = info.width * max(sar, 1.0), info.height / min(sar, 1.0)
+        if w * h > max_pixels:
+            shown = f"{info.width}x{info.height}" + (f" (displayed {round(w)}x{round(h)})" if sar != 1.0 else "")
+            raise MediaError("probe", "too_large", f"Expected at most {max_pixels} pixels a frame. "
+                             f"Got {shown}.", info.path)
     if max_duration_s is not None and info.duration_s > max_duration_s:
         raise MediaError("probe", "too_long", f"Expected at most {max_duration_s:g} s. "
                          f"Got {info.duration_s:.1f} s.", info.path)

@@ -39,6 +39,7 @@ def test_limits_are_config_with_defaults():
     ("gap_3h", [], "too_long"),                                          # 3 h declared, 7 s held
     ("gap_3h", ["limits.max_duration_s=20000"], "timestamp_gap"),        # the gap itself
     ("huge_frame", [], "too_large"),                                     # 8000×8000
+    ("huge_sar", [], "too_large"),                  # 1024² stored, decoded as displayed: 102400×1024
     ("video_gap_600s", [], "timestamp_gap"),                             # 174 frames, 600 s apart
 ])
 def test_adversarial_file_is_a_reject_within_a_gib(files, tmp_path, name, overrides, reason):
