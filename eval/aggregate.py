@@ -12,6 +12,13 @@ with the smallest ``pair_id`` hash — for the report's histograms and reject li
 
 Table 1's cells from these moments are the same two-sided Student-t intervals as
 ``eval.report.mean_ci`` on the clip scores.
+
+Every clip counted as scored is in every mean of a metric it has: a score row's metric is a
+finite number or None (not applicable: LPIPS off, no Sync track). A NaN or ±inf clip score is
+a ``scoring_error`` reject (:func:`eval.clip.evaluate_pair`; ``python -m eval.report`` does the
+same with older runs' rows), never a row silently left out of one metric's mean while the table
+still says "n clips scored" (one clip with an infinite LMD made its method look better); one
+reaching :func:`add` is a bug and raises.
 """
 from __future__ import annotations
 
@@ -33,6 +40,17 @@ REPORT_FIELDS = ("pair_id", "key", "dataset", "method", "n_frames", "crop_flagge
 def new() -> dict:
     return {"scored": 0, "rejected": 0, "unpaired": 0, "frames": 0, "resized": 0, "reasons": {}, "sync_status": {},
             "groups": {}, "moments": {}, "unofficial": {}, "provenance": {}, "rows": [], "rejects": []}
+
+
+def nonfinite(row: dict) -> dict[str, float]:
+    """``{metric: value}`` of the clip scores of ``row`` that are NaN or ±inf (None, not
+    applicable, is not one)."""
+    out = {}
+    for metric in METRICS:
+        v = row.get(metric)
+        if v is not None and not math.isfinite(float(v)):
+            out[metric] = float(v)
+    return out
 
 
 def _rank(row: dict) -> str:
@@ -95,9 +113,13 @@ def add(acc: dict, kind: str, row: dict) -> dict:
     g["padded_frames"] += padded
     g["padded_clips"] += 1 if padded else 0
     _bump(acc["sync_status"], row.get("sync_status") or "unknown")
+    bad = nonfinite(row)
+    if bad:
+        raise ValueError(f"Expected finite clip scores in a scored row. Got {bad} for {row.get('key')!r} "
+                         f"({row.get('pair_id')}): such a pair is a scoring_error reject, never a scored row.")
     for metric in METRICS:
         v = row.get(metric)
-        if v is None or not math.isfinite(v):
+        if v is None:
             continue
         key = (row["dataset"], row["method"], metric)
         acc["moments"][key] = _moments_add(acc["moments"].get(key), float(v))

@@ -37,6 +37,10 @@
    frames or fewer, dropped as officially), ``no_face_track``, ``no_audio``, ``audio_error`` or
    ``disabled``; when not scored, ``sync_missing`` with a reason (the pair is still scored).
 
+A clip score that comes out NaN or ±inf (a degenerate landmark fit, a broken network) makes the
+pair a ``scoring_error`` reject naming the metric and its non-finite frames: counted as scored,
+it would be left out of that metric's mean (:mod:`eval.aggregate`).
+
 Every data problem raises :class:`PairReject` with a reason from :data:`REJECT_REASONS`;
 anything else propagates to the caller, whose per-pair boundary (:func:`failure_reject`) turns it
 into a ``scoring_error`` reject unless it is an environment failure (``OSError``,
@@ -387,6 +391,23 @@ def _sync_row(res: dict | None, status: str, reason: str | None, boxes: SyncBoxe
     return out
 
 
+def check_finite(row: dict, per_frame: dict) -> None:
+    """``scoring_error`` reject when a clip score of ``row`` is NaN or ±inf, naming the metric and
+    how many of its per-frame scores are not finite."""
+    from eval.aggregate import nonfinite
+
+    bad = nonfinite(row)
+    if not bad:
+        return
+    parts = []
+    for metric, v in bad.items():
+        frames = per_frame.get(metric)
+        n_bad = "" if frames is None else f", {int((~np.isfinite(frames)).sum())} of {len(frames)} frames non-finite"
+        parts.append(f"{metric} {v}{n_bad}")
+    raise PairReject("scoring_error", "non-finite clip score: " + "; ".join(parts) + " (counted as scored, the "
+                     "clip would be left out of that metric's mean)", "pair", "score")
+
+
 def _check_files(gen_path: str, ref_path: str, schemes) -> None:
     """Both files named, of an allowed URI scheme (checked before anything is opened) and present."""
     from preprocess.sources import scheme_of
@@ -523,6 +544,7 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
         "seconds": float(time.perf_counter() - t_start),
         "timings": json.dumps({k: round(v, 4) for k, v in timer.seconds.items()}, sort_keys=True),
     }
+    check_finite(row, per_frame)
     frames = {**per_frame, "sample_frames": [s[0] for s in samples],
               "sample_png": sample_image([(s[1], s[2]) for s in samples], cfg.sample_size)}
     return row, frames

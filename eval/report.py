@@ -17,7 +17,8 @@ backend, weight hashes). Images are inline base64 PNGs: the file stands alone.
 ``python -m eval.report --output DIR RUN_DIR_OR_METRICS.parquet ...`` rebuilds the table from one
 or more complete runs' ``metrics.parquet`` (e.g. one run per method) into DIR; a clip of one
 (dataset, method) in two of them is refused (one line naming it and both runs, exit 2), never
-counted twice, and so is a run without its summary.json (killed or running).
+counted twice, and so is a run without its summary.json (killed or running). A row of an older
+run with a NaN or ±inf clip score is counted as a ``scoring_error`` reject, as a run now writes it.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import sys
 
 import numpy as np
 
+from eval.aggregate import nonfinite
 from eval.metrics import lmd, lpips, msssim, psnr, sync
 from preprocess import uri as uri_mod
 
@@ -104,7 +106,13 @@ def _unofficial(rows: list[dict], metric: str) -> list[str]:
 
 
 def summary_table(rows: list[dict]) -> list[dict]:
-    """Long form: one dict per (dataset, method, metric) with n, mean, CI and ``unofficial``."""
+    """Long form: one dict per (dataset, method, metric) with n, mean, CI and ``unofficial``.
+    A row with a NaN or ±inf clip score raises (:func:`eval.aggregate.nonfinite`: such a pair is a
+    ``scoring_error`` reject, never a scored row left out of one mean)."""
+    for r in rows:
+        if nonfinite(r):
+            raise ValueError(f"Expected finite clip scores. Got {nonfinite(r)} for {r.get('key')!r}: such a pair "
+                             "is a scoring_error reject.")
     out = []
     datasets = sorted({r["dataset"] for r in rows})
     methods = sorted({r["method"] for r in rows})
@@ -502,6 +510,16 @@ def write_report(out_dir: str, rows: list[dict], rejects: list[dict], summary: d
     return files
 
 
+def _nonfinite_reject(row: dict) -> dict:
+    """The ``scoring_error`` reject a run now writes for a pair with a NaN or ±inf clip score
+    (older runs wrote it as a scored row)."""
+    what = "; ".join(f"{k} {v}" for k, v in nonfinite(row).items())
+    return {**{k: row.get(k) for k in ("run_id", "pair_id", "key", "dataset", "method", "generated_uri",
+                                       "reference_uri")},
+            "reason": "scoring_error", "side": "pair", "stage": "score",
+            "message": f"non-finite clip score: {what} (a scored row of an older run, counted as a reject)"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Rebuild the summary table from one or more runs (``metrics.parquet`` files or run folders).
     A clip of one (dataset, method) found in two runs (or a run given twice) is refused, naming it and
@@ -530,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{where}; give each method's run once (for a rerun, only its latest run; two methods "
                       "need two --method names).", file=sys.stderr)
                 return 2
-        rows, rejects = rows + got, rejects + bad
+        bad += [_nonfinite_reject(r) for r in got if nonfinite(r)]  # older runs scored them
+        rows, rejects = rows + [r for r in got if not nonfinite(r)], rejects + bad
     summary = {"run_id": "+".join(sorted({str(r["run_id"]) for r in rows + rejects})),
                "generated": ", ".join(a.inputs), **results.summarise(rows, rejects, len(rows) + len(rejects))}
     files = write_report(a.output, rows, rejects, summary)

@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from eval import results
@@ -78,3 +79,66 @@ def test_another_protocol_the_same_day_is_another_run(tmp_path):
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(set(ids))
     assert all((out / "runs" / i / "summary.json").exists() for i in ids)
     assert json.loads((out / "runs" / ids[1] / "summary.json").read_text())["config"]["protocol"] == "dinet"
+
+
+# ------------------------------------------------------------------------------- F1: non-finite
+def _models():
+    from eval.models import EvalModels
+    from preprocess.landmarks import get_backend
+
+    return EvalModels(landmarks=get_backend("dlib"), lpips=None, syncnet=None)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return _models()
+
+
+def _cfg(*overrides):
+    return config_mod.load(EvalConfig, None, [*OFF, *overrides])
+
+
+def test_a_non_finite_clip_score_is_a_scoring_error_reject(monkeypatch, models):
+    """A clip whose LMD came out inf was a scored row; the summary left it out of LMD's mean while
+    saying "n clips scored" (a method with such a clip looked better). Now the pair is a
+    scoring_error reject naming the metric and its frames."""
+    from eval import clip as clip_mod
+    from eval.metrics import lmd as lmd_mod
+
+    real = lmd_mod.lmd_per_frame
+
+    def one_inf(pred, gt):
+        out = real(pred, gt)
+        out[1] = np.inf
+        return out
+    monkeypatch.setattr(lmd_mod, "lmd_per_frame", one_inf)
+    clip = str(DATA_DIR / "00086.mp4")
+    with pytest.raises(clip_mod.PairReject) as e:
+        clip_mod.evaluate_pair(clip, clip, _cfg("max_frames=4"), models)
+    assert (e.value.reason, e.value.side, e.value.stage) == ("scoring_error", "pair", "score")
+    assert "lmd inf, 1 of 4 frames non-finite" in e.value.message
+
+
+def test_non_finite_rows_never_average_silently(tmp_path, capsys):
+    """The combiner and the table refuse a non-finite clip score (a bug upstream, loud); eval.report
+    counts an older run's such row as a scoring_error reject: inputs = scored + rejected."""
+    from eval import aggregate, report
+
+    good = {"pair_id": "a", "key": "a", "dataset": "D", "method": "M", "psnr": 30.0, "lmd": 2.0, "lpips": None}
+    bad = {**good, "pair_id": "b", "key": "b", "lmd": float("inf")}
+    assert aggregate.nonfinite(bad) == {"lmd": float("inf")} and aggregate.nonfinite(good) == {}
+    with pytest.raises(ValueError, match="lmd"):
+        aggregate.add(aggregate.new(), "scored", bad)
+    with pytest.raises(ValueError, match="scoring_error"):
+        report.summary_table([good, bad])
+    run = tmp_path / "old"
+    results.write_shard(str(run), "metrics", 0, [{**good, "run_id": "old"}, {**bad, "run_id": "old",
+                                                                             "psnr": float("nan")}], "old")
+    results.write_shard(str(run), "rejects", 0, [], "old")
+    (run / "summary.json").write_text(json.dumps({"unpaired": 0}))
+    assert report.main(["--output", str(tmp_path / "rep"), str(run)]) == 0
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert "2 pairs = 1 scored + 1 rejected (scoring_error 1)" in md
+    assert "| M | 30.00 | – | disabled | disabled | disabled | 2.000 |" in md
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "non-finite clip score: psnr nan; lmd inf" in html
