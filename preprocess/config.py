@@ -104,6 +104,17 @@ def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
         raise ConfigError(f"{where}: {e}") from e
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested config dict -> ``{'a.b.c': value}`` (an empty section is a value: ``{}``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def to_dict(obj: Any) -> dict:
     """Plain nested dict (safe for YAML, JSON and ``torch.save`` with ``weights_only`` loading)."""
     return dataclasses.asdict(obj)
@@ -119,7 +130,8 @@ def plain(x: Any) -> Any:
     return x
 
 
-def _set_path(data: dict, dotted: str, value: Any) -> None:
+def set_path(data: dict, dotted: str, value: Any) -> None:
+    """``data['a']['b'] = value`` for ``dotted`` 'a.b' (ConfigError when 'a' holds a value, not a section)."""
     keys = dotted.split(".")
     cur = data
     for k in keys[:-1]:
@@ -169,5 +181,5 @@ def load(cls: type[T], path: str | None = None, overrides: list[str] | tuple[str
     """Load ``cls`` from a YAML file (any fsspec URI) plus ``a.b=value`` overrides (YAML-parsed)."""
     data: dict = read_yaml(path) if path else {}
     for item in overrides:
-        _set_path(data, *parse_override(item))
+        set_path(data, *parse_override(item))
     return from_dict(cls, data, where=path or "config")

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import fsspec
 import pyarrow.parquet as pq
 
+from preprocess import config as config_mod
 from preprocess import schema
 from preprocess import uri as uri_mod
 from preprocess import writer as writer_mod
@@ -130,19 +131,9 @@ def check_done(dataset: str, marker: dict, fingerprint: str) -> str | None:
 
 
 # ---- the dataset's config fingerprint ---------------------------------------------------------
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def output_config(cfg: dict) -> dict[str, Any]:
     """The output-affecting part of a preprocess config, flat (``align.crop_size``: 192, ...)."""
-    flat = _flatten(json.loads(json.dumps(cfg, default=str)))  # tuples -> lists, as stored
+    flat = config_mod.flatten(json.loads(json.dumps(cfg, default=str)))  # tuples -> lists, as stored
     return {k: v for k, v in sorted(flat.items())
             if not any(k == n or (n.endswith(".") and k.startswith(n)) for n in NOT_OUTPUT_KEYS)}
 

@@ -407,6 +407,32 @@ def test_radio_train_cli_end_to_end_then_resumes(sample_dataset, tmp_path, caplo
     assert [s for s, _ in checkpoint.list_checkpoints(str(out))] == [4, 5]       # keep_checkpoints: 2
 
 
+def test_a_checkpoint_that_fails_to_load_for_want_of_memory_is_not_skipped(tmp_path, monkeypatch):
+    """MemoryError while loading is the machine's: skipping the file as 'damaged' resumed from an
+    older checkpoint and later overwrote the good newer one."""
+    checkpoint.save(str(tmp_path), {"step": 1, "config": {}})
+
+    def no_memory(*a, **k):
+        raise MemoryError("cannot allocate 4 GiB")
+
+    monkeypatch.setattr(torch, "load", no_memory)
+    with pytest.raises(MemoryError):
+        checkpoint.load_newest(str(tmp_path))
+
+
+def test_a_bad_override_on_resume_is_one_line(sample_dataset, tmp_path, capsys):
+    """Resuming without --config parsed --set on its own: a value that is not YAML was a PyYAML
+    traceback (exit 1), a key under a value a TypeError."""
+    base = ["train", "--config", SMOKE, "--data", str(sample_dataset), "--output", str(tmp_path / "run")]
+    assert radio.cli.main([*base, "--set", "run.steps=1", "--set", "run.image_every=0"]) == 0
+    resume = ["train", "--data", str(sample_dataset), "--output", str(tmp_path / "run")]
+    for bad, says in (("optim.lr=[1", "the value is not valid YAML"), ("run.seed.x=1", "is not a section")):
+        capsys.readouterr()
+        assert radio.cli.main([*resume, "--set", bad]) == 2, bad
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err, err
+
+
 def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(sample_dataset, tmp_path, caplog, capsys):
     """A checkpoint cut short, emptied (a VM reset after an unsynced rename) or without the format
     marker is skipped with a warning naming it; a later one that does not load never pushes the good

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from preprocess.config import ConfigError, plain
+from preprocess.config import ConfigError, flatten, plain
 from radio.losses import freeze, load_vgg19
 from radio.model import RADIO, Discriminator, SyncNet
 from radio.model.discriminator import mbstd_group
@@ -180,24 +180,13 @@ def restore_rng(ckpt: dict, info: dist.DistInfo) -> None:
         torch.manual_seed(int(ckpt["config"]["run"]["seed"]) + 1000 * info.rank + int(ckpt["step"]))
 
 
-def _flat(d: dict, prefix: str) -> dict:
-    """Nested config dict -> {'a.b.c': value}."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}.{k}"))
-        else:
-            out[f"{prefix}.{k}"] = v
-    return out
-
-
 def check_model_config(saved: dict, cfg: TrainConfig) -> None:
     """Refuse to resume into a different model; note other config changes."""
     from .config import to_dict
 
     now = to_dict(cfg)
     if plain(saved.get("model")) != plain(now["model"]):
-        old, new = _flat(plain(saved.get("model") or {}), "model"), _flat(plain(now["model"]), "model")
+        old, new = flatten(plain(saved.get("model") or {}), "model."), flatten(plain(now["model"]), "model.")
         diff = [f"{k} ({old.get(k, 'unset')} -> {new.get(k, 'unset')})" for k in sorted(old.keys() | new.keys())
                 if old.get(k) != new.get(k)]
         more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""

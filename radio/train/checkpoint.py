@@ -27,6 +27,7 @@ import re
 import fsspec
 import torch
 
+from preprocess import failures
 from preprocess import uri as uri_lib
 from preprocess.config import from_dict as _from_dict
 from preprocess.errors import JobFailed, UserError
@@ -83,6 +84,8 @@ def load_newest(output: str) -> dict | None:
             why = None if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT else \
                 f"not a training checkpoint (no format '{FORMAT}')"
         except Exception as e:  # noqa: BLE001  (zip/pickle/EOF errors: what a damaged file raises)
+            if failures.is_environment_error(e):   # out of memory while loading: the file may be fine
+                raise
             first = (str(e).strip().splitlines() or [""])[0][:200]
             why = f"{len(data)} bytes that do not load ({type(e).__name__}{': ' + first if first else ''})"
         if why is None:

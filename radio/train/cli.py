@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from preprocess import uri as uri_lib
-from preprocess.config import ConfigError, plain
+from preprocess.config import ConfigError, parse_override, plain, set_path
 
 from . import build, checkpoint, dist
 from .config import TrainConfig, from_dict, load_train_config, micro_batch, to_dict
@@ -53,14 +53,7 @@ def resolve_config(config: str | None, overrides: list[str], output: str,
 def _with_overrides(base: dict, overrides: list[str]) -> TrainConfig:
     data = plain(base)
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value.")
-        key, raw = item.split("=", 1)
-        *parents, last = key.strip().split(".")
-        cur = data
-        for k in parents:
-            cur = cur.setdefault(k, {})
-        cur[last] = yaml.safe_load(raw)
+        set_path(data, *parse_override(item))
     return from_dict(data)
 
 
