@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DecodeConfig:
-    fps: int = 25               # frames per second every source is decoded at (CFR)
+    fps: int = 25               # frames per second every source is decoded at (CFR); fixed: 4 mel rows a frame
     chunk: int = 64              # frames per decoded chunk (memory: chunk × H × W × 3 bytes) ...
     chunk_mib: int = 16          # ... and at most this many MiB of frames per chunk (512²: 21, 1080p: 2);
     #                              under glibc's 32 MiB mmap threshold, chunk buffers are reused, not page-faulted anew
@@ -44,7 +44,10 @@ class DecodeConfig:
     def __post_init__(self):
         from preprocess.video import BACKENDS
 
-        check_min(self, fps=1, chunk=1, chunk_mib=1, min_side=1)
+        if self.fps != 25 or isinstance(self.fps, bool):   # mel rows are 10 ms: 4 per frame at 25 fps (SPEC)
+            raise ValueError(f"fps: expected 25 (4 mel rows of 10 ms per frame, as the model and the mel "
+                             f"windows assume). Got {self.fps!r}.")
+        check_min(self, chunk=1, chunk_mib=1, min_side=1)
         check_choice(self, backend=BACKENDS)
 
 

@@ -595,7 +595,7 @@ def test_a_signal_to_the_job_stops_it_and_its_workers_in_one_line(sig, rc, says,
     ("preprocess", "decode.fps=0"), ("preprocess", "align.crop_size=0"), ("preprocess", "decode.backend=bogus"),
     ("preprocess", "output.frame_format=gif"), ("preprocess", "worker.stall_s=-1"),
     ("preprocess", "worker.backoff_s=-5"), ("preprocess", "worker.attempts=0"), ("preprocess", "decode.chunk=0"),
-    ("preprocess", "output.jpeg_quality=1000"),
+    ("preprocess", "output.jpeg_quality=1000"), ("preprocess", "decode.fps=30"),
 ])
 def test_out_of_range_settings_are_mistakes_not_failed_jobs(command, key, tmp_path, capsys):
     """`dub.chunk=0` started the job and failed every pair ('Expected chunk >= 1'), exit 1;
