@@ -14,6 +14,19 @@
    backend runs over the reference (no segment length cap, no minimum). Frames outside a face
    segment are not scored (``face_coverage``); coverage under ``cfg.min_face_coverage`` (or no
    face at all) is a ``no_face`` reject.
+   **Framing** (:class:`FramingCheck`, pass 1): on ``cfg.face_check_frames`` frames spread over
+   the pair, both frames (the generated one resized as it is scored) are searched for faces alike
+   and fitted, and the rigid landmarks (nose, eyes: a dub moves the mouth, not these) give how far
+   the generated face moved and how much larger it is. When measured on at least half of the
+   frames checked and, median over them, the reference's face box moved so overlaps itself by IoU
+   < ``cfg.face_min_iou`` (0.6: a shift of a quarter of the face) or the size differs by more than
+   ``cfg.face_max_scale`` (1.15×, either way), the pair is a ``content_mismatch`` reject: a face
+   crop scored against a full frame (a 192² crop upscaled to a 512² frame: PSNR 15 in the method's
+   mean; a 1.4× zoom of a 224² clip: PSNR 13.6) or a shifted picture measures the framing, not the
+   method. Re-encodes, downscaled copies and a blurred mouth measured IoU ≥ 0.97, scale within
+   1 % (tests/test_evaluate_integrity.py). Rows record ``face_box_iou``, ``face_scale_ratio``
+   (generated / reference) and ``face_check_frames`` (frames measured); a generated video whose
+   face is not found is scored (a method's broken face is its score, not a reject).
 4. **Crops** per face segment with ``cfg.protocol`` (:func:`eval.crop.plan_crop` from the whole
    segment's landmarks, then :func:`eval.crop.cut` block by block: the same box for both videos),
    then per frame PSNR, MS-SSIM, LPIPS (when enabled). Rows record ``protocol_version``.
@@ -70,13 +83,14 @@ from eval.config import EvalConfig
 from eval.metrics import lmd as lmd_mod
 from eval.metrics import msssim, psnr
 from preprocess import uri as uri_mod
+from preprocess.landmarks.base import box_iou
 from preprocess.media import MediaError
 
 log = logging.getLogger(__name__)
 
 FPS = 25
 SAMPLES_PER_FRAME = 16000 // FPS
-REJECT_REASONS = ("missing_file", "length_mismatch", "aspect_mismatch", "no_face", "undecodable",
+REJECT_REASONS = ("missing_file", "length_mismatch", "aspect_mismatch", "no_face", "content_mismatch", "undecodable",
                   "unsupported_scheme", "too_large", "scoring_error")
 #: failures of the machine, not of the pair: never a reject, the runner retries the element
 ENVIRONMENT_ERRORS = (OSError, MemoryError)
@@ -250,6 +264,69 @@ def sync_boxes(segments: list, n: int, scale: float = 1.0) -> list[np.ndarray]:
     return out
 
 
+#: landmarks that move with the head only (nose, eyes): dubbing moves the mouth and jaw, not these
+RIGID = slice(27, 48)
+
+
+def _face_shift(gen_lm: np.ndarray, ref_lm: np.ndarray, ref_box) -> tuple[float, float]:
+    """``(iou, scale)`` of the generated face against the reference's from their rigid landmarks:
+    the reference's face box moved and scaled as the rigid points moved (centroid; RMS spread
+    about it), its IoU with the box itself, and the scale (generated / reference)."""
+    g, r = np.asarray(gen_lm, np.float64)[RIGID], np.asarray(ref_lm, np.float64)[RIGID]
+    cg, cr = g.mean(0), r.mean(0)
+    scale = float(np.sqrt(((g - cg) ** 2).sum(1).mean() / max(((r - cr) ** 2).sum(1).mean(), 1e-12)))
+    corners = np.asarray(ref_box, np.float64).reshape(2, 2)
+    moved = (cg + scale * (corners - cr)).reshape(4)
+    return box_iou(moved, ref_box), scale
+
+
+class FramingCheck:
+    """Is the generated face where the reference's is? Pass 1 feeds it both videos' blocks;
+    :meth:`verdict` decides over the frames inside the reference's face segments (module
+    docstring, step 3). At each checked frame both frames are searched alike (the reference
+    tracker's full-frame search; the generated frame resized as it is scored), the reference's
+    largest face and the generated face nearest it are fitted from their own boxes, and the rigid
+    landmarks (nose, eyes) give the shift and scale: an identical pair gives IoU 1 and scale 1
+    exactly, a dubbed mouth does not move them. Only landmarks are kept, never frames."""
+
+    def __init__(self, cfg: EvalConfig, backend, n: int):
+        k = min(cfg.face_check_frames, n)
+        self.positions = sorted({int((i + 0.5) * n / k) for i in range(k)}) if k else []
+        self.cfg, self.backend = cfg, backend
+        self.tracker = face_tracker(backend, cfg.landmarks.tracker)  # for its full-frame search
+        self.found: dict[int, tuple[float, float] | None] = {}
+
+    def update(self, start: int, gen: np.ndarray, ref: np.ndarray) -> None:
+        for t in self.positions:
+            if not start <= t < start + len(ref):
+                continue
+            gen_f, ref_f = _resize_to(gen[t - start:t - start + 1], ref.shape[1:3])[0], ref[t - start]
+            ref_dets, gen_dets = self.tracker._search(ref_f), self.tracker._search(gen_f)
+            if not ref_dets or not gen_dets:
+                self.found[t] = None
+                continue
+            ref_box = max(ref_dets, key=lambda d: d.side).box
+            gen_box = max(gen_dets, key=lambda d: (box_iou(d.box, ref_box), d.side)).box
+            (ref_lm, gen_lm) = fit_landmarks(self.backend, np.stack([ref_f, gen_f]), np.array([ref_box, gen_box]))
+            self.found[t] = _face_shift(gen_lm, ref_lm, ref_box)
+
+    def verdict(self, segments: list) -> dict:
+        """``face_box_iou``, ``face_scale_ratio`` (medians; None when not decided) and
+        ``face_check_frames`` (frames measured), plus ``checked`` (frames with a reference face
+        track) and ``mismatch``. Decided when at least half of the checked frames were measured."""
+        checked = [t for t in self.found if any(s.start <= t < s.stop for s in segments)]
+        got = [self.found[t] for t in checked if self.found[t] is not None]
+        out = {"face_box_iou": None, "face_scale_ratio": None, "face_check_frames": len(got),
+               "checked": len(checked), "mismatch": False}
+        if not got or 2 * len(got) < len(checked):
+            return out
+        iou = float(np.median([g[0] for g in got]))
+        scale = float(np.exp(np.median(np.log([g[1] for g in got]))))
+        out.update(face_box_iou=iou, face_scale_ratio=scale)
+        out["mismatch"] = iou < self.cfg.face_min_iou or max(scale, 1 / scale) > self.cfg.face_max_scale
+        return out
+
+
 class SyncBoxes:
     """Sync's face boxes of the generated video, one block at a time (first pass).
 
@@ -307,6 +384,16 @@ def _sample_positions(n_scored: int, k: int) -> set[int]:
 
 
 # ------------------------------------------------------------------------------- the pair
+def _framing_message(v: dict, cfg: EvalConfig, gen_hw, ref_hw) -> str:
+    resized = (f"; generated {gen_hw[1]}x{gen_hw[0]} resized to the reference's {ref_hw[1]}x{ref_hw[0]}"
+               if tuple(gen_hw) != tuple(ref_hw) else "")
+    return (f"generated face is not where the reference's is (nose and eye landmarks, median of "
+            f"{v['face_check_frames']} of {v['checked']} frames checked): face box IoU {v['face_box_iou']:.2f} (min {cfg.face_min_iou:g}), "
+            f"generated face {v['face_scale_ratio']:.2f}x the reference's size (max {cfg.face_max_scale:g}x)"
+            f"{resized}: a crop, zoom or shift of the picture would be scored, not the method (--set "
+            "face_check_frames=0 scores it anyway)")
+
+
 def _crop_flags(info: dict) -> int:
     flags = np.zeros(len(info["affines"]), bool)
     for k in ("padded", "out_of_frame", "unstable_radius"):
@@ -473,11 +560,13 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
         tracker = face_tracker(models.landmarks, cfg.landmarks.tracker)
         sync_on = models.syncnet is not None
         boxes = SyncBoxes(cfg, models) if sync_on else None
+        framing = FramingCheck(cfg, models.landmarks, n)
         segments, n_dec, ref_hw, gen_hw = [], 0, None, None
         for start, gen_b, ref_b in iter_pair(gen_local, gen_info, ref_local, ref_info, n, chunk):
             ref_hw, gen_hw = ref_b.shape[1:3], gen_b.shape[1:3]
             with timer("faces"):
                 segments += tracker.update(ref_b)
+                framing.update(start, gen_b, ref_b)
             if boxes is not None:
                 with timer("sync_faces"):
                     boxes.update(gen_b)
@@ -490,6 +579,9 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
         if n_face == 0 or coverage < cfg.min_face_coverage:
             raise PairReject("no_face", f"reference face tracked in {n_face} of {n} frames "
                              f"(min coverage {cfg.min_face_coverage:g})", "reference", "faces")
+        framed = framing.verdict(segments)
+        if framed["mismatch"]:
+            raise PairReject("content_mismatch", _framing_message(framed, cfg, gen_hw, ref_hw), "generated", "faces")
         # pass 2: crops and scores, Sync crops and embeddings
         scorer = PairScorer(segments, ref_hw, cfg, models, timer)
         sync_stream, status, reason = None, "disabled", "sync disabled"
@@ -528,6 +620,7 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
         "crop_flagged_frames": int(flagged),
         "frame_height": int(ref_hw[0]), "frame_width": int(ref_hw[1]),
         "generated_resized": bool(tuple(gen_hw) != tuple(ref_hw)),
+        **{k: framed[k] for k in ("face_box_iou", "face_scale_ratio", "face_check_frames")},
         "landmark_backend": weights["landmark_backend"],
         "landmark_weights": json.dumps(weights["landmark_weights"], sort_keys=True),
         "landmark_fitting": json.dumps(fitting, sort_keys=True), "landmark_fit_boxes": int(fitting["fit_boxes"]),

@@ -7,6 +7,9 @@ One dataclass tree, loaded with :func:`preprocess.config.load` (unknown keys are
     length_tolerance: 2         # frames at 25 fps; a larger |generated - reference| is a reject
     aspect_tolerance: 0.01      # relative width/height difference; larger: an aspect_mismatch reject (else resized)
     max_frames: null            # score only the first N frames of each pair (null: all)
+    face_check_frames: 5        # frames where the generated face is compared with the reference's (0: off)
+    face_min_iou: 0.6           # IoU of the face box with itself moved as the generated face is, below: content_mismatch
+    face_max_scale: 1.15        # generated / reference face size (either way) above this: content_mismatch
     chunk_frames: 4             # frames decoded at a time (1080p: ~6 MB per frame per video); memory does not grow with length
     sample_frames: 3            # frames per pair shown side by side in the HTML report
     sample_size: 160            # side of each crop in those report images (PNG)
@@ -129,6 +132,9 @@ class EvalConfig:
     length_tolerance: int = 2   # frames |generated - reference| may differ at 25 fps, else a length_mismatch reject
     aspect_tolerance: float = 0.01  # relative difference of width/height ratios, else an aspect_mismatch reject (within it: resized)
     max_frames: int | None = None  # score only the first N frames of each pair (null: all)
+    face_check_frames: int = 5  # frames the generated face is compared with the reference's on (0: off; eval.clip)
+    face_min_iou: float = 0.6   # median IoU of the face box with itself moved as the generated face is, else content_mismatch
+    face_max_scale: float = 1.15  # median face size ratio (either way) above this: a content_mismatch reject
     chunk_frames: int = 4       # frames decoded and scored per block (a pair is streamed: memory flat in length)
     sample_frames: int = 3      # frames per pair shown in the HTML report
     sample_size: int = 160      # side of each report crop (PNG)
@@ -150,6 +156,9 @@ class EvalConfig:
             raise ConfigError(f"aspect_tolerance: expected >= 0 (relative). Got {self.aspect_tolerance}.")
         if self.max_frames is not None and self.max_frames < 1:
             raise ConfigError(f"max_frames: expected >= 1 or null. Got {self.max_frames}.")
+        if self.face_check_frames < 0 or not 0 <= self.face_min_iou <= 1 or self.face_max_scale < 1:
+            raise ConfigError(f"face_check_frames, face_min_iou, face_max_scale: expected >= 0, in [0, 1], >= 1. "
+                              f"Got {self.face_check_frames}, {self.face_min_iou}, {self.face_max_scale}.")
         if self.chunk_frames < 1:
             raise ConfigError(f"chunk_frames: expected >= 1. Got {self.chunk_frames}.")
         if self.sample_frames < 0:

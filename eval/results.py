@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from preprocess import uri as uri_mod
 from preprocess.errors import UserError
 
-SCHEMA_VERSION = "radio-eval/2"
+SCHEMA_VERSION = "radio-eval/3"  # 3: framing check, frame offset and resize columns (readers take 2 too)
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _PAIR_FIELDS = [
@@ -84,6 +84,9 @@ METRICS_SCHEMA = pa.schema(_PAIR_FIELDS + [
     pa.field("frame_height", pa.int32()),
     pa.field("frame_width", pa.int32()),
     pa.field("generated_resized", pa.bool_()),
+    pa.field("face_box_iou", pa.float64()),       # median IoU, generated face box vs reference's (framing check)
+    pa.field("face_scale_ratio", pa.float64()),   # median generated / reference face size (sqrt area)
+    pa.field("face_check_frames", pa.int32()),    # frames both faces were found on (0: not decided)
     pa.field("landmark_backend", pa.string()),
     pa.field("landmark_weights", pa.string()),    # JSON {file: sha256}
     pa.field("landmark_fitting", pa.string()),    # JSON {backend, fit_boxes, fit_shift, ...}: part of LMD's protocol
@@ -104,7 +107,7 @@ METRICS_SCHEMA = pa.schema(_PAIR_FIELDS + [
 ])
 
 REJECTS_SCHEMA = pa.schema(_PAIR_FIELDS + [
-    pa.field("reason", pa.string(), nullable=False),  # eval.clip.REJECT_REASONS: missing_file | length_mismatch | no_face | undecodable | ...
+    pa.field("reason", pa.string(), nullable=False),  # eval.clip.REJECT_REASONS: missing_file | length_mismatch | no_face | content_mismatch | ...
     pa.field("side", pa.string(), nullable=False),    # generated | reference | pair
     pa.field("stage", pa.string(), nullable=False),
     pa.field("message", pa.string(), nullable=False),

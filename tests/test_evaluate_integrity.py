@@ -18,7 +18,7 @@ from eval import results
 from eval.config import EvalConfig, scoring_config, scoring_digest
 from preprocess import config as config_mod
 
-from conftest import DATA_DIR
+from conftest import DATA_DIR, ffmpeg
 
 OFF = ["lpips.enabled=false", "sync.enabled=false"]
 
@@ -142,3 +142,65 @@ def test_non_finite_rows_never_average_silently(tmp_path, capsys):
     assert "| M | 30.00 | – | disabled | disabled | disabled | 2.000 |" in md
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "non-finite clip score: psnr nan; lmd inf" in html
+
+
+# ------------------------------------------------------------------------------- F2: framing
+def _cut(src: Path, dst: Path, vf: str | None = None, *extra) -> str:
+    """The first 0.6 s of ``src`` through ``vf``, x264 (a re-encode either way)."""
+    ffmpeg("-i", f"file:{src}", "-t", "0.6", *(["-vf", vf] if vf else []), "-c:v", "libx264", "-preset",
+           "ultrafast", *extra, "-an", f"file:{dst}")
+    return str(dst)
+
+
+@pytest.fixture(scope="module")
+def framings(tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("framing")
+    c15, lp, rt = DATA_DIR / "00015.mp4", DATA_DIR / "liveportrait_d12.mp4", DATA_DIR / "retalking_face5.mp4"
+    return {
+        # not the reference's framing: a face crop, a zoom, a shifted picture
+        "crop": (_cut(lp, d / "crop.mp4", "crop=300:300:118:94,scale=192:192"), str(lp)),
+        "zoom": (_cut(c15, d / "zoom.mp4", "crop=160:160:20:20"), str(c15)),
+        "shift": (_cut(rt, d / "shift.mp4", "pad=iw+200:ih:200:0,crop=524:524:0:0"), str(rt)),
+        # the reference's framing: re-encode, downscaled copy, another mouth (a dub's change)
+        "crf": (_cut(rt, d / "crf.mp4", None, "-crf", "35"), str(rt)),
+        "small": (_cut(rt, d / "small.mp4", "scale=262:262"), str(rt)),
+        "mouth": (_cut(c15, d / "mouth.mp4", "delogo=x=64:y=108:w=48:h=40"), str(c15)),
+        "mouth_lp": (_cut(lp, d / "mouth_lp.mp4", "delogo=x=225:y=275:w=92:h=42"), str(lp)),
+    }
+
+
+def test_a_face_crop_zoom_or_shift_is_a_content_mismatch(framings, models):
+    """A 192x192 face crop scored against its 512x512 full-frame reference was accepted (same
+    aspect ratio), upscaled and averaged in at PSNR ~15; so were a 1.4x zoom (PSNR 13.6) and a
+    shifted picture. Now each is a content_mismatch reject saying what differs."""
+    from eval import clip as clip_mod
+
+    cfg = _cfg("max_frames=12", "length_tolerance=1000")
+    says = {"crop": ("192x192 resized to the reference's 512x512", "x the reference's size"),
+            "zoom": ("160x160 resized to the reference's 224x224",), "shift": ("face box IoU 0.",)}
+    for name, want in says.items():
+        with pytest.raises(clip_mod.PairReject) as e:
+            clip_mod.evaluate_pair(*framings[name], cfg, models)
+        assert (e.value.reason, e.value.side, e.value.stage) == ("content_mismatch", "generated", "faces"), name
+        assert "generated face is not where the reference's is" in e.value.message
+        assert all(w in e.value.message for w in want), e.value.message
+        assert "face_check_frames=0" in e.value.message
+    row, _ = clip_mod.evaluate_pair(*framings["zoom"], _cfg("max_frames=4", "length_tolerance=1000",
+                                                             "face_check_frames=0"), models)
+    assert row["psnr"] < 20 and row["face_box_iou"] is None and row["face_check_frames"] == 0  # asked for: scored
+
+
+def test_the_reference_framing_passes_the_check(framings, models):
+    """Re-encodes, a downscaled copy and a changed mouth (what a dub changes) keep the framing:
+    scored, the check's numbers in the row."""
+    from eval import clip as clip_mod
+
+    cfg = _cfg("max_frames=12", "length_tolerance=1000")
+    for name in ("crf", "small", "mouth", "mouth_lp"):
+        row, _ = clip_mod.evaluate_pair(*framings[name], cfg, models)
+        assert row["face_check_frames"] == 5 and row["face_box_iou"] > 0.9, (name, row["face_box_iou"])
+        assert abs(row["face_scale_ratio"] - 1) < 0.03, (name, row["face_scale_ratio"])
+        assert row["psnr"] > 25, name
+    clip = str(DATA_DIR / "00086.mp4")
+    row, _ = clip_mod.evaluate_pair(clip, clip, cfg, models)
+    assert (row["face_box_iou"], row["face_scale_ratio"]) == (1.0, 1.0)
