@@ -324,6 +324,15 @@ def worker_threads(p: beam.Pipeline):
                 os.environ[v] = old
 
 
+def remote_job_id(result) -> str:
+    """The runner's id of a submitted job (Dataflow's job id), for the user to cancel or watch it."""
+    job_id = getattr(result, "job_id", None)
+    try:
+        return str(job_id() if callable(job_id) else job_id or result)
+    except Exception:  # noqa: BLE001  (a result without an id still names itself)
+        return str(result)
+
+
 def run(p: beam.Pipeline, *, log_uri: str, is_local: bool, bar: Bar | None = None, namespace: str = "radio",
         verbose: bool | None = None, every: float = 30.0):
     """Run ``p`` and wait; returns the ``PipelineResult``. Raises ``JobFailed`` (one line) when the
@@ -339,11 +348,15 @@ def run(p: beam.Pipeline, *, log_uri: str, is_local: bool, bar: Bar | None = Non
                 if is_local:
                     result.wait_until_finish()
                 else:  # e.g. Dataflow: the job's counters every `every` seconds, then the final ones
-                    while True:
-                        result.wait_until_finish(duration=int(every * 1000))
-                        if _terminal(result):
-                            break
-                        _log_counters(result, namespace)
+                    try:
+                        while True:
+                            result.wait_until_finish(duration=int(every * 1000))
+                            if _terminal(result):
+                                break
+                            _log_counters(result, namespace)
+                    except KeyboardInterrupt as e:   # Ctrl-C stops the waiting, not the job on the service
+                        e.remote_job = remote_job_id(result)
+                        raise
                     _log_counters(result, namespace)
         except Exception as e:  # the job failed: its worker traces are in the log
             log_file.write("job failed:\n" + "".join(traceback.format_exception(e)))

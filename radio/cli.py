@@ -219,8 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)   # its workers' exit warnings
         again = " with --resume" if args.command == "preprocess" else ""
         signum = getattr(e, "signum", 2)
-        print(f"radio {args.command}: {'interrupted' if signum == 2 else 'stopped (SIGTERM)'}; finished work is "
-              f"kept: run the same command again{again} to finish.", file=sys.stderr)
+        remote = getattr(e, "remote_job", None)
+        if remote:   # the job runs on: a second one on the same output would race it
+            print(f"radio {args.command}: stopped waiting; job {remote} is still running on the runner: cancel it "
+                  "(Dataflow: `gcloud dataflow jobs cancel ID --region REGION`) or let it finish before running "
+                  "this command again on the same output.", file=sys.stderr)
+        else:
+            print(f"radio {args.command}: {'interrupted' if signum == 2 else 'stopped (SIGTERM)'}; finished work "
+                  f"is kept: run the same command again{again} to finish.", file=sys.stderr)
         return 128 + signum
     except Exception as e:  # a user's mistake is one line; anything else keeps its traceback
         rc = report(e, args)
@@ -265,27 +271,41 @@ def descendants(pid: int) -> list[int]:
 
 
 def stop_on_signals():
-    """SIGINT and SIGTERM end a Beam command cleanly: its local worker processes are stopped too
-    (signalled alone, the main process waited for them forever in Beam's cleanup, or left them
-    running when killed), and the threads watching them die quietly (a terminal's Ctrl-C printed
-    60 lines of their tracebacks above the one that matters). Returns what puts the previous
-    handlers back (None off the main thread, where none can be set)."""
+    """SIGINT and SIGTERM end a Beam command cleanly: the local worker processes it started are
+    stopped too (signalled alone, the main process waited for them forever in Beam's cleanup, or
+    left them running when killed), and the threads watching them die quietly (a terminal's Ctrl-C
+    printed 60 lines of their tracebacks above the one that matters). Processes that were already
+    children before the command (radio.cli.main called from a notebook or a service) are left
+    alone; a second signal while stopping is ignored. Returns what puts the previous handlers and
+    thread excepthook back (None off the main thread, where no handler can be set)."""
     import signal
     import threading
 
-    def on_signal(signum, frame):
-        threading.excepthook = lambda hook_args: None
-        for pid in descendants(os.getpid()):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass
-        raise Interrupted(signum)
-
     if threading.current_thread() is not threading.main_thread():
         return None
+    others = set(descendants(os.getpid()))
+    hook = threading.excepthook
+
+    def on_signal(signum, frame):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        threading.excepthook = lambda hook_args: None
+        for pid in descendants(os.getpid()):
+            if pid not in others:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except OSError:
+                    pass
+        raise Interrupted(signum)
+
     before = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    return lambda: [signal.signal(sig, h) for sig, h in before.items()]
+
+    def restore():
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        threading.excepthook = hook
+
+    return restore
 
 
 PATH_ARGS = ("input", "output", "data", "generated", "reference", "checkpoint", "uri", "config")

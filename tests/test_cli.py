@@ -605,3 +605,55 @@ def test_out_of_range_settings_are_mistakes_not_failed_jobs(command, key, tmp_pa
     argv = {"dub": ["dub", "--checkpoint", "x.pt", "--input", str(tmp_path / "p.jsonl")],
             "preprocess": ["preprocess", "--input", CLIP]}[command]
     assert_mistake([*argv, "--output", str(tmp_path / "o"), "--set", key], capsys, tmp_path, says=f"{name}: expected")
+
+
+def test_the_signal_handler_stops_only_what_the_command_started(tmp_path):
+    """radio.cli.main in a notebook or a service: the handler must not SIGTERM the host's other
+    children, must put the thread excepthook back, and ignores a second signal while stopping."""
+    import signal
+    import threading
+    import time
+
+    before = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    hook = threading.excepthook
+    restore = cli.stop_on_signals()
+    started = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(cli.Interrupted):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN     # a second Ctrl-C while stopping
+        assert started.wait(timeout=10) == -signal.SIGTERM
+        assert before.poll() is None                                   # not ours: still running
+    finally:
+        restore()
+        before.kill()
+        started.kill()
+    assert threading.excepthook is hook and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_ctrl_c_while_a_remote_job_runs_says_it_runs_on(tmp_path, monkeypatch, capsys):
+    """On Dataflow, Ctrl-C only stops the waiting: 'run the same command again' started a second
+    job racing the first on one output (compact and preprocess clear the other's temporaries)."""
+    from pipelines import jobrun
+    from radio import checks
+
+    class Result:
+        state = "RUNNING"
+
+        def job_id(self):
+            return "2026-11-30_12_00_00-123"
+
+        def wait_until_finish(self, duration=None):
+            raise KeyboardInterrupt
+
+    class Remote:
+        def run(self):
+            return Result()
+
+    def submit(args):
+        jobrun.run(Remote(), log_uri=str(tmp_path / "job.log"), is_local=False)
+
+    monkeypatch.setattr(checks, "command", submit)
+    rc, out, err = run_cli(["compact", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")], capsys)
+    assert rc == 130 and "job 2026-11-30_12_00_00-123 is still running" in err and "cancel" in err, err
