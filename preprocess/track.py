@@ -8,9 +8,10 @@ How it works (one :class:`FaceTracker` per video; feed it decoded RGB chunks in 
   detector's ``min_face_px`` (80 px for dlib's HOG window). With the defaults (0.2, dlib): 224² and
   400² frames are searched at full size, 512² at 0.78, 1080p at 0.37 (short side 400). The largest
   face found becomes the main face, whoever speaks: the faces found of at least ``other_face_ratio``
-  (0.5) × its size are counted (``FaceSegment.n_faces``, updated whenever a re-detection falls back
-  to a full-frame search), so that a caller can refuse segments where another face may be the
-  speaker. Without a face, the search repeats every ``search_every`` frames.
+  (0.5) × its size are counted (``FaceSegment.n_faces``: the most found by the full-frame counts
+  within the segment — at its track's start, every ``count_every`` frames while tracking, and when a
+  re-detection falls back to the whole frame), so that a caller can refuse segments where another
+  face may be the speaker. Without a face, the search repeats every ``search_every`` frames.
 * **Tracking**: each frame is fitted once from a box in the *detector's* convention, predicted from
   the previous frame's landmarks through a per-track mapping (landmark centre/size of the rigid
   points 27–47 -> detector box), fitted on the track's detections and updated by EMA at each
@@ -83,6 +84,7 @@ class TrackerConfig:
     max_segment_frames: int = 250    # segment cap (10 s at 25 fps)
     min_segment_frames: int = 25     # shorter segments are dropped
     other_face_ratio: float = 0.5    # FaceSegment.n_faces counts faces at least this × the main face's size
+    count_every: int = 50            # frames between full-frame face counts while tracking (0: at searches only)
 
     def __post_init__(self) -> None:
         if self.max_segment_frames < 1 or self.min_segment_frames < 1:
@@ -94,8 +96,9 @@ class TrackerConfig:
             raise ValueError(f"min_face_frac must be in (0, 1]. Got {self.min_face_frac}.")
         if not 0 < self.map_update <= 1:
             raise ValueError(f"map_update must be in (0, 1]. Got {self.map_update}.")
-        if self.search_every < 1 or self.lost_patience < 0 or self.redetect_every < 0:
-            raise ValueError("search_every >= 1, lost_patience >= 0 and redetect_every >= 0 expected.")
+        if self.search_every < 1 or self.lost_patience < 0 or self.redetect_every < 0 or self.count_every < 0:
+            raise ValueError("search_every >= 1, lost_patience >= 0, redetect_every >= 0 and count_every >= 0 "
+                             "expected.")
 
 
 @dataclass
@@ -107,8 +110,9 @@ class FaceSegment:
     scores: np.ndarray         # (n,) float32, score of the track's latest detection
     end_reason: str            # cut | lost | jump | max_length | end
     frame_size: tuple[int, int]  # (height, width) of the source frames
-    n_faces: int = 1           # faces (the main one included) of at least other_face_ratio × its size that
-    #                            the full-frame searches of its track found, up to the segment's end
+    n_faces: int = 1           # most faces (the main one included) of at least other_face_ratio × its size
+    #                            a full-frame count found within the segment (its track's start, every
+    #                            count_every frames, and re-detections that fell back to the whole frame)
 
     @property
     def n_frames(self) -> int:
@@ -132,6 +136,7 @@ class TrackerStats:
     short_segments_dropped: int = 0
     frames_dropped: int = 0     # tracked frames discarded (lost face, short segment)
     repeats: int = 0            # frames identical to the previous one, given its result
+    face_counts: int = 0        # full-frame detections while tracking, to count the faces in the picture
 
 
 def _lm_frame(lm: np.ndarray) -> tuple[np.ndarray, float]:
@@ -180,7 +185,6 @@ class _Track:
     since_detection: int = 0
     misses: int = 0          # re-detections failed in a row
     elsewhere: bool = False  # the latest failed one found faces, but not on the track
-    n_faces: int = 1         # most faces of the main face's size seen by a full-frame search
 
 
 @dataclass
@@ -191,6 +195,7 @@ class _Segment:
     scores: list = field(default_factory=list)
     confirmed: int = 0  # frames up to the track's latest successful detection
     clean: int = 0      # frames before the current run of failed re-detections (when misses > 0)
+    n_faces: int = 1    # most faces of the main face's size a full-frame count found in it
 
 
 class FaceTracker:
@@ -272,13 +277,19 @@ class FaceTracker:
 
         if self._track is not None:
             self._follow(frame, repeat)
+            if (self._track is not None and cfg.count_every > 0
+                    and (self._t - self._seg.start) % cfg.count_every == cfg.count_every - 1):
+                self.stats.face_counts += 1   # a second face may walk in while the track runs smoothly
+                dets = self._detect(frame, search_scale(*frame.shape[:2], self.backend.min_face_px,
+                                                        cfg.min_face_frac))
+                self._seg.n_faces = max(self._seg.n_faces, self._count_faces(dets, _side(self._track.box)))
         if self._track is None:  # not tracking, or the track just ended with a jump
             if self._search_wait <= 0:
                 dets = self._search(frame)
                 if dets:
                     main = max(dets, key=lambda d: (d.side, d.score))
                     self._start_track(frame, main)
-                    self._track.n_faces = self._count_faces(dets, main.side)
+                    self._seg.n_faces = self._count_faces(dets, main.side)
                 else:
                     self._search_wait = cfg.search_every - 1
             else:
@@ -422,7 +433,7 @@ class FaceTracker:
         self._out.append(FaceSegment(
             start=seg.start, landmarks=np.stack(seg.landmarks[:n]), boxes=np.stack(seg.boxes[:n]),
             scores=np.asarray(seg.scores[:n], dtype=np.float32), end_reason=reason,
-            frame_size=self._size, n_faces=max(1, self._track.n_faces) if self._track is not None else 1))
+            frame_size=self._size, n_faces=max(1, seg.n_faces)))
 
     # ---- detection / fitting ------------------------------------------------------------------
     def _fit(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -442,8 +453,8 @@ class FaceTracker:
         h, w = frame.shape[:2]
         scale = search_scale(h, w, self.backend.min_face_px, self.config.min_face_frac)
         dets = self._detect(frame, scale)
-        if self._track is not None and dets:  # a re-detection's fallback: the whole frame seen again
-            self._track.n_faces = max(self._track.n_faces, self._count_faces(dets, _side(self._track.box)))
+        if self._seg is not None and dets:  # a re-detection's fallback: the whole frame seen again
+            self._seg.n_faces = max(self._seg.n_faces, self._count_faces(dets, _side(self._track.box)))
         return dets
 
     def _count_faces(self, dets: list[Detection], side: float) -> int:

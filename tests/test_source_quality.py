@@ -273,3 +273,22 @@ def test_two_faces_of_similar_size_are_counted_and_refused_unless_kept(tmp_path,
     assert res["status"] == "rows" and [r["n_faces"] for r in rows] == [1], res
     with pytest.raises(config_mod.ConfigError, match="multiple_faces"):
         config_mod.load(source.PreprocessConfig, None, ["quality.multiple_faces=maybe"])
+
+
+def test_a_face_that_walks_in_is_counted_in_the_segment_it_is_in(tmp_path):
+    """n_faces was a running count of the track's full-frame searches (its start, and re-detections
+    that fell back to the whole frame): a second face appearing while the track ran smoothly was
+    never counted, and once counted every later 10 s piece carried it. Now each segment has its own
+    count, refreshed every count_every frames."""
+    from preprocess import track, video
+    from preprocess.landmarks import get_backend
+
+    path = tmp_path / "walks_in.mp4"
+    ffmpeg("-i", f"file:{DATA_DIR / '00015.mp4'}", "-i", f"file:{DATA_DIR / '00086.mp4'}", "-t", 4,
+           "-filter_complex", "[0:v]scale=224:224[a];[1:v]scale=150:150,pad=224:224:37:37,"
+           "drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='lt(t,2)'[b];[a][b]hstack[v]",
+           "-map", "[v]", *_x264(), "-an", f"file:{path}")
+    cfg = track.tracker_config(dict(max_segment_frames=50, min_segment_frames=25, count_every=10))
+    segs = list(track.track_faces(video.iter_frames(str(path), fps=25), get_backend("dlib"), cfg))
+    assert [(s.start, s.n_frames, s.n_faces) for s in segs] == [(0, 50, 1), (50, 50, 2)], \
+        [(s.start, s.n_frames, s.n_faces) for s in segs]

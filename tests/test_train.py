@@ -167,6 +167,14 @@ def test_quality_filters(sample_dataset, tmp_path):
     assert row_rejection({"split": None, "n_frames": 20}, FilterConfig(), "val", 10) == "split"
     assert _clips(ShardStream(str(tmp_path), _cfg(split=None, filters=FilterConfig(min_frames=10)),
                               resolution=96), 0, 1) == {"good", "val", "weak", "shaky", "unknown"}
+    # the sound level and the count of faces in the picture (columns added within radio-dataset/1)
+    more = tmp_path / "more"
+    rows = [_cut(real, 0, 16, clip_id="loud", audio_rms_db=-20.0, n_faces=1),
+            _cut(real, 0, 16, clip_id="quiet", audio_rms_db=-55.0, n_faces=1),
+            _cut(real, 0, 16, clip_id="crowd", audio_rms_db=-20.0, n_faces=3)]
+    write_table_atomic(shards.rows_uri(str(more), "q"), rows, schema.SEGMENT_SCHEMA, schema.file_metadata())
+    filters = FilterConfig(audio_db_min=-40.0, n_faces_max=1, min_frames=10)
+    assert _clips(ShardStream(str(more), _cfg(filters=filters), resolution=96), 0, 1) == {"loud"}
 
 
 def test_sync_samples_shift_audio_by_at_least_five_frames(sample_dataset):

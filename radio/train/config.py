@@ -30,6 +30,8 @@ class FilterConfig:
     crop_shake_max: float | None = None       # output px / frame^2
     face_size_min: float | None = None        # median crop side in source px
     outside_frac_max: float | None = None     # mean fraction of the crop outside the frame
+    audio_db_min: float | None = None         # audio_rms_db >= this (dBFS; null in shards before the column)
+    n_faces_max: int | None = None            # n_faces <= this (1: one face in the picture; null in older shards)
     min_frames: int = 10                      # segments shorter than this are skipped
 
 

@@ -71,7 +71,7 @@ from .config import DataConfig, FilterConfig
 log = logging.getLogger("radio.train.data")
 
 META_COLUMNS = ["clip_id", "source_uri", "start_frame", "speaker_id", "split", "n_frames", "det_score_min",
-                "landmark_jitter", "crop_shake", "face_size", "outside_frac"]
+                "landmark_jitter", "crop_shake", "face_size", "outside_frac", "audio_rms_db", "n_faces"]
 DATA_COLUMNS = ["frames", "mel", "mel_shape"]
 _RULES = (  # (filter field, column, passes(value, threshold))
     ("det_score_min", "det_score_min", lambda v, t: v >= t),
@@ -79,6 +79,8 @@ _RULES = (  # (filter field, column, passes(value, threshold))
     ("crop_shake_max", "crop_shake", lambda v, t: v <= t),
     ("face_size_min", "face_size", lambda v, t: v >= t),
     ("outside_frac_max", "outside_frac", lambda v, t: v <= t),
+    ("audio_db_min", "audio_rms_db", lambda v, t: v >= t),
+    ("n_faces_max", "n_faces", lambda v, t: v <= t),
 )
 _NAMED = 20   # bad shards named in an error message (the log names every one)
 
