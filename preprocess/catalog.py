@@ -218,19 +218,13 @@ def read_piece(uri: str, piece: Piece, columns: list[str]):
         if not added:
             return pq.read_table(buf, columns=columns)
         names = set(pq.read_schema(buf).names)
-        return _with_nulls(pq.read_table(buf, columns=[c for c in columns if c in names or c not in added]), columns)
+        return schema.conform(pq.read_table(buf, columns=[c for c in columns if c in names or c not in added]),
+                              columns)
     with fsspec.open(uri, "rb") as f:
         pf = pq.ParquetFile(f)
         names = set(pf.schema_arrow.names) if added else set(columns)
         table = pf.read_row_groups(list(range(piece.first, piece.first + piece.count)),
                                    columns=[c for c in columns if c in names or c not in added])
-    return _with_nulls(table, columns) if added else table
+    return schema.conform(table, columns) if added else table
 
 
-def _with_nulls(table, columns: list[str]):
-    """``table`` with the ``columns`` it lacks as nulls of SEGMENT_SCHEMA's type, in ``columns``' order."""
-    import pyarrow as pa
-
-    arrays = [table.column(c) if c in table.column_names
-              else pa.nulls(table.num_rows, schema.SEGMENT_SCHEMA.field(c).type) for c in columns]
-    return pa.Table.from_arrays(arrays, names=columns)

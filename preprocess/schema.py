@@ -81,12 +81,19 @@ def clip_id(source_uri: str, start_frame: int) -> str:
     return hashlib.sha1(f"{source_uri}#{int(start_frame)}".encode("utf-8")).hexdigest()[:20]
 
 
-def conform(table: pa.Table) -> pa.Table:
-    """A row table of any radio-dataset/1 shard as ``SEGMENT_SCHEMA`` (its columns, in order): the
-    ``ADDED_COLUMNS`` an older shard lacks become nulls. Other missing columns raise KeyError."""
+def conform(table: pa.Table, columns: list[str] | None = None) -> pa.Table:
+    """A row table of any radio-dataset/1 shard as ``SEGMENT_SCHEMA`` (its columns, in order), or as
+    just ``columns`` in their order: the ``ADDED_COLUMNS`` an older shard lacks become nulls. Other
+    missing columns raise KeyError.
+
+    Rows of anamorphic sources written before square-pixel decoding record the stored size in
+    ``source_width``/``source_height``; newer ones the displayed size (their affines' space)."""
+    names = list(columns) if columns is not None else SEGMENT_SCHEMA.names
     n = table.num_rows
-    cols = [table.column(f.name) if f.name in table.column_names or f.name not in ADDED_COLUMNS
-            else pa.nulls(n, f.type) for f in SEGMENT_SCHEMA]
+    cols = [table.column(c) if c in table.column_names or c not in ADDED_COLUMNS
+            else pa.nulls(n, SEGMENT_SCHEMA.field(c).type) for c in names]
+    if columns is not None:
+        return pa.Table.from_arrays(cols, names=names)
     return pa.Table.from_arrays(cols, schema=SEGMENT_SCHEMA.with_metadata(table.schema.metadata))
 
 
