@@ -38,7 +38,8 @@ REPORT_FIELDS = ("pair_id", "key", "dataset", "method", "n_frames", "crop_flagge
 
 
 def new() -> dict:
-    return {"scored": 0, "rejected": 0, "unpaired": 0, "frames": 0, "resized": 0, "reasons": {}, "sync_status": {},
+    return {"scored": 0, "rejected": 0, "unpaired": 0, "frames": 0, "resized": 0, "offset_flagged": 0, "reasons": {},
+            "sync_status": {},
             "groups": {}, "moments": {}, "unofficial": {}, "provenance": {}, "rows": [], "rejects": []}
 
 
@@ -109,6 +110,7 @@ def add(acc: dict, kind: str, row: dict) -> dict:
     if row.get("sync_missing"):
         g["sync_missing"] += 1
     acc["resized"] += 1 if row.get("generated_resized") else 0  # same aspect, other frame size
+    acc["offset_flagged"] = acc.get("offset_flagged", 0) + (1 if row.get("frame_offset_flagged") else 0)
     padded = int(row.get("crop_flagged_frames") or 0)     # frames whose crop box left the frame
     g["padded_frames"] += padded
     g["padded_clips"] += 1 if padded else 0
@@ -144,7 +146,7 @@ def _keep(sample: list, item: tuple, cap: int) -> None:
 def merge(accs) -> dict:
     out = new()
     for a in accs:
-        for k in ("scored", "rejected", "unpaired", "frames", "resized"):
+        for k in ("scored", "rejected", "unpaired", "frames", "resized", "offset_flagged"):
             out[k] += a.get(k, 0)
         for k in ("reasons", "sync_status"):
             for key, v in a[k].items():
@@ -202,6 +204,7 @@ def finish(acc: dict, n_pairs: int) -> dict:
         "too_short_for_sync": acc["sync_status"].get("too_short_for_sync", 0),
         "frames_scored": int(acc["frames"]),
         "generated_resized": int(acc.get("resized", 0)),
+        "frame_offset_flagged": int(acc.get("offset_flagged", 0)),
         "groups": [acc["groups"][k] for k in sorted(acc["groups"])],
         "weights": {k: sorted(v) for k, v in sorted(acc["provenance"].items())},
         "table": table(acc),

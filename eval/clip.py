@@ -30,6 +30,17 @@
 4. **Crops** per face segment with ``cfg.protocol`` (:func:`eval.crop.plan_crop` from the whole
    segment's landmarks, then :func:`eval.crop.cut` block by block: the same box for both videos),
    then per frame PSNR, MS-SSIM, LPIPS (when enabled). Rows record ``protocol_version``.
+   **Pairing in time**: generated frame *i* is scored against reference frame *i*, both from
+   frame 0 of their 25 fps streams, the longer one's tail cut (step 1). Whether that is the right
+   pairing is measured (:class:`OffsetProbe`): on :data:`OFFSET_FRAMES` frames spread over the
+   face segments, the PSNR of the crop of reference frame *t* against generated frames *t + k*,
+   k = −2…+2 (each cut with frame *t*'s box). ``best_offset`` (the k of the highest mean PSNR; 0
+   on ties) and ``offset_gain_db`` (its PSNR minus that at 0) are in every row. When a k ≠ 0
+   beats 0 by more than ``cfg.frame_offset_db`` (3 dB), the generated video is shifted in time (a
+   generated video missing its first frame: k = −1, PSNR 50 dB there against 28 as paired) and
+   its scores would measure the shift, not the method: with ``cfg.frame_offset`` ``reject`` (the
+   default) the pair is a ``frame_offset`` reject, with ``record`` it is scored as paired and
+   counted (``frame_offset_flagged``, summary and report notes).
 5. **LMD landmarks.** Both videos are fitted by the same backend on their *full frames* from the
    same box per frame — the reference track's box, in the detector's convention — and mapped into
    crop pixels with the crop's affine (:func:`eval.crop.landmarks_to_crop`). Same fitter, same box:
@@ -90,8 +101,11 @@ log = logging.getLogger(__name__)
 
 FPS = 25
 SAMPLES_PER_FRAME = 16000 // FPS
-REJECT_REASONS = ("missing_file", "length_mismatch", "aspect_mismatch", "no_face", "content_mismatch", "undecodable",
-                  "unsupported_scheme", "too_large", "scoring_error")
+REJECT_REASONS = ("missing_file", "length_mismatch", "aspect_mismatch", "no_face", "content_mismatch", "frame_offset",
+                  "undecodable", "unsupported_scheme", "too_large", "scoring_error")
+#: frame offsets tried (generated frame t + k against reference frame t) and frames sampled for it
+OFFSET_REACH = 2
+OFFSET_FRAMES = 8
 #: failures of the machine, not of the pair: never a reject, the runner retries the element
 ENVIRONMENT_ERRORS = (OSError, MemoryError)
 NO_CAP = 10 ** 9  # tracker segment cap: one segment per continuous track
@@ -394,6 +408,63 @@ def _framing_message(v: dict, cfg: EvalConfig, gen_hw, ref_hw) -> str:
             "face_check_frames=0 scores it anyway)")
 
 
+class OffsetProbe:
+    """PSNR of the crop at frame offsets −:data:`OFFSET_REACH`…+:data:`OFFSET_REACH` on a few
+    frames (module docstring, step 4), fed the second pass's blocks (the generated one resized):
+    keeps a per-(frame, offset) PSNR and, until the reference crop of their frame is cut, the
+    generated crops that came before it (at most ``OFFSET_REACH`` per sampled frame)."""
+
+    def __init__(self, segments: list, plans: list, n: int, k: int = OFFSET_FRAMES, reach: int = OFFSET_REACH):
+        self.reach = reach
+        eligible = [(t, seg, plan) for seg, plan in zip(segments, plans)
+                    for t in range(max(seg.start, reach), min(seg.stop, n - reach))]
+        idx = np.unique(np.round(np.linspace(0, len(eligible) - 1, k + 2)[1:-1]).astype(int)) if eligible else []
+        self.samples = [eligible[i] for i in idx]
+        self.ref: dict[int, np.ndarray] = {}
+        self.pending: dict[int, list] = {}
+        self.psnr: dict[int, dict[int, float]] = {}
+
+    def update(self, start: int, gen: np.ndarray, ref: np.ndarray) -> None:
+        stop, r = start + len(ref), self.reach
+        for t, seg, plan in self.samples:
+            for j in range(max(start, t - r), min(stop, t + r + 1)):
+                g = gen[j - start:j - start + 1]
+                src = ref[j - start:j - start + 1] if j == t else g
+                ref_c, gen_c = crop_mod.cut(plan, src, g, t - seg.start)
+                if j == t:
+                    self.ref[t] = ref_c[0]
+                    for d, c in self.pending.pop(t, []):
+                        self._score(t, d, c)
+                if t in self.ref:
+                    self._score(t, j - t, gen_c[0])
+                else:
+                    self.pending.setdefault(t, []).append((j - t, gen_c[0]))
+
+    def _score(self, t: int, d: int, gen_c: np.ndarray) -> None:
+        self.psnr.setdefault(t, {})[d] = float(psnr.psnr_per_frame(gen_c[None], self.ref[t][None])[0])
+
+    def finish(self) -> dict:
+        """``best_offset`` and ``offset_gain_db`` (None when no frame could be sampled), ``frames``
+        and ``psnr`` (mean PSNR per offset)."""
+        offsets = range(-self.reach, self.reach + 1)
+        full = [v for v in self.psnr.values() if all(d in v for d in offsets)]
+        if not full:
+            return {"best_offset": None, "offset_gain_db": None, "frames": 0, "psnr": {}}
+        mean = {d: float(np.mean([v[d] for v in full])) for d in offsets}
+        best = max(offsets, key=lambda d: (mean[d], d == 0, -abs(d)))
+        return {"best_offset": int(best), "offset_gain_db": mean[best] - mean[0], "frames": len(full), "psnr": mean}
+
+
+def _offset_message(o: dict, cfg: EvalConfig) -> str:
+    k = o["best_offset"]
+    what = (f"the generated video runs {-k} frame{'s' if abs(k) > 1 else ''} ahead (frames missing at its start?)"
+            if k < 0 else f"the generated video runs {k} frame{'s' if k > 1 else ''} behind (frames added at its start?)")
+    return (f"generated frame t{k:+d} matches reference frame t best: PSNR {o['psnr'][k]:.1f} dB against "
+            f"{o['psnr'][0]:.1f} dB as paired (t against t), mean of {o['frames']} frames of the crop; {what}. "
+            f"Scored as paired, every metric would measure the shift (more than frame_offset_db "
+            f"{cfg.frame_offset_db:g} dB; --set frame_offset=record scores it as paired and counts it)")
+
+
 def _crop_flags(info: dict) -> int:
     flags = np.zeros(len(info["affines"]), bool)
     for k in ("padded", "out_of_frame", "unstable_radius"):
@@ -593,12 +664,20 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
                 with timer("sync"):
                     sync_stream = SyncStream(models.syncnet, boxes.finish(n), audio,
                                              config=cfg.sync.track_config())
+        probe = OffsetProbe(segments, scorer.plans, n)
         for start, gen_b, ref_b in iter_pair(gen_local, gen_info, ref_local, ref_info, n, chunk):
-            scorer.update(start, _resize_to(gen_b, ref_hw), ref_b)
+            gen_r = _resize_to(gen_b, ref_hw)
+            scorer.update(start, gen_r, ref_b)
+            with timer("offset"):
+                probe.update(start, gen_r, ref_b)
             if sync_stream is not None:
                 with timer("sync"):
                     sync_stream.push(start, gen_b)
         per_frame, samples, flagged = scorer.finish()
+        offset = probe.finish()
+        shifted = bool(offset["best_offset"] and offset["offset_gain_db"] > cfg.frame_offset_db)
+        if shifted and cfg.frame_offset == "reject":
+            raise PairReject("frame_offset", _offset_message(offset, cfg), "generated", "score")
         res = None
         if sync_stream is not None:
             with timer("sync"):
@@ -621,6 +700,8 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
         "frame_height": int(ref_hw[0]), "frame_width": int(ref_hw[1]),
         "generated_resized": bool(tuple(gen_hw) != tuple(ref_hw)),
         **{k: framed[k] for k in ("face_box_iou", "face_scale_ratio", "face_check_frames")},
+        "best_offset": offset["best_offset"], "offset_gain_db": offset["offset_gain_db"],
+        "frame_offset_flagged": shifted,
         "landmark_backend": weights["landmark_backend"],
         "landmark_weights": json.dumps(weights["landmark_weights"], sort_keys=True),
         "landmark_fitting": json.dumps(fitting, sort_keys=True), "landmark_fit_boxes": int(fitting["fit_boxes"]),

@@ -191,6 +191,11 @@ def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
         counts += ["", "Scored without Sync: " + ", ".join(f"{k} {v}" for k, v in sorted(status.items()))
                    + (" (too_short_for_sync: every face track ≤ min_track frames, dropped as syncnet_python does)"
                       if "too_short_for_sync" in status else "") + "."]
+    if (summary or {}).get("frame_offset_flagged"):
+        counts += ["", f"Scored as paired although shifted in time: {_clips(summary['frame_offset_flagged'])} "
+                       f"(frame_offset=record: generated frame t±k matched reference frame t by more than "
+                       "frame_offset_db better than t; their scores measure the shift; best_offset per clip in "
+                       "metrics.parquet)."]
     if (summary or {}).get("generated_resized"):
         counts += ["", f"Generated videos resized to the reference's frame size (same aspect ratio): "
                        f"{_clips(summary['generated_resized'])}."]
@@ -354,6 +359,8 @@ def _counts_html(summary: dict, rows: list[dict]) -> str:
                f"<tr><td class=l>scored without Sync (no track / no audio)</td><td>{summary.get('sync_missing', 0)}</td></tr>"
                f"<tr><td class=l>&nbsp;&nbsp;too_short_for_sync (tracks ≤ min_track frames)</td>"
                f"<td>{summary.get('too_short_for_sync', 0)}</td></tr>")
+            + (f"<tr><td class=l>scored as paired although shifted in time (frame_offset=record)</td>"
+               f"<td class=bad>{summary['frame_offset_flagged']}</td></tr>" if summary.get("frame_offset_flagged") else "")
             + f"<tr><td class=l>frames scored</td><td>{summary.get('frames_scored', 0)}</td></tr>"
             f"<tr><td class=l>padded frames</td><td>{padded_frames} in {padded_clips} of "
             f"{_clips(summary['scored'])}</td></tr>"

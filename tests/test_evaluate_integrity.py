@@ -201,6 +201,45 @@ def test_the_reference_framing_passes_the_check(framings, models):
         assert row["face_check_frames"] == 5 and row["face_box_iou"] > 0.9, (name, row["face_box_iou"])
         assert abs(row["face_scale_ratio"] - 1) < 0.03, (name, row["face_scale_ratio"])
         assert row["psnr"] > 25, name
+        assert (row["best_offset"], row["offset_gain_db"], row["frame_offset_flagged"]) == (0, 0.0, False), name
     clip = str(DATA_DIR / "00086.mp4")
     row, _ = clip_mod.evaluate_pair(clip, clip, cfg, models)
     assert (row["face_box_iou"], row["face_scale_ratio"]) == (1.0, 1.0)
+
+
+# ------------------------------------------------------------------------------- F3: time offset
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory) -> dict:
+    d, c15 = tmp_path_factory.mktemp("shifted"), DATA_DIR / "00015.mp4"
+    return {"late": _cut(c15, d / "late.mp4", "trim=start_frame=1,setpts=PTS-STARTPTS"),   # first frame lost
+            "early": _cut(c15, d / "early.mp4", "tpad=start=1:start_mode=clone"),           # one frame added
+            "ref": str(c15)}
+
+
+def test_a_generated_video_shifted_in_time_is_a_frame_offset_reject(shifted, models):
+    """Frames are paired from frame 0: a generated video missing its first frame was scored frame i
+    against i (here PSNR ~32 instead of ~40, in the attack's clip 28 instead of 50), silently. The
+    offset is measured on 8 frames of the crop (generated t-2..t+2 against reference t): a shift
+    that beats the pairing by > 3 dB is a frame_offset reject by default."""
+    from eval import clip as clip_mod
+
+    cfg = _cfg("max_frames=14", "length_tolerance=1000")
+    for name, k in (("late", -1), ("early", 1)):
+        with pytest.raises(clip_mod.PairReject) as e:
+            clip_mod.evaluate_pair(shifted[name], shifted["ref"], cfg, models)
+        assert (e.value.reason, e.value.side, e.value.stage) == ("frame_offset", "generated", "score")
+        assert f"generated frame t{k:+d} matches reference frame t best" in e.value.message, e.value.message
+        assert "mean of 8 frames of the crop" in e.value.message and "frame_offset=record" in e.value.message
+    # record: scored as paired, flagged in the row and counted in the reports
+    row, _ = clip_mod.evaluate_pair(shifted["late"], shifted["ref"], _cfg("max_frames=14", "length_tolerance=1000",
+                                                                           "frame_offset=record"), models)
+    assert row["best_offset"] == -1 and row["offset_gain_db"] > 3 and row["frame_offset_flagged"] is True
+    from eval import report
+
+    row = {**row, "pair_id": "p", "key": "k", "dataset": "d", "method": "m"}
+    s = results.summarise([row], [], 1)
+    assert s["frame_offset_flagged"] == 1
+    assert "Scored as paired although shifted in time: 1 clip" in report.table_markdown([row], {**s, "run_id": "x"})
+    assert "shifted in time" in report.render_html([row], [], {**s, "run_id": "x"})
+    with pytest.raises(config_mod.ConfigError, match="frame_offset"):
+        _cfg("frame_offset=warn")
