@@ -33,6 +33,15 @@ def run(path, tmp_path, backend, *overrides, name: str = "ds") -> tuple[dict, li
     return res, rows, rejects
 
 
+def only_segment_reject(path, tmp_path, backend, kind: tuple[str, str, str]) -> dict:
+    """Preprocess ``path``: no row, one segment reject of ``kind`` (stage, reason, error type)."""
+    res, rows, rejects = run(path, tmp_path, backend)
+    assert res["status"] == "rejected" and not rows, res
+    (seg,) = [r for r in rejects if r["segment_index"] is not None]
+    assert (seg["stage"], seg["reason"], seg["error_type"]) == kind, seg
+    return seg
+
+
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory, backend):
     """The first 2 s of the committed clip, re-encoded as the variants are, and its one row."""
@@ -153,10 +162,7 @@ def test_silent_sound_is_a_segment_reject_and_every_row_has_its_level(tmp_path, 
     path = tmp_path / "silent.mp4"
     ffmpeg("-i", f"file:{CLIP}", "-f", "lavfi", "-i", "anullsrc=r=44100:cl=stereo", "-t", 2, "-map", "0:v",
            "-map", "1:a", "-c:v", "copy", "-c:a", "aac", f"file:{path}")
-    res, rows, rejects = run(path, tmp_path, backend)
-    assert res["status"] == "rejected" and not rows, res
-    (seg,) = [r for r in rejects if r["segment_index"] is not None]
-    assert (seg["stage"], seg["reason"], seg["error_type"]) == ("audio", "silent_audio", "SilentAudio"), seg
+    seg = only_segment_reject(path, tmp_path, backend, ("audio", "silent_audio", "SilentAudio"))
     assert "-100.0 dBFS" in seg["message"] and "quality.min_audio_db" in seg["message"]
     res, rows, _ = run(path, tmp_path, backend, "quality.min_audio_db=null", name="kept")
     assert res["status"] == "rows" and rows[0]["audio_rms_db"] == -100 and rows[0]["source_audio_rate"] == 44100
@@ -258,10 +264,7 @@ def test_two_faces_of_similar_size_are_counted_and_refused_unless_kept(tmp_path,
     from test_bad_inputs import make_two_faces
 
     path = make_two_faces(tmp_path / "two.mp4")
-    res, rows, rejects = run(path, tmp_path, backend)
-    assert res["status"] == "rejected" and not rows, res
-    (seg,) = [r for r in rejects if r["segment_index"] is not None]
-    assert (seg["stage"], seg["reason"], seg["error_type"]) == ("faces", "multiple_faces", "MultipleFaces"), seg
+    seg = only_segment_reject(path, tmp_path, backend, ("faces", "multiple_faces", "MultipleFaces"))
     assert "2 faces" in seg["message"] and "quality.multiple_faces=keep" in seg["message"]
     res, rows, _ = run(path, tmp_path, backend, "quality.multiple_faces=keep", name="kept")
     assert res["status"] == "rows" and [r["n_faces"] for r in rows] == [2], res
