@@ -527,17 +527,27 @@ def _nonfinite_reject(row: dict) -> dict:
             "message": f"non-finite clip score: {what} (a scored row of an older run, counted as a reject)"}
 
 
+def _unpaired(summary: dict) -> list[dict]:
+    """One ``{dataset, method}`` per unpaired reference of a run's ``summary.json`` (its groups'
+    counts; the run's own names when it has none): unpaired pairs have no table rows."""
+    groups = [g for g in summary.get("groups") or [] if g.get("unpaired")]
+    if groups:
+        return [{"dataset": g["dataset"], "method": g["method"]} for g in groups for _ in range(int(g["unpaired"]))]
+    return [{"dataset": summary.get("dataset"), "method": summary.get("method")}] * int(summary.get("unpaired") or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Rebuild the summary table from one or more runs (``metrics.parquet`` files or run folders).
     A clip of one (dataset, method) found in two runs (or a run given twice) is refused, naming it and
-    both runs: its scores would count twice; so is an incomplete run (no summary.json); exit 2."""
+    both runs: its scores would count twice; so is an incomplete run (no summary.json); exit 2.
+    Unpaired references (no rows) are counted from each run's summary.json."""
     from eval import results
 
     ap = argparse.ArgumentParser(prog="python -m eval.report", description=main.__doc__)
     ap.add_argument("inputs", nargs="+", help="run folders (OUTPUT/runs/ID) or metrics.parquet URIs")
     ap.add_argument("--output", required=True, help="folder for summary.md, summary.csv, report.html")
     a = ap.parse_args(argv)
-    rows, rejects, seen = [], [], {}
+    rows, rejects, unpaired, seen, runs = [], [], [], {}, {}
     for i, src in enumerate(a.inputs):
         run = (posixpath.dirname(src.rstrip("/")) or ".") if src.rstrip("/").endswith(".parquet") else src.rstrip("/")
         if not uri_mod.exists(uri_mod.join(run, "summary.json")):   # written last: the run is complete
@@ -555,10 +565,17 @@ def main(argv: list[str] | None = None) -> int:
                       f"{where}; give each method's run once (for a rerun, only its latest run; two methods "
                       "need two --method names).", file=sys.stderr)
                 return 2
+        if uri_mod.canonical(run) in runs:  # a run without rows given twice: its unpaired would count twice
+            print(f"python -m eval.report: error: run {run!r} is given twice ({runs[uri_mod.canonical(run)]!r} and "
+                  f"{src!r}); give each run once.", file=sys.stderr)
+            return 2
+        runs[uri_mod.canonical(run)] = src
+        unpaired += _unpaired(json.loads(uri_mod.read_bytes(uri_mod.join(run, "summary.json"))))
         bad += [_nonfinite_reject(r) for r in got if nonfinite(r)]  # older runs scored them
         rows, rejects = rows + [r for r in got if not nonfinite(r)], rejects + bad
     summary = {"run_id": "+".join(sorted({str(r["run_id"]) for r in rows + rejects})),
-               "generated": ", ".join(a.inputs), **results.summarise(rows, rejects, len(rows) + len(rejects))}
+               "generated": ", ".join(a.inputs),
+               **results.summarise(rows, rejects, len(rows) + len(rejects) + len(unpaired), unpaired)}
     files = write_report(a.output, rows, rejects, summary)
     print(table_markdown(rows, summary))
     print("\n".join(files.values()))

@@ -287,12 +287,13 @@ def read_table(uri: str) -> list[dict]:
         return pq.read_table(local).to_pylist()
 
 
-def summarise(rows: list[dict], rejects: list[dict], n_pairs: int) -> dict:
+def summarise(rows: list[dict], rejects: list[dict], n_pairs: int, unpaired: list[dict] = ()) -> dict:
     """Counts of a run held in memory: inputs = scored + rejected + unpaired (by reason), per
-    (dataset, method) too (:func:`eval.aggregate.summarise`, without the report samples)."""
+    (dataset, method) too (:func:`eval.aggregate.summarise`, without the report samples);
+    ``unpaired``: one ``{dataset, method}`` per unpaired reference."""
     from eval import aggregate
 
-    out = aggregate.summarise(rows, rejects, n_pairs)
+    out = aggregate.summarise(rows, rejects, n_pairs, unpaired)
     out.pop("_rows"), out.pop("_rejects")
     return out
 

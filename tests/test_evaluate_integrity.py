@@ -243,3 +243,61 @@ def test_a_generated_video_shifted_in_time_is_a_frame_offset_reject(shifted, mod
     assert "shifted in time" in report.render_html([row], [], {**s, "run_id": "x"})
     with pytest.raises(config_mod.ConfigError, match="frame_offset"):
         _cfg("frame_offset=warn")
+
+
+# ------------------------------------------------------------------------------- F5: eval.report
+def _run(root: Path, name: str, method: str, keys, unpaired: int) -> str:
+    d = root / name
+    rows = [{"run_id": name, "pair_id": f"{name}-{k}", "key": k, "dataset": "D", "method": method, "psnr": 30.0 + i,
+             "lmd": 1.0, "sync_missing": None} for i, k in enumerate(keys)]
+    results.write_shard(str(d), "metrics", 0, rows, name)
+    results.write_shard(str(d), "rejects", 0, [], name)
+    groups = [{"dataset": "D", "method": method, "scored": len(keys), "rejected": 0, "unpaired": unpaired}]
+    (d / "summary.json").write_text(json.dumps({"run_id": name, "dataset": "D", "method": method, "groups": groups,
+                                                "inputs": len(keys) + unpaired, "unpaired": unpaired}))
+    return str(d)
+
+
+def test_report_over_runs_keeps_their_unpaired_counts(tmp_path, capsys):
+    """python -m eval.report over runs said "3 pairs = 3 scored + 0 rejected" for runs that had
+    references without a generated clip: it passed rows + rejects as the inputs. Now each run's
+    summary.json gives its unpaired count (per method), and the counts add up."""
+    from eval import report
+
+    a = _run(tmp_path, "a", "A", ["k1", "k2"], unpaired=2)
+    b = _run(tmp_path, "b", "B", ["k1"], unpaired=3)
+    assert report.main(["--output", str(tmp_path / "rep"), a, b]) == 0
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert "8 pairs = 3 scored + 0 rejected + 5 unpaired (references without a generated clip)." in md
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "<tr><td class=l>unpaired (references without a generated clip)</td><td>5</td></tr>" in html
+    assert "<td class=ok>yes</td>" in html  # scored + rejected + unpaired = listed
+    # a run with no rows given twice would count its unpaired twice: refused
+    empty = _run(tmp_path, "e", "E", [], unpaired=4)
+    capsys.readouterr()
+    assert report.main(["--output", str(tmp_path / "rep2"), empty, empty + "/"]) == 2
+    assert "is given twice" in capsys.readouterr().err
+
+
+def test_report_reads_runs_written_before_the_new_columns(tmp_path):
+    """A radio-eval/2 run (no face_*, offset or resize columns) still makes a report."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from eval import report
+
+    run = tmp_path / "old"
+    (run / "metrics.parquet").mkdir(parents=True)
+    old = [f for f in results.METRICS_SCHEMA if not f.name.startswith(("face_", "best_offset", "offset_",
+                                                                     "frame_offset", "resize_", "generated_h",
+                                                                     "generated_w"))]
+    assert len(old) < len(results.METRICS_SCHEMA)
+    row = {"run_id": "old", "pair_id": "p", "key": "k", "dataset": "D", "method": "M", "psnr": 31.0, "ms_ssim": 0.9,
+           "lmd": 2.0, "n_frames": 10, "generated_resized": True, "protocol": "radio-v1"}
+    pq.write_table(pa.Table.from_pylist([row], schema=pa.schema(old)), run / "metrics.parquet" / "part-00000.parquet")
+    results.write_shard(str(run), "rejects", 0, [], "old")
+    (run / "summary.json").write_text(json.dumps({"schema_version": "radio-eval/2", "unpaired": 1, "dataset": "D",
+                                                  "method": "M"}))
+    assert report.main(["--output", str(tmp_path / "rep"), str(run)]) == 0
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert "2 pairs = 1 scored + 0 rejected + 1 unpaired" in md and "| M | 31.00 |" in md
