@@ -8,7 +8,9 @@
 2. **Decode** both at 25 fps CFR (``preprocess.video``), in step, ``cfg.chunk_frames`` at a time,
    twice (two passes; see Memory). A generated video of another frame size but the same aspect
    ratio (within ``cfg.aspect_tolerance``, relative) is resized to the reference's
-   (``generated_resized``), as :mod:`eval.crop` requires; another aspect ratio is an
+   (``generated_resized``), as :mod:`eval.crop` requires, frame by frame with OpenCV: bilinear
+   (``cv2.INTER_LINEAR``) when it is smaller, area averaging (``cv2.INTER_AREA``) when larger;
+   rows record ``resize_interpolation`` and the generated size (``generated_height/width``); another aspect ratio is an
    ``aspect_mismatch`` reject (at probe), never a stretched face.
 3. **Reference faces** (pass 1). ``preprocess.track.FaceTracker`` with the configured landmark
    backend runs over the reference (no segment length cap, no minimum). Frames outside a face
@@ -244,11 +246,25 @@ def frame_count(info) -> int:
     return fc(info, FPS)
 
 
+#: how a generated video of another frame size (same aspect) is resized to the reference's
+RESIZE_UP, RESIZE_DOWN = "cv2.INTER_LINEAR", "cv2.INTER_AREA"
+
+
+def resize_interpolation(src_hw, dst_hw) -> str | None:
+    """The interpolation :func:`_resize_to` uses from ``src_hw`` to ``dst_hw`` (None: same size):
+    bilinear (:data:`RESIZE_UP`) to enlarge a smaller generated video, area averaging
+    (:data:`RESIZE_DOWN`) to shrink a larger one. Rows record it (``resize_interpolation``)."""
+    if tuple(src_hw) == tuple(dst_hw):
+        return None
+    return RESIZE_DOWN if src_hw[0] * src_hw[1] > dst_hw[0] * dst_hw[1] else RESIZE_UP
+
+
 def _resize_to(frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    if frames.shape[1:3] == tuple(hw):
+    how = resize_interpolation(frames.shape[1:3], hw)
+    if how is None:
         return frames
     h, w = hw
-    interp = cv2.INTER_AREA if frames.shape[1] * frames.shape[2] > h * w else cv2.INTER_LINEAR
+    interp = cv2.INTER_AREA if how == RESIZE_DOWN else cv2.INTER_LINEAR
     return np.stack([cv2.resize(f, (w, h), interpolation=interp) for f in frames])
 
 
@@ -699,6 +715,8 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
         "crop_flagged_frames": int(flagged),
         "frame_height": int(ref_hw[0]), "frame_width": int(ref_hw[1]),
         "generated_resized": bool(tuple(gen_hw) != tuple(ref_hw)),
+        "generated_height": int(gen_hw[0]), "generated_width": int(gen_hw[1]),
+        "resize_interpolation": resize_interpolation(gen_hw, ref_hw),
         **{k: framed[k] for k in ("face_box_iou", "face_scale_ratio", "face_check_frames")},
         "best_offset": offset["best_offset"], "offset_gain_db": offset["offset_gain_db"],
         "frame_offset_flagged": shifted,

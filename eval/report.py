@@ -198,7 +198,9 @@ def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
                        "metrics.parquet)."]
     if (summary or {}).get("generated_resized"):
         counts += ["", f"Generated videos resized to the reference's frame size (same aspect ratio): "
-                       f"{_clips(summary['generated_resized'])}."]
+                       f"{_clips(summary['generated_resized'])}. Resized with OpenCV frame by frame: bilinear "
+                       "(cv2.INTER_LINEAR) when smaller, area averaging (cv2.INTER_AREA) when larger "
+                       "(resize_interpolation per clip in metrics.parquet)."]
     out += counts + ["", f"Cells: mean ± half-width of the {CI_METHOD}."] + ([f"Padded frames: {FLAGGED_NOTE}."] if rows else [])
     out += [f"Crop protocol {', '.join(sorted({str(r.get('protocol')) for r in rows}))} at "
             f"{', '.join(sorted({str(r.get('crop_size')) for r in rows}))} px; landmarks "

@@ -84,6 +84,9 @@ METRICS_SCHEMA = pa.schema(_PAIR_FIELDS + [
     pa.field("frame_height", pa.int32()),
     pa.field("frame_width", pa.int32()),
     pa.field("generated_resized", pa.bool_()),
+    pa.field("generated_height", pa.int32()),     # the generated video's decoded (display) size
+    pa.field("generated_width", pa.int32()),
+    pa.field("resize_interpolation", pa.string()),  # null: same size; cv2.INTER_LINEAR (smaller) | cv2.INTER_AREA (larger)
     pa.field("face_box_iou", pa.float64()),       # median IoU, generated face box vs reference's (framing check)
     pa.field("face_scale_ratio", pa.float64()),   # median generated / reference face size (sqrt area)
     pa.field("face_check_frames", pa.int32()),    # frames both faces were found on (0: not decided)

@@ -301,3 +301,25 @@ def test_report_reads_runs_written_before_the_new_columns(tmp_path):
     assert report.main(["--output", str(tmp_path / "rep"), str(run)]) == 0
     md = (tmp_path / "rep" / "summary.md").read_text()
     assert "2 pairs = 1 scored + 0 rejected + 1 unpaired" in md and "| M | 31.00 |" in md
+
+
+# ------------------------------------------------------------------------------- F6: resize
+def test_resized_rows_say_how(framings, tmp_path, models):
+    """A smaller generated video is enlarged bilinearly, a larger one area-averaged; the rows said
+    only generated_resized. Now they record the interpolation and the generated size."""
+    from eval import clip as clip_mod
+    from eval import report
+
+    cfg = _cfg("max_frames=6", "length_tolerance=1000")
+    small, ref = framings["small"]
+    row, _ = clip_mod.evaluate_pair(small, ref, cfg, models)
+    assert (row["generated_resized"], row["resize_interpolation"]) == (True, "cv2.INTER_LINEAR")
+    assert (row["generated_height"], row["generated_width"], row["frame_height"]) == (262, 262, 524)
+    large = _cut(DATA_DIR / "00015.mp4", tmp_path / "large.mp4", "scale=448:448")
+    row2, _ = clip_mod.evaluate_pair(large, str(DATA_DIR / "00015.mp4"), cfg, models)
+    assert row2["resize_interpolation"] == "cv2.INTER_AREA" and row2["generated_width"] == 448
+    row3, _ = clip_mod.evaluate_pair(ref, ref, cfg, models)
+    assert row3["resize_interpolation"] is None and row3["generated_resized"] is False
+    rows = [{**r, "pair_id": k, "key": k, "dataset": "d", "method": "m"} for k, r in (("a", row), ("b", row2))]
+    md = report.table_markdown(rows, {**results.summarise(rows, [], 2), "run_id": "x"})
+    assert "bilinear (cv2.INTER_LINEAR) when smaller, area averaging (cv2.INTER_AREA) when larger" in md
