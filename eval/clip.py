@@ -10,8 +10,8 @@
    ratio (within ``cfg.aspect_tolerance``, relative) is resized to the reference's
    (``generated_resized``), as :mod:`eval.crop` requires, frame by frame with OpenCV: bilinear
    (``cv2.INTER_LINEAR``) when it is smaller, area averaging (``cv2.INTER_AREA``) when larger;
-   rows record ``resize_interpolation`` and the generated size (``generated_height/width``); another aspect ratio is an
-   ``aspect_mismatch`` reject (at probe), never a stretched face.
+   rows record ``resize_interpolation`` and the generated size (``generated_height/width``);
+   another aspect ratio is an ``aspect_mismatch`` reject (at probe), never a stretched face.
 3. **Reference faces** (pass 1). ``preprocess.track.FaceTracker`` with the configured landmark
    backend runs over the reference (no segment length cap, no minimum). Frames outside a face
    segment are not scored (``face_coverage``); coverage under ``cfg.min_face_coverage`` (or no
@@ -92,6 +92,7 @@ import cv2
 import numpy as np
 
 from eval import crop as crop_mod
+from eval.aggregate import nonfinite
 from eval.config import EvalConfig
 from eval.metrics import lmd as lmd_mod
 from eval.metrics import msssim, psnr
@@ -418,8 +419,9 @@ def _framing_message(v: dict, cfg: EvalConfig, gen_hw, ref_hw) -> str:
     resized = (f"; generated {gen_hw[1]}x{gen_hw[0]} resized to the reference's {ref_hw[1]}x{ref_hw[0]}"
                if tuple(gen_hw) != tuple(ref_hw) else "")
     return (f"generated face is not where the reference's is (nose and eye landmarks, median of "
-            f"{v['face_check_frames']} of {v['checked']} frames checked): face box IoU {v['face_box_iou']:.2f} (min {cfg.face_min_iou:g}), "
-            f"generated face {v['face_scale_ratio']:.2f}x the reference's size (max {cfg.face_max_scale:g}x)"
+            f"{v['face_check_frames']} of {v['checked']} frames checked): face box IoU {v['face_box_iou']:.2f} "
+            f"(min {cfg.face_min_iou:g}), generated face {v['face_scale_ratio']:.2f}x the reference's size "
+            f"(max {cfg.face_max_scale:g}x)"
             f"{resized}: a crop, zoom or shift of the picture would be scored, not the method (--set "
             "face_check_frames=0 scores it anyway)")
 
@@ -473,8 +475,9 @@ class OffsetProbe:
 
 def _offset_message(o: dict, cfg: EvalConfig) -> str:
     k = o["best_offset"]
-    what = (f"the generated video runs {-k} frame{'s' if abs(k) > 1 else ''} ahead (frames missing at its start?)"
-            if k < 0 else f"the generated video runs {k} frame{'s' if k > 1 else ''} behind (frames added at its start?)")
+    frames = f"{abs(k)} frame{'s' if abs(k) > 1 else ''}"
+    what = (f"the generated video runs {frames} ahead (frames missing at its start?)" if k < 0 else
+            f"the generated video runs {frames} behind (frames added at its start?)")
     return (f"generated frame t{k:+d} matches reference frame t best: PSNR {o['psnr'][k]:.1f} dB against "
             f"{o['psnr'][0]:.1f} dB as paired (t against t), mean of {o['frames']} frames of the crop; {what}. "
             f"Scored as paired, every metric would measure the shift (more than frame_offset_db "
@@ -568,8 +571,6 @@ def _sync_row(res: dict | None, status: str, reason: str | None, boxes: SyncBoxe
 def check_finite(row: dict, per_frame: dict) -> None:
     """``scoring_error`` reject when a clip score of ``row`` is NaN or ±inf, naming the metric and
     how many of its per-frame scores are not finite."""
-    from eval.aggregate import nonfinite
-
     bad = nonfinite(row)
     if not bad:
         return

@@ -8,7 +8,7 @@ One dataclass tree, loaded with :func:`preprocess.config.load` (unknown keys are
     aspect_tolerance: 0.01      # relative width/height difference; larger: an aspect_mismatch reject (else resized)
     max_frames: null            # score only the first N frames of each pair (null: all)
     face_check_frames: 5        # frames where the generated face is compared with the reference's (0: off)
-    face_min_iou: 0.6           # IoU of the face box with itself moved as the generated face is, below: content_mismatch
+    face_min_iou: 0.6           # face box IoU with itself moved as the generated face is, below: content_mismatch
     face_max_scale: 1.15        # generated / reference face size (either way) above this: content_mismatch
     frame_offset: reject        # a generated video shifted in time (frame t±k matches t better): reject | record
     frame_offset_db: 3.0        # ... better by more than this PSNR of the crop (offsets -2..+2, 8 frames)
@@ -135,9 +135,9 @@ class EvalConfig:
     aspect_tolerance: float = 0.01  # relative difference of width/height ratios, else an aspect_mismatch reject (within it: resized)
     max_frames: int | None = None  # score only the first N frames of each pair (null: all)
     face_check_frames: int = 5  # frames the generated face is compared with the reference's on (0: off; eval.clip)
-    face_min_iou: float = 0.6   # median IoU of the face box with itself moved as the generated face is, else content_mismatch
+    face_min_iou: float = 0.6   # median IoU of the face box, moved as the generated face is, else content_mismatch
     face_max_scale: float = 1.15  # median face size ratio (either way) above this: a content_mismatch reject
-    frame_offset: str = "reject"  # generated frame t±k (k <= 2) beats t: reject (frame_offset) | record (scored, counted)
+    frame_offset: str = "reject"  # generated frame t±k (k <= 2) beats t: reject (frame_offset) | record (counted)
     frame_offset_db: float = 3.0  # ... by more than this crop PSNR (dB, mean of 8 frames)
     chunk_frames: int = 4       # frames decoded and scored per block (a pair is streamed: memory flat in length)
     sample_frames: int = 3      # frames per pair shown in the HTML report

@@ -362,7 +362,8 @@ def _counts_html(summary: dict, rows: list[dict]) -> str:
                f"<tr><td class=l>&nbsp;&nbsp;too_short_for_sync (tracks ≤ min_track frames)</td>"
                f"<td>{summary.get('too_short_for_sync', 0)}</td></tr>")
             + (f"<tr><td class=l>scored as paired although shifted in time (frame_offset=record)</td>"
-               f"<td class=bad>{summary['frame_offset_flagged']}</td></tr>" if summary.get("frame_offset_flagged") else "")
+               f"<td class=bad>{summary['frame_offset_flagged']}</td></tr>"
+               if summary.get("frame_offset_flagged") else "")
             + f"<tr><td class=l>frames scored</td><td>{summary.get('frames_scored', 0)}</td></tr>"
             f"<tr><td class=l>padded frames</td><td>{padded_frames} in {padded_clips} of "
             f"{_clips(summary['scored'])}</td></tr>"

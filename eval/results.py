@@ -86,13 +86,13 @@ METRICS_SCHEMA = pa.schema(_PAIR_FIELDS + [
     pa.field("generated_resized", pa.bool_()),
     pa.field("generated_height", pa.int32()),     # the generated video's decoded (display) size
     pa.field("generated_width", pa.int32()),
-    pa.field("resize_interpolation", pa.string()),  # null: same size; cv2.INTER_LINEAR (smaller) | cv2.INTER_AREA (larger)
+    pa.field("resize_interpolation", pa.string()),  # null: same size; cv2.INTER_LINEAR (up) | cv2.INTER_AREA (down)
     pa.field("face_box_iou", pa.float64()),       # median IoU, generated face box vs reference's (framing check)
     pa.field("face_scale_ratio", pa.float64()),   # median generated / reference face size (sqrt area)
     pa.field("face_check_frames", pa.int32()),    # frames both faces were found on (0: not decided)
     pa.field("best_offset", pa.int32()),          # generated frame t + k matches reference frame t best (-2..2)
     pa.field("offset_gain_db", pa.float64()),     # crop PSNR at best_offset minus at 0 (>= 0)
-    pa.field("frame_offset_flagged", pa.bool_()), # best_offset beat 0 by > frame_offset_db, scored (frame_offset=record)
+    pa.field("frame_offset_flagged", pa.bool_()),  # best_offset beat 0 by > frame_offset_db (frame_offset=record)
     pa.field("landmark_backend", pa.string()),
     pa.field("landmark_weights", pa.string()),    # JSON {file: sha256}
     pa.field("landmark_fitting", pa.string()),    # JSON {backend, fit_boxes, fit_shift, ...}: part of LMD's protocol
@@ -113,7 +113,7 @@ METRICS_SCHEMA = pa.schema(_PAIR_FIELDS + [
 ])
 
 REJECTS_SCHEMA = pa.schema(_PAIR_FIELDS + [
-    pa.field("reason", pa.string(), nullable=False),  # eval.clip.REJECT_REASONS: missing_file | length_mismatch | no_face | content_mismatch | ...
+    pa.field("reason", pa.string(), nullable=False),  # eval.clip.REJECT_REASONS: missing_file | no_face | frame_offset | ...
     pa.field("side", pa.string(), nullable=False),    # generated | reference | pair
     pa.field("stage", pa.string(), nullable=False),
     pa.field("message", pa.string(), nullable=False),

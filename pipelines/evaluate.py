@@ -269,7 +269,7 @@ def format_summary(s: dict) -> str:
         lines.append(f"  {s['sync_missing']} scored pairs without Sync: "
                      + ", ".join(f"{k} {v}" for k, v in sorted(s.get("sync_status", {}).items()) if k != "scored"))
     if s.get("frame_offset_flagged"):
-        lines.append(f"  {s['frame_offset_flagged']} scored pairs look shifted in time (frame_offset=record; best_offset "
-                     "in metrics.parquet)")
+        lines.append(f"  {s['frame_offset_flagged']} scored pairs look shifted in time (frame_offset=record; "
+                     "best_offset in metrics.parquet)")
     lines.append(f"  output: {s['output']}  (metrics.parquet, rejects.parquet, summary.md/csv, report.html)")
     return "\n".join(lines)
