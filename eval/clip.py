@@ -324,7 +324,7 @@ class FramingCheck:
         k = min(cfg.face_check_frames, n)
         self.positions = sorted({int((i + 0.5) * n / k) for i in range(k)}) if k else []
         self.cfg, self.backend = cfg, backend
-        self.tracker = face_tracker(backend, cfg.landmarks.tracker)  # for its full-frame search
+        self.tracker = face_tracker(backend, cfg.landmarks.tracker)  # for its full-frame search (faces)
         self.found: dict[int, tuple[float, float] | None] = {}
 
     def update(self, start: int, gen: np.ndarray, ref: np.ndarray) -> None:
@@ -332,7 +332,7 @@ class FramingCheck:
             if not start <= t < start + len(ref):
                 continue
             gen_f, ref_f = _resize_to(gen[t - start:t - start + 1], ref.shape[1:3])[0], ref[t - start]
-            ref_dets, gen_dets = self.tracker._search(ref_f), self.tracker._search(gen_f)
+            ref_dets, gen_dets = self.tracker.faces(ref_f), self.tracker.faces(gen_f)
             if not ref_dets or not gen_dets:
                 self.found[t] = None
                 continue

@@ -280,8 +280,7 @@ class FaceTracker:
             if (self._track is not None and cfg.count_every > 0
                     and (self._t - self._seg.start) % cfg.count_every == cfg.count_every - 1):
                 self.stats.face_counts += 1   # a second face may walk in while the track runs smoothly
-                dets = self._detect(frame, search_scale(*frame.shape[:2], self.backend.min_face_px,
-                                                        cfg.min_face_frac))
+                dets = self.faces(frame)
                 self._seg.n_faces = max(self._seg.n_faces, self._count_faces(dets, _side(self._track.box)))
         if self._track is None:  # not tracking, or the track just ended with a jump
             if self._search_wait <= 0:
@@ -448,11 +447,15 @@ class FaceTracker:
             img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
         return [d.scaled(scale, offset) for d in self.backend.detect(_shrink(img, scale))]
 
+    def faces(self, frame: np.ndarray) -> list[Detection]:
+        """Every face the full-frame search finds in ``frame`` (at the search working size, so a
+        face of ``min_face_frac`` × the short side is found); no track is started or touched."""
+        h, w = frame.shape[:2]
+        return self._detect(frame, search_scale(h, w, self.backend.min_face_px, self.config.min_face_frac))
+
     def _search(self, frame: np.ndarray) -> list[Detection]:
         self.stats.searches += 1
-        h, w = frame.shape[:2]
-        scale = search_scale(h, w, self.backend.min_face_px, self.config.min_face_frac)
-        dets = self._detect(frame, scale)
+        dets = self.faces(frame)
         if self._seg is not None and dets:  # a re-detection's fallback: the whole frame seen again
             self._seg.n_faces = max(self._seg.n_faces, self._count_faces(dets, _side(self._track.box)))
         return dets
