@@ -262,6 +262,7 @@ class DubPairFn(beam.DoFn):
         from radio.dub import TEMP_PREFIX
 
         writer_mod.remove_stale_local(TEMP_PREFIX)   # this worker's machine: folders of killed runs only
+        uri_mod.remove_stale_copies()                # and their copies of remote inputs
         self.backend = get_backend(self.cfg.dub.landmark_backend, **self.cfg.dub.landmark_args)
 
     def _owned_by_another_pair(self, uri: str) -> bool:

@@ -72,6 +72,7 @@ class ScoreFn(beam.DoFn):
 
         self.cfg = config_mod.from_dict(EvalConfig, self.cfg_dict)
         self.models = load_models(self.cfg)
+        uri_mod.remove_stale_copies()   # copies of remote videos that killed workers on this machine left
 
     def process(self, pair: dict):
         t0 = time.perf_counter()

@@ -63,6 +63,7 @@ class ProcessSourceFn(beam.DoFn):
         else:
             self.backend = source.load_backend(self.cfg)
             source.warm_up()
+            uri_mod.remove_stale_copies()   # copies of remote sources that killed workers left
 
     def teardown(self):
         if self.worker is not None:

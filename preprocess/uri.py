@@ -4,8 +4,6 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import shutil
-import tempfile
 import uuid
 from typing import Iterator, Sequence
 
@@ -154,8 +152,9 @@ def local_copy(uri: str, suffix: str = "", max_bytes: int | None = None,
             raise too_large(os.path.getsize(path))
         yield path
         return
-    d = tempfile.mkdtemp(prefix="radio-")
-    try:
+    from preprocess.writer import locked_temp_dir   # writer imports this module
+
+    with locked_temp_dir(COPY_PREFIX) as d:         # a killed worker's copy: remove_stale_copies
         local = os.path.join(d, "media" + (suffix or os.path.splitext(path)[1][:16]))
         if max_bytes is None:
             fs.get(path, local)
@@ -172,5 +171,14 @@ def local_copy(uri: str, suffix: str = "", max_bytes: int | None = None,
                     dst.write(block)
                     progress.beat()
         yield local
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+
+
+COPY_PREFIX = "radio-copy-"
+
+
+def remove_stale_copies() -> list[str]:
+    """Remove the ``$TMPDIR`` copies of remote inputs that killed workers left (a 16 GiB source each,
+    at worst); copies in use hold a lock and stay. Each job's workers call it at start."""
+    from preprocess.writer import remove_stale_local
+
+    return remove_stale_local(COPY_PREFIX)

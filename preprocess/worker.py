@@ -177,6 +177,7 @@ def _watch_parent() -> None:
 def _child(read_fd: int, write_fd: int) -> None:
     from preprocess import config as config_mod
     from preprocess import failures, shards, source
+    from preprocess import uri as uri_mod
 
     conn = _Duplex(read_fd, write_fd)
     _watch_parent()
@@ -192,6 +193,7 @@ def _child(read_fd: int, write_fd: int) -> None:
         backend = source.load_backend(cfg)
         source.warm_up()
         shards.remove_stale_local(dataset)
+        uri_mod.remove_stale_copies()      # copies of remote sources that killed workers left
     except Exception as e:
         reply_error(e)
         return

@@ -139,3 +139,33 @@ def test_http_sources_only_when_allowed_and_under_the_size_cap(tmp_path):
         with uri.local_copy(str(CLIP), max_bytes=1000):
             pass
     assert e.value.reason == "too_large"
+
+
+def test_copies_of_remote_sources_that_killed_workers_left_are_removed(tmp_path, monkeypatch):
+    """A worker killed while it held a copy of a remote source (OOM, SIGTERM to the job) left it in
+    $TMPDIR for good (up to max_source_bytes each); the next job's workers remove such copies and
+    never one in use."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))       # gettempdir() caches its answer
+    data = CLIP.read_bytes()
+    (tmp_path / "v.mp4").write_bytes(data)
+    with _http_server(tmp_path) as base:
+        with uri.local_copy(f"{base}/v.mp4", schemes=["http"]) as local:
+            assert Path(local).parent.name.startswith(uri.COPY_PREFIX)
+            assert uri.remove_stale_copies() == [] and Path(local).read_bytes() == data   # in use: kept
+        assert not Path(local).exists()
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import os, signal, sys; from preprocess import uri, writer\n"
+                              "with writer.locked_temp_dir(uri.COPY_PREFIX) as d:\n"
+                              "    open(os.path.join(d, 'media.mp4'), 'wb').write(b'x' * 1000)\n"
+                              "    print(d, flush=True); os.kill(os.getpid(), signal.SIGKILL)\n"],
+                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, TMPDIR=str(tmp_path)),
+                             cwd=str(Path(__file__).resolve().parents[1]))
+    left = child.stdout.readline().strip()
+    assert child.wait(timeout=60) == -signal.SIGKILL and Path(left).is_dir()
+    assert uri.remove_stale_copies() == [left] and not Path(left).exists()
