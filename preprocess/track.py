@@ -8,10 +8,13 @@ How it works (one :class:`FaceTracker` per video; feed it decoded RGB chunks in 
   detector's ``min_face_px`` (80 px for dlib's HOG window). With the defaults (0.2, dlib): 224² and
   400² frames are searched at full size, 512² at 0.78, 1080p at 0.37 (short side 400). The largest
   face found becomes the main face, whoever speaks: the faces found of at least ``other_face_ratio``
-  (0.5) × its size are counted (``FaceSegment.n_faces``: the most found by the full-frame counts
-  within the segment — at its track's start, every ``count_every`` frames while tracking, and when a
-  re-detection falls back to the whole frame), so that a caller can refuse segments where another
-  face may be the speaker. Without a face, the search repeats every ``search_every`` frames.
+  (0.5) × its size are counted (``FaceSegment.n_faces``: the most that one full-frame count within
+  the segment found and another found again in the same place — counts run at its track's start,
+  every ``count_every`` frames while tracking, and when a re-detection falls back to the whole
+  frame; a detection scoring under ``other_face_score`` × the main face's is not counted, and a
+  false detection such as a badge is seldom found twice anyway), so that a caller can refuse
+  segments where another face may be the speaker. Without a face, the search repeats every
+  ``search_every`` frames.
 * **Tracking**: each frame is fitted once from a box in the *detector's* convention, predicted from
   the previous frame's landmarks through a per-track mapping (landmark centre/size of the rigid
   points 27–47 -> detector box), fitted on the track's detections and updated by EMA at each
@@ -85,6 +88,7 @@ class TrackerConfig:
     min_segment_frames: int = 25     # shorter segments are dropped
     other_face_ratio: float = 0.5    # FaceSegment.n_faces counts faces at least this × the main face's size
     count_every: int = 50            # frames between full-frame face counts while tracking (0: at searches only)
+    other_face_score: float = 0.25   # ... and whose detection score is at least this × the main face's
 
     def __post_init__(self) -> None:
         if self.max_segment_frames < 1 or self.min_segment_frames < 1:
@@ -110,9 +114,9 @@ class FaceSegment:
     scores: np.ndarray         # (n,) float32, score of the track's latest detection
     end_reason: str            # cut | lost | jump | max_length | end
     frame_size: tuple[int, int]  # (height, width) of the source frames
-    n_faces: int = 1           # most faces (the main one included) of at least other_face_ratio × its size
-    #                            a full-frame count found within the segment (its track's start, every
-    #                            count_every frames, and re-detections that fell back to the whole frame)
+    n_faces: int = 1           # faces (the main one included) of at least other_face_ratio × its size that
+    #                            two full-frame counts within the segment found in the same place (counts:
+    #                            its track's start, every count_every frames, re-detections' fallbacks)
 
     @property
     def n_frames(self) -> int:
@@ -195,7 +199,18 @@ class _Segment:
     scores: list = field(default_factory=list)
     confirmed: int = 0  # frames up to the track's latest successful detection
     clean: int = 0      # frames before the current run of failed re-detections (when misses > 0)
-    n_faces: int = 1    # most faces of the main face's size a full-frame count found in it
+    others: list = field(default_factory=list)  # per full-frame count: boxes of the other faces it found
+
+    @property
+    def n_faces(self) -> int:
+        """1 + the most other faces that one count found *and* another count found again, where
+        they were (IoU >= 0.3): a false detection (a badge, a poster) is seldom found twice."""
+        best = 0
+        for i, boxes in enumerate(self.others):
+            seen = [b for b in boxes if any(box_iou(b, o) >= 0.3 for j, more in enumerate(self.others)
+                                            if j != i for o in more)]
+            best = max(best, len(seen))
+        return 1 + best
 
 
 class FaceTracker:
@@ -281,14 +296,14 @@ class FaceTracker:
                     and (self._t - self._seg.start) % cfg.count_every == cfg.count_every - 1):
                 self.stats.face_counts += 1   # a second face may walk in while the track runs smoothly
                 dets = self.faces(frame)
-                self._seg.n_faces = max(self._seg.n_faces, self._count_faces(dets, _side(self._track.box)))
+                self._seg.others.append(self._other_faces(dets, self._track.box, self._track.score))
         if self._track is None:  # not tracking, or the track just ended with a jump
             if self._search_wait <= 0:
                 dets = self._search(frame)
                 if dets:
                     main = max(dets, key=lambda d: (d.side, d.score))
                     self._start_track(frame, main)
-                    self._seg.n_faces = self._count_faces(dets, main.side)
+                    self._seg.others.append(self._other_faces(dets, main.box, main.score))
                 else:
                     self._search_wait = cfg.search_every - 1
             else:
@@ -457,12 +472,18 @@ class FaceTracker:
         self.stats.searches += 1
         dets = self.faces(frame)
         if self._seg is not None and dets:  # a re-detection's fallback: the whole frame seen again
-            self._seg.n_faces = max(self._seg.n_faces, self._count_faces(dets, _side(self._track.box)))
+            self._seg.others.append(self._other_faces(dets, self._track.box, self._track.score))
         return dets
 
-    def _count_faces(self, dets: list[Detection], side: float) -> int:
-        """Faces of ``dets`` at least ``other_face_ratio`` × ``side`` (the main face's box side)."""
-        return sum(d.side >= self.config.other_face_ratio * side for d in dets)
+    def _other_faces(self, dets: list[Detection], main_box, main_score: float) -> list:
+        """Boxes of the faces of ``dets`` other than the main one (``main_box``: IoU < 0.3 with it) of
+        at least ``other_face_ratio`` × its size and ``other_face_score`` × its detection score (a
+        badge on a jacket scored 0.04 against the face's 1.2 with dlib; a second real face 0.9-2.4
+        against 2.1-3.8)."""
+        cfg, side = self.config, _side(main_box)
+        return [np.asarray(d.box, dtype=np.float64) for d in dets
+                if box_iou(d.box, main_box) < 0.3 and d.side >= cfg.other_face_ratio * side
+                and (main_score <= 0 or d.score >= cfg.other_face_score * main_score)]
 
     def _redetect(self, frame: np.ndarray, box: np.ndarray, margin: float | None = None,
                   face_px: float | None = None, fallback: bool = True) -> list[Detection]:
