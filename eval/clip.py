@@ -98,6 +98,7 @@ from eval.metrics import lmd as lmd_mod
 from eval.metrics import msssim, psnr
 from preprocess import uri as uri_mod
 from preprocess.landmarks.base import box_iou
+from preprocess.track import rigid_frame
 from preprocess.media import MediaError
 
 log = logging.getLogger(__name__)
@@ -295,17 +296,12 @@ def sync_boxes(segments: list, n: int, scale: float = 1.0) -> list[np.ndarray]:
     return out
 
 
-#: landmarks that move with the head only (nose, eyes): dubbing moves the mouth and jaw, not these
-RIGID = slice(27, 48)
-
-
 def _face_shift(gen_lm: np.ndarray, ref_lm: np.ndarray, ref_box) -> tuple[float, float]:
     """``(iou, scale)`` of the generated face against the reference's from their rigid landmarks:
     the reference's face box moved and scaled as the rigid points moved (centroid; RMS spread
     about it), its IoU with the box itself, and the scale (generated / reference)."""
-    g, r = np.asarray(gen_lm, np.float64)[RIGID], np.asarray(ref_lm, np.float64)[RIGID]
-    cg, cr = g.mean(0), r.mean(0)
-    scale = float(np.sqrt(((g - cg) ** 2).sum(1).mean() / max(((r - cr) ** 2).sum(1).mean(), 1e-12)))
+    (cg, sg), (cr, sr) = rigid_frame(gen_lm), rigid_frame(ref_lm)   # dubbing moves the mouth, not these
+    scale = sg / max(sr, 1e-6)
     corners = np.asarray(ref_box, np.float64).reshape(2, 2)
     moved = (cg + scale * (corners - cr)).reshape(4)
     return box_iou(moved, ref_box), scale

@@ -143,7 +143,9 @@ class TrackerStats:
     face_counts: int = 0        # full-frame detections while tracking, to count the faces in the picture
 
 
-def _lm_frame(lm: np.ndarray) -> tuple[np.ndarray, float]:
+def rigid_frame(lm: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre and size (RMS distance from the centre) of the rigid landmarks (nose, eyes): where a
+    head is and how large, whatever the mouth and jaw do."""
     p = np.asarray(lm, dtype=np.float64)[RIGID]
     c = p.mean(axis=0)
     return c, float(np.sqrt(((p - c) ** 2).sum(axis=1).mean()))
@@ -151,13 +153,13 @@ def _lm_frame(lm: np.ndarray) -> tuple[np.ndarray, float]:
 
 def _mapping(lm: np.ndarray, box) -> np.ndarray:
     """Per-track box convention: box centre offset and size in units of the rigid-point radius."""
-    c, s = _lm_frame(lm)
+    c, s = rigid_frame(lm)
     x0, y0, x1, y1 = box
     return np.array([((x0 + x1) / 2 - c[0]) / s, ((y0 + y1) / 2 - c[1]) / s, (x1 - x0) / s, (y1 - y0) / s])
 
 
 def _box_from(mapping: np.ndarray, lm: np.ndarray) -> np.ndarray:
-    c, s = _lm_frame(lm)
+    c, s = rigid_frame(lm)
     cx, cy = c + mapping[:2] * s
     hw, hh = mapping[2] * s / 2, mapping[3] * s / 2
     return np.array([cx - hw, cy - hh, cx + hw, cy + hh])
@@ -332,7 +334,7 @@ class FaceTracker:
                     > cfg.refit_motion * _side(box_pred):
                 lm = self._fit(frame, box)
                 box = _box_from(tr.mapping, lm)
-            (c0, s0), (c1, s1) = _lm_frame(tr.landmarks), _lm_frame(lm)
+            (c0, s0), (c1, s1) = rigid_frame(tr.landmarks), rigid_frame(lm)
             jumped = (np.hypot(*(c1 - c0)) / _side(box_pred) > cfg.motion_redetect
                       or abs(np.log(max(s1, 1e-6) / max(s0, 1e-6))) > cfg.scale_redetect)
         tr.since_detection += 1
