@@ -156,6 +156,18 @@ class MediaInfo:
     size_bytes: int = 0
     sar: float = 1.0  # a displayed pixel's width / height, after rotation (anamorphic video: not 1)
 
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(H, W) of a frame as displayed, in square pixels: an anamorphic frame is stretched, never
+        shrunk (the width by ``sar`` when it is > 1, the height by 1/``sar`` when < 1)."""
+        h, w = self.height, self.width
+        sar = self.sar if self.sar and self.sar > 0 else 1.0
+        if sar > 1.0 + 1e-6:
+            w = max(1, int(round(w * sar)))
+        elif sar < 1.0 - 1e-6:
+            h = max(1, int(round(h / sar)))
+        return h, w
+
 
 def ffmpeg_bin(name: str) -> str:
     """Absolute path of ``ffmpeg``/``ffprobe`` (env ``RADIO_FFMPEG``/``RADIO_FFPROBE`` overrides)."""
@@ -595,12 +607,12 @@ def check_limits(info: MediaInfo, *, max_pixels: Optional[int] = None,
             than ``max_gap_s`` apart).
     """
     if max_pixels is not None:
-        # frames are decoded as displayed (square pixels): a declared sample aspect ratio of 255:1
-        # makes a 1080p frame 275,400 pixels wide, so the limit holds for the displayed size too
-        sar = info.sar if info.sar and info.sar > 0 else 1.0
-        w, h = info.width * max(sar, 1.0), info.height / min(sar, 1.0)
-        if w * h > max_pixels:
-            shown = f"{info.width}x{info.height}" + (f" (displayed {round(w)}x{round(h)})" if sar != 1.0 else "")
+        # frames are decoded as displayed (square pixels): a declared sample aspect ratio of 100:1
+        # makes a 1024² frame 102,400 pixels wide, so the limit holds for the displayed size too
+        h, w = info.display_size
+        if max(w * h, info.width * info.height) > max_pixels:
+            shown = f"{info.width}x{info.height}" + (f" (displayed {w}x{h})" if (h, w) != (info.height, info.width)
+                                                     else "")
             raise MediaError("probe", "too_large", f"Expected at most {max_pixels} pixels a frame. "
                              f"Got {shown}.", info.path)
     if max_duration_s is not None and info.duration_s > max_duration_s:

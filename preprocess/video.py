@@ -92,12 +92,7 @@ def output_size(info: MediaInfo, max_side: Optional[int] = None,
     aspect ratio when it is > 1 (384×512 at 4:3 → 512×512), the height by its inverse when it is
     < 1. Without it, the stored pixel grid (rotation applied). ``max_side`` applies after that.
     """
-    h, w = info.height, info.width
-    sar = info.sar if square_pixels and info.sar and info.sar > 0 else 1.0
-    if sar > 1.0 + 1e-6:
-        w = max(1, int(round(w * sar)))
-    elif sar < 1.0 - 1e-6:
-        h = max(1, int(round(h / sar)))
+    h, w = info.display_size if square_pixels else (info.height, info.width)
     if max_side is not None and max(h, w) > max_side:
         s = max_side / max(h, w)
         h, w = max(1, int(round(h * s))), max(1, int(round(w * s)))
