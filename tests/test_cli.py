@@ -614,11 +614,13 @@ def test_the_signal_handler_stops_only_what_the_command_started(tmp_path):
     import threading
     import time
 
-    before = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]   # killed below, never waited for
     hook = threading.excepthook
-    restore = cli.stop_on_signals()
-    started = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    before = subprocess.Popen(sleeper)
+    restore = started = None
     try:
+        restore = cli.stop_on_signals()
+        started = subprocess.Popen(sleeper)
         with pytest.raises(cli.Interrupted):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
@@ -626,9 +628,12 @@ def test_the_signal_handler_stops_only_what_the_command_started(tmp_path):
         assert started.wait(timeout=10) == -signal.SIGTERM
         assert before.poll() is None                                   # not ours: still running
     finally:
-        restore()
-        before.kill()
-        started.kill()
+        if restore:
+            restore()
+        for child in (before, started):
+            if child is not None:
+                child.kill()
+                child.wait()
     assert threading.excepthook is hook and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
