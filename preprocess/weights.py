@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
+import time
 from dataclasses import dataclass
 
 import fsspec
@@ -39,6 +41,58 @@ def _cache_dir() -> str:
     return os.environ.get("RADIO_WEIGHTS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "radio", "weights"))
 
 
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+PART_MAX_AGE_S = 3600  # a download's .part not written to for this long belongs to a killed worker
+
+
+def _sweep_parts(cache: str, max_age_s: float = PART_MAX_AGE_S) -> None:
+    """Remove the ``.part`` files of downloads killed part-way (a live download keeps writing to
+    its file, so its mtime stays fresh; a weight file takes seconds, not an hour, to copy)."""
+    now = time.time()
+    for name in os.listdir(cache):
+        if name.endswith(".part"):
+            p = os.path.join(cache, name)
+            try:
+                if now - os.stat(p).st_mtime > max_age_s:
+                    os.unlink(p)
+            except FileNotFoundError:  # another worker swept it first
+                pass
+
+
+def _cached_copy(fs, path: str, uri: str, sha256: str | None) -> tuple[str, str]:
+    """``(local copy, its sha256)`` of a remote weight file, from the cache or fetched into it.
+
+    With a configured sha256 the copy is stored under that digest: new weights at the same URI
+    (with the config's new sha256) are fetched instead of failing on the old copy, and a cached
+    copy whose bytes no longer match (damaged on disk) is fetched again. Without one the copy is
+    keyed by the URI and fetched again when its size differs from the remote file's. A fetched
+    file that does not match the configured sha256 is not kept."""
+    cache = _cache_dir()
+    os.makedirs(cache, exist_ok=True)
+    _sweep_parts(cache)
+    base = os.path.basename(path)
+    want = sha256.lower() if sha256 else None
+    key = want[:32] if want and _HEX64.fullmatch(want) else "uri-" + hashlib.sha256(uri.encode()).hexdigest()[:16]
+    local = os.path.join(cache, f"{key}-{base}")
+    if os.path.exists(local):
+        digest = sha256_file(local)
+        if (digest == want) if want else os.path.getsize(local) == fs.size(path):
+            return local, digest
+        os.unlink(local)
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{base}.", suffix=".part")
+    os.close(fd)
+    try:
+        fs.get(path, tmp)
+        digest = sha256_file(tmp)
+        if want is None or digest == want:
+            os.replace(tmp, local)
+            return local, digest
+        return tmp, digest          # reported as a mismatch by the caller; removed below
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def resolve_weights(uri: str | None, sha256: str | None, *, name: str, how_to_get: str,
                     allow_unverified: bool = False) -> ResolvedWeights:
     """Return a verified local copy of the weight file ``uri``.
@@ -54,20 +108,9 @@ def resolve_weights(uri: str | None, sha256: str | None, *, name: str, how_to_ge
         raise WeightsError(f"{name}: weight file not found at {uri!r}. {how_to_get}")
     if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
         local = path
+        digest = sha256_file(local)
     else:
-        os.makedirs(_cache_dir(), exist_ok=True)
-        key = hashlib.sha256(uri.encode()).hexdigest()[:16] + "-" + os.path.basename(path)
-        local = os.path.join(_cache_dir(), key)
-        if not os.path.exists(local):
-            fd, tmp = tempfile.mkstemp(dir=_cache_dir(), suffix=".part")
-            os.close(fd)
-            try:
-                fs.get(path, tmp)
-                os.replace(tmp, local)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-    digest = sha256_file(local)
+        local, digest = _cached_copy(fs, path, uri, sha256)
     if sha256:
         if digest.lower() != sha256.lower():
             raise WeightsError(f"{name}: sha256 of {uri!r} is {digest}, expected {sha256}. "
