@@ -95,6 +95,14 @@ def test_dataflow_accepts_a_container_image_instead_of_setup_file():
     assert not job.is_local
 
 
+def test_dataflow_accepts_an_extra_package_instead_of_setup_file():
+    # an installed radio has no setup.py: its sdist/wheel shipped with Beam's --extra_package(s) is the third way
+    for flag in ("--extra_package", "--extra_packages"):
+        job = options.build(_without("--setup_file") + [flag, "dist/radio-0.1.0.tar.gz"], job_name="j")
+        assert not job.is_local
+        assert job.options.view_as(SetupOptions).extra_packages == ["dist/radio-0.1.0.tar.gz"]
+
+
 def test_cli_reports_missing_dataflow_options(tmp_path, capsys):
     from radio import cli
 
