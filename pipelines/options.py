@@ -51,6 +51,7 @@ def build(pipeline_args: Sequence[str], *, job_name: str, workers: int | None = 
             direct.direct_running_mode = "in_memory"
         # workers are separate processes: the main session is not pickled, our code is importable
         opts.view_as(SetupOptions).save_main_session = False
+        pin_worker_imports()
         from apache_beam.runners.portability.fn_api_runner import fn_runner
 
         return BeamJob(options=opts, runner=fn_runner.FnApiRunner(), is_local=True)
@@ -59,6 +60,26 @@ def build(pipeline_args: Sequence[str], *, job_name: str, workers: int | None = 
     else:
         check_runner(runner_name)
     return BeamJob(options=opts, runner=runner_name, is_local=False)
+
+
+def pin_worker_imports() -> None:
+    """Local worker processes import radio's code from where this process did, whatever folder
+    the command runs in. Beam starts them with ``python -m …`` (and preprocess its decode child),
+    which puts the current folder first on ``sys.path``: a ``preprocess.py``, ``eval/`` or old
+    checkout there replaced radio's code in the workers (other scores, no warning).
+    ``PYTHONSAFEPATH=1`` (read by each new interpreter) drops that entry; a checkout run without
+    an install (its folder on ``sys.path`` explicitly) is put on ``PYTHONPATH`` instead."""
+    import site
+    import sys
+
+    os.environ["PYTHONSAFEPATH"] = "1"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds radio/, preprocess/, …
+    site_dirs = {os.path.abspath(d) for d in [*site.getsitepackages(), site.getusersitepackages()]}
+    if root in site_dirs or root not in {os.path.abspath(p or ".") for p in sys.path}:
+        return  # installed (wheel or editable): every interpreter of this venv finds it
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in (os.path.abspath(p) for p in parts):
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *parts])
 
 
 def check_runner(name: str) -> None:

@@ -62,7 +62,9 @@ class SourceWorker:
     def start(self) -> None:
         to_child_r, to_child_w = os.pipe()
         to_parent_r, to_parent_w = os.pipe()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        # this process's import path, and not the current folder ('-m' would put it first: a
+        # preprocess.py there would replace radio's code): see pipelines.options.pin_worker_imports
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "PYTHONSAFEPATH": "1"}
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "preprocess.worker", str(to_child_r), str(to_parent_w)],
