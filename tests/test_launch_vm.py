@@ -73,3 +73,64 @@ def test_a_run_that_ends_reports_and_powers_off(tmp_path, rc, status):
     lines = (tmp_path / "events").read_text().splitlines()
     assert lines[-2:] == [f"gcloud compute instances add-metadata vm1 --zone z --metadata radio-train-status={status}",
                           "poweroff "]
+
+
+FAKE_UV = """#!/bin/bash
+echo "uv $* UV_PYTHON_INSTALL_DIR=$UV_PYTHON_INSTALL_DIR" >> {t}/events
+[ "$1" = venv ] || exit 2
+mkdir -p "${{@: -1}}/bin"
+printf '#!/bin/bash\\necho "pip $*" >> {t}/events\\n' > "${{@: -1}}/bin/pip"
+cp {t}/torchrun "${{@: -1}}/bin/torchrun"
+chmod +x "${{@: -1}}/bin/pip" "${{@: -1}}/bin/torchrun"
+"""
+
+
+def _first_boot(t: Path, uv_on_path: bool) -> tuple[Path, dict]:
+    """The startup script on a VM that has no radio venv yet (one left by an older python3 -m venv,
+    without the installed marker); uv on PATH, or only the image's python3 to pip-install it."""
+    startup, _, env = _scripts(t)
+    venv = t / "opt/radio/.venv"
+    (venv / "installed").unlink()
+    (venv / "bin/python3.9").touch()                      # what the image's python3 made
+    (venv / "bin/torchrun").rename(t / "torchrun")
+    (t / "rc").write_text("0")
+    fake_uv = FAKE_UV.format(t=t)
+    if uv_on_path:
+        (t / "bin/uv").write_text(fake_uv)
+        (t / "bin/uv").chmod(0o755)
+    else:   # python3 -m pip install -q --target DIR uv -> DIR/bin/uv
+        (t / "bin/python3").write_text(f'#!/bin/bash\necho "python3 $*" >> {t}/events\n'
+                                       f'mkdir -p "$6/bin" && cat > "$6/bin/uv" <<\'UV\'\n{fake_uv}UV\n'
+                                       'chmod +x "$6/bin/uv"\n')
+        (t / "bin/python3").chmod(0o755)
+        env["PATH"] = f"{t}/bin:/usr/bin:/bin"
+    return startup, env
+
+
+@pytest.mark.parametrize("uv_on_path", [True, False])
+def test_first_boot_makes_a_python_3_11_venv_whatever_the_image_python(tmp_path, uv_on_path):
+    """The image's python3 (common-cu124-debian-11) is older than radio's 3.11: the venv is uv's 3.11
+    one, and radio is installed into it with the CUDA torch index, once (.venv/installed)."""
+    startup, env = _first_boot(tmp_path, uv_on_path)
+    assert subprocess.run(["bash", str(startup)], env=env, timeout=30).returncode == 0
+    lines = (tmp_path / "events").read_text().splitlines()
+    if not uv_on_path:
+        assert lines[0] == f"python3 -m pip install -q --target {tmp_path}/opt/uv uv"
+        lines = lines[1:]
+    assert lines[0] == f"uv venv --seed --python 3.11 .venv UV_PYTHON_INSTALL_DIR={tmp_path}/opt/uv-python"
+    assert lines[1] == "pip install -q -e . --extra-index-url https://download.pytorch.org/whl/cu124"
+    assert lines[-2:] == ["gcloud compute instances add-metadata vm1 --zone z --metadata radio-train-status=done",
+                          "poweroff "]
+    venv = tmp_path / "opt/radio/.venv"
+    assert (venv / "installed").exists() and not (venv / "bin/python3.9").exists()
+    assert "python3 -m venv" not in startup.read_text()
+
+
+def test_a_failed_install_reports_it_and_powers_off(tmp_path):
+    startup, env = _first_boot(tmp_path, uv_on_path=True)
+    (tmp_path / "bin/uv").write_text("#!/bin/bash\nexit 1\n")
+    assert subprocess.run(["bash", str(startup)], env=env, timeout=30).returncode == 1
+    lines = (tmp_path / "events").read_text().splitlines()
+    assert lines == ["gcloud compute instances add-metadata vm1 --zone z --metadata radio-train-status=failed:install",
+                     "poweroff "]
+    assert not (tmp_path / "opt/radio/.venv/installed").exists()

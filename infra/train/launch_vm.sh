@@ -58,7 +58,17 @@ set -u
 status() { gcloud compute instances add-metadata ${name} --zone ${ZONE} --metadata radio-train-status=\$1 || true; }
 cd /opt && { [ -d radio ] || git clone ${REPO:-https://example.invalid/radio.git} radio; } && cd radio || exit 1
 if [ ! -e .venv/installed ]; then
-  python3 -m venv .venv && .venv/bin/pip install -q -e . --extra-index-url https://download.pytorch.org/whl/cu124 \\
+  # radio needs Python 3.11 (setup.py) and the image's python3 is older: uv makes a 3.11 venv whatever
+  # the image holds (it downloads 3.11 into /opt/uv-python when the image has none). uv itself is
+  # pip-installed into /opt/uv (the image's python3 only runs pip) or, without a working pip, fetched
+  # by its standalone installer.
+  export HOME=\${HOME:-/root} UV_PYTHON_INSTALL_DIR=/opt/uv-python
+  uv=\$(command -v uv || command -v /opt/uv/bin/uv) \\
+    || { python3 -m pip install -q --target /opt/uv uv && uv=/opt/uv/bin/uv; } \\
+    || { curl -LsSf https://astral.sh/uv/install.sh | env UV_INSTALL_DIR=/opt/uv/bin UV_NO_MODIFY_PATH=1 sh \\
+         && uv=/opt/uv/bin/uv; } || { status failed:install; poweroff; exit 1; }
+  rm -rf .venv && "\$uv" venv --seed --python 3.11 .venv \\
+    && .venv/bin/pip install -q -e . --extra-index-url https://download.pytorch.org/whl/cu124 \\
     && touch .venv/installed || { status failed:install; poweroff; exit 1; }
 fi
 rm -f /run/radio-train.stopping
