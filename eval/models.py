@@ -128,9 +128,22 @@ def load_models(cfg: EvalConfig) -> EvalModels:
                       sync_detector=detector)
 
 
-def check_weights(cfg: EvalConfig) -> None:
+def _check_workers_have(uri_mod, name: str, uri: str, metric: str, workers_see_local_files: bool) -> None:
+    if not workers_see_local_files and uri_mod.is_local(uri):
+        raise WeightsError(f"{name}: {uri!r} is a file on this machine, which Dataflow workers installing radio "
+                           "from --setup_file/--extra_package do not have: copy it to a bucket and set its gs:// "
+                           "URI (or run an --sdk_container_image holding it, infra/dataflow/Dockerfile) "
+                           f"({_OFF_HINT[metric]}.)")
+
+
+def check_weights(cfg: EvalConfig, *, workers_see_local_files: bool = True) -> None:
     """Cheap driver-side check before a job starts: every enabled metric has a weight URI that
-    exists and a sha256 to verify it against (workers verify the digest when they load)."""
+    exists and a sha256 to verify it against (workers verify the digest when they load).
+
+    ``workers_see_local_files`` False (Dataflow workers that install radio from --setup_file or
+    --extra_package): a weight file on this machine is refused, since those workers do not have
+    it; the LPIPS linear weights' default (inside this machine's lpips install) included."""
+    from preprocess import uri as uri_mod
     from eval.metrics.lpips import ALEXNET_HOW_TO_GET, LINEAR_HOW_TO_GET, default_linear_uri
     from eval.metrics.syncnet import HOW_TO_GET as SYNC_HOW_TO_GET
 
@@ -151,11 +164,13 @@ def check_weights(cfg: EvalConfig) -> None:
         if not fs.exists(path):
             raise WeightsError(f"S3FD weights (sync.s3fd_uri): weight file not found at {s3fd_uri!r}. "
                                f"{S3FD_HOW_TO_GET}")
+        _check_workers_have(uri_mod, "S3FD weights (sync.s3fd_uri)", s3fd_uri, "sync", workers_see_local_files)
     for metric, name, uri, sha, how in wanted:
         if not uri:
             raise WeightsError(f"{name}: no weight file configured. {how} ({_OFF_HINT[metric]}.)")
         fs, path = fsspec.core.url_to_fs(uri)
         if not fs.exists(path):
             raise WeightsError(f"{name}: weight file not found at {uri!r}. {how} ({_OFF_HINT[metric]}.)")
+        _check_workers_have(uri_mod, name, uri, metric, workers_see_local_files)
         if not sha:
             raise WeightsError(f"{name}: no sha256 configured for {uri!r}; set it in the config.")

@@ -78,7 +78,7 @@ def run(src: str, dst: str, pipeline_args=(), *, config_path: str | None = None,
     if test_pipeline is not None:
         p, is_local = test_pipeline, True
     else:   # Beam options are checked before the output is touched (a --runner typo must not cost it its marker)
-        job = options_mod.build(pipeline_args, job_name="radio-compact")
+        job = options_mod.build(pipeline_args, job_name="radio-compact", reach=[("--input", src), ("--output", dst)])
         p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
     compact.check_earlier(src, dst, allow_fewer_inputs=cfg.allow_fewer_inputs)   # the first write: the run record
     fs_marker = uri_mod.join(dst, compact.MARKER)

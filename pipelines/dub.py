@@ -591,7 +591,9 @@ def run(manifest: str, checkpoint: str, output: str, pipeline_args=(), *, config
         p, is_local = test_pipeline, True
     else:
         job = options_mod.build(pipeline_args, job_name=f"radio-dub-{run_id.lower()}",   # no more local
-                                workers=max(1, min(len(pairs), os.cpu_count() or 1)))  # workers than pairs
+                                workers=max(1, min(len(pairs), os.cpu_count() or 1)),  # workers than pairs
+                                reach=[("--input", manifest), ("--checkpoint", checkpoint), ("--output", output),
+                                       *((f"{manifest}: {k}", it.get(k)) for it in pairs for k in ("uri", "audio_uri"))])
         p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
     remove_stale_temporaries(output)
     folder = jobrun.progress_folder(is_local, progress)

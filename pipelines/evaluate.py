@@ -219,17 +219,20 @@ def run(generated: str, output: str, pipeline_args=(), *, reference: str | None 
         dataset, method, tuple(uri_mod.canonical(x) if x else "" for x in (generated, reference)),
         config_digest=scoring_digest(cfg_dict))  # another scoring config is another run, not a replacement
     out_dir = results.run_dir(output, run_id)  # validates run_id
-    check_weights(cfg)  # fail here, with the fix, not on every worker
     schemes = tuple(cfg.input.schemes)
     first = list(itertools.islice(pairs_mod.list_pairs(generated, reference, dataset=dataset, method=method,
                                                        schemes=schemes), os.cpu_count() or 1))
     if not first:
         raise pairs_mod.PairsError(f"No pairs: nothing to evaluate in {generated!r}.")
     if test_pipeline is not None:
-        p, is_local = test_pipeline, True
+        p, is_local, local_files = test_pipeline, True, True
     else:
-        job = options_mod.build(pipeline_args, job_name=job_name(run_id), workers=len(first))  # <= pairs
+        job = options_mod.build(pipeline_args, job_name=job_name(run_id), workers=len(first),  # <= pairs
+                                reach=[("--generated", generated), ("--reference", reference), ("--output", output),
+                                       *((f"a {k} video", pair[k]) for pair in first for k in ("generated", "reference"))])
         p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
+        local_files = job.workers_see_local_files
+    check_weights(cfg, workers_see_local_files=local_files)  # fail here, with the fix, not on every worker
     folder = jobrun.progress_folder(is_local, progress)
     results.prepare_run_dir(out_dir)
     build(p, generated=generated, reference=reference, out_dir=out_dir, run_id=run_id, dataset=dataset,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions, GoogleCloudOptions,
                                                   PipelineOptions, SetupOptions, StandardOptions,
@@ -35,9 +35,21 @@ class BeamJob:
     runner: object  # a runner instance (local) or the runner name (remote)
     is_local: bool
 
+    @property
+    def workers_see_local_files(self) -> bool:
+        """Whether a path on this machine may be given to the workers: local runs, and Dataflow
+        workers of a container image (the image may hold it; radio cannot check). Workers that
+        install radio from --setup_file / --extra_package have none of this machine's files."""
+        return self.is_local or bool(self.options.view_as(WorkerOptions).sdk_container_image)
 
-def build(pipeline_args: Sequence[str], *, job_name: str, workers: int | None = None) -> BeamJob:
-    """Pipeline options + runner for ``pipeline_args`` (the CLI's unparsed arguments)."""
+
+def build(pipeline_args: Sequence[str], *, job_name: str, workers: int | None = None,
+          reach: Iterable[tuple[str, str | None]] = ()) -> BeamJob:
+    """Pipeline options + runner for ``pipeline_args`` (the CLI's unparsed arguments).
+
+    ``reach``: ``(what, uri)`` of every location the job's workers read or write (``--output``,
+    the first inputs of a manifest, …); on a remote runner each must be one they can reach
+    (:func:`check_reachable`)."""
     opts = PipelineOptions(list(pipeline_args))
     std = opts.view_as(StandardOptions)
     runner_name = std.runner
@@ -57,6 +69,7 @@ def build(pipeline_args: Sequence[str], *, job_name: str, workers: int | None = 
         return BeamJob(options=opts, runner=fn_runner.FnApiRunner(), is_local=True)
     if runner_name in REMOTE_RUNNERS:
         check_dataflow(opts, job_name)
+        check_reachable(reach)
     else:
         check_runner(runner_name)
     return BeamJob(options=opts, runner=runner_name, is_local=False)
@@ -80,6 +93,17 @@ def pin_worker_imports() -> None:
     parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if root not in (os.path.abspath(p) for p in parts):
         os.environ["PYTHONPATH"] = os.pathsep.join([root, *parts])
+
+
+def check_reachable(reach: Iterable[tuple[str, str | None]]) -> None:
+    """OptionsError unless every location is one Dataflow workers can reach: a path on this
+    machine would be read from (or written to, then thrown away with) each worker's own disk."""
+    from preprocess import uri as uri_mod
+
+    for what, uri in reach:
+        if uri and uri_mod.is_local(uri):
+            raise OptionsError(f"{what} {uri!r} is a path on this machine, which Dataflow workers cannot reach: "
+                               "use a gs:// URI.")
 
 
 def check_runner(name: str) -> None:

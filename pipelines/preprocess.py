@@ -280,12 +280,14 @@ def run_job(input_spec: str, dataset: str, pipeline_args=(), *, config_path: str
     # fail fast on a missing input; and no more local worker processes than inputs (one input
     # runs in this process: no worker start-up at all)
     schemes = tuple(cfg.input.schemes)
-    n_first = sum(1 for _ in itertools.islice(sources.list_sources(input_spec, schemes), os.cpu_count() or 1))
+    first = list(itertools.islice(sources.list_sources(input_spec, schemes), os.cpu_count() or 1))
     if test_pipeline is not None:
         p, is_local = test_pipeline, True
     else:
         job = options_mod.build(pipeline_args, job_name=f"radio-preprocess-{run_id.lower()}",
-                                workers=max(1, n_first))
+                                workers=max(1, len(first)),
+                                reach=[("--input", input_spec), ("--output", dataset),
+                                       *(("a video of --input", it["uri"]) for it in first)])
         p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
     total = 0
     if progress and is_local:  # the bar needs a total: list here too (cheap for a local corpus)
