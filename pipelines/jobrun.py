@@ -34,7 +34,7 @@ import apache_beam as beam
 
 from preprocess import progress
 from preprocess import uri as uri_mod
-from preprocess.errors import JobFailed
+from preprocess.errors import JobFailed, TemplateWritten
 
 log = logging.getLogger(__name__)
 FAILED_MARK = "radio: element failed:"  # + the element, URL-quoted (survives the Fn API log escaping)
@@ -345,6 +345,12 @@ def run(p: beam.Pipeline, *, log_uri: str, is_local: bool, bar: Bar | None = Non
         try:
             with bar if bar is not None else _nothing(), worker_threads(p) if is_local else _nothing():
                 result = p.run()
+                if not is_local and getattr(result, "has_job", True) is False:   # a template, not a job
+                    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+                    where = p.options.view_as(GoogleCloudOptions).template_location
+                    raise TemplateWritten(f"job graph written to {where}; no job was submitted here "
+                                          "(--template_location): it runs when Dataflow launches it")
                 if is_local:
                     result.wait_until_finish()
                 else:  # e.g. Dataflow: the job's counters every `every` seconds, then the final ones
@@ -358,6 +364,8 @@ def run(p: beam.Pipeline, *, log_uri: str, is_local: bool, bar: Bar | None = Non
                         e.remote_job = remote_job_id(result)
                         raise
                     _log_counters(result, namespace)
+        except TemplateWritten:
+            raise
         except Exception as e:  # the job failed: its worker traces are in the log
             log_file.write("job failed:\n" + "".join(traceback.format_exception(e)))
             failure = e

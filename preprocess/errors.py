@@ -18,3 +18,9 @@ class UserError(Exception):
 class JobFailed(Exception):
     """A job that started and failed (an environment error or a bug, not a reject): its first
     error in one line plus the path of the log with the full traces. The CLI prints it, exit 1."""
+
+
+class TemplateWritten(Exception):
+    """The runner wrote the job's graph as a template (``--template_location``: what a Dataflow
+    flex template's launcher asks for) and submitted no job: nothing to wait for, no summary to
+    read yet. The CLI prints where, exit 0; the job runs when Dataflow launches it."""

@@ -323,8 +323,11 @@ def expand_home(args: argparse.Namespace) -> None:
 def report(e: BaseException, args: argparse.Namespace) -> int | None:
     """Print a user's mistake (exit status 2) or a failed job (1) as one line on stderr; None for
     anything else, or with --verbose (the caller keeps its traceback)."""
-    from preprocess.errors import JobFailed, UserError
+    from preprocess.errors import JobFailed, TemplateWritten, UserError
 
+    if isinstance(e, TemplateWritten):
+        print(f"radio {args.command}: {e}")
+        return 0
     if isinstance(e, UserError) and not args.verbose:
         print(f"radio {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
