@@ -100,6 +100,7 @@ def _first_boot(t: Path, uv_on_path: bool) -> tuple[Path, dict]:
         (t / "bin/uv").chmod(0o755)
     else:   # python3 -m pip install -q --target DIR uv -> DIR/bin/uv
         (t / "bin/python3").write_text(f'#!/bin/bash\necho "python3 $*" >> {t}/events\n'
+                                       f'[ "$*" = "-m pip install -q --target {t}/opt/uv uv" ] || exit 1\n'
                                        f'mkdir -p "$6/bin" && cat > "$6/bin/uv" <<\'UV\'\n{fake_uv}UV\n'
                                        'chmod +x "$6/bin/uv"\n')
         (t / "bin/python3").chmod(0o755)
