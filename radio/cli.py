@@ -3,11 +3,11 @@
     radio preprocess --input GLOB_OR_MANIFEST --output URI [beam options...]
     radio inspect URI [--output sheet.png]
     radio compact --input DATASET --output DATASET2 [--set target_shard_mib=256] [beam options...]
-    radio train --config configs/smoke-cpu.yaml --data URI --output URI
-    radio train-sync --config configs/smoke-cpu.yaml --data URI --output URI
+    radio train --config smoke-cpu --data URI --output URI     (bundled configs: eval, paper-192, smoke-cpu)
+    radio train-sync --config smoke-cpu --data URI --output URI
     radio dub --checkpoint URI --input MANIFEST --output URI [beam options...]
     radio evaluate --generated URI --reference URI --output URI [beam options...]
-    radio model-summary [--config YAML]
+    radio model-summary [--config YAML_OR_NAME]
     radio config COMMAND                 every --set key of COMMAND, its default and what it does
 
 Job arguments are parsed here; any argument not listed for a command is passed through to
@@ -34,10 +34,10 @@ EXAMPLES = {
                    "radio preprocess --input corpus.csv --output gs://B/ds --resume "
                    "--set faces.backend=face_alignment --set faces.backend_args='{fan_uri: ..., fan_sha256: ..., "
                    "sfd_uri: ..., sfd_sha256: ...}'"],
-    "train": ["radio train --config configs/smoke-cpu.yaml --data out/ds --output out/run",
-              "radio train --config configs/smoke-cpu.yaml --data out/ds --output out/run --set run.steps=500 "
+    "train": ["radio train --config smoke-cpu --data out/ds --output out/run",
+              "radio train --config smoke-cpu --data out/ds --output out/run --set run.steps=500 "
               "--set loss.perceptual=0"],
-    "train-sync": ["radio train-sync --config configs/smoke-cpu.yaml --data out/ds --output out/sync "
+    "train-sync": ["radio train-sync --config smoke-cpu --data out/ds --output out/sync "
                    "--set sync_pretrain.steps=200"],
     "dub": ["radio dub --checkpoint out/run/radio.pt --input pairs.jsonl --output out/dub "
             "--set checkpoint_sha256=$(sha256sum out/run/radio.pt | cut -d' ' -f1)",
@@ -46,7 +46,7 @@ EXAMPLES = {
                  "--set lpips.enabled=false --set sync.enabled=false",
                  "radio evaluate --generated pairs.csv --output out/eval --set max_frames=250 "
                  "--set length_tolerance=5"],
-    "model-summary": ["radio model-summary --config configs/paper-192.yaml --set vit.n=3"],
+    "model-summary": ["radio model-summary --config paper-192 --set vit.n=3"],
 }
 
 DUB_HELP = """\
@@ -100,7 +100,8 @@ def _epilog(command: str, *more: str) -> str:
 
 
 def _add_config(p: argparse.ArgumentParser, command: str) -> None:
-    p.add_argument("--config", help="YAML config file (any fsspec URI)")
+    p.add_argument("--config", help="YAML config file (any fsspec URI), or the name of one radio ships: eval, "
+                                    "paper-192, smoke-cpu (configs/NAME.yaml; a file that exists wins)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override one config value (repeatable); `radio config {command}` lists every key")
 
@@ -357,6 +358,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: 
     from radio import checks
 
     checks.unknown_options(extra, subparser(parser, args.command), beam=args.command in BEAM_COMMANDS)
+    if getattr(args, "config", None):   # a bundled config's name (or configs/NAME.yaml outside the repo) -> its file
+        from preprocess.config import resolve_config
+
+        args.config = resolve_config(args.config)
     if args.command == "config":
         from radio import config_doc
 

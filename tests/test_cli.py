@@ -130,6 +130,31 @@ def test_missing_config_file(tmp_path, capsys):
                     str(tmp_path / "nope.yaml")], capsys, tmp_path, says="no such config file")
 
 
+def test_config_by_bundled_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    """An installed radio has no configs/ folder: `--config smoke-cpu`, and the documented
+    `--config configs/smoke-cpu.yaml` run from another folder, use the bundled file."""
+    rc, expected, err = run_cli(["model-summary", "--config", str(REPO / "configs/smoke-cpu.yaml")], capsys)
+    assert rc == 0, err
+    monkeypatch.chdir(tmp_path)
+    for value in ("smoke-cpu", "configs/smoke-cpu.yaml"):
+        rc, out, err = run_cli(["model-summary", "--config", value], capsys)
+        assert (rc, out) == (0, expected), err
+
+
+def test_an_unknown_config_name_lists_the_bundled_ones(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert_mistake(["model-summary", "--config", "smoke"], capsys, tmp_path,
+                   says="--config 'smoke': no such config file, nor a bundled config (bundled: eval, paper-192, "
+                        "smoke-cpu).")
+
+
+@pytest.mark.parametrize("command", ["preprocess", "compact", "train", "train-sync", "dub", "evaluate", "model-summary"])
+def test_config_help_names_every_bundled_config(command):
+    action = next(a for a in cli.subparser(cli.build_parser(), command)._actions if "--config" in a.option_strings)
+    assert sorted(config_mod.bundled_configs()) == ["eval", "paper-192", "smoke-cpu"]
+    assert all(name in action.help for name in config_mod.bundled_configs())
+
+
 # ---- item 1: outputs ---------------------------------------------------------------------------
 @pytest.mark.parametrize("command", ["preprocess", "dub", "evaluate", "train", "train-sync"])
 def test_output_is_an_existing_file(command, tmp_path, capsys, a_file, shards_dir):

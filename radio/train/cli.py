@@ -1,8 +1,11 @@
 """``radio train`` / ``radio train-sync``: config -> built models -> ``train()`` (resuming when the
 output already holds checkpoints).
 
-    radio train --config configs/smoke-cpu.yaml --data DATASET --output RUN [--set run.steps=500]
-    torchrun --nproc_per_node 8 -m radio.cli train --config configs/paper-192.yaml --data gs://... --output gs://...
+    radio train --config smoke-cpu --data DATASET --output RUN [--set run.steps=500]
+    torchrun --nproc_per_node 8 -m radio.cli train --config paper-192 --data gs://... --output gs://...
+
+``--config`` is a YAML file or a bundled config's name (``configs/*.yaml``, shipped as
+``radio/configs/``: ``preprocess.config.resolve_config``).
 
 Running the same command again continues from the newest checkpoint in RUN/checkpoints (it logs
 "resuming from step N"); without --config the checkpoint's own config is used. Exit status: 0 when
