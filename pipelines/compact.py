@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipelines import jobrun
-from preprocess import compact, shards
+from preprocess import compact, outlock, shards
 from preprocess import config as config_mod
 from preprocess import uri as uri_mod
 
@@ -80,16 +80,17 @@ def run(src: str, dst: str, pipeline_args=(), *, config_path: str | None = None,
     else:   # Beam options are checked before the output is touched (a --runner typo must not cost it its marker)
         job = options_mod.build(pipeline_args, job_name="radio-compact", reach=[("--input", src), ("--output", dst)])
         p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
-    compact.check_earlier(src, dst, allow_fewer_inputs=cfg.allow_fewer_inputs)   # the first write: the run record
-    fs_marker = uri_mod.join(dst, compact.MARKER)
-    if uri_mod.exists(fs_marker):          # the output is in flux until the new marker
-        import fsspec
+    with outlock.hold(dst, "compact"):   # one run per output: its clean-up would delete a live run's files
+        compact.check_earlier(src, dst, allow_fewer_inputs=cfg.allow_fewer_inputs)   # the first write: the run record
+        fs_marker = uri_mod.join(dst, compact.MARKER)
+        if uri_mod.exists(fs_marker):          # the output is in flux until the new marker
+            import fsspec
 
-        fs, path = fsspec.core.url_to_fs(fs_marker)
-        fs.rm(path)
-    shards.remove_stale_temporaries(dst)   # what killed runs left: $TMPDIR folders, .tmp-* uploads
-    build(p, src, dst, config_mod.to_dict(cfg))
-    jobrun.run(p, log_uri=uri_mod.join(dst, "runs", "compact", "job.log"), is_local=is_local, namespace=NS)
+            fs, path = fsspec.core.url_to_fs(fs_marker)
+            fs.rm(path)
+        shards.remove_stale_temporaries(dst)   # what killed runs left: $TMPDIR folders, .tmp-* uploads
+        build(p, src, dst, config_mod.to_dict(cfg))
+        jobrun.run(p, log_uri=uri_mod.join(dst, "runs", "compact", "job.log"), is_local=is_local, namespace=NS)
     return json.loads(uri_mod.read_bytes(fs_marker))
 
 

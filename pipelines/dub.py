@@ -59,7 +59,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines import jobrun
 from preprocess import config as config_mod
-from preprocess import catalog, shards, sources
+from preprocess import catalog, outlock, shards, sources
 from preprocess import uri as uri_mod
 from preprocess.errors import UserError
 from preprocess.failures import is_environment_error
@@ -593,17 +593,20 @@ def run(manifest: str, checkpoint: str, output: str, pipeline_args=(), *, config
         job = options_mod.build(pipeline_args, job_name=f"radio-dub-{run_id.lower()}",   # no more local
                                 workers=max(1, min(len(pairs), os.cpu_count() or 1)),  # workers than pairs
                                 reach=[("--input", manifest), ("--checkpoint", checkpoint), ("--output", output),
-                                       *((f"{manifest}: {k}", it.get(k)) for it in pairs for k in ("uri", "audio_uri"))])
+                                       *((f"{manifest}: {k}", it.get(k))
+                                         for it in pairs for k in ("uri", "audio_uri"))])
         p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
-    remove_stale_temporaries(output)
-    folder = jobrun.progress_folder(is_local, progress)
-    build(p, manifest, checkpoint, output, cfg, run_id=run_id, resume=resume, retry_rejects=retry_rejects,
-          checkpoint_sha256=sha, started=started, progress_dir=folder)
-    bar = None
-    if folder:   # pairs finished earlier pass through at once
-        bar = jobrun.Bar(folder, len(pairs), unit="pair", desc="dub", stream=None,
-                         workers=options_mod.local_workers(p.options))
-    jobrun.run(p, log_uri=uri_mod.join(output, "runs", run_id, "job.log"), is_local=is_local, bar=bar, namespace=NS)
+    with outlock.hold(output, "dub"):   # one run per output: its clean-up would delete a live run's files
+        remove_stale_temporaries(output)
+        folder = jobrun.progress_folder(is_local, progress)
+        build(p, manifest, checkpoint, output, cfg, run_id=run_id, resume=resume, retry_rejects=retry_rejects,
+              checkpoint_sha256=sha, started=started, progress_dir=folder)
+        bar = None
+        if folder:   # pairs finished earlier pass through at once
+            bar = jobrun.Bar(folder, len(pairs), unit="pair", desc="dub", stream=None,
+                             workers=options_mod.local_workers(p.options))
+        jobrun.run(p, log_uri=uri_mod.join(output, "runs", run_id, "job.log"), is_local=is_local, bar=bar,
+                   namespace=NS)
     return json.loads(uri_mod.read_bytes(summary_uri))
 
 

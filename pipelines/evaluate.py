@@ -42,6 +42,7 @@ from eval import pairs as pairs_mod
 from eval.config import EvalConfig, scoring_digest
 from pipelines import jobrun
 from preprocess import config as config_mod
+from preprocess import outlock
 from preprocess import uri as uri_mod
 from pipelines.reference_spread import ReferenceSpread
 from preprocess.weights import WeightsError
@@ -229,19 +230,22 @@ def run(generated: str, output: str, pipeline_args=(), *, reference: str | None 
     else:
         job = options_mod.build(pipeline_args, job_name=job_name(run_id), workers=len(first),  # <= pairs
                                 reach=[("--generated", generated), ("--reference", reference), ("--output", output),
-                                       *((f"a {k} video", pair[k]) for pair in first for k in ("generated", "reference"))])
+                                       *((f"a {k} video", pair[k])
+                                         for pair in first for k in ("generated", "reference"))])
         p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
         local_files = job.workers_see_local_files
     check_weights(cfg, workers_see_local_files=local_files)  # fail here, with the fix, not on every worker
     folder = jobrun.progress_folder(is_local, progress)
-    results.prepare_run_dir(out_dir)
-    build(p, generated=generated, reference=reference, out_dir=out_dir, run_id=run_id, dataset=dataset,
-          method=method, cfg_dict=cfg_dict, started=started, progress_dir=folder)
-    n_pairs = sum(1 for _ in pairs_mod.list_pairs(generated, reference, dataset=dataset, method=method,
-                                                  schemes=schemes)) if folder else 0
-    bar = jobrun.Bar(folder, n_pairs, unit="pair", desc="evaluate", stream=None,
-                     workers=options_mod.local_workers(p.options)) if folder else None
-    jobrun.run(p, log_uri=uri_mod.join(out_dir, "job.log"), is_local=is_local, bar=bar, namespace=NS)
+    # one run per run id (runs of other ids share the output): preparing the run folder deletes its files
+    with outlock.hold(output, "evaluate", name=f".radio-evaluate-{run_id}.lock"):
+        results.prepare_run_dir(out_dir)
+        build(p, generated=generated, reference=reference, out_dir=out_dir, run_id=run_id, dataset=dataset,
+              method=method, cfg_dict=cfg_dict, started=started, progress_dir=folder)
+        n_pairs = sum(1 for _ in pairs_mod.list_pairs(generated, reference, dataset=dataset, method=method,
+                                                      schemes=schemes)) if folder else 0
+        bar = jobrun.Bar(folder, n_pairs, unit="pair", desc="evaluate", stream=None,
+                         workers=options_mod.local_workers(p.options)) if folder else None
+        jobrun.run(p, log_uri=uri_mod.join(out_dir, "job.log"), is_local=is_local, bar=bar, namespace=NS)
     import json
 
     return json.loads(uri_mod.read_bytes(uri_mod.join(out_dir, "summary.json")))

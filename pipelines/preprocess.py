@@ -29,7 +29,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines import jobrun
 from preprocess import config as config_mod
-from preprocess import failures, shards, source, sources
+from preprocess import failures, outlock, shards, source, sources
 from preprocess import uri as uri_mod
 
 log = logging.getLogger(__name__)
@@ -298,15 +298,16 @@ def run_job(input_spec: str, dataset: str, pipeline_args=(), *, config_path: str
                                                             for it in sources.list_sources(input_spec, schemes)})
     else:  # fail fast on an empty/missing input; a manifest is checked whole before its first record
         next(iter(sources.list_sources(input_spec, schemes)), None)
-    shards.claim_dataset(dataset, cfg_dict, new_version=new_version)
-    shards.remove_stale_temporaries(dataset)
-    folder = jobrun.progress_folder(is_local, progress)
-    build(p, input_spec, dataset, cfg_dict, run_id=run_id, resume=resume, retry_rejects=retry_rejects,
-          started=started, progress_dir=folder)
-    bar = jobrun.Bar(folder, total, unit="video", desc="preprocess", stream=None,  # the summary counts kept ones
-                     workers=options_mod.local_workers(p.options), frames_word="frames decoded") if folder else None
-    result = jobrun.run(p, log_uri=uri_mod.join(dataset, "runs", run_id, "job.log"), is_local=is_local, bar=bar,
-                        namespace=NS)
+    with outlock.hold(dataset, "preprocess"):   # one run per dataset: its clean-up would delete a live run's files
+        shards.claim_dataset(dataset, cfg_dict, new_version=new_version)
+        shards.remove_stale_temporaries(dataset)
+        folder = jobrun.progress_folder(is_local, progress)
+        build(p, input_spec, dataset, cfg_dict, run_id=run_id, resume=resume, retry_rejects=retry_rejects,
+              started=started, progress_dir=folder)
+        bar = jobrun.Bar(folder, total, unit="video", desc="preprocess", stream=None,  # the summary counts kept ones
+                         workers=options_mod.local_workers(p.options), frames_word="frames decoded") if folder else None
+        result = jobrun.run(p, log_uri=uri_mod.join(dataset, "runs", run_id, "job.log"), is_local=is_local, bar=bar,
+                            namespace=NS)
     return json.loads(uri_mod.read_bytes(summary_uri)), result
 
 

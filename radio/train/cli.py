@@ -14,6 +14,7 @@ the run reached its last step, 143 when SIGTERM / Ctrl-C stopped it after a chec
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -21,6 +22,7 @@ import logging
 import torch
 import yaml
 
+from preprocess import outlock
 from preprocess import uri as uri_lib
 from preprocess.config import ConfigError, parse_override, plain, set_path
 
@@ -194,16 +196,21 @@ def main(args) -> int:
     atexit.register(gc.freeze)
     from radio import checks
 
-    cfg, ckpt = resolve_config(args.config, list(args.overrides or []), args.output, args.command)
-    if args.command == "train-sync" and cfg.data.frames != cfg.model.sync.frames:
-        raise ConfigError(f"train-sync needs data.frames == model.sync.frames ({cfg.model.sync.frames}). "
-                          f"Got {cfg.data.frames}.")
-    checks.train(cfg, args.command)
+    # one run per output, held by the main rank: a second start on it (a VM watcher restarting a run
+    # still saving, a retry wrapper) removed the live run's checkpoint temporaries and both wrote
+    # checkpoints/, radio.pt and tb/ in turn
+    lock = outlock.hold(args.output, args.command) if dist.env_info().main else contextlib.nullcontext()
     try:
-        if args.command == "train-sync":
-            rc = run_sync(cfg, ckpt, args.data, args.output)
-        else:
-            rc = run_radio(cfg, ckpt, args.data, args.output)
+        with lock:
+            cfg, ckpt = resolve_config(args.config, list(args.overrides or []), args.output, args.command)
+            if args.command == "train-sync" and cfg.data.frames != cfg.model.sync.frames:
+                raise ConfigError(f"train-sync needs data.frames == model.sync.frames ({cfg.model.sync.frames}). "
+                                  f"Got {cfg.data.frames}.")
+            checks.train(cfg, args.command)
+            if args.command == "train-sync":
+                rc = run_sync(cfg, ckpt, args.data, args.output)
+            else:
+                rc = run_radio(cfg, ckpt, args.data, args.output)
     except BaseException as e:
         if dist.env_info().world > 1:
             _exit_rank(e, args)

@@ -1,0 +1,177 @@
+"""One run at a time per output: the lock a job holds on the location it writes.
+
+Every radio job starts by removing what killed runs of its output left (``.tmp-*`` uploads,
+``beam-temp-*`` folders, checkpoint temporaries) and, for evaluate, the earlier run of its id. With
+two runs on one output (a cron job and a manual rerun, a restarted VM whose old run still saves)
+that clean-up deleted the live run's files: a checkpoint lost mid-save, an evaluate run that
+reported success over empty tables, a dub manifest deleted after the other run announced it. So a
+job takes this lock before its first write and a second one is refused in one line (exit 2),
+naming the holder.
+
+- Local output: ``flock`` on ``OUTPUT/.radio.lock``, removed when the run ends (the kernel
+  releases the lock when the holder dies, even by SIGKILL; a lock file left behind is free).
+- Remote output (``gs://``): no object-store lock exists, so the holder writes
+  ``OUTPUT/.radio.lock`` with a heartbeat every ``HEARTBEAT_S``; a lock whose heartbeat is older
+  than ``STALE_S`` belongs to a dead launcher and is taken over, as is one whose holder ran on
+  this machine and is gone (exited, or a boot ago: a preempted training VM restarting). Best
+  effort: two starts within the same few hundred milliseconds can both pass.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import fsspec
+
+from preprocess import uri as uri_mod
+from preprocess.errors import UserError
+
+LOCK_NAME = ".radio.lock"
+HEARTBEAT_S = 60.0
+STALE_S = 300.0
+
+
+class OutputBusy(UserError):
+    """Another radio run is writing this output."""
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _owner(command: str) -> dict:
+    return {"command": command, "pid": os.getpid(), "host": socket.gethostname(), "boot": _boot_id(),
+            "since": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "heartbeat": time.time()}
+
+
+def _dead_here(owner: dict) -> bool:
+    """The holder ran on this machine and is gone: a boot ago (a preempted VM restarted by
+    ``launch_vm.sh --watch`` must not wait out ``STALE_S``), or its process has exited."""
+    if owner.get("host") != socket.gethostname():
+        return False
+    if owner.get("boot") != _boot_id():
+        return True
+    try:
+        os.kill(int(owner.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def _describe(owner: dict | None) -> str:
+    if not owner:
+        return "another radio run"
+    return f"radio {owner.get('command', '?')} (pid {owner.get('pid', '?')} on {owner.get('host', '?')}, since " \
+           f"{owner.get('since', '?')})"
+
+
+def _busy(output: str, owner: dict | None) -> OutputBusy:
+    return OutputBusy(f"{_describe(owner)} is writing {output}: wait for it to end, or stop it, then run this again "
+                      "(two runs on one output delete each other's files).")
+
+
+def _parse(data: bytes) -> dict | None:
+    try:
+        owner = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+@contextmanager
+def hold(output: str, command: str, *, name: str = LOCK_NAME) -> Iterator[None]:
+    """Hold the lock ``name`` in ``output`` for the ``with`` body; :class:`OutputBusy` when another
+    live run holds it. A user's mistake raised in the body leaves no new lock file behind."""
+    if uri_mod.is_local(output):
+        with _hold_local(output, command, name):
+            yield
+    else:
+        with _hold_remote(output, command, name):
+            yield
+
+
+@contextmanager
+def _hold_local(output: str, command: str, name: str) -> Iterator[None]:
+    folder = fsspec.core.url_to_fs(output)[1]
+    created_folder = not os.path.isdir(folder)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    while True:
+        f = open(path, "a+b")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = _parse(f.read())
+            f.close()
+            raise _busy(output, owner) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break                   # locked the file that is there now
+        except FileNotFoundError:
+            pass
+        f.close()                       # its holder removed it as we opened it: take the new one
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(_owner(command)).encode())
+        f.flush()
+        yield
+    except UserError:                   # a mistake found after the lock: the output looks as it did
+        if created_folder:
+            os.unlink(path)
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+        raise
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)             # before the unlock: a waiting opener sees it gone and retries
+        f.close()
+
+
+@contextmanager
+def _hold_remote(output: str, command: str, name: str) -> Iterator[None]:
+    uri = uri_mod.join(output, name)
+    if uri_mod.exists(uri):
+        owner = _parse(uri_mod.read_bytes(uri))
+        if (owner is not None and time.time() - float(owner.get("heartbeat", 0)) < STALE_S
+                and not _dead_here(owner)):
+            raise _busy(output, owner)
+    me = _owner(command)
+    uri_mod.write_bytes_atomic(uri, json.dumps(me).encode())
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                uri_mod.write_bytes_atomic(uri, json.dumps(dict(me, heartbeat=time.time())).encode())
+            except Exception:  # noqa: BLE001  (a missed beat: the next one, or the lock goes stale)
+                pass
+
+    thread = threading.Thread(target=beat, name="radio-output-lock", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        try:
+            fs, path = fsspec.core.url_to_fs(uri)
+            fs.rm(path)
+        except Exception:  # noqa: BLE001  (unreachable now: it goes stale in STALE_S)
+            pass
