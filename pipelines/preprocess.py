@@ -147,6 +147,18 @@ class SummaryFn(beam.CombineFn):
         return acc
 
 
+def keep_recorded_labels(item: dict, marker: dict | None) -> dict:
+    """``item`` with the labels its finished run recorded where the input gives none: a glob, a
+    folder or a manifest without that column (or cell) says nothing about ``speaker_id``/``split``.
+    Before, ``--resume`` with a glob over a dataset made from a manifest took every missing label
+    for a change to null: it redid every source and wrote rows without speaker or split (its eval
+    clips then trained as train)."""
+    recorded = (marker or {}).get("labels") or {}
+    given = source.labels_of(item)
+    filled = {k: v if v is not None else recorded.get(k) for k, v in given.items()}
+    return item if filled == given else {**item, **filled}
+
+
 class PartitionFinishedFn(beam.DoFn):
     """After joining listed sources with checked done markers by source id: pass on what is left
     to do. A source whose marker failed its check (``CheckFinishedFn``) is redone and counted."""
@@ -165,6 +177,7 @@ class PartitionFinishedFn(beam.DoFn):
         items, done = list(groups["listed"]), list(groups["done"])
         for item in items[:1]:  # the same URI listed twice is one source
             self.listed.inc()
+            item = keep_recorded_labels(item, done[0] if done else None)
             marker = done[0] if done and self.resume else None
             relabelled = (marker is not None and marker["why"] is None and marker.get("status") == "rows"
                           and marker.get("labels") is not None and marker["labels"] != source.labels_of(item))

@@ -101,6 +101,11 @@ def test_resume_redoes_a_source_whose_manifest_labels_changed(made, tmp_path):
     assert set(pq.read_table(rows, columns=["split"]).column("split").to_pylist()) == {"eval"}
     s = run("eval", "same")
     assert (s["redone_after_check"], s["skipped_resume"]) == (0, 2)
+    # a glob (or a manifest without the columns) gives no labels: it changes none. Before, every source was
+    # redone and its rows lost speaker and split (the dataset's eval clips then trained as train)
+    s = pipeline.run(str(inputs / "*.mp4"), ds, ONE_WORKER, overrides=IN_PROCESS, resume=True, run_id="glob")
+    assert (s["redone_after_check"], s["skipped_resume"]) == (0, 2)
+    assert set(pq.read_table(rows, columns=["split"]).column("split").to_pylist()) == {"eval"}
 
 
 def test_other_config_is_refused_in_one_line_unless_new_version(made, tmp_path, capsys):
