@@ -367,6 +367,10 @@ def run(p: beam.Pipeline, *, log_uri: str, is_local: bool, bar: Bar | None = Non
         except TemplateWritten:
             raise
         except Exception as e:  # the job failed: its worker traces are in the log
+            stop = interrupt_in(e)
+            if stop is not None:  # Ctrl-C/SIGTERM raised inside a DoFn run in this process, wrapped by Beam
+                log_file.write("stopped by a signal:\n" + "".join(traceback.format_exception(e)))
+                raise stop from None
             log_file.write("job failed:\n" + "".join(traceback.format_exception(e)))
             failure = e
         else:
@@ -378,6 +382,20 @@ def run(p: beam.Pipeline, *, log_uri: str, is_local: bool, bar: Bar | None = Non
                 text = f.read()
         raise JobFailed(f"{first_error(failure, text)} (full traces: {log_uri})") from failure
     return result
+
+
+def interrupt_in(e: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C / SIGTERM (``radio.cli.Interrupted``) behind ``e``, if any. A job run in this
+    process (one input, or ``--direct_num_workers=1``) gets the signal inside a DoFn, and Beam
+    re-raises it as ``RuntimeError: radio.cli.Interrupted: 2 [while running 'ProcessSource']``,
+    which was reported as a failed job (exit 1) instead of a stop (130 / 143)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _terminal(result) -> bool:

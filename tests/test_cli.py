@@ -687,3 +687,30 @@ def test_ctrl_c_while_a_remote_job_runs_says_it_runs_on(tmp_path, monkeypatch, c
     monkeypatch.setattr(checks, "command", submit)
     rc, out, err = run_cli(["compact", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")], capsys)
     assert rc == 130 and "job 2026-11-30_12_00_00-123 is still running" in err and "cancel" in err, err
+
+
+@pytest.mark.parametrize("sig,rc", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_to_a_job_run_in_process_is_a_stop_not_a_failed_job(sig, rc, tmp_path):
+    """One input runs in this process: the signal arrives inside the DoFn and Beam re-raises it as
+    ``RuntimeError: radio.cli.Interrupted: 2 [while running 'ProcessSource']``, which was printed as
+    'job failed', exit 1."""
+    import signal
+    import time
+
+    long = tmp_path / "long.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "60", "-i", str(CLIP), "-c", "copy", str(long)], check=True)
+    out = tmp_path / "ds"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.Popen([sys.executable, "-m", "radio.cli", "preprocess", "--input", str(long), "--output", str(out),
+                          "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "runs").glob("*/job.log")):
+        time.sleep(0.2)
+    time.sleep(3.0)                                   # inside ProcessSource, decoding
+    p.send_signal(getattr(signal, sig))
+    try:
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == rc, err[-2000:]
+    assert "job failed" not in err and "finished work is kept" in err.strip().splitlines()[-1], err[-2000:]
