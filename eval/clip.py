@@ -96,6 +96,7 @@ from eval.aggregate import nonfinite
 from eval.config import EvalConfig
 from eval.metrics import lmd as lmd_mod
 from eval.metrics import msssim, psnr
+from preprocess import progress
 from preprocess import uri as uri_mod
 from preprocess.landmarks.base import box_iou
 from preprocess.track import rigid_frame
@@ -598,6 +599,21 @@ def _check_files(gen_path: str, ref_path: str, schemes) -> None:
             raise PairReject("missing_file", f"no such file: {path}", side, "open")
 
 
+class PassProgress:
+    """The progress bar's frames for a pair read in two passes (faces, then scores): each pass
+    counts half, so a long pair moves the bar as it goes and ends at its frame count."""
+
+    def __init__(self):
+        self.sent = 0
+
+    def to(self, passed: int) -> None:
+        """``passed`` frames read so far over both passes (0 .. 2n)."""
+        want = passed // 2
+        if want > self.sent:
+            progress.frames(want - self.sent)
+            self.sent = want
+
+
 def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tuple[dict, dict]:
     """Score a generated video against its reference, streamed in blocks of ``cfg.chunk_frames``.
 
@@ -646,6 +662,7 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
         boxes = SyncBoxes(cfg, models) if sync_on else None
         framing = FramingCheck(cfg, models.landmarks, n)
         segments, n_dec, ref_hw, gen_hw = [], 0, None, None
+        shown = PassProgress()
         for start, gen_b, ref_b in iter_pair(gen_local, gen_info, ref_local, ref_info, n, chunk):
             ref_hw, gen_hw = ref_b.shape[1:3], gen_b.shape[1:3]
             with timer("faces"):
@@ -655,6 +672,7 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
                 with timer("sync_faces"):
                     boxes.update(gen_b)
             n_dec = start + len(ref_b)
+            shown.to(n_dec)
         with timer("faces"):
             segments += tracker.finish()
         n = n_dec
@@ -686,6 +704,7 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
             if sync_stream is not None:
                 with timer("sync"):
                     sync_stream.push(start, gen_b)
+            shown.to(n + start + len(ref_b))
         per_frame, samples, flagged = scorer.finish()
         offset = probe.finish()
         shifted = bool(offset["best_offset"] and offset["offset_gain_db"] > cfg.frame_offset_db)

@@ -163,7 +163,9 @@ class Bar:
                     t_ready = time.time()
                 if frames != last:  # the rate is over the time frames were coming in
                     t_frame, last = time.time(), frames
-                if items == 0 and frames == 0 and not stop:
+                if items == 0 and frames == 0 and not stop and self.workers and ready >= self.workers:
+                    bar.set_postfix_str(f"{ready} workers ready, first {self.unit} in progress")
+                elif items == 0 and frames == 0 and not stop:
                     of = f"/{self.workers}" if self.workers else ""
                     bar.set_postfix_str(f"starting workers: {ready}{of} ready (models load once per worker)")
                 else:

@@ -745,3 +745,18 @@ def test_workers_bound_their_heap():
     from eval import models
 
     assert models.bound_heap() is True and models.MMAP_THRESHOLD_BYTES == 1 << 20
+
+
+def test_a_long_pair_moves_the_progress_bar_as_it_is_scored():
+    """Evaluate reported a pair's frames only when the pair ended: a 25-minute pair sat at 0 frames
+    ("starting workers") for its whole hour. Both passes now report, each counting half."""
+    from eval.models import load_models
+    from preprocess import progress
+
+    cfg = config_mod.load(EvalConfig, None, ["max_frames=60", "lpips.enabled=false", "sync.enabled=false",
+                                             "chunk_frames=16"])
+    clip = str(DATA_DIR / "00015.mp4")
+    got = []
+    with progress.reporting(got.append):
+        row, _ = clip_mod.evaluate_pair(clip, clip, cfg, load_models(cfg))
+    assert sum(got) == row["n_frames"] == 60 and len(got) >= 6, got   # 4 chunks per pass
