@@ -210,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         # each local worker warns once that it has no semi_persistent_directory: harmless
         logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
         # gcsfs/aiohttp log each retry of an unreachable bucket with its traceback: the failure is one line below
-        for name in ("gcsfs", "aiohttp", "google.auth", "fsspec"):
+        for name in ("aiohttp", "google.auth", "fsspec"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger("gcsfs").setLevel(logging.CRITICAL)   # "out of retries" + its traceback, logged at ERROR
     expand_home(args)
     restore = stop_on_signals() if args.command in BEAM_COMMANDS else None
     try:
