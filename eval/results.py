@@ -261,11 +261,20 @@ def prepare_run_dir(out_dir: str) -> None:
             fs.rm(p)
 
 
+class RunFilesLost(RuntimeError):
+    """Shards this run wrote were removed before its summary (another writer of the run folder)."""
+
+
 def finish_tables(out_dir: str, written: list[str], run_id: str) -> dict:
     """After every shard is written: an empty shard for a table that got no rows, and the
     removal of shards a previous run of this id left (a different shard count). Returns
-    ``{table: folder URI}``."""
+    ``{table: folder URI}``. A written shard that is gone fails the run (never a summary that
+    says "scored" over tables that lost their rows)."""
     written = set(written)
+    lost = sorted(w for w in written if not uri_mod.exists(w))
+    if lost:
+        raise RunFilesLost(f"{len(lost)} table file(s) of run {run_id} were removed while it ran (first: {lost[0]}); "
+                           f"was another run writing {out_dir}? Run the same command again.")
     out = {}
     for table in TABLES:
         folder = uri_mod.join(out_dir, f"{table}.parquet")

@@ -323,3 +323,14 @@ def test_resized_rows_say_how(framings, tmp_path, models):
     rows = [{**r, "pair_id": k, "key": k, "dataset": "d", "method": "m"} for k, r in (("a", row), ("b", row2))]
     md = report.table_markdown(rows, {**results.summarise(rows, [], 2), "run_id": "x"})
     assert "bilinear (cv2.INTER_LINEAR) when smaller, area averaging (cv2.INTER_AREA) when larger" in md
+
+
+def test_a_shard_removed_while_the_run_ran_fails_it_instead_of_a_summary_over_empty_tables(tmp_path):
+    """A second run of the same id (now refused by the output lock; on gs:// the lock is best effort)
+    emptied the tables of a live run, which then wrote summary.json saying '2 scored', exit 0."""
+    run = tmp_path / "runs" / "r"
+    written = [results.write_shard(str(run), "metrics", 0, [], "r"), results.write_shard(str(run), "rejects", 0, [], "r")]
+    Path(written[0]).unlink()
+    with pytest.raises(results.RunFilesLost, match="removed while it ran"):
+        results.finish_tables(str(run), written, "r")
+    assert results.finish_tables(str(run), written[1:], "r")["rejects"].endswith("rejects.parquet")
