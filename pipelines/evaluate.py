@@ -229,9 +229,12 @@ def run(generated: str, output: str, pipeline_args=(), *, reference: str | None 
         p, is_local, local_files = test_pipeline, True, True
     else:
         job = options_mod.build(pipeline_args, job_name=job_name(run_id), workers=len(first),  # <= pairs
-                                reach=[("--generated", generated), ("--reference", reference), ("--output", output),
-                                       *((f"a {k} video", pair[k])
-                                         for pair in first for k in ("generated", "reference"))])
+                                reach=itertools.chain(
+                                    [("--generated", generated), ("--reference", reference), ("--output", output)],
+                                    ((f"a {k} video", pair[k])      # every pair (lazy: only a remote runner reads it)
+                                     for pair in pairs_mod.list_pairs(generated, reference, dataset=dataset,
+                                                                      method=method, schemes=schemes)
+                                     for k in ("generated", "reference"))))
         p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
         local_files = job.workers_see_local_files
     check_weights(cfg, workers_see_local_files=local_files)  # fail here, with the fix, not on every worker

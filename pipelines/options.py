@@ -48,8 +48,8 @@ def build(pipeline_args: Sequence[str], *, job_name: str, workers: int | None = 
     """Pipeline options + runner for ``pipeline_args`` (the CLI's unparsed arguments).
 
     ``reach``: ``(what, uri)`` of every location the job's workers read or write (``--output``,
-    the first inputs of a manifest, …); on a remote runner each must be one they can reach
-    (:func:`check_reachable`)."""
+    every input a manifest lists, …); on a remote runner each must be one they can reach
+    (:func:`check_reachable`). It may be a lazy iterable: only a remote runner's check reads it."""
     opts = PipelineOptions(list(pipeline_args))
     std = opts.view_as(StandardOptions)
     runner_name = std.runner

@@ -199,8 +199,8 @@ class CheckFinishedFn(beam.DoFn):
     """A done marker -> ``(source_id, {"status", "why"})``; ``why`` (None when trusted) says what
     failed its check (``shards.check_done``: config fingerprint, each file's size and footer)."""
 
-    def __init__(self, dataset: str, fingerprint: str):
-        self.dataset, self.fingerprint = dataset, fingerprint
+    def __init__(self, dataset: str, fingerprint: str, check: bool = True):
+        self.dataset, self.fingerprint, self.check = dataset, fingerprint, check
 
     def process(self, sid: str):
         try:
@@ -209,7 +209,9 @@ class CheckFinishedFn(beam.DoFn):
             marker = None  # vanished since the listing: the source is simply redone
         except (json.JSONDecodeError, UnicodeDecodeError):
             marker = {"status": None}
-        if marker is not None:
+        if marker is not None and not self.check:   # not resuming: only its labels are used
+            yield sid, {"status": marker.get("status"), "why": "not resumed", "labels": marker.get("labels")}
+        elif marker is not None:
             why = shards.check_done(self.dataset, marker, self.fingerprint) if marker.get("status") else \
                 "unreadable done marker"
             if why is not None:
@@ -244,10 +246,11 @@ def build(p: beam.Pipeline, input_spec: str, dataset: str, cfg: dict, *, run_id:
     listed = (p | "Spec" >> beam.Create([input_spec])
                 | "ListSources" >> beam.FlatMap(sources.list_sources, schemes=tuple(cfg["input"]["schemes"]))
                 | "KeyBySource" >> beam.Map(lambda it: (source.source_id_of(it), it)))
-    done = (p | "Dataset" >> beam.Create([dataset] if resume else [])
+    # without --resume the markers are read too (not checked): for the labels a label-less input keeps
+    done = (p | "Dataset" >> beam.Create([dataset])
               | "ListFinished" >> beam.FlatMap(lambda d: sorted(shards.done_source_ids(d)))
               | "SpreadFinished" >> beam.Reshuffle()
-              | "CheckFinished" >> beam.ParDo(CheckFinishedFn(dataset, shards.config_fingerprint(cfg))))
+              | "CheckFinished" >> beam.ParDo(CheckFinishedFn(dataset, shards.config_fingerprint(cfg), check=resume)))
     parts = ({"listed": listed, "done": done}
              | "JoinFinished" >> beam.CoGroupByKey()
              | "SkipFinished" >> beam.ParDo(PartitionFinishedFn(resume, retry_rejects)).with_outputs(
@@ -297,10 +300,12 @@ def run_job(input_spec: str, dataset: str, pipeline_args=(), *, config_path: str
     if test_pipeline is not None:
         p, is_local = test_pipeline, True
     else:
+        # reach: every listed video, lazily (only a remote runner's check reads it)
         job = options_mod.build(pipeline_args, job_name=f"radio-preprocess-{run_id.lower()}",
                                 workers=max(1, len(first)),
-                                reach=[("--input", input_spec), ("--output", dataset),
-                                       *(("a video of --input", it["uri"]) for it in first)])
+                                reach=itertools.chain([("--input", input_spec), ("--output", dataset)],
+                                                      (("a video of --input", it["uri"])
+                                                       for it in sources.list_sources(input_spec, schemes))))
         p, is_local = beam.Pipeline(runner=job.runner, options=job.options), job.is_local
     total = 0
     if progress and is_local:  # the bar needs a total: list here too (cheap for a local corpus)

@@ -67,3 +67,21 @@ def test_evaluate_weights_on_this_machine_are_refused_for_workers_installed_from
     with fsspec.open(cfg.lpips.linear_uri, "wb") as f:
         f.write(b"x")
     check_weights(cfg, workers_see_local_files=False)
+
+
+def test_a_local_video_anywhere_in_a_manifest_is_refused_not_only_in_its_first_rows(tmp_path, capsys):
+    """Only the first cpu_count rows were checked: a local path further down went to Dataflow."""
+    import fsspec
+
+    rows = [f"memory://radio-test-reach/v/{i}.mp4" for i in range(8)] + [str(CLIP)]
+    for r in rows[:-1]:
+        with fsspec.open(r, "wb") as f:
+            f.write(b"x")
+    with fsspec.open("memory://radio-test-reach/m.csv", "w") as f:
+        f.write("uri\n" + "\n".join(rows) + "\n")
+    from radio import cli
+
+    rc = cli.main(["preprocess", "--input", "memory://radio-test-reach/m.csv", "--output", "memory://radio-test-reach/ds",
+                   "--set", "input.schemes=[file, memory]", *DATAFLOW])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"a video of --input '{CLIP}' is a path on this machine" in err, err

@@ -106,6 +106,11 @@ def test_resume_redoes_a_source_whose_manifest_labels_changed(made, tmp_path):
     s = pipeline.run(str(inputs / "*.mp4"), ds, ONE_WORKER, overrides=IN_PROCESS, resume=True, run_id="glob")
     assert (s["redone_after_check"], s["skipped_resume"]) == (0, 2)
     assert set(pq.read_table(rows, columns=["split"]).column("split").to_pylist()) == {"eval"}
+    # nor without --resume: every source is redone, with the labels its marker recorded
+    s = pipeline.run(str(inputs / "*.mp4"), ds, ONE_WORKER, overrides=IN_PROCESS, run_id="glob-again")
+    assert (s["processed"], s["sources_with_rows"]) == (2, 1)
+    assert set(pq.read_table(rows, columns=["split"]).column("split").to_pylist()) == {"eval"}
+    assert {m["labels"]["speaker_id"] for m in markers(ds).values()} == {"s1", "s2"}
 
 
 def test_other_config_is_refused_in_one_line_unless_new_version(made, tmp_path, capsys):
