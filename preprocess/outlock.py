@@ -103,14 +103,37 @@ def hold(output: str, command: str, *, name: str = LOCK_NAME) -> Iterator[None]:
             yield
 
 
-@contextmanager
-def _hold_local(output: str, command: str, name: str) -> Iterator[None]:
-    folder = fsspec.core.url_to_fs(output)[1]
-    created_folder = not os.path.isdir(folder)
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, name)
+_HELD: set = set()   # lock files this process holds: closed in forked children (loader workers)
+
+
+def _close_held_in_child() -> None:
+    for f in list(_HELD):
+        try:
+            f.close()       # the child's copy of the descriptor: the lock stays with the parent's
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+def _missing_top(folder: str) -> str | None:
+    """The outermost ancestor of ``folder`` (itself included) that does not exist yet."""
+    top = None
+    while folder and not os.path.exists(folder):
+        top, folder = folder, os.path.dirname(folder)
+    return top
+
+
+def _open_lock(path: str, output: str):
+    """The lock file, locked. A lock file this user cannot write (another user's, left by a
+    killed run) is taken over when free, and reported with its holder when not."""
     while True:
-        f = open(path, "a+b")
+        try:
+            f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+b")
+        except PermissionError:
+            f = open(path, "rb")                  # flock needs no write access
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -119,11 +142,24 @@ def _hold_local(output: str, command: str, name: str) -> Iterator[None]:
             f.close()
             raise _busy(output, owner) from None
         try:
-            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
-                break                   # locked the file that is there now
+            same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
         except FileNotFoundError:
-            pass
-        f.close()                       # its holder removed it as we opened it: take the new one
+            same = False
+        if same and f.writable():
+            return f                              # locked the file that is there now
+        if same:
+            os.unlink(path)                       # free and not ours to write: replace it
+        f.close()                                 # (or its holder removed it as we opened it)
+
+
+@contextmanager
+def _hold_local(output: str, command: str, name: str) -> Iterator[None]:
+    folder = os.path.abspath(fsspec.core.url_to_fs(output)[1])
+    created = _missing_top(folder)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    f = _open_lock(path, output)
+    _HELD.add(f)
     try:
         f.seek(0)
         f.truncate()
@@ -131,17 +167,27 @@ def _hold_local(output: str, command: str, name: str) -> Iterator[None]:
         f.flush()
         yield
     except UserError:                   # a mistake found after the lock: the output looks as it did
-        if created_folder:
+        if created:
             os.unlink(path)
-            try:
-                os.rmdir(folder)
-            except OSError:
-                pass
+            _remove_empty_up_to(folder, created)
         raise
     finally:
         if os.path.exists(path):
             os.unlink(path)             # before the unlock: a waiting opener sees it gone and retries
+        _HELD.discard(f)
         f.close()
+
+
+def _remove_empty_up_to(folder: str, top: str) -> None:
+    """Remove ``folder`` and its parents up to ``top`` while they are empty (what the lock made)."""
+    while True:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+        if folder == top:
+            return
+        folder = os.path.dirname(folder)
 
 
 @contextmanager

@@ -44,6 +44,9 @@ def output_folder(uri: str, flag: str = "--output") -> None:
     path = os.path.abspath(path)
     if os.path.isfile(path):
         raise CheckError(f"{flag} {uri!r} is an existing file; expected a folder (created when missing).")
+    if os.path.islink(path) and not os.path.exists(path):
+        raise CheckError(f"{flag} {uri!r} is a symbolic link to {os.readlink(path)!r}, which does not exist; "
+                         "create that folder or give another --output.")
     _writable_parent(path, uri, flag)
 
 

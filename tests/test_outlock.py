@@ -122,3 +122,62 @@ def test_train_on_an_output_another_run_is_writing_is_one_line_exit_2(tmp_path, 
         p.wait()
     assert rc == 2 and "is writing" in err and len(err.strip().splitlines()) == 1, err
     assert saving.exists()    # before: the second start removed it ("temporaries that interrupted writes left")
+
+
+def test_a_mistake_leaves_no_parent_folders_the_lock_made(tmp_path):
+    from preprocess.errors import UserError
+
+    with pytest.raises(UserError):
+        with outlock.hold(str(tmp_path / "np1" / "a" / "b"), "train"):
+            raise UserError("bad --set")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_free_lock_file_this_user_cannot_write_is_taken_over(tmp_path, monkeypatch):
+    """Another user's killed run left its lock file (mode 644): PermissionError traceback before."""
+    (tmp_path / "ds").mkdir()
+    lock = tmp_path / "ds" / outlock.LOCK_NAME
+    lock.write_text('{"command": "preprocess", "pid": 1, "host": "other"}')
+    real_open, refused = os.open, []
+
+    def as_another_user(path, flags, *mode):
+        if str(path) == str(lock) and lock.exists() and lock.stat().st_ino not in refused and flags & os.O_RDWR:
+            refused.append(lock.stat().st_ino)
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *mode)
+
+    monkeypatch.setattr(outlock.os, "open", as_another_user)
+    with outlock.hold(str(tmp_path / "ds"), "preprocess"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert len(refused) == 1
+
+
+FORKING_HOLDER = """
+import os, sys, time
+from preprocess import outlock
+with outlock.hold(sys.argv[1], "train"):
+    child = os.fork()              # a loader worker
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_killed_holders_forked_children_do_not_keep_its_lock(tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    child = int(p.stdout.readline())
+    try:
+        p.kill()
+        p.wait()
+        with outlock.hold(str(tmp_path / "run"), "train"):   # the child lives on, the lock is free
+            assert os.path.exists(f"/proc/{child}")
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_dangling_symlink_output_is_one_line(tmp_path, capsys):
+    (tmp_path / "dang").symlink_to(tmp_path / "nowhere")
+    rc, out, err = run_cli(["preprocess", "--input", str(CLIP), "--output", str(tmp_path / "dang")], capsys)
+    assert rc == 2 and "symbolic link" in err and "Traceback" not in err, err
