@@ -368,6 +368,11 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: 
 
         print(config_doc.render(args.target))
         return 0
+    if args.command in BEAM_COMMANDS:   # Dataflow: local locations refused before any check reaches a bucket
+        from pipelines.options import check_reachable_early
+
+        check_reachable_early(extra, [(f"--{name}", getattr(args, name, None))
+                                      for name in ("input", "output", "checkpoint", "generated", "reference")])
     checks.command(args)
     if args.command == "preprocess":
         from pipelines import preprocess as job

@@ -85,3 +85,16 @@ def test_a_local_video_anywhere_in_a_manifest_is_refused_not_only_in_its_first_r
                    "--set", "input.schemes=[file, memory]", *DATAFLOW])
     err = capsys.readouterr().err
     assert rc == 2 and f"a video of --input '{CLIP}' is a path on this machine" in err, err
+
+
+def test_a_local_input_with_a_bucket_output_is_refused_before_any_network_access(capsys):
+    """The CLI's checks listed gs://…/out first: 85 s of retries, then an 'environment failure'."""
+    import time
+
+    from radio import cli
+
+    t = time.monotonic()
+    rc = cli.main(["preprocess", "--input", str(CLIP), "--output", "gs://radio-unreachable-test/out", *DATAFLOW])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--input" in err and "path on this machine" in err, err
+    assert time.monotonic() - t < 20
