@@ -26,7 +26,7 @@ class _Stop(Exception):
 def test_local_workers_never_outnumber_inputs(monkeypatch, tmp_path, data_dir, spec, expected):
     asked = []
 
-    def spy(pipeline_args, *, job_name, workers=None):
+    def spy(pipeline_args, *, job_name, workers=None, reach=()):
         asked.append(workers)
         raise _Stop
 
