@@ -50,9 +50,35 @@ def _boot_id() -> str:
         return ""
 
 
+def _job() -> str | None:
+    """The torchrun job this process belongs to (its rendezvous id), if any."""
+    return os.environ.get("TORCHELASTIC_RUN_ID")
+
+
 def _owner(command: str) -> dict:
     return {"command": command, "pid": os.getpid(), "host": socket.gethostname(), "boot": _boot_id(),
-            "since": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "heartbeat": time.time()}
+            "job": _job(), "since": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "heartbeat": time.time()}
+
+
+def check_not_held_by_another_job(output: str, name: str = LOCK_NAME) -> None:
+    """For the ranks of a torchrun job that do not take the lock (its main rank does):
+    :class:`OutputBusy` when a live holder of another job has it. Without this a second torchrun's
+    other ranks waited in the rendezvous for a main rank that had already refused, until torchrun
+    killed them 30 s later. Reads only: the lock is never taken here."""
+    uri = uri_mod.join(output, name)
+    try:
+        owner = _parse(uri_mod.read_bytes(uri)) if uri_mod.exists(uri) else None
+    except (FileNotFoundError, PermissionError):
+        return
+    if owner is None or owner.get("job") == _job():
+        return                                   # none, being written, or this job's own main rank
+    if owner.get("host") == socket.gethostname():
+        live = not _dead_here(owner)
+    else:
+        live = time.time() - float(owner.get("heartbeat", 0)) < STALE_S and not uri_mod.is_local(output)
+    if live:
+        raise _busy(output, owner)
 
 
 def _dead_here(owner: dict) -> bool:

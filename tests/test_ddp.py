@@ -247,3 +247,31 @@ def test_discriminator_group_is_fixed_per_rank_batch(caplog):
     assert "group is 2, not model.mbstd_group=4" in caplog.text
     caplog.clear()
     assert build.d_batch(train, dist.DistInfo(rank=0, world=4)) == 20 and "group is" not in caplog.text
+
+
+def test_a_second_torchrun_on_a_locked_output_ends_within_seconds(sample_dataset, tmp_path):
+    """Its main rank refused at once, but rank 1 waited in the rendezvous for it until torchrun killed
+    it 30 s later. Every rank now checks the lock (only the main rank takes it)."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom preprocess import outlock\n"
+                               "with outlock.hold(sys.argv[1], 'train'):\n    print('held', flush=True)\n"
+                               "    time.sleep(300)\n", str(tmp_path / "run")],
+                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert holder.stdout.readline().strip() == "held"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "radio.cli", "train", "--config", SMOKE, "--data", str(sample_dataset),
+           "--output", str(tmp_path / "run"), "--set", "run.steps=2"]
+    log = tmp_path / "torchrun.log"
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    _LAUNCHED.append(proc)
+    try:
+        t0 = time.monotonic()
+        rc = proc.wait(timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        holder.kill()
+        holder.wait()
+    text = log.read_text()
+    busy = re.findall(r"^radio train: error: radio train \(pid \d+ on .*\) is writing", text, re.M)
+    assert rc != 0 and len(busy) == 2 and took < 25, (took, text[-3000:])

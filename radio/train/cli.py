@@ -201,6 +201,8 @@ def main(args) -> int:
     # checkpoints/, radio.pt and tb/ in turn
     lock = outlock.hold(args.output, args.command) if dist.env_info().main else contextlib.nullcontext()
     try:
+        if not dist.env_info().main:
+            outlock.check_not_held_by_another_job(args.output)
         with lock:
             cfg, ckpt = resolve_config(args.config, list(args.overrides or []), args.output, args.command)
             if args.command == "train-sync" and cfg.data.frames != cfg.model.sync.frames:
