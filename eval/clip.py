@@ -85,6 +85,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import time
 from typing import Iterator
 
@@ -107,7 +108,7 @@ log = logging.getLogger(__name__)
 FPS = 25
 SAMPLES_PER_FRAME = 16000 // FPS
 REJECT_REASONS = ("missing_file", "length_mismatch", "aspect_mismatch", "no_face", "content_mismatch", "frame_offset",
-                  "undecodable", "unsupported_scheme", "too_large", "scoring_error")
+                  "undecodable", "unsupported_scheme", "too_large", "scoring_error", "input_changed")
 #: frame offsets tried (generated frame t + k against reference frame t) and frames sampled for it
 OFFSET_REACH = 2
 OFFSET_FRAMES = 8
@@ -614,6 +615,15 @@ class PassProgress:
             self.sent = want
 
 
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    """What changes when a local file is rewritten or replaced (inode, size, mtime)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tuple[dict, dict]:
     """Score a generated video against its reference, streamed in blocks of ``cfg.chunk_frames``.
 
@@ -645,6 +655,7 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
             except MediaError as e:  # too_large (a fact about the file); an I/O error propagates
                 raise _media_reject(e, side) from e
         gen_local, ref_local = local["generated"], local["reference"]
+        stamps = {side: _stamp(p) for side, p in local.items()}
         with timer("probe"):
             gen_info, ref_info = _probe(gen_local, "generated"), _probe(ref_local, "reference")
         check_aspect(gen_info, ref_info, cfg.aspect_tolerance)
@@ -705,6 +716,11 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
                 with timer("sync"):
                     sync_stream.push(start, gen_b)
             shown.to(n + start + len(ref_b))
+        for side, p in local.items():   # each pass opens the file again: both must have read the same one
+            if _stamp(p) != stamps[side]:
+                raise PairReject("input_changed", f"the {side} video was replaced or rewritten while it was scored "
+                                 "(a dub still writing it?): its two passes read different files; score it again",
+                                 side, "score")
         per_frame, samples, flagged = scorer.finish()
         offset = probe.finish()
         shifted = bool(offset["best_offset"] and offset["offset_gain_db"] > cfg.frame_offset_db)

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -760,3 +761,27 @@ def test_a_long_pair_moves_the_progress_bar_as_it_is_scored():
     with progress.reporting(got.append):
         row, _ = clip_mod.evaluate_pair(clip, clip, cfg, load_models(cfg))
     assert sum(got) == row["n_frames"] == 60 and len(got) >= 6, got   # 4 chunks per pass
+
+
+def test_a_generated_video_replaced_between_the_two_passes_is_an_input_changed_reject(tmp_path, monkeypatch):
+    """Each pass opens the files again: a dub still writing (atomically replacing) the generated video
+    made pass 1 track one file and pass 2 score another, mixed into one row without a trace."""
+    from eval.models import load_models
+
+    gen = tmp_path / "gen.mp4"
+    shutil.copy(DATA_DIR / "00015.mp4", gen)
+    other = tmp_path / "other.mp4"
+    shutil.copy(DATA_DIR / "00015.mp4", other)
+    cfg = config_mod.load(EvalConfig, None, ["max_frames=12", "lpips.enabled=false", "sync.enabled=false"])
+    real, calls = clip_mod.iter_pair, []
+
+    def second_pass_reads_a_new_file(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            os.replace(other, gen)                 # what an atomic rewrite of the output does
+        return real(*args, **kw)
+
+    monkeypatch.setattr(clip_mod, "iter_pair", second_pass_reads_a_new_file)
+    with pytest.raises(clip_mod.PairReject) as e:
+        clip_mod.evaluate_pair(str(gen), str(DATA_DIR / "00015.mp4"), cfg, load_models(cfg))
+    assert e.value.reason == "input_changed" and e.value.side == "generated"
