@@ -667,6 +667,7 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
         n = min(n_gen, n_ref, cfg.max_frames or NO_CAP)
         if n < 1:
             raise PairReject("undecodable", f"no 25 fps frame (generated {n_gen}, reference {n_ref})", "pair", "probe")
+        progress.expect(n)
         # pass 1: reference face track, Sync boxes of the generated video
         tracker = face_tracker(models.landmarks, cfg.landmarks.tracker)
         sync_on = models.syncnet is not None

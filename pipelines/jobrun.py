@@ -54,7 +54,7 @@ class Tracked(beam.DoFn):
 
     def setup(self):
         self.fn.setup()
-        self.items = self.n_frames = self.partial = 0
+        self.items = self.n_frames = self.partial = self.expected = 0
         self._path, self._last = None, 0.0
         if self.progress_dir:
             self._path = os.path.join(self.progress_dir, f"{os.getpid()}-{uuid.uuid4().hex}.json")  # never reused
@@ -64,9 +64,9 @@ class Tracked(beam.DoFn):
         self.fn.start_bundle()
 
     def process(self, element):
-        self.partial = 0
+        self.partial = self.expected = 0
         try:
-            with progress.reporting(self._frames_done):
+            with progress.reporting(self._frames_done, expect=self._expect):
                 outputs = list(self.fn.process(element) or ())
         except Exception:
             log.error("%s %s", FAILED_MARK, urllib.parse.quote(str(self.describe(element)), safe="/:"))
@@ -75,9 +75,14 @@ class Tracked(beam.DoFn):
                    for out in outputs)
         self.n_frames += max(done, self.partial)   # never below what the bar already showed (a source
         self.items += 1                            # decodes more frames than its rows keep)
-        self.partial = 0
+        self.partial = self.expected = 0
         self._report()
         yield from outputs
+
+    def _expect(self, n: int) -> None:
+        """The item in progress will take about ``n`` frames (``preprocess.progress.expect``)."""
+        self.expected = int(n)
+        self._report()
 
     def _frames_done(self, n: int) -> None:
         """Frames of the item in progress (``preprocess.progress.frames``), reported at most twice a second."""
@@ -95,7 +100,8 @@ class Tracked(beam.DoFn):
         if self._path:
             tmp = self._path + ".tmp"
             with open(tmp, "w") as f:
-                json.dump({"items": self.items, "frames": self.n_frames + self.partial}, f)
+                json.dump({"items": self.items, "frames": self.n_frames + self.partial,
+                           "current": self.partial, "expected": self.expected}, f)
             os.replace(tmp, self._path)
             self._last = time.monotonic()
 
@@ -130,12 +136,15 @@ class Bar:
                  frames_word: str = "frames"):
         self.folder, self.total, self.unit, self.desc, self.stream = folder, total, unit, desc, stream
         self.workers, self.frames_word = workers, frames_word
+        self.current = self.expected = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True) if folder else None
 
     def read(self) -> tuple[int, int, int]:
-        """(workers ready, items done, frames done)."""
+        """(workers ready, items done, frames done); ``self.current``/``self.expected``: frames done
+        and expected of the items in progress that said how many they expect."""
         ready = items = frames = 0
+        self.current = self.expected = 0
         for name in os.listdir(self.folder):
             if not name.endswith(".json"):
                 continue
@@ -147,6 +156,9 @@ class Bar:
             ready += 1
             items += d["items"]
             frames += d["frames"]
+            if d.get("expected"):
+                self.current += d.get("current", 0)
+                self.expected += d["expected"]
         return ready, items, frames
 
     def _run(self):
@@ -171,9 +183,17 @@ class Bar:
                 else:
                     rate = frames / max((t_frame or 0) - (t_ready or 0), 1e-6) if t_frame and t_ready else 0.0
                     done = " - writing the summary" if self.total and items >= self.total and not stop else ""
-                    bar.set_postfix_str(f"{frames} {self.frames_word}, {rate:.1f} frames/s{done}")
+                    bar.set_postfix_str(f"{frames} {self.frames_word}, {rate:.1f} frames/s{done}"
+                                        + (self._eta(rate) if self.total == 1 and not done else ""))
                 if stop:
                     break
+
+    def _eta(self, rate: float) -> str:
+        """For a job of one item (one long video or pair): its expected frames and time left."""
+        if not self.expected or rate <= 0:
+            return ""
+        left = max(self.expected - self.current, 0) / rate
+        return f" (item: {self.current} of ~{self.expected}, about {int(left // 60)}:{int(left % 60):02d} left)"
 
     def __enter__(self):
         if self._thread:

@@ -20,17 +20,26 @@ def frames(n: int = 1) -> None:
         sink(n)
 
 
+def expect(n: int) -> None:
+    """The current item will take about ``n`` frames (known from its probe): a bar can show a total
+    and an ETA for a long item."""
+    sink = getattr(_local, "expect", None)
+    if sink is not None:
+        sink(n)
+
+
 def beat() -> None:
     """Still working, no frame finished (a long copy, a stage starting): keeps a watchdog quiet."""
     frames(0)
 
 
 @contextmanager
-def reporting(sink: Callable[[int], None]):
-    """While the block runs (in this thread), :func:`frames` calls ``sink``."""
-    prev = getattr(_local, "sink", None)
-    _local.sink = sink
+def reporting(sink: Callable[[int], None], expect: Callable[[int], None] | None = None):
+    """While the block runs (in this thread), :func:`frames` calls ``sink`` and :func:`expect`
+    calls ``expect``."""
+    prev = getattr(_local, "sink", None), getattr(_local, "expect", None)
+    _local.sink, _local.expect = sink, expect
     try:
         yield
     finally:
-        _local.sink = prev
+        _local.sink, _local.expect = prev

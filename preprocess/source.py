@@ -388,6 +388,7 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                 media.check_limits(info, max_pixels=lim.max_pixels, max_duration_s=lim.max_duration_s,
                                    max_gap_s=lim.max_gap_s)
                 media.check_gaps(path, info, lim.max_gap_s)
+                progress.expect(video.frame_count(info, cfg.decode.fps))
             with stages("audio"):  # to a temporary file: each segment's mel is computed from its samples
                 track = stack.enter_context(audio.decode_audio(path, info=info, max_seconds=info.duration_s + 1.0))
                 sound_from, sound_to = audio_frames(info, len(track), cfg.decode.fps)

@@ -100,6 +100,9 @@ class SourceWorker:
                 kind, *rest = self._conn.recv()
             except (EOFError, OSError) as e:
                 raise self._died() from e
+            if kind == "expect":
+                progress.expect(rest[0])
+                continue
             if kind != "progress":
                 break
             progress.frames(rest[0])
@@ -215,7 +218,7 @@ def _child(read_fd: int, write_fd: int) -> None:
             return
         sent[0], done[0] = time.monotonic(), 0      # this item's frames only
         try:
-            with progress.reporting(report):
+            with progress.reporting(report, expect=lambda n: conn.send(("expect", n))):
                 result = source.run_source(item, cfg, backend, dataset)
             if done[0]:   # the rest, not carried into the next item's count (the bar said 1.9x the frames)
                 conn.send(("progress", done[0]))

@@ -578,6 +578,7 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
     speech_s = speech_length(len(wav) / audio.SAMPLE_RATE, speech.audio_duration_s)
     n_video = video.frame_count(info, fps)
     n_out = n_video if cfg.length == "video" else int(math.ceil(speech_s * fps - 1e-9))
+    progress.expect(n_out)
     if n_out < 1:
         raise DubError("audio", "too_short", "the speech is shorter than one frame")
     if cfg.length == "video":

@@ -386,6 +386,33 @@ def test_child_progress_counts_each_items_frames_once(clips, tmp_path):
     assert counts[0] == counts[1] >= result["frames"] > 0, counts
 
 
+def test_the_child_says_how_many_frames_an_item_will_take(clips, tmp_path):
+    """A bar of one long video showed frames and a rate but no total: the probe's frame count now
+    reaches the parent (and the bar: its total and time left)."""
+    from pipelines.jobrun import Bar
+    from preprocess import config as config_mod
+    from preprocess import progress, source
+    from preprocess.worker import SourceWorker
+
+    cfg_dict = config_mod.to_dict(source.PreprocessConfig())
+    worker = SourceWorker(cfg_dict, str(tmp_path / "ds"), stall_s=30, progress_every_s=0)
+    expected = []
+    try:
+        with progress.reporting(lambda n: None, expect=expected.append):
+            worker.run({"uri": str(clips / "00015.mp4")})
+    finally:
+        worker.close()
+    counted = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+                              "stream=nb_read_frames", "-of", "csv=p=0", str(clips / "00015.mp4")],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert expected == [int(counted)]             # a 25 fps clip: its frames
+    folder = tmp_path / "bar"
+    folder.mkdir()
+    (folder / "w.json").write_text(json.dumps({"items": 0, "frames": 50, "current": 50, "expected": 110}))
+    bar = Bar(str(folder), 1, unit="video", desc="t", stream=None, workers=1)
+    assert bar.read() == (1, 0, 50) and bar._eta(10.0) == " (item: 50 of ~110, about 0:06 left)"
+
+
 # ---- a GCS outage -------------------------------------------------------------------------------
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # as tests/test_gcs.py
 BUCKET = "radio-outage"
