@@ -73,12 +73,19 @@ def check_not_held_by_another_job(output: str, name: str = LOCK_NAME) -> None:
         return
     if owner is None or owner.get("job") == _job():
         return                                   # none, being written, or this job's own main rank
-    if owner.get("host") == socket.gethostname():
-        live = not _dead_here(owner)
-    else:
-        live = time.time() - float(owner.get("heartbeat", 0)) < STALE_S and not uri_mod.is_local(output)
-    if live:
+    if _alive(owner, remote=not uri_mod.is_local(output)):
         raise _busy(output, owner)
+
+
+def _alive(owner: dict, *, remote: bool) -> bool:
+    """Whether the holder ``owner`` still runs, as far as this machine can tell: on a remote
+    output, a heartbeat under ``STALE_S`` old; on a local one (a file removed at release, so it
+    is held or left by a dead holder), a holder on this machine. Never one that is gone here."""
+    if _dead_here(owner):
+        return False
+    if remote:
+        return time.time() - float(owner.get("heartbeat", 0)) < STALE_S
+    return owner.get("host") == socket.gethostname()
 
 
 def _dead_here(owner: dict) -> bool:
@@ -221,8 +228,7 @@ def _hold_remote(output: str, command: str, name: str) -> Iterator[None]:
     uri = uri_mod.join(output, name)
     if uri_mod.exists(uri):
         owner = _parse(uri_mod.read_bytes(uri))
-        if (owner is not None and time.time() - float(owner.get("heartbeat", 0)) < STALE_S
-                and not _dead_here(owner)):
+        if owner is not None and _alive(owner, remote=True):
             raise _busy(output, owner)
     me = _owner(command)
     uri_mod.write_bytes_atomic(uri, json.dumps(me).encode())
