@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import fsspec
 
+from preprocess import uri as uri_mod
 from preprocess.errors import UserError
 
 
@@ -106,7 +107,7 @@ def resolve_weights(uri: str | None, sha256: str | None, *, name: str, how_to_ge
     fs, path = fsspec.core.url_to_fs(uri)
     if not fs.exists(path):
         raise WeightsError(f"{name}: weight file not found at {uri!r}. {how_to_get}")
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+    if uri_mod.is_local(uri):
         local = path
         digest = sha256_file(local)
     else:
