@@ -108,7 +108,8 @@ log = logging.getLogger(__name__)
 FPS = 25
 SAMPLES_PER_FRAME = 16000 // FPS
 REJECT_REASONS = ("missing_file", "length_mismatch", "aspect_mismatch", "no_face", "content_mismatch", "frame_offset",
-                  "undecodable", "unsupported_scheme", "too_large", "scoring_error", "input_changed")
+                  "undecodable", "unsupported_scheme", "too_large", "scoring_error", "input_changed",
+                  "unsupported_name")
 #: frame offsets tried (generated frame t + k against reference frame t) and frames sampled for it
 OFFSET_REACH = 2
 OFFSET_FRAMES = 8
@@ -153,7 +154,7 @@ def failure_reject(e: Exception) -> PairReject | None:
 
 def _media_reject(e: MediaError, side: str) -> PairReject:
     reason = {"not_found": "missing_file", "unsupported_scheme": "unsupported_scheme",
-              "too_large": "too_large"}.get(e.reason, "undecodable")
+              "too_large": "too_large", "unsupported_name": "unsupported_name"}.get(e.reason, "undecodable")
     return PairReject(reason, f"{e.stage}/{e.reason}: {e.message}", side, e.stage)
 
 
@@ -591,6 +592,8 @@ def _check_files(gen_path: str, ref_path: str, schemes) -> None:
         if scheme_of(path) not in schemes:
             raise PairReject("unsupported_scheme", f"{scheme_of(path)}:// is not allowed (input.schemes: "
                              f"{list(schemes)}): {path}", side, "open")
+        if uri_mod.chain_error(path):   # a folder's file named 'a::b.mp4': fsspec would read 'a'
+            raise PairReject("unsupported_name", uri_mod.chain_error(path), side, "open")
     for path, side in ((gen_path, "generated"), (ref_path, "reference")):
         try:
             found = uri_mod.exists(path)

@@ -143,6 +143,9 @@ def read_manifest(uri: str, *, reference_root: str | None, dataset: str, method:
                 raise PairsError(f"{where} has no {col!r} (columns: generated, reference[, dataset, method, key]).")
         gen = _resolve(cells["generated"], base, where)
         ref = _resolve(cells["reference"], reference_root or base, where)
+        for col, value in (("generated", gen), ("reference", ref)):
+            if uri_mod.chain_error(value):
+                raise PairsError(f"{where}, {col}: {uri_mod.chain_error(value)}.")
         _check_scheme(gen, schemes, f"{where}, generated")
         _check_scheme(ref, schemes, f"{where}, reference")
         key = cells.get("key") or _default_key(cells["generated"])
@@ -244,6 +247,9 @@ def list_pairs(generated: str, reference: str | None = None, *, dataset: str = "
     every video may have (``'file'`` for local paths; ``input.schemes``), None: any."""
     if not dataset or not method:
         raise PairsError("Expected non-empty --dataset and --method names.")
+    for flag, spec in (("--generated", generated), ("--reference", reference)):
+        if spec is not None and uri_mod.chain_error(spec):
+            raise PairsError(f"{flag} {uri_mod.chain_error(spec)}.")
     _check_scheme(generated, schemes, "--generated")
     if reference is not None:
         _check_scheme(reference, schemes, "--reference")

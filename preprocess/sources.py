@@ -36,8 +36,23 @@ def _full_uri(fs, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
+GLOB_CHARS = "*?["
+
+
+def is_glob(spec: str) -> bool:
+    """``spec`` is a pattern: it holds ``* ? [`` and names no existing file or folder. A file that
+    exists is used as named even when its name holds them (``clip[1].mp4``, which as a pattern
+    would match ``clip1.mp4``, another file), as ``radio evaluate`` does."""
+    if not any(c in spec for c in GLOB_CHARS):
+        return False
+    if uri_mod.chain_error(spec):
+        return True      # never looked up: list_sources refuses it
+    fs, path = fsspec.core.url_to_fs(spec)
+    return not fs.exists(path)
+
+
 def is_manifest(spec: str) -> bool:
-    return spec.lower().endswith(MANIFEST_SUFFIXES) and not any(c in spec for c in "*?[")
+    return spec.lower().endswith(MANIFEST_SUFFIXES) and not is_glob(spec)
 
 
 def list_sources(spec: str, schemes: tuple[str, ...] | None = None) -> Iterator[dict]:
@@ -45,6 +60,8 @@ def list_sources(spec: str, schemes: tuple[str, ...] | None = None) -> Iterator[
 
     ``schemes``: the URI schemes sources may have (``'file'`` for local paths); None allows any.
     """
+    if uri_mod.chain_error(spec):
+        raise SourceError(f"--input {uri_mod.chain_error(spec)}.")
     if is_manifest(spec):
         yield from read_manifest(spec, schemes=schemes)
         return
@@ -53,7 +70,7 @@ def list_sources(spec: str, schemes: tuple[str, ...] | None = None) -> Iterator[
     except ValueError as e:
         raise SourceError(f"{spec}: {e}") from e
     fs, path = fsspec.core.url_to_fs(spec)
-    if any(c in path for c in "*?["):
+    if is_glob(spec):
         paths = fs.glob(path)
     elif fs.isdir(path):
         paths = [p for p in fs.find(path) if p.lower().endswith(VIDEO_SUFFIXES)]
@@ -125,6 +142,8 @@ def read_manifest(uri: str, key: tuple[str, ...] = ("uri",),
 def numbered_records(uri: str, errors: list[str] | None = None) -> list[tuple[int, dict]]:
     """(line number, raw record) of every data line of a CSV/JSONL manifest, as written (no path
     resolution, no coercion); lines of the wrong shape go to ``errors`` (skipped when None)."""
+    if uri_mod.chain_error(uri):
+        raise SourceError(f"Manifest {uri_mod.chain_error(uri)}.")
     fs, path = fsspec.core.url_to_fs(uri)
     if not fs.exists(path):
         raise SourceError(f"Manifest {uri!r} does not exist.")
@@ -196,6 +215,8 @@ def checked_record(rec: dict, base: str, schemes: tuple[str, ...] | None) -> dic
                 raise ValueError(f"{f!r} must be a string. Got {v!r}.")
             out[f] = _resolve(v.strip(), base)
             check_scheme(out[f], schemes)
+            if uri_mod.chain_error(out[f]):
+                raise ValueError(f"{f!r}: {uri_mod.chain_error(v)}.")
     for f in ("speaker_id", "split"):
         v = out.get(f)
         if isinstance(v, bool) or isinstance(v, (list, dict)):

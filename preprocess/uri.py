@@ -35,12 +35,29 @@ def within(uri: str, folder: str) -> bool:
     return b == a or b.startswith(a.rstrip("/") + "/")
 
 
+#: fsspec reads ``a::b`` as a chain of file systems and opens ``a``: a name holding it names another file
+CHAIN = "::"
+
+
+def chain_error(uri: str) -> str | None:
+    """Why ``uri`` cannot be read or written as the one file it names, or None: a '::' in it, which
+    fsspec takes for a chain of file systems (``/data/talk::1.mp4`` opens ``/data/talk``, another
+    file, and a dub output named ``a.mp4::x`` overwrites ``a.mp4``). No spelling escapes it."""
+    if CHAIN in uri:
+        return (f"{uri!r} holds '::', which fsspec reads as a chain of file systems (it would open "
+                f"{uri.split(CHAIN, 1)[0]!r}, another file); rename it without '::'")
+    return None
+
+
 def join(base: str, *names: str) -> str:
-    """Join ``names`` under ``base`` refusing absolute parts, '..', empty or control characters."""
+    """Join ``names`` under ``base`` refusing absolute parts, '..', '::', empty or control characters."""
     out = base.rstrip("/")
     for name in names:
         if not name or name.startswith("/") or "\x00" in name or any(ord(c) < 32 for c in name):
             raise UnsafePathError(f"Expected a relative name. Got {name!r}.")
+        if CHAIN in name:
+            raise UnsafePathError(f"Expected a name without '::' (fsspec reads it as a chain of file systems "
+                                  f"so it names {name.split(CHAIN, 1)[0]!r}, another file). Got {name!r}.")
         parts = name.split("/")
         if any(p in ("", ".", "..") for p in parts):
             raise UnsafePathError(f"Expected a name without '', '.' or '..' parts. Got {name!r}.")
@@ -134,7 +151,8 @@ def local_copy(uri: str, suffix: str = "", max_bytes: int | None = None,
         schemes: the URI schemes allowed ('file' for local paths); None allows any.
 
     Raises:
-        MediaError(stage='probe'): 'unsupported_scheme' or 'too_large' (facts about the input).
+        MediaError(stage='probe'): 'unsupported_scheme', 'unsupported_name' (a '::' in it:
+            :func:`chain_error`) or 'too_large' (facts about the input).
     """
     from preprocess.media import MediaError
 
@@ -142,6 +160,8 @@ def local_copy(uri: str, suffix: str = "", max_bytes: int | None = None,
     if schemes is not None and scheme not in schemes:
         raise MediaError("probe", "unsupported_scheme",
                          f"{scheme}:// sources are not allowed (input.schemes: {list(schemes)})", uri)
+    if chain_error(uri):     # fsspec would read another file (the part before '::')
+        raise MediaError("probe", "unsupported_name", chain_error(uri), uri)
     fs, path = fsspec.core.url_to_fs(uri)
 
     def too_large(size) -> MediaError:

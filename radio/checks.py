@@ -30,9 +30,18 @@ def _local_path(uri: str) -> str | None:
     return None if "://" in uri else uri
 
 
+def _no_chain(uri: str, flag: str) -> None:
+    """A location with '::' is another one to fsspec (``out::x`` writes ``out``): refused."""
+    from preprocess import uri as uri_mod
+
+    if uri_mod.chain_error(uri):
+        raise CheckError(f"{flag} {uri_mod.chain_error(uri)}.")
+
+
 def output_folder(uri: str, flag: str = "--output") -> None:
     """``uri`` can become a folder: it is not a file and its nearest existing ancestor is a
     writable folder (local paths); remote URIs: not an existing object."""
+    _no_chain(uri, flag)
     path = _local_path(uri)
     if path is None:
         import fsspec
@@ -52,6 +61,7 @@ def output_folder(uri: str, flag: str = "--output") -> None:
 
 def output_file(uri: str, flag: str = "--output") -> None:
     """``uri`` can be written as a file: not an existing folder, its parent can be created."""
+    _no_chain(uri, flag)
     path = _local_path(uri)
     if path is None:
         return
@@ -89,7 +99,7 @@ def media_input(spec: str, flag: str = "--input", schemes: Sequence[str] | None 
 
     if next(iter(sources.list_sources(spec, tuple(schemes) if schemes is not None else None)), None) is None:
         what = ("manifest" if sources.is_manifest(spec) else
-                "glob" if any(c in spec for c in "*?[") else "folder")
+                "glob" if sources.is_glob(spec) else "folder")
         raise CheckError(f"{flag} {spec!r}: the {what} lists no video files "
                          f"({', '.join(sources.VIDEO_SUFFIXES[:4])}, ...).")
 
@@ -135,6 +145,7 @@ def run_id(name: str) -> None:
 def exists(uri: str, flag: str, what: str) -> None:
     import fsspec
 
+    _no_chain(uri, flag)
     fs, p = fsspec.core.url_to_fs(uri)
     if not fs.exists(p):
         raise CheckError(f"{flag} {uri!r}: no such {what}.")

@@ -1,0 +1,135 @@
+"""File names real corpora hold: each input is read as the one file its name names, and two
+inputs never share an output (no silent overwrite), whatever characters the names hold.
+
+Odd-named files are made in tmp_path at test time from tests/data clips (copies or 1 s cuts).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA_DIR, ffmpeg
+from preprocess import sources
+from preprocess import uri as uri_mod
+
+ONE_WORKER = ["--direct_num_workers=1"]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    """Two 1 s clips that tell apart (different speakers): 'a' (00015) and 'b' (00086)."""
+    d = tmp_path_factory.mktemp("clips")
+    out = {}
+    for key, name in (("a", "00015.mp4"), ("b", "00086.mp4")):
+        out[key] = d / f"{key}.mp4"
+        ffmpeg("-i", f"file:{DATA_DIR / name}", "-t", 1, "-c:v", "libx264", "-preset", "ultrafast",
+               "-c:a", "aac", f"file:{out[key]}")
+    return out
+
+
+# ---------------------------------------------------------------- '::' (fsspec's chained URLs)
+def test_a_name_with_a_double_colon_is_never_read_as_another_file(tmp_path, clips):
+    """fsspec reads 'talk::1.mp4' as a chain and opens 'talk': preprocess made the rows of
+    /data/talk::1.mp4 from /data/talk (another video) and labelled them as talk::1.mp4."""
+    from preprocess.media import MediaError
+
+    shutil.copy(clips["a"], tmp_path / "talk::1.mp4")
+    shutil.copy(clips["b"], tmp_path / "talk")
+    with pytest.raises(MediaError) as e:
+        with uri_mod.local_copy(str(tmp_path / "talk::1.mp4")):
+            pass
+    assert e.value.reason == "unsupported_name" and "'::'" in str(e.value)
+    # a folder listing keeps it (so that it is counted: a reject), a manifest line or --input is refused
+    assert [Path(r["uri"]).name for r in sources.list_sources(str(tmp_path))] == ["talk::1.mp4"]
+    (tmp_path / "m.csv").write_text("uri\ntalk::1.mp4\n")
+    with pytest.raises(sources.SourceError, match=r"m\.csv:2: 'uri': .*holds '::'"):
+        list(sources.list_sources(str(tmp_path / "m.csv")))
+    with pytest.raises(sources.SourceError, match=r"--input .*holds '::'"):
+        list(sources.list_sources(str(tmp_path / "talk::1.mp4")))
+    with pytest.raises(uri_mod.UnsafePathError, match="'::'"):
+        uri_mod.join(str(tmp_path), "a.mp4::x")
+
+
+def test_preprocess_of_a_folder_rejects_a_double_colon_name_and_reads_the_rest(tmp_path, clips):
+    from pipelines import preprocess as pipeline
+    import pyarrow.parquet as pq
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(clips["a"], corpus / "talk::1.mp4")
+    shutil.copy(clips["b"], corpus / "talk.mp4")
+    shutil.copy(clips["b"], corpus / "talk")          # what fsspec opened for 'talk::1.mp4'
+    s = pipeline.run(str(corpus), str(tmp_path / "ds"), ONE_WORKER, run_id="r")
+    assert (s["inputs"], s["sources_with_rows"], s["sources_rejected"]) == (2, 1, 1), s
+    (rej,) = [r for f in (tmp_path / "ds" / "rejects").glob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert rej["source_uri"].endswith("talk::1.mp4") and rej["reason"] == "unsupported_name"
+    rows = [r for f in (tmp_path / "ds" / "rows").glob("*.parquet")
+            for r in pq.read_table(f, columns=["source_uri"]).to_pylist()]
+    assert {Path(r["source_uri"]).name for r in rows} == {"talk.mp4"}
+
+
+def test_dub_refuses_an_output_name_with_a_double_colon(tmp_path, clips):
+    """A pair named 'a.mp4::z' wrote videos/a.mp4 (fsspec's chain), replacing pair 'a''s video:
+    two pairs dubbed, one file."""
+    from pipelines import dub as dub_job
+
+    m = tmp_path / "pairs.jsonl"
+    row = {"uri": str(clips["a"]), "audio_uri": str(DATA_DIR / "david4.wav")}
+    m.write_text(json.dumps(dict(row, name="a")) + "\n" + json.dumps(dict(row, name="a.mp4::z")) + "\n")
+    with pytest.raises(dub_job.DubInputError, match=r"pairs\.jsonl:2: output name 'a\.mp4::z'.*'::'"):
+        dub_job.check_pairs(str(m), str(tmp_path / "out"))
+    m.write_text(json.dumps(dict(row, uri=str(tmp_path / "v.mp4::x"), name="a")) + "\n")
+    with pytest.raises(sources.SourceError, match=r"pairs\.jsonl:1: 'uri': .*'::'"):
+        dub_job.check_pairs(str(m), str(tmp_path / "out"))
+
+
+def test_evaluate_never_scores_a_double_colon_name_as_another_file(tmp_path, clips):
+    from eval import clip as eval_clip
+    from eval import pairs
+
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir(), ref.mkdir()
+    for d in (gen, ref):
+        shutil.copy(clips["a"], d / "x::y.mp4")
+        shutil.copy(clips["b"], d / "x")
+    (p,) = pairs.list_pairs(str(gen), str(ref))
+    with pytest.raises(eval_clip.PairReject) as e:
+        eval_clip._check_files(p["generated"], p["reference"], ("file",))
+    assert e.value.reason == "unsupported_name"
+    m = tmp_path / "pairs.csv"
+    m.write_text("generated,reference\ngen/x::y.mp4,ref/x::y.mp4\n")
+    with pytest.raises(pairs.PairsError, match=r"record 1.*'::'"):
+        list(pairs.list_pairs(str(m)))
+
+
+@pytest.mark.parametrize("flag", ["--output", "--input"])
+def test_cli_refuses_a_double_colon_location_in_one_line(tmp_path, clips, flag, capsys):
+    from radio import cli
+
+    args = {"--input": str(clips["a"]), "--output": str(tmp_path / "out")}
+    args[flag] += "::x"
+    rc = cli.main(["preprocess", "--input", args["--input"], "--output", args["--output"], "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "'::'" in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out:").exists()
+
+
+# ---------------------------------------------------------------- glob characters in real names
+def test_an_existing_file_named_like_a_glob_is_that_file(tmp_path, clips):
+    """--input 'clip[1].mp4' was a pattern: it read clip1.mp4 (another video) and could never
+    name the file itself; an existing path is now used as named (as radio evaluate does)."""
+    shutil.copy(clips["a"], tmp_path / "clip[1].mp4")
+    shutil.copy(clips["b"], tmp_path / "clip1.mp4")
+    (rec,) = sources.list_sources(str(tmp_path / "clip[1].mp4"))
+    assert Path(rec["uri"]).name == "clip[1].mp4"
+    assert [Path(r["uri"]).name for r in sources.list_sources(str(tmp_path / "clip[0-9].mp4"))] == ["clip1.mp4"]
+    folder = tmp_path / "take [1]"              # a folder, and a manifest, named with brackets
+    folder.mkdir()
+    shutil.copy(clips["a"], folder / "v.mp4")
+    assert [Path(r["uri"]).name for r in sources.list_sources(str(folder))] == ["v.mp4"]
+    (folder / "list[1].csv").write_text("uri\nv.mp4\n")
+    assert sources.is_manifest(str(folder / "list[1].csv"))
+    assert [Path(r["uri"]).name for r in sources.list_sources(str(folder / "list[1].csv"))] == ["v.mp4"]
