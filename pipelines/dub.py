@@ -521,6 +521,11 @@ def check_pairs(manifest: str, output: str, references: int = 1, schemes=None) -
                 raise DubInputError(f"{manifest}: lines {seen[out]} and {line} both write "
                                     f"videos/{out[len(videos) + 1:]}; give each pair its own name.")
             seen[out] = line
+            long = [p for p in out[len(videos) + 1:].split("/") if len(p.encode()) > uri_mod.NAME_MAX]
+            if long and uri_mod.is_local(output):   # found after the dub (ENAMETOOLONG) otherwise
+                raise DubInputError(f"{manifest}:{line}: output name {item.get('name')!r}: {long[0]!r} is "
+                                    f"{len(long[0].encode())} bytes, more than a file name may have "
+                                    f"({uri_mod.NAME_MAX}); shorten the name.")
     folders = {}                 # 'x.mp4/y' makes videos/x.mp4 a folder: the pair named 'x' could not write it
     for out, line in seen.items():
         parts = out[len(videos) + 1:].split("/")

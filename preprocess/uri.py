@@ -80,6 +80,20 @@ def read_bytes(uri: str) -> bytes:
         return f.read()
 
 
+#: the longest file name (one path component, in bytes) local file systems take (NAME_MAX)
+NAME_MAX = 255
+
+
+def temp_basename(name: str) -> str:
+    """The hidden, unique temporary name of an upload of ``name``: ``.tmp-<uuid hex>-<name>``, with
+    ``name`` cut (whole UTF-8 characters) so that it stays a legal file name: a 250-byte video name
+    is legal, its temporary with 38 more bytes was not (ENAMETOOLONG after the whole dub)."""
+    head = f".tmp-{uuid.uuid4().hex}-"
+    room = NAME_MAX - len(head)
+    tail = name.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return head + tail
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write to a temporary sibling, then move into place: readers never see a partial file, and
     a write that fails removes its temporary (a process killed mid-write leaves it to its writer's
@@ -94,7 +108,7 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     parent = posixpath.dirname(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    tmp = posixpath.join(parent, temp_basename(posixpath.basename(path)))
     local = is_local(uri)
     try:
         if local:

@@ -189,7 +189,7 @@ def _same_device(a: str, b_dir: str) -> bool:
 def temp_name(path: str) -> str:
     """A hidden, unique sibling of ``path`` for an upload in progress (readers skip dot files)."""
     parent, name = os.path.split(path)
-    return f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
+    return f"{parent}/{uri_mod.temp_basename(name)}"
 
 
 def _copy_rename(fs, local: str, path: str) -> None:

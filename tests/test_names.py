@@ -133,3 +133,29 @@ def test_an_existing_file_named_like_a_glob_is_that_file(tmp_path, clips):
     (folder / "list[1].csv").write_text("uri\nv.mp4\n")
     assert sources.is_manifest(str(folder / "list[1].csv"))
     assert [Path(r["uri"]).name for r in sources.list_sources(str(folder / "list[1].csv"))] == ["v.mp4"]
+
+
+# ---------------------------------------------------------------- long names
+def test_a_legal_250_byte_name_is_written_and_a_longer_output_name_refused_up_front(tmp_path, clips):
+    """A dub pair named with 246 bytes (+ '.mp4': a legal 250-byte file name) was dubbed, then failed
+    the job: its upload's temporary, '.tmp-<32 hex>-<name>', was over 255 bytes (ENAMETOOLONG)."""
+    from pipelines import dub as dub_job
+    from preprocess import writer
+
+    name = "é" * 123 + ".mp4"                          # 250 bytes in UTF-8
+    uri_mod.write_bytes_atomic(str(tmp_path / "videos" / name), b"video")
+    assert (tmp_path / "videos" / name).read_bytes() == b"video"
+    assert [p.name for p in (tmp_path / "videos").iterdir()] == [name]      # no temporary left
+    tmp = Path(writer.temp_name(str(tmp_path / name)))
+    assert len(tmp.name.encode()) <= 255 and tmp.name.startswith(".tmp-")
+    short = Path(writer.temp_name(str(tmp_path / "radio.pt"))).name     # short names keep their whole name
+    assert short.startswith(".tmp-") and short.endswith("-radio.pt")
+    m = tmp_path / "pairs.jsonl"
+    row = {"uri": str(clips["a"]), "audio_uri": str(DATA_DIR / "david4.wav")}
+    m.write_text(json.dumps(dict(row, name="L" * 247)) + "\n")
+    assert len(dub_job.check_pairs(str(m), str(tmp_path / "out"))) == 1
+    with pytest.raises(dub_job.DubInputError, match=r"pairs\.jsonl:1: output name 'L+': 'L+\.ref1\.mp4' is 256"):
+        dub_job.check_pairs(str(m), str(tmp_path / "out"), references=2)
+    m.write_text(json.dumps(dict(row, name="L" * 252)) + "\n")
+    with pytest.raises(dub_job.DubInputError, match=r"is 256 bytes, more than a file name may have"):
+        dub_job.check_pairs(str(m), str(tmp_path / "out"))
