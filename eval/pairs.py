@@ -12,7 +12,8 @@ as written. An empty ``generated``/``reference`` cell is an error in the manifes
 **Two folders** (``--generated DIR_OR_GLOB --reference DIR``; a folder or manifest that exists is
 used as written even when its name holds ``[ ] ? *``, a glob only otherwise; names starting with
 '.' are skipped): video files (by suffix) under each
-are matched by relative path without the suffix (``spk1/clip 03.mp4`` ↔ ``spk1/clip 03.mov``); an
+are matched by relative path without the suffix (``spk1/clip 03.mp4`` ↔ ``spk1/clip 03.mov``), then
+by that path in one Unicode spelling (NFC: ``café`` typed, ``cafe`` + U+0301 as macOS writes it); an
 exact relative path wins over a suffix-only difference, and two references with the same stem are
 an error (write a manifest). A folder or glob that lists no video on either side is an error
 (a mistake, not an empty run that would replace a run of the same id). A generated video without a reference and a reference without a
@@ -35,6 +36,7 @@ import io
 import json
 import os
 import posixpath
+import unicodedata
 from typing import Iterator, Sequence
 
 import fsspec
@@ -187,15 +189,17 @@ def match_folders(generated: str, reference: str, *, dataset: str, method: str) 
     """Pairs of two folders matched by relative path without suffix, sorted by key."""
     gen, ref = _videos(generated, "--generated"), _videos(reference, "--reference")
     by_stem: dict[str, list[str]] = {}
+    by_nfc: dict[str, list[str]] = {}   # 'café' typed (NFC) and as macOS writes it (NFD): one name
     for rel in ref:
         by_stem.setdefault(_stem(rel), []).append(rel)
+        by_nfc.setdefault(unicodedata.normalize("NFC", _stem(rel)), []).append(rel)
     used, pairs = set(), {}
     for rel in sorted(gen):
         stem = _stem(rel)
         if rel in ref:
             match = rel
         else:
-            cands = by_stem.get(stem, [])
+            cands = by_stem.get(stem) or by_nfc.get(unicodedata.normalize("NFC", stem), [])
             if len(cands) > 1:
                 raise PairsError(f"{generated}/{rel}: several references share its name {sorted(cands)}; "
                                  "write a pairs manifest.")

@@ -159,3 +159,22 @@ def test_a_legal_250_byte_name_is_written_and_a_longer_output_name_refused_up_fr
     m.write_text(json.dumps(dict(row, name="L" * 252)) + "\n")
     with pytest.raises(dub_job.DubInputError, match=r"is 256 bytes, more than a file name may have"):
         dub_job.check_pairs(str(m), str(tmp_path / "out"))
+
+
+# ---------------------------------------------------------------- one name, two Unicode spellings
+NFC, NFD = "caf\u00e9", "cafe\u0301"
+
+
+def test_evaluate_pairs_a_name_spelled_nfc_with_its_nfd_reference(tmp_path):
+    """References copied from a Mac (NFD 'cafe\\u0301.mp4') and generated videos named on Linux
+    (NFC 'caf\\u00e9.mp4') are one name to a person: the pair was a missing_file reject plus an
+    unpaired reference, and the clip was never scored."""
+    from eval import pairs
+
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    for d, names in ((gen, [NFC, "x"]), (ref, [NFD, "x"])):
+        d.mkdir()
+        for n in names:
+            (d / f"{n}.mp4").write_bytes(b"v")
+    got = {p["key"]: (Path(p["generated"]).name, Path(p["reference"]).name) for p in pairs.list_pairs(str(gen), str(ref))}
+    assert got == {NFC: (f"{NFC}.mp4", f"{NFD}.mp4"), "x": ("x.mp4", "x.mp4")}
