@@ -600,7 +600,8 @@ def _check_files(gen_path: str, ref_path: str, schemes) -> None:
         except (OSError, ValueError) as e:
             raise PairReject("missing_file", f"cannot stat {path!r}: {e}", side, "open") from e
         if not found:
-            raise PairReject("missing_file", f"no such file: {path}", side, "open")
+            hint = uri_mod.missing_hint(path) if "://" not in path else ""
+            raise PairReject("missing_file", f"no such file: {path}{hint}", side, "open")
 
 
 class PassProgress:

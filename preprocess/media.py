@@ -231,7 +231,9 @@ def cli_error(stage: str, err: str, path: str, default: str) -> MediaError:
 def _check_file(path, stage: str) -> str:
     p = os.fspath(path)
     if not os.path.exists(p):
-        raise MediaError(stage, "not_found", "no such file", p)
+        from preprocess.uri import missing_hint   # (fsspec: not imported by the decode child otherwise)
+
+        raise MediaError(stage, "not_found", "no such file" + missing_hint(p), p)
     if not os.path.isfile(p):
         raise MediaError(stage, "unsupported_container", "not a regular file (a device, fifo or folder)", p)
     if os.path.getsize(p) == 0:

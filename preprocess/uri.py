@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import unicodedata
 import uuid
 from typing import Iterator, Sequence
 
@@ -47,6 +48,28 @@ def chain_error(uri: str) -> str | None:
         return (f"{uri!r} holds '::', which fsspec reads as a chain of file systems (it would open "
                 f"{uri.split(CHAIN, 1)[0]!r}, another file); rename it without '::'")
     return None
+
+
+def other_spelling(path: str) -> tuple[str, str] | None:
+    """``(form, path)`` of the local file ``path`` names in another Unicode spelling, when that one
+    exists: 'café' typed (NFC) in a manifest, 'cafe' + U+0301 (NFD) as macOS wrote the file. A person
+    sees one name, the file system holds another. For a "no such file" message, never to open it
+    in its place (ids and rows would name a file that is not there)."""
+    for form in ("NFC", "NFD"):
+        alt = unicodedata.normalize(form, path)
+        if alt != path and os.path.exists(alt):
+            return form, alt
+    return None
+
+
+def missing_hint(path: str) -> str:
+    """'' or, for a missing local file that exists in another Unicode spelling, what to do."""
+    found = other_spelling(path)
+    if not found:
+        return ""
+    form, alt = found
+    return (f" ({os.path.basename(alt)!r} is there, the same name in Unicode {form}"
+            f"{' as macOS writes it' if form == 'NFD' else ''}: give the name as the file system spells it)")
 
 
 def join(base: str, *names: str) -> str:

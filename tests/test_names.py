@@ -178,3 +178,16 @@ def test_evaluate_pairs_a_name_spelled_nfc_with_its_nfd_reference(tmp_path):
             (d / f"{n}.mp4").write_bytes(b"v")
     got = {p["key"]: (Path(p["generated"]).name, Path(p["reference"]).name) for p in pairs.list_pairs(str(gen), str(ref))}
     assert got == {NFC: (f"{NFC}.mp4", f"{NFD}.mp4"), "x": ("x.mp4", "x.mp4")}
+
+
+def test_a_manifest_name_in_the_other_unicode_spelling_says_so_in_its_reject(tmp_path, clips):
+    """A manifest typed 'caf\\u00e9.mp4' (NFC) over a Mac's 'cafe\\u0301.mp4' (NFD): the reject said
+    'no such file' about a file the user sees; it now names the file that is there."""
+    from preprocess import media
+
+    shutil.copy(clips["a"], tmp_path / f"{NFD}.mp4")
+    with pytest.raises(media.MediaError) as e:
+        media.probe(str(tmp_path / f"{NFC}.mp4"))
+    assert e.value.reason == "not_found" and f"'{NFD}.mp4' is there" in str(e.value) and "NFD" in str(e.value)
+    with pytest.raises(media.MediaError, match=r"no such file \[") as e:     # no hint without one
+        media.probe(str(tmp_path / "other.mp4"))
