@@ -81,6 +81,13 @@ def check_paths(src: str, dst: str) -> None:
     if foreign:
         raise CompactError(f"{dst!r} holds rows that `radio compact` did not write (e.g. {foreign[0]}): "
                            "use an empty or earlier compact output.")
+    for files in metadata_files(src).values():   # copied as is at the end: a name no copy can have fails now
+        for _, rel in files:
+            try:
+                uri_mod.join(dst, rel)
+            except uri_mod.UnsafePathError as e:
+                raise CompactError(f"{src!r} holds {rel!r}, which cannot be copied under that name ({e}); "
+                                   "rename or remove it.") from e
 
 
 def list_inputs(src: str, kind: str) -> list[tuple[str, int, str]]:
@@ -213,23 +220,30 @@ def write_group(dst: str, group: Group, cfg: CompactConfig) -> dict:
     return dict(done, rows=writer.n_rows, skipped=False)
 
 
-def copy_metadata(src: str, dst: str) -> list[str]:
-    """Every file and folder of the input other than the per-source ones (run summaries, config
-    fingerprint, ...), copied as is; returns their names."""
+def metadata_files(src: str) -> dict[str, list[tuple[str, str]]]:
+    """The input's files other than the per-source ones (run summaries, config fingerprint, ...):
+    ``{top-level name: [(file path, path relative to the input), ...]}``; hidden ones left out."""
     fs, path = fsspec.core.url_to_fs(src)
-    copied = []
+    out = {}
     for entry in sorted(fs.ls(path, detail=True), key=lambda e: e["name"]):
         name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
         if name in PER_SOURCE or name.startswith("."):
             continue
         files = fs.find(entry["name"]) if entry["type"] == "directory" else [entry["name"]]
-        for f in files:
-            rel = posixpath.relpath(f, path)
-            if any(part.startswith(".") for part in rel.split("/")):
-                continue
+        rels = [(f, posixpath.relpath(f, path)) for f in files]
+        out[name] = [(f, rel) for f, rel in rels if not any(part.startswith(".") for part in rel.split("/"))]
+    return out
+
+
+def copy_metadata(src: str, dst: str) -> list[str]:
+    """Every file and folder of the input other than the per-source ones, copied as is; returns
+    their names."""
+    fs, _ = fsspec.core.url_to_fs(src)
+    listed = metadata_files(src)
+    for files in listed.values():
+        for f, rel in files:
             uri_mod.write_bytes_atomic(uri_mod.join(dst, rel), fs.cat_file(f))
-        copied.append(name)
-    return copied
+    return list(listed)
 
 
 def remove_stale(dst: str, groups: list[str]) -> list[str]:

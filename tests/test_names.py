@@ -191,3 +191,21 @@ def test_a_manifest_name_in_the_other_unicode_spelling_says_so_in_its_reject(tmp
     assert e.value.reason == "not_found" and f"'{NFD}.mp4' is there" in str(e.value) and "NFD" in str(e.value)
     with pytest.raises(media.MediaError, match=r"no such file \[") as e:     # no hint without one
         media.probe(str(tmp_path / "other.mp4"))
+
+
+# ---------------------------------------------------------------- compact copies the dataset's other files
+@pytest.mark.parametrize("odd", ["notes\nv2.txt", "a::b.txt"])
+def test_compact_refuses_up_front_a_file_it_could_not_copy_under_its_name(tmp_path, odd):
+    """`radio compact` copies the input's other files as is, at the very end: a stray file named with
+    a newline failed the job after every shard was written (exit 1, a traceback in the log); one
+    named 'a::b.txt' would have been copied to 'a'."""
+    from preprocess import compact
+
+    src = tmp_path / "ds"
+    (src / "rows").mkdir(parents=True)
+    (src / "runs" / "r1").mkdir(parents=True)
+    (src / "runs" / "r1" / "summary.json").write_text("{}")
+    compact.check_paths(str(src), str(tmp_path / "out"))
+    (src / "runs" / "r1" / odd).write_text("x")
+    with pytest.raises(compact.CompactError, match=r"holds 'runs/r1/.*', which cannot be copied under that name"):
+        compact.check_paths(str(src), str(tmp_path / "out"))
