@@ -58,6 +58,9 @@ def is_manifest(spec: str) -> bool:
 def list_sources(spec: str, schemes: tuple[str, ...] | None = None) -> Iterator[dict]:
     """Yield ``{"uri", "speaker_id", "split", ...}`` for a glob/folder/manifest, sorted by URI.
 
+    A folder or glob lists no hidden names below it (``.tmp-*`` uploads, macOS ``._x.mp4``; as
+    ``radio evaluate``), unless the glob asks for them (``.*.mp4``); a manifest lists what it names.
+
     ``schemes``: the URI schemes sources may have (``'file'`` for local paths); None allows any.
     """
     if uri_mod.chain_error(spec):
@@ -72,15 +75,35 @@ def list_sources(spec: str, schemes: tuple[str, ...] | None = None) -> Iterator[
     fs, path = fsspec.core.url_to_fs(spec)
     if is_glob(spec):
         paths = fs.glob(path)
+        root = path[: min(path.index(c) for c in GLOB_CHARS if c in path)]
+        root = root if root.endswith("/") else posixpath.dirname(root)
+        if _hidden(path[len(root):]):     # the pattern asks for hidden names itself ('.*.mp4')
+            root = None
     elif fs.isdir(path):
         paths = [p for p in fs.find(path) if p.lower().endswith(VIDEO_SUFFIXES)]
+        root = path
     elif fs.exists(path):
-        paths = [path]
+        paths, root = [path], None
     else:
         raise SourceError(f"No input matches {spec!r}.")
+    if root is not None:   # what a folder or glob lists below its root: never hidden names
+        root = root.rstrip("/")
+        hidden = [p for p in paths if _hidden(p[len(root):] if p.startswith(root + "/") else p)]
+        if hidden and (spec, len(hidden)) not in _WARNED:     # once per process, not per listing
+            _WARNED.add((spec, len(hidden)))
+            log.info("%s: left out %d hidden file(s) (%s): uploads in progress, macOS ._ files", spec,
+                     len(hidden), ", ".join(posixpath.basename(p) for p in sorted(hidden)[:3]))
+        left_out = set(hidden)
+        paths = [p for p in paths if p not in left_out]
     for p in sorted(paths):
         if fs.isfile(p):
             yield {"uri": _full_uri(fs, p), "speaker_id": None, "split": None}
+
+
+def _hidden(rel: str) -> bool:
+    """A path (below a listing's root) with a part that starts with '.': ``.tmp-<uuid>-x.mp4`` (a write
+    in progress or killed), macOS's ``._x.mp4`` (AppleDouble metadata, not a video), ``.cache/``."""
+    return any(part.startswith(".") for part in rel.split("/"))
 
 
 _WARNED: set = set()

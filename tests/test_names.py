@@ -209,3 +209,27 @@ def test_compact_refuses_up_front_a_file_it_could_not_copy_under_its_name(tmp_pa
     (src / "runs" / "r1" / odd).write_text("x")
     with pytest.raises(compact.CompactError, match=r"holds 'runs/r1/.*', which cannot be copied under that name"):
         compact.check_paths(str(src), str(tmp_path / "out"))
+
+
+# ---------------------------------------------------------------- hidden names in a corpus folder
+def test_a_folder_or_glob_lists_no_hidden_files_unless_the_glob_asks(tmp_path, clips):
+    """A corpus copied by a Mac onto an exFAT/SMB disk holds '._clip.mp4' (AppleDouble metadata)
+    beside every clip, and a folder being written holds '.tmp-<uuid>-x.mp4' uploads: preprocess
+    listed them as videos (rejects, or rows of half a file); `radio evaluate` already skipped them."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".cache").mkdir()
+    shutil.copy(clips["a"], tmp_path / "a.mp4")
+    (tmp_path / "._a.mp4").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / ".tmp-0123abcd-b.mp4").write_bytes(clips["b"].read_bytes()[:20000])
+    shutil.copy(clips["a"], tmp_path / "sub" / "c.mp4")
+    shutil.copy(clips["a"], tmp_path / ".cache" / "d.mp4")
+
+    def names(spec):
+        return [str(Path(r["uri"]).relative_to(tmp_path)) for r in sources.list_sources(str(spec))]
+
+    assert names(tmp_path) == ["a.mp4", "sub/c.mp4"]
+    assert names(tmp_path / "*.mp4") == ["a.mp4"]
+    assert names(tmp_path / "**" / "*.mp4") == ["a.mp4", "sub/c.mp4"]
+    assert names(tmp_path / ".*.mp4") == ["._a.mp4", ".tmp-0123abcd-b.mp4"]     # asked for by name
+    assert names(tmp_path / ".cache") == [".cache/d.mp4"]
+    assert names(tmp_path / "._a.mp4") == ["._a.mp4"]
