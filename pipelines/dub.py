@@ -326,7 +326,7 @@ class DubPairFn(beam.DoFn):
                     continue
                 fs, path = fsspec.core.url_to_fs(stale)
                 if fs.exists(path):
-                    fs.rm(path)
+                    fs.rm_file(path)     # one file, as named: rm() expands 'a[1].ref1.mp4' to a1.ref1.mp4
         else:
             # a reject removes nothing: earlier outputs stay until a successful dub replaces them, and
             # the marker keeps naming them (so that dub can remove the ones it does not overwrite)
@@ -460,7 +460,7 @@ def remove_stale_temporaries(output: str) -> list[str]:
     if fs.isdir(f"{root}/videos"):   # names may hold folders (a/b.mp4)
         for p in sorted(fs.find(f"{root}/videos", withdirs=False)):
             if posixpath.basename(p.rstrip("/")).startswith(".tmp-"):
-                fs.rm(p)
+                fs.rm_file(p)
                 removed.append(p)
     if removed:
         log.info("removed %d temporaries of killed runs (%s)", len(removed), ", ".join(removed[:5]))

@@ -144,10 +144,24 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
             return
         with fs.open(tmp, "wb") as f:
             f.write(data)
-        fs.mv(tmp, path)
+        move_file(fs, tmp, path)
     except BaseException:      # a full disk, an I/O error, Ctrl-C: the partial temporary goes too
         _remove_quietly(fs, tmp, local)
         raise
+
+
+def move_file(fs, src: str, dst: str) -> None:
+    """Move one file, both names taken as written. fsspec's ``mv`` (and ``rm``, ``copy``) expands a
+    name holding ``[ ] * ?`` as a pattern on object stores: an upload named ``clip[1].mp4`` failed
+    (its temporary matched nothing), and a remove of ``a[1].ref1.mp4`` deleted ``a1.ref1.mp4``.
+    Single-file calls (``cp_file``, ``rm_file``) never expand."""
+    from glob import has_magic   # the rule fsspec's expand_path applies
+
+    if has_magic(src) or has_magic(dst):
+        fs.cp_file(src, dst)
+        fs.rm_file(src)
+    else:
+        fs.mv(src, dst)
 
 
 def _remove_quietly(fs, path: str, local: bool) -> None:
@@ -155,7 +169,7 @@ def _remove_quietly(fs, path: str, local: bool) -> None:
         if local:
             os.unlink(path)
         elif fs.exists(path):
-            fs.rm(path)
+            fs.rm_file(path)
     except Exception:  # noqa: BLE001  (already failing: the first error is the one to report)
         pass
 

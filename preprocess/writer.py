@@ -198,11 +198,11 @@ def _copy_rename(fs, local: str, path: str) -> None:
     tmp = temp_name(path)
     try:
         fs.put_file(local, tmp)
-        fs.mv(tmp, path)
+        uri_mod.move_file(fs, tmp, path)
     except BaseException:
         try:
             if fs.exists(tmp):
-                fs.rm(tmp)
+                fs.rm_file(tmp)
         except Exception:  # the store may be the thing that is failing
             log.warning("could not remove the temporary %s", tmp)
         raise

@@ -6,6 +6,7 @@ Odd-named files are made in tmp_path at test time from tests/data clips (copies 
 from __future__ import annotations
 
 import json
+import posixpath
 import shutil
 from pathlib import Path
 
@@ -233,3 +234,49 @@ def test_a_folder_or_glob_lists_no_hidden_files_unless_the_glob_asks(tmp_path, c
     assert names(tmp_path / ".*.mp4") == ["._a.mp4", ".tmp-0123abcd-b.mp4"]     # asked for by name
     assert names(tmp_path / ".cache") == [".cache/d.mp4"]
     assert names(tmp_path / "._a.mp4") == ["._a.mp4"]
+
+
+# ---------------------------------------------------------------- [ ] * ? on object stores
+def _pair_fn(monkeypatch, output: str, references: int, checkpoint_sha256: str):
+    """A DubPairFn without its model: dubbing writes 'video of <uri>' to each output (as test_dub)."""
+    from pipelines import dub as dub_job
+    from preprocess import config as config_mod
+    from radio import dub
+
+    def fake_dub(video, audio_uri, outs, *a, **k):
+        for o in outs:
+            uri_mod.write_bytes_atomic(o, b"video of " + video.encode())
+        return {"frames": 3}
+
+    cfg = config_mod.to_dict(dub_job.DubJobConfig(dub=dub.DubConfig(references=references)))
+    fn = dub_job.DubPairFn("ckpt.pt", checkpoint_sha256, cfg, output, resume=True, retry_rejects=False)
+    fn.cfg = config_mod.from_dict(dub_job.DubJobConfig, cfg)
+    fn.model = fn.backend = None
+    fn.device = "cpu"
+    monkeypatch.setattr(dub, "dub_uris", fake_dub)
+    return fn
+
+
+def test_names_with_glob_characters_on_an_object_store_are_written_and_removed_as_named(tmp_path, monkeypatch):
+    """On gs:// (memory:// here) fsspec's mv/rm expand [ ] * ?: the upload of videos/a[1].mp4 failed
+    (its temporary, as a pattern, matched nothing), and dubbing pair 'a[1]' again with fewer
+    references removed 'a1.ref1.mp4' — pair 'a1''s video — instead of its own 'a[1].ref1.mp4'."""
+    import fsspec
+
+    out = f"memory://{tmp_path.name}/out"
+    src = tmp_path / "v.mp4"
+    src.write_bytes(b"v")
+    a, b = ({"uri": str(src), "audio_uri": str(src), "name": n} for n in ("a[1]", "a1"))
+    fn = _pair_fn(monkeypatch, out, 2, "a" * 64)
+    assert [r["status_now"] for item in (b, a) for r in fn.process(item)] == ["dubbed", "dubbed"]
+    fs = fsspec.filesystem("memory")
+    videos = f"/{tmp_path.name}/out/videos"
+    assert sorted(posixpath.basename(p) for p in fs.ls(videos, detail=False)) == [
+        "a1.mp4", "a1.ref1.mp4", "a[1].mp4", "a[1].ref1.mp4"]
+    (r,) = _pair_fn(monkeypatch, out, 1, "b" * 64).process(a)      # another checkpoint, one reference
+    assert r["status_now"] == "dubbed"
+    assert sorted(posixpath.basename(p) for p in fs.ls(videos, detail=False)) == ["a1.mp4", "a1.ref1.mp4", "a[1].mp4"]
+    for name in ("b*.mp4", "c?.mp4", "d[x].mp4"):
+        uri_mod.write_bytes_atomic(f"{out}/other/{name}", b"x")
+    assert sorted(posixpath.basename(p) for p in fs.ls(f"/{tmp_path.name}/out/other", detail=False)) == [
+        "b*.mp4", "c?.mp4", "d[x].mp4"]
