@@ -91,7 +91,8 @@ def load_audio(path, sr: int = SAMPLE_RATE, info: Optional[MediaInfo] = None,
 
     Raises:
         MediaError(stage='probe'): from probing (not found, empty, unparseable).
-        MediaError(stage='audio'): reason 'no_audio_stream', 'undecodable' or 'timeout'.
+        MediaError(stage='audio'): reason 'no_audio_stream', 'undecodable', 'timeout' or
+            'non_finite_samples' (NaN or infinite samples: a float PCM file can hold them).
     """
     sink = _decode(path, sr, info, align_to_video, backend, max_seconds, None)
     return sink.array()
@@ -158,7 +159,7 @@ class _MonoSink:
 
     def reset(self) -> None:  # a fallback to the CLI starts over
         self.blocks: list = []
-        self.n = self.seen = 0
+        self.n = self.seen = self.nonfinite = 0
         self.energy = np.zeros(self.channels, np.float64)
         self.rest = np.zeros(0, np.float32)
         if self.file is not None:
@@ -187,6 +188,9 @@ class _MonoSink:
         if c > 1:
             self.energy += np.einsum("ij,ij->j", wav, wav, dtype=np.float64)
             return
+        bad = int(np.count_nonzero(~np.isfinite(wav)))
+        if bad:  # NaN survives the clip (and the mel: NaN rows); a float PCM file can hold them
+            self.nonfinite += bad
         wav = np.clip(wav[:, 0], -1.0, 1.0)
         self.energy[0] += float(np.dot(wav, wav))
         if self.file is not None:
@@ -226,6 +230,9 @@ def _decode(path, sr: int, info: Optional[MediaInfo], align_to_video: bool, back
         return sink
 
     sink = run(_MonoSink(1, skip, limit, file))           # libswresample's downmix
+    if sink.nonfinite:  # a broken float file (a TTS/vocoder that emitted NaN): its mel would be NaN rows
+        raise MediaError("audio", "non_finite_samples",
+                         f"{sink.nonfinite} of {sink.n} decoded samples are NaN or infinite", p)
     if channels > 1:
         levels = run(_MonoSink(channels, skip, limit)).energy  # each channel's energy, nothing kept
         loud = int(np.argmax(levels))
