@@ -585,7 +585,7 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
         # the output's audio is padded with silence past the speech: so is what the model hears (the
         # edge padding of the mel windows would repeat the last speech rows under silent frames)
         wav = pad_with_silence(wav, float(n_out / fps))
-    mel = audio.log_mel(wav)
+    mel = audio.log_mel_blocked(wav)  # one STFT over 30 min of speech peaked at +1.1 GB; blocks: ~30 MB
     timer.add("audio", time.perf_counter() - t0)
     # pass 1 in a thread; pass 2 right behind it (with one reference; K > 1 waits for the whole
     # track, as the references are chosen over all its poses)
