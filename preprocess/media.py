@@ -86,7 +86,7 @@ PROBE_TIMEOUT_S = 120.0
 #: sequences (image2) and devices are not here. (A name matches a demuxer listing it, e.g. 'mov'
 #: matches 'mov,mp4,m4a,3gp,3g2,mj2' and 'matroska' matches 'matroska,webm'.)
 ALLOWED_FORMATS = ("mov", "matroska", "avi", "mpegts", "flv", "mpeg", "asf", "ogg", "mxf", "ivf",
-                   "h264", "hevc", "wav", "w64", "mp3", "flac", "aac", "aiff")
+                   "h264", "hevc", "wav", "w64", "mp3", "flac", "aac", "aiff", "ac3", "eac3")
 FORMAT_WHITELIST = ",".join(ALLOWED_FORMATS)
 _AV_OPTIONS = {"format_whitelist": FORMAT_WHITELIST, "protocol_whitelist": "file"}
 _PLAYLIST_MAGIC = (b"#EXTM3U", b"#EXTINF", b"ffconcat", b"[playlist]", b"<?xml", b"<MPD", b"<smil",

@@ -91,3 +91,16 @@ def test_long_speech_mel_memory_does_not_grow_with_the_whole_stft(tmp_path, shor
         tracemalloc.stop()
     assert stats["frames"] == 10 and stats["speech_seconds"] == pytest.approx(600, abs=0.1)
     assert peak < 200e6, f"{peak / 1e6:.0f} MB traced"
+
+
+@pytest.mark.parametrize("codec", ["ac3", "eac3"])
+def test_raw_dolby_speech_is_dubbed_and_stream_copied(tmp_path, short_video, model, backend, codec):
+    """README: the speech is stream-copied for AC-3 (and E-AC-3, in COPY_CODECS); a raw .ac3/.eac3 file
+    (a Dolby deliverable) was refused by the container allow-list ('unsupported_container')."""
+    speech = tmp_path / f"speech.{codec}"
+    ffmpeg("-i", f"file:{DATA_DIR / 'liveportrait_d12.mp4'}", "-vn", "-t", "0.6", "-c:a", codec, f"file:{speech}")
+    out = tmp_path / "out.mp4"
+    stats = dub.dub_clip(short_video, str(speech), str(out), model, backend, _cfg())
+    assert stats["audio"] == "copy" and stats["audio_rate"] == 44100 and stats["audio_channels"] == 2
+    a = _streams(out)["audio"]
+    assert (a["codec_name"], a["sample_rate"], a["channels"]) == (codec, "44100", 2)
