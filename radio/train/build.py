@@ -13,7 +13,7 @@ from radio.losses import freeze, load_vgg19
 from radio.model import RADIO, Discriminator, SyncNet
 from radio.model.discriminator import mbstd_group
 
-from . import checkpoint, dist
+from . import checkpoint, dist, guard
 from .config import TrainConfig, micro_batch
 from .cursors import resume_point
 
@@ -113,8 +113,8 @@ def build_radio(cfg: TrainConfig, device: torch.device, info: dist.DistInfo) -> 
             generator, device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=cfg.speed.broadcast_buffers)
     o = cfg.optim
-    opt_g = torch.optim.Adam(generator.parameters(), lr=o.lr, betas=tuple(o.betas))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=o.d_lr or o.lr, betas=tuple(o.betas))
+    opt_g = guard.adam(generator.parameters(), lr=o.lr, betas=o.betas, device=device)
+    opt_d = guard.adam(disc.parameters(), lr=o.d_lr or o.lr, betas=o.betas, device=device)
     from . import speed
 
     models = speed.apply(Models(generator, g_train, ema, disc, vgg, sync), cfg.speed)
@@ -129,7 +129,7 @@ def build_sync(cfg: TrainConfig, device: torch.device) -> tuple[SyncNet, nn.Modu
         train_view = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None)
     p = cfg.sync_pretrain
-    return net, train_view, torch.optim.Adam(net.parameters(), lr=p.lr, betas=tuple(p.betas))
+    return net, train_view, guard.adam(net.parameters(), lr=p.lr, betas=p.betas, device=device)
 
 
 def restore(ckpt: dict, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
@@ -147,6 +147,8 @@ def restore(ckpt: dict, modules: dict[str, nn.Module], optimizers: dict[str, tor
 #: optimiser settings the config owns: a resumed run uses the config's (optim.lr/d_lr/betas,
 #: sync_pretrain.lr/betas), not the ones saved with Adam's state
 CONFIG_HYPERPARAMETERS = ("lr", "betas")
+#: how the built optimiser runs (fused Adam: ``guard``), whatever the checkpoint's Adam used
+IMPLEMENTATION = ("fused", "foreach")
 
 
 def load_optimizer(opt: torch.optim.Optimizer, state: dict, name: str) -> None:
@@ -155,7 +157,10 @@ def load_optimizer(opt: torch.optim.Optimizer, state: dict, name: str) -> None:
     each change is logged old -> new. (No LR schedule exists: a scheduler would need its base
     learning rates set here too.)"""
     wanted = [{k: g[k] for k in CONFIG_HYPERPARAMETERS if k in g} for g in opt.param_groups]
+    built = [{k: g[k] for k in IMPLEMENTATION if k in g} for g in opt.param_groups]
     opt.load_state_dict(state)
+    for group, impl in zip(opt.param_groups, built):
+        group.update(impl)
     for i, (group, want) in enumerate(zip(opt.param_groups, wanted)):
         changed = [f"{k} {_hyper(group[k])} -> {_hyper(v)}" for k, v in want.items() if _hyper(group[k]) != _hyper(v)]
         group.update(want)

@@ -34,6 +34,8 @@ from preprocess.errors import JobFailed, UserError
 from preprocess.weights import resolve_weights
 from radio.model.config import ModelConfig
 
+from . import guard
+
 log = logging.getLogger("radio.train")
 
 FORMAT = "radio-train/1"
@@ -83,6 +85,10 @@ def load_newest(output: str) -> dict | None:
             ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             why = None if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT else \
                 f"not a training checkpoint (no format '{FORMAT}')"
+            bad = [] if why else guard.state_dict_non_finite(ckpt)
+            if bad:
+                why = (f"inf/NaN weights in {len(bad)} tensors ({bad[0]}, ...): a diverged run saved it before "
+                       "radio skipped non-finite steps")
         except Exception as e:  # noqa: BLE001  (zip/pickle/EOF errors: what a damaged file raises)
             if failures.is_environment_error(e):   # out of memory while loading: the file may be fine
                 raise
@@ -215,6 +221,10 @@ def load_generator(uri: str, sha256: str | None = None, *, ema: bool = True, all
         raise ValueError(f"{uri} holds no RADIO generator weights (keys: {sorted(ckpt)[:8]}).")
     model = RADIO(model_config_of(ckpt))
     state = ckpt["model"] if "model" in ckpt else ckpt["models"]["ema" if ema else "generator"]
+    bad = guard.state_dict_non_finite({"models": {"generator": state}})
+    if bad:
+        raise ValueError(f"{uri} holds inf/NaN weights ({len(bad)} tensors, {bad[0].split('.', 2)[2]}, ...): it was "
+                         "saved by a diverged training run; give an earlier checkpoint (RUN/checkpoints/step-N.pt).")
     unused = unused_noise_scales(state, model.cfg)
     if unused:
         log.info("%s: ignoring %d noise scales that model.noise: false never uses", uri, len(unused))

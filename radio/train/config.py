@@ -114,6 +114,7 @@ class RunConfig:
     image_every: int = 1000           # TensorBoard image grid (0: off)
     checkpoint_every: int = 2000      # steps between checkpoints (and on SIGTERM)
     keep_checkpoints: int = 3         # newest checkpoints kept
+    max_skipped_steps: int = 50       # a run whose newest N steps all had inf/NaN gradients (each skipped) stops (0: never)
     tf32: bool = True                 # TF32 matmuls on CUDA
     windows_log: str | None = None    # debug: a local folder; each rank appends the windows it consumed
     #                                   (step, consumer, cursor, clip_id, frame) to windows-rank<R>.tsv

@@ -110,10 +110,12 @@ def micro_step(models: Models, cfg: TrainConfig, target: torch.Tensor, reference
 
 
 @torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema = decay·ema + (1 - decay)·model for parameters; buffers copied."""
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float,
+               applied: torch.Tensor | None = None) -> None:
+    """ema = decay·ema + (1 - decay)·model for parameters; buffers copied. ``applied`` (a 0-dim
+    tensor, 1 or 0: whether the optimiser step was taken, ``guard``): with 0 the EMA stays as it was."""
     e_params, m_params = list(ema.parameters()), list(model.parameters())
-    torch._foreach_lerp_(e_params, m_params, 1.0 - decay)
+    torch._foreach_lerp_(e_params, m_params, 1.0 - decay if applied is None else (1.0 - decay) * applied)
     for eb, mb in zip(ema.buffers(), model.buffers()):
         eb.copy_(mb)
 

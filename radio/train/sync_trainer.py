@@ -16,13 +16,14 @@ import torch
 
 from radio.model.sync import sync_bce
 
-from . import checkpoint, dist
+from . import checkpoint, dist, guard
 from .build import Resume
 from .config import TrainConfig, to_dict
 from .logger import Board, Progress
 from .steps import autocast, to_model_range
 from .preempt import StopSignal, stop_context
-from .trainer import Result, _gather_rng, checkpoint_or_stop, report_progress, tracker_for
+from .trainer import (Result, _gather_rng, check_skips, checkpoint_or_stop, refuse_non_finite, report_progress,
+                      tracker_for)
 
 log = logging.getLogger("radio.train")
 
@@ -43,6 +44,7 @@ def sync_micro_step(net, train_view, batch: dict, device, *, scale: float, amp) 
 
 def _save(output, cfg, step, net, opt, tracker, consumers, info, board):
     dist.assert_in_sync({"sync": net}, next(net.parameters()).device)
+    refuse_non_finite({"sync": net}, step, output, lr="sync_pretrain.lr")
     data, rng = tracker.state(consumers), _gather_rng()
     if info.main:
         state = {"kind": "sync", "step": step, "config": to_dict(cfg), "models": {"sync": net.state_dict()},
@@ -66,11 +68,13 @@ def train_sync(cfg: TrainConfig, net, train_view, opt, batches: Iterator[dict], 
     p, run, step = cfg.sync_pretrain, cfg.run, resume.step
     tracker = tracker_for(resume, info, consumers, cfg)
     progress = Progress(p.steps, step, p.batch, run.log_every)
+    skips = guard.SkipCount(run.max_skipped_steps, lr="sync_pretrain.lr")
     result = Result(step=step)
     net.train()
     with stop_context(stop) as stop:
         while step < p.steps:
             opt.zero_grad(set_to_none=True)
+            stats = guard.running_stats(net)
             for micro in range(run.accumulate):
                 batch = next(batches)
                 tracker.update(batch)
@@ -79,12 +83,16 @@ def train_sync(cfg: TrainConfig, net, train_view, opt, batches: Iterator[dict], 
                 with ctx:
                     logs = sync_micro_step(net, train_view, batch, device, scale=1.0 / run.accumulate, amp=amp)
                 progress.add(logs)
-            opt.step()
+            found = guard.found_inf([guard.grad_norm(net)])     # an inf/NaN gradient: step skipped
+            guard.step(opt, found)
+            guard.restore_stats(stats, found)
+            skips.add(found, step + 1)
             step += 1
             result.step = step
             tracker.step_done(step)
             if on_step is not None:
                 on_step(step, logs)
+            check_skips(skips, step, p.steps, progress, run.checkpoint_every, output, result)
             report_progress(progress, step, device, info, result, board, prefix="sync")
             if checkpoint_or_stop(step, p.steps, run.checkpoint_every, stop, result,
                                   lambda: _save(output, cfg, step, net, opt, tracker, consumers, info, board)):

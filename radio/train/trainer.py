@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from . import checkpoint, dist
+from . import checkpoint, dist, guard
 from .build import Models, Optimizers, Resume
 from .config import TrainConfig, to_dict
 from .cursors import CursorTracker
@@ -61,6 +61,20 @@ class Result:
     step: int
     preempted: bool = False
     history: list[dict] = field(default_factory=list)   # one entry per progress line
+    skipped: int = 0                                     # steps skipped for non-finite gradients
+
+
+def check_skips(skips: guard.SkipCount, step: int, last_step: int, progress: Progress, every: int, output: str,
+                result: Result) -> None:
+    """Where the loop syncs anyway (a progress line or a checkpoint is due): read the skipped-step
+    counts; ``guard.Diverged`` (before the save) when the newest steps were all skipped."""
+    if progress.due(step) or step % every == 0 or step == last_step:
+        result.skipped += skips.check(step, lambda: newest_checkpoint(output))
+
+
+def newest_checkpoint(output: str) -> str:
+    newest = checkpoint.latest(output)
+    return newest[1] if newest else "none (no checkpoint was written)"
 
 
 def tracker_for(resume: Resume, info: dist.DistInfo, consumers: int, cfg: TrainConfig) -> CursorTracker:
@@ -79,9 +93,11 @@ def _gather_rng() -> list[dict]:
 
 def save_checkpoint(output: str, cfg: TrainConfig, step: int, models: Models, opts: Optimizers,
                     tracker: CursorTracker, consumers: int, info: dist.DistInfo, board: Board | None) -> None:
-    """Collectives on every rank; rank 0 writes the checkpoint and the radio.pt export."""
-    dist.assert_in_sync({"generator": models.generator, "ema": models.ema, "disc": models.disc},
-                        next(models.generator.parameters()).device)
+    """Collectives on every rank; rank 0 writes the checkpoint and the radio.pt export. Weights
+    with inf/NaN are never written (``guard.Diverged``; ranks hold the same weights, so all stop)."""
+    modules = {"generator": models.generator, "ema": models.ema, "disc": models.disc}
+    dist.assert_in_sync(modules, next(models.generator.parameters()).device)
+    refuse_non_finite(modules, step, output)
     data, rng = tracker.state(consumers), _gather_rng()
     if info.main:
         state = {"kind": "radio", "step": step, "config": to_dict(cfg),
@@ -99,15 +115,25 @@ def save_checkpoint(output: str, cfg: TrainConfig, step: int, models: Models, op
     dist.barrier()
 
 
+def refuse_non_finite(modules: dict, step: int, output: str, lr: str = "optim.lr") -> None:
+    bad = guard.all_finite(modules)
+    if bad:
+        raise guard.Diverged(f"not saving step {step}: inf/NaN weights in {', '.join(bad)}; the newest checkpoint "
+                             f"is {newest_checkpoint(output)}. Lower {lr} or set optim.grad_clip, and run the "
+                             "same command to resume from it.")
+
+
 def train_step(models: Models, opts: Optimizers, cfg: TrainConfig, batches: Iterator[dict], step: int,
                device: torch.device, amp: torch.dtype | None, *, tracker: CursorTracker | None = None,
-               progress: Progress | None = None):
+               progress: Progress | None = None, skips: guard.SkipCount | None = None):
     """One optimiser step (``run.accumulate`` micro-batches from ``batches``): D and G stepped,
-    EMA updated. Returns the last micro-step's detached losses and its (target, reference, mel, fake)."""
+    EMA updated, unless a gradient is inf/NaN (``guard``: then nothing changes; ``skips`` counts it).
+    Returns the last micro-step's detached losses and its (target, reference, mel, fake)."""
     run = cfg.run
     r1 = cfg.loss.r1_every > 0 and cfg.loss.r1_gamma > 0 and step % cfg.loss.r1_every == 0
     opts.g.zero_grad(set_to_none=True)
     opts.d.zero_grad(set_to_none=True)
+    stats = guard.running_stats(models.generator, models.disc)
     for micro in range(run.accumulate):
         batch = next(batches)
         if tracker is not None:
@@ -120,12 +146,14 @@ def train_step(models: Models, opts: Optimizers, cfg: TrainConfig, batches: Iter
         if progress is not None:
             progress.add(logs)
     dist.all_reduce_grads(models.disc)
-    if cfg.optim.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(models.generator.parameters(), cfg.optim.grad_clip)
-        torch.nn.utils.clip_grad_norm_(models.disc.parameters(), cfg.optim.grad_clip)
-    opts.d.step()
-    opts.g.step()
-    update_ema(models.ema, models.generator, ema_decay(run.ema_decay, step))
+    found = guard.found_inf([guard.grad_norm(models.generator, cfg.optim.grad_clip),
+                             guard.grad_norm(models.disc, cfg.optim.grad_clip)])
+    guard.step(opts.d, found)
+    guard.step(opts.g, found)
+    guard.restore_stats(stats, found)
+    update_ema(models.ema, models.generator, ema_decay(run.ema_decay, step), applied=1.0 - found)
+    if skips is not None:
+        skips.add(found, step + 1)
     return logs, (target, reference, mel, fake)
 
 
@@ -140,18 +168,20 @@ def train(cfg: TrainConfig, models: Models, opts: Optimizers, batches: Iterator[
     run, step = cfg.run, resume.step
     tracker = tracker_for(resume, info, consumers, cfg)
     progress = Progress(run.steps, step, run.batch, run.log_every)
+    skips = guard.SkipCount(run.max_skipped_steps)
     result = Result(step=step)
     models.generator.train()
     models.disc.train()
     with stop_context(stop) as stop:
         while step < run.steps:
             logs, (target, reference, mel, fake) = train_step(models, opts, cfg, batches, step, device, amp,
-                                                              tracker=tracker, progress=progress)
+                                                              tracker=tracker, progress=progress, skips=skips)
             step += 1
             result.step = step
             tracker.step_done(step)
             if on_step is not None:
                 on_step(step, logs)
+            check_skips(skips, step, run.steps, progress, run.checkpoint_every, output, result)
             report_progress(progress, step, device, info, result, board)
             if board is not None and info.main and run.image_every and step % run.image_every == 0:
                 board.image("samples/masked-ref-G-ema-gt",
