@@ -274,4 +274,6 @@ def test_a_second_torchrun_on_a_locked_output_ends_within_seconds(sample_dataset
         holder.wait()
     text = log.read_text()
     busy = re.findall(r"^radio train: error: radio train \(pid \d+ on .*\) is writing", text, re.M)
-    assert rc != 0 and len(busy) == 2 and took < 25, (took, text[-3000:])
+    # one line per rank that got to its check: once one rank has failed, torchrun stops the other
+    # (SIGTERM), which on a loaded machine may still be importing torch: 1 or 2 lines
+    assert rc != 0 and len(busy) in (1, 2) and took < 25, (took, text[-3000:])
