@@ -186,3 +186,30 @@ def test_train_sync_skips_steps_that_would_poison_its_batchnorm_statistics(sampl
         ckpt = checkpoint.load(uri)
         assert any(k.endswith("running_var") for k in ckpt["models"]["sync"])
         assert guard.state_dict_non_finite(ckpt) == []
+
+
+@pytest.mark.parametrize("fail_at", [1, 13])
+def test_a_step_out_of_memory_is_one_line_that_says_what_to_change(sample_dataset, tmp_path, capsys, monkeypatch,
+                                                                    fail_at):
+    """torch's out-of-memory error (a traceback with allocator statistics) at the first step is the
+    config's: one line naming the micro-batch and run.accumulate; after a while, fragmentation."""
+    from radio.train import trainer
+
+    calls = []
+    real = trainer.micro_step
+
+    def micro_step(*a, **k):
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.25 GiB. GPU 0 has a total "
+                                         "capacity of 79.10 GiB of which 1.5 GiB is free.\nOf the allocated ...")
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer, "micro_step", micro_step)
+    rc = radio.cli.main(["train", "--config", SMOKE, "--data", str(sample_dataset), "--output", str(tmp_path / "r"),
+                         "--set", "run.steps=20", "--set", "run.image_every=0", "--set", "run.batch=4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1, err
+    assert f"out of CPU memory in step {fail_at}, 4 windows x 5 frames at 96x96 per micro-step" in err[0]
+    assert "raise run.accumulate" in err[0] and "Tried to allocate 2.25 GiB" in err[0]
+    assert ("expandable_segments" in err[0]) == (fail_at > 11)

@@ -22,8 +22,8 @@ from .config import TrainConfig, to_dict
 from .logger import Board, Progress
 from .steps import autocast, to_model_range
 from .preempt import StopSignal, stop_context
-from .trainer import (Result, _gather_rng, check_skips, checkpoint_or_stop, refuse_non_finite, report_progress,
-                      tracker_for)
+from .trainer import (Result, _gather_rng, check_skips, checkpoint_or_stop, memory_hint, refuse_non_finite,
+                      report_progress, tracker_for)
 
 log = logging.getLogger("radio.train")
 
@@ -69,9 +69,9 @@ def train_sync(cfg: TrainConfig, net, train_view, opt, batches: Iterator[dict], 
     tracker = tracker_for(resume, info, consumers, cfg)
     progress = Progress(p.steps, step, p.batch, run.log_every)
     skips = guard.SkipCount(run.max_skipped_steps, lr="sync_pretrain.lr")
-    result = Result(step=step)
+    result = Result(step=step, start=step)
     net.train()
-    with stop_context(stop) as stop:
+    with stop_context(stop) as stop, memory_hint(result, cfg, p.batch, 5, info.world, device):
         while step < p.steps:
             opt.zero_grad(set_to_none=True)
             stats = guard.running_stats(net)

@@ -16,6 +16,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from preprocess.errors import JobFailed
+
 from . import checkpoint, dist, guard
 from .build import Models, Optimizers, Resume
 from .config import TrainConfig, to_dict
@@ -62,6 +64,7 @@ class Result:
     preempted: bool = False
     history: list[dict] = field(default_factory=list)   # one entry per progress line
     skipped: int = 0                                     # steps skipped for non-finite gradients
+    start: int = 0                                       # the step the run started (resumed) from
 
 
 def check_skips(skips: guard.SkipCount, step: int, last_step: int, progress: Progress, every: int, output: str,
@@ -70,6 +73,37 @@ def check_skips(skips: guard.SkipCount, step: int, last_step: int, progress: Pro
     counts; ``guard.Diverged`` (before the save) when the newest steps were all skipped."""
     if progress.due(step) or step % every == 0 or step == last_step:
         result.skipped += skips.check(step, lambda: newest_checkpoint(output))
+
+
+class OutOfMemory(JobFailed):
+    """A step did not fit in the device's memory."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))   # torch's CPU allocator
+
+
+@contextlib.contextmanager
+def memory_hint(result: Result, cfg: TrainConfig, batch: int, frames: int, world: int, device: torch.device):
+    """torch's out-of-memory error (a traceback with allocator statistics) as one line that says which
+    step and what to change: a first step that does not fit is the config's, a late one fragmentation."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001
+        if not is_out_of_memory(e):
+            raise
+        mb, acc = batch // (world * cfg.run.accumulate), cfg.run.accumulate
+        what = (f"{mb} windows x {frames} frames at {cfg.model.resolution}x{cfg.model.resolution} per micro-step "
+                f"on each rank (batch {batch} = {world} ranks x {acc} micro-steps x {mb})")
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        advice = ("raise run.accumulate to split each step into smaller micro-steps (the same batch), or lower "
+                  "run.batch" if mb > 1 else "this model does not fit this device at one window per micro-step")
+        if result.step > result.start + 10:
+            advice += ("; it ran for a while first, so it may be the allocator's fragmentation: set "
+                       "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True and run the same command to resume")
+        raise OutOfMemory(f"out of {device.type.upper()} memory in step {result.step + 1}, {what}: {advice} "
+                          f"(torch: {first})") from None
 
 
 def newest_checkpoint(output: str) -> str:
@@ -169,10 +203,10 @@ def train(cfg: TrainConfig, models: Models, opts: Optimizers, batches: Iterator[
     tracker = tracker_for(resume, info, consumers, cfg)
     progress = Progress(run.steps, step, run.batch, run.log_every)
     skips = guard.SkipCount(run.max_skipped_steps)
-    result = Result(step=step)
+    result = Result(step=step, start=step)
     models.generator.train()
     models.disc.train()
-    with stop_context(stop) as stop:
+    with stop_context(stop) as stop, memory_hint(result, cfg, run.batch, cfg.data.frames, info.world, device):
         while step < run.steps:
             logs, (target, reference, mel, fake) = train_step(models, opts, cfg, batches, step, device, amp,
                                                               tracker=tracker, progress=progress, skips=skips)
