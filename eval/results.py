@@ -245,20 +245,20 @@ def prepare_run_dir(out_dir: str) -> None:
     for name in RUN_FILES:  # summary.json first
         path = posixpath.join(root, name)
         if fs.exists(path):
-            fs.rm(path)
+            uri_mod.remove_file(fs, path)
     for table in TABLES:
         path = posixpath.join(root, f"{table}.parquet")
         if not fs.exists(path):
             continue
         if not fs.isdir(path):
-            fs.rm(path)
+            uri_mod.remove_file(fs, path)
             continue
         for p in fs.ls(path, detail=False):
             if posixpath.basename(p).startswith(("part-", ".tmp-")):
-                fs.rm(p)
+                uri_mod.remove_file(fs, p)
     for p in fs.ls(root, detail=False):
         if posixpath.basename(p).startswith(".tmp-"):
-            fs.rm(p)
+            uri_mod.remove_file(fs, p)
 
 
 class RunFilesLost(RuntimeError):
@@ -284,7 +284,7 @@ def finish_tables(out_dir: str, written: list[str], run_id: str) -> dict:
         for p in fs.ls(path, detail=False):
             name = posixpath.basename(p)
             if name.startswith("part-") and uri_mod.join(folder, name) not in written:
-                fs.rm(p)
+                uri_mod.remove_file(fs, p)
         out[table] = folder
     return out
 

@@ -87,7 +87,7 @@ def run(src: str, dst: str, pipeline_args=(), *, config_path: str | None = None,
             import fsspec
 
             fs, path = fsspec.core.url_to_fs(fs_marker)
-            fs.rm(path)
+            uri_mod.remove_file(fs, path)
         shards.remove_stale_temporaries(dst)   # what killed runs left: $TMPDIR folders, .tmp-* uploads
         build(p, src, dst, config_mod.to_dict(cfg))
         jobrun.run(p, log_uri=uri_mod.join(dst, "runs", "compact", "job.log"), is_local=is_local, namespace=NS)

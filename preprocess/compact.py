@@ -258,7 +258,7 @@ def remove_stale(dst: str, groups: list[str]) -> list[str]:
         for f in fs.ls(folder, detail=False):
             name = f.rsplit("/", 1)[-1]
             if name.startswith("part-") and f"{sub}/{name}" not in keep:
-                fs.rm(f)
+                uri_mod.remove_file(fs, f)
                 gone.append(f"{sub}/{name}")
     return gone
 

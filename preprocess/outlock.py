@@ -250,6 +250,6 @@ def _hold_remote(output: str, command: str, name: str) -> Iterator[None]:
         thread.join(timeout=5)
         try:
             fs, path = fsspec.core.url_to_fs(uri)
-            fs.rm(path)
+            uri_mod.remove_file(fs, path)
         except Exception:  # noqa: BLE001  (unreachable now: it goes stale in STALE_S)
             pass

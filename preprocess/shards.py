@@ -208,7 +208,7 @@ def remove_named(base: str, subs, prefixes: tuple[str, ...] = (".tmp-",)) -> lis
             continue
         for p in fs.ls(folder, detail=False):
             if p.rstrip("/").rsplit("/", 1)[-1].startswith(prefixes):
-                fs.rm(p, recursive=True)
+                uri_mod.remove_tree(fs, p)
                 removed.append(_unstrip(fs, p))
     return removed
 

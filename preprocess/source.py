@@ -357,7 +357,7 @@ def _remove(uri: str) -> None:
 
     fs, path = fsspec.core.url_to_fs(uri)
     if fs.exists(path):
-        fs.rm(path)
+        uri_mod.remove_file(fs, path)
 
 
 def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict[str, Any]:

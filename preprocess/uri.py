@@ -164,6 +164,31 @@ def move_file(fs, src: str, dst: str) -> None:
         fs.mv(src, dst)
 
 
+def remove_file(fs, path: str) -> None:
+    """Remove one file, its name taken as written (``fs.rm`` expands ``[ ] * ?`` as a pattern on
+    object stores: rotating the checkpoints of ``gs://b/runs/exp[1]`` deleted ``gs://b/runs/exp1``'s)."""
+    fs.rm_file(path)
+
+
+def remove_tree(fs, path: str) -> None:
+    """Remove a file or a folder with everything in it, the name taken as written."""
+    if not fs.isdir(path):
+        fs.rm_file(path)
+    elif _is_local_fs(fs):
+        import shutil
+
+        shutil.rmtree(path)
+    else:                                   # object stores: a folder is its files' common prefix
+        for f in fs.find(path):
+            fs.rm_file(f)
+
+
+def _is_local_fs(fs) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
 def _remove_quietly(fs, path: str, local: bool) -> None:
     try:
         if local:
@@ -228,7 +253,7 @@ def local_copy(uri: str, suffix: str = "", max_bytes: int | None = None,
     with locked_temp_dir(COPY_PREFIX) as d:         # a killed worker's copy: remove_stale_copies
         local = os.path.join(d, "media" + (suffix or os.path.splitext(path)[1][:16]))
         if max_bytes is None:
-            fs.get(path, local)
+            fs.get_file(path, local)          # get() would expand [ ] * ? in the name
         else:
             declared = fs.info(path).get("size")
             if declared is not None and declared > max_bytes:

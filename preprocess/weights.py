@@ -83,7 +83,7 @@ def _cached_copy(fs, path: str, uri: str, sha256: str | None) -> tuple[str, str]
     fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{base}.", suffix=".part")
     os.close(fd)
     try:
-        fs.get(path, tmp)
+        fs.get_file(path, tmp)          # get() would expand [ ] * ? in the name
         digest = sha256_file(tmp)
         if want is None or digest == want:
             os.replace(tmp, local)

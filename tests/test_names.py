@@ -280,3 +280,35 @@ def test_names_with_glob_characters_on_an_object_store_are_written_and_removed_a
         uri_mod.write_bytes_atomic(f"{out}/other/{name}", b"x")
     assert sorted(posixpath.basename(p) for p in fs.ls(f"/{tmp_path.name}/out/other", detail=False)) == [
         "b*.mp4", "c?.mp4", "d[x].mp4"]
+
+
+# ---------------------------------------------------------------- an --output named with [ ] * ?
+@pytest.mark.parametrize("proto", ["file", "memory"])
+def test_removals_in_an_output_named_like_a_glob_never_touch_another_output(tmp_path, proto):
+    """fsspec's rm expands [ ] * ? on object stores (memory:// here, gs:// alike): rotating the
+    checkpoints of --output gs://b/exp[1] deleted gs://b/exp1's, and cleaning up exp[1] removed
+    exp1's temporaries and evaluate runs instead of its own. (Local disks: the same, as a check.)"""
+    import torch
+
+    from eval import results
+    from preprocess import shards
+    from radio.train import checkpoint
+
+    root = str(tmp_path) if proto == "file" else f"memory://{tmp_path}"
+    odd, plain = uri_mod.join(root, "exp[1]"), uri_mod.join(root, "exp1")
+    for out in (plain, odd):
+        for step in (1, 2):
+            checkpoint.save(out, {"step": step, "w": torch.zeros(1)}, keep=2)
+    checkpoint.save(odd, {"step": 3, "w": torch.zeros(1)}, keep=1)
+    assert [s for s, _ in checkpoint.list_checkpoints(odd)] == [3]
+    assert [s for s, _ in checkpoint.list_checkpoints(plain)] == [1, 2]
+
+    for out in (plain, odd):                        # what a killed run left, and an earlier evaluate run
+        uri_mod.write_bytes_atomic(uri_mod.join(out, "rows", ".tmp-deadbeef-part.parquet"), b"x")
+        uri_mod.write_bytes_atomic(uri_mod.join(out, "runs", "r", "summary.json"), b"{}")
+    shards.remove_stale_temporaries(odd)
+    results.prepare_run_dir(uri_mod.join(odd, "runs", "r"))
+    assert not uri_mod.exists(uri_mod.join(odd, "rows", ".tmp-deadbeef-part.parquet"))
+    assert not uri_mod.exists(uri_mod.join(odd, "runs", "r", "summary.json"))
+    assert uri_mod.exists(uri_mod.join(plain, "rows", ".tmp-deadbeef-part.parquet"))
+    assert uri_mod.exists(uri_mod.join(plain, "runs", "r", "summary.json"))

@@ -132,7 +132,7 @@ def save(output: str, state: dict, *, keep: int = 3) -> str:
     if keep > 0:
         for _, old in [c for c in list_checkpoints(output) if c[0] <= step][:-keep]:
             fs, path = fsspec.core.url_to_fs(old)
-            fs.rm(path)
+            uri_lib.remove_file(fs, path)
     return uri
 
 
@@ -159,7 +159,7 @@ def remove_stale_temporaries(output: str) -> list[str]:
             continue
         for p in fs.ls(path, detail=False):
             if pattern.match(p.rstrip("/").rsplit("/", 1)[-1]) and fs.isfile(p):
-                fs.rm(p)
+                uri_lib.remove_file(fs, p)
                 removed.append(p)
     if removed:
         log.info("removed %d temporaries that interrupted writes left in %s: %s", len(removed), output,
