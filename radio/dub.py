@@ -568,10 +568,20 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
         raise DubError(e.stage, e.reason, str(e)) from e
     try:
         speech = media.probe(audio_path)
-        # the speech's own length: duration_s is its video stream's when the file has one (an mp4)
-        media.check_limits(dataclasses.replace(speech, duration_s=max(speech.duration_s,
-                                                                      speech.audio_duration_s or 0.0)), **lim)
-        wav = audio.load_audio(audio_path, info=speech, align_to_video=False)
+        # the speech's own length: duration_s is its video stream's when the file has one (an mp4), and
+        # the decoder puts the audio at its start on the file's timeline (silence before it): a 1 s stream
+        # starting at 3 h decodes to 3 h of samples (4 GB) and as many frames to dub
+        a_s = speech.audio_duration_s or 0.0
+        media.check_limits(dataclasses.replace(speech, duration_s=max(speech.duration_s, a_s,
+                                                                      speech.audio_start_s + a_s)), **lim)
+        # and a header that understates the length (an MP3 whose Xing frame count is off) is caught by
+        # decoding no more than the limit allows
+        most = None if limits is None else limits.max_duration_s
+        wav = audio.load_audio(audio_path, info=speech, align_to_video=False,
+                               max_seconds=None if most is None else most + 1.0)
+        if most is not None and len(wav) > most * audio.SAMPLE_RATE:
+            raise media.MediaError("probe", "too_long", f"Expected at most {most:g} s. Got more "
+                                   f"(decoded; the header says {max(speech.duration_s, a_s):.1f} s).", audio_path)
     except media.MediaError as e:
         raise DubError("audio", e.reason, str(e)) from e
     fps = output_rate(info, cfg.fps)

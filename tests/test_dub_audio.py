@@ -104,3 +104,46 @@ def test_raw_dolby_speech_is_dubbed_and_stream_copied(tmp_path, short_video, mod
     assert stats["audio"] == "copy" and stats["audio_rate"] == 44100 and stats["audio_channels"] == 2
     a = _streams(out)["audio"]
     assert (a["codec_name"], a["sample_rate"], a["channels"]) == (codec, "44100", 2)
+
+
+def test_speech_starting_late_on_its_timeline_counts_its_start_against_the_limit(tmp_path, short_video, model,
+                                                                                  backend):
+    """The speech is decoded from its file's start (silence before a late audio stream), but the limit
+    looked at the audio stream's own length: a 53 KB mp4 (1 s of video, 1.6 s of speech at 3 h)
+    passed max_duration_s=7200, decoded to 10,801 s (4 GB RSS) and would have dubbed 270,040 frames.
+    Here at a small scale: a limit of 3 s, the speech ends at 3.5 s."""
+    from preprocess.source import LimitsConfig
+
+    speech = tmp_path / "late.mp4"
+    ffmpeg("-i", f"file:{short_video}", "-itsoffset", "3", "-i", f"file:{DATA_DIR / 'david4.wav'}",
+           "-map", "0:v", "-map", "1:a", "-t", "3.5", "-c:v", "copy", "-c:a", "aac", f"file:{speech}")
+    info = media.probe(str(speech))
+    assert info.audio_duration_s < 1 and info.audio_start_s > 2.8  # 3 s less the AAC priming
+    out = tmp_path / "out.mp4"
+    with pytest.raises(dub.DubError) as e:
+        dub.dub_clip(short_video, str(speech), str(out), model, backend, _cfg(), limits=LimitsConfig(max_duration_s=3))
+    assert (e.value.stage, e.value.reason) == ("audio", "too_long")
+    assert not out.exists()
+    # within the limit it is dubbed: its speech is as long as its timeline (silence first)
+    stats = dub.dub_clip(short_video, str(speech), str(out), model, backend, _cfg(length="video"),
+                         limits=LimitsConfig(max_duration_s=4))
+    assert stats["speech_seconds"] == pytest.approx(3.5, abs=0.05)
+
+
+def test_speech_longer_than_its_header_says_is_decoded_no_further_than_the_limit(tmp_path, short_video, model,
+                                                                                 backend):
+    """A raw ADTS .aac has no length in it: the probe estimates one from the first frames' bitrate. Loud
+    speech then near-silent frames (a few bytes each) estimate far short: 3 s of noise + 120 s of
+    silence said 5.3 s and decoded 123 s (3 h of silence would pass a 2 h limit the same way). The
+    decoder now stops at the limit (+1 s) and the pair is 'too_long'."""
+    from preprocess.source import LimitsConfig
+
+    speech = tmp_path / "speech.aac"
+    ffmpeg("-f", "lavfi", "-i", "anoisesrc=d=0.5:a=0.5:r=48000", "-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono",
+           "-filter_complex", "[1]atrim=0:5[s];[0][s]concat=n=2:v=0:a=1", "-c:a", "aac", "-b:a", "256k",
+           "-f", "adts", f"file:{speech}")
+    assert media.probe(str(speech)).audio_duration_s < 2
+    with pytest.raises(dub.DubError) as e:
+        dub.dub_clip(short_video, str(speech), str(tmp_path / "out.mp4"), model, backend, _cfg(),
+                     limits=LimitsConfig(max_duration_s=2))
+    assert (e.value.stage, e.value.reason) == ("audio", "too_long")
