@@ -213,3 +213,31 @@ def test_a_step_out_of_memory_is_one_line_that_says_what_to_change(sample_datase
     assert f"out of CPU memory in step {fail_at}, 4 windows x 5 frames at 96x96 per micro-step" in err[0]
     assert "raise run.accumulate" in err[0] and "Tried to allocate 2.25 GiB" in err[0]
     assert ("expandable_segments" in err[0]) == (fail_at > 11)
+
+
+def test_rows_whose_mel_holds_nan_are_skipped_by_the_reader(sample_dataset, tmp_path, caplog):
+    """Datasets written before preprocess refused NaN samples (a float WAV holding NaN) have rows
+    with NaN mel: each batch with one would be a skipped step. The reader leaves such rows out."""
+    import numpy as np
+    from collections import Counter
+
+    from preprocess import schema, shards
+    from preprocess.writer import write_table_atomic
+    from radio.train.config import DataConfig, FilterConfig
+
+    rows = [r for s in shards.list_shards(str(sample_dataset)) for r in shards.read_shard(s).to_pylist()][:2]
+    bad = dict(rows[0], clip_id="nan-row")
+    mel = np.frombuffer(bad["mel"], np.float16).copy()
+    mel[100] = np.nan
+    bad["mel"] = mel.tobytes()
+    write_table_atomic(shards.rows_uri(str(tmp_path), "src0"), [bad, rows[1]], schema.SEGMENT_SCHEMA,
+                       schema.file_metadata())
+    stream = ShardStream(str(tmp_path), DataConfig(split=None, samples_per_row=2, shuffle_shards=1,
+                                                   filters=FilterConfig(min_frames=10)), resolution=96)
+    stats = Counter()
+    with caplog.at_level(logging.WARNING, logger="radio.train.data"):
+        kept = stream.load_piece(0, 0, 1, False, stats)
+    assert [r.clip_id for r in kept] == [rows[1]["clip_id"]]
+    assert stats == Counter({"kept": 1, "non_finite_mel": 1})
+    assert "nan-row" in caplog.text
+    assert {s["clip_id"] for s in stream.iter_consumer(0, 1, epochs=1)} == {rows[1]["clip_id"]}

@@ -320,8 +320,14 @@ class ShardStream(IterableDataset):
         for r, frames, mel, shape in zip(keep, Frames.of_column(data.column("frames")),
                                          data.column("mel").to_pylist(), data.column("mel_shape").to_pylist()):
             m = metas[r]
-            rows.append(Row(clip_id=m["clip_id"], speaker=m["speaker_id"], frames=frames,
-                            mel=np.frombuffer(mel, np.float16).reshape(shape).astype(np.float32),
+            mel = np.frombuffer(mel, np.float16).reshape(shape).astype(np.float32)
+            if not np.isfinite(mel).all():   # NaN samples of a float WAV (preprocess before it refused them)
+                log.warning("skipping row %s of shard %s: its mel holds inf/NaN", m["clip_id"], uri)
+                if stats is not None:
+                    stats["kept"] -= 1
+                    stats["non_finite_mel"] += 1
+                continue
+            rows.append(Row(clip_id=m["clip_id"], speaker=m["speaker_id"], frames=frames, mel=mel,
                             shard=p, index=r, source=m["source_uri"], start=int(m["start_frame"])))
         return rows
 
