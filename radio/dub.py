@@ -585,7 +585,9 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
     except media.MediaError as e:
         raise DubError("audio", e.reason, str(e)) from e
     fps = output_rate(info, cfg.fps)
-    speech_s = speech_length(len(wav) / audio.SAMPLE_RATE, speech.audio_duration_s)
+    # the decoded speech starts at its file's start: a stream starting 56 ms in ends 56 ms past its length
+    speech_s = speech_length(len(wav) / audio.SAMPLE_RATE,
+                             speech.audio_duration_s and speech.audio_start_s + speech.audio_duration_s)
     n_video = video.frame_count(info, fps)
     n_out = n_video if cfg.length == "video" else int(math.ceil(speech_s * fps - 1e-9))
     progress.expect(n_out)

@@ -147,3 +147,17 @@ def test_speech_longer_than_its_header_says_is_decoded_no_further_than_the_limit
         dub.dub_clip(short_video, str(speech), str(tmp_path / "out.mp4"), model, backend, _cfg(),
                      limits=LimitsConfig(max_duration_s=2))
     assert (e.value.stage, e.value.reason) == ("audio", "too_long")
+
+
+def test_speech_of_a_video_file_starting_after_its_video_is_covered_to_its_end(tmp_path, short_video, model, backend):
+    """A speech mp4 (a recording with its camera video) whose audio starts 56 ms after the video: the
+    decoded speech ran 56 ms past the stream's declared length, which was taken for codec padding,
+    so the output video ended a frame before its speech (30 frames for 1.217 s here; 41 for 1.68 s)."""
+    speech = tmp_path / "speech.mp4"
+    ffmpeg("-i", f"file:{DATA_DIR / '00086.mp4'}", "-itsoffset", "0.08",
+           "-i", f"file:{DATA_DIR / 'liveportrait_d12.mp4'}", "-map", "0:v", "-map", "1:a", "-t", "1.2", "-c:v", "copy", "-c:a", "aac", f"file:{speech}")
+    info = media.probe(str(speech))
+    end = info.audio_start_s + info.audio_duration_s
+    assert 0.03 < info.audio_start_s < 0.1
+    stats = dub.dub_clip(short_video, str(speech), str(tmp_path / "out.mp4"), model, backend, _cfg())
+    assert stats["frames"] == int(np.ceil(end * 25 - 1e-9)), (stats["frames"], end)
