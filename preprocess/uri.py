@@ -72,6 +72,36 @@ def missing_hint(path: str) -> str:
             f"{' as macOS writes it' if form == 'NFD' else ''}: give the name as the file system spells it)")
 
 
+GCS_HOST = "storage.googleapis.com"
+
+
+def check_network(uris) -> None:
+    """Before a job touches gs:// (its checks, its listing): whether Cloud Storage's host resolves.
+    Without a network every gcsfs call retries for about 30 s, and a command's checks make several:
+    82 s passed before "environment failure". Resolving the name fails in well under a second, so a
+    machine without a network is told at once (EnvironmentFailure: exit 1, not the user's mistake).
+    Skipped for an emulator or a proxy (STORAGE_EMULATOR_HOST, HTTPS_PROXY: the name may not resolve
+    here and still be reached)."""
+    import socket
+    import time
+
+    from preprocess.failures import EnvironmentFailure
+
+    remote = [u for u in uris if isinstance(u, str) and u.split("://", 1)[0].lower() in ("gs", "gcs")]
+    if not remote or any(os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "HTTPS_PROXY", "https_proxy",
+                                                      "ALL_PROXY", "all_proxy")):
+        return
+    for attempt in range(3):
+        try:
+            socket.getaddrinfo(GCS_HOST, 443, type=socket.SOCK_STREAM)
+            return
+        except OSError as e:   # socket.gaierror: no network, no DNS
+            why = e
+            time.sleep(0.5 * (attempt + 1))
+    raise EnvironmentFailure(f"cannot reach {remote[0]}: {GCS_HOST} does not resolve ({why.strerror or why}); "
+                             "is this machine on a network?")
+
+
 def join(base: str, *names: str) -> str:
     """Join ``names`` under ``base`` refusing absolute parts, '..', '::', empty or control characters."""
     out = base.rstrip("/")

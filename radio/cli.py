@@ -373,6 +373,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: 
 
         check_reachable_early(extra, [(f"--{name}", getattr(args, name, None))
                                       for name in ("input", "output", "checkpoint", "generated", "reference")])
+    from preprocess.uri import check_network
+
+    check_network([getattr(args, name, None) for name in ("input", "output", "checkpoint", "generated", "reference",
+                                                           "data")])
     checks.command(args)
     if args.command == "preprocess":
         from pipelines import preprocess as job

@@ -105,3 +105,36 @@ def test_preprocess_gs_to_gs(gcs, gs_inputs, tmp_path, monkeypatch):
     assert (summary["skipped_resume"], summary["processed"], summary["counts_add_up"]) == (1, 1, True)
     assert summary["redone_after_check"] == 1
     assert shards.list_shards(ds) == [shard]
+
+
+def test_no_network_for_a_gs_location_is_one_line_within_seconds(monkeypatch, capsys, tmp_path):
+    """Without a network every gcsfs call retried for about 30 s and a command's checks make
+    several: 82 s before the one line. The storage host's name is resolved first."""
+    import socket
+    import time
+
+    import radio.cli
+
+    calls = []
+
+    def no_dns(host, *a, **k):
+        calls.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    for k in ("STORAGE_EMULATOR_HOST", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    t0 = time.monotonic()
+    rc = radio.cli.main(["preprocess", "--input", str(CLIP), "--output", "gs://some-bucket/ds"])
+    took = time.monotonic() - t0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and took < 10 and len(err) == 1, (rc, took, err)
+    assert "cannot reach gs://some-bucket/ds: storage.googleapis.com does not resolve" in err[0]
+    assert calls and set(calls) == {"storage.googleapis.com"}
+
+    calls.clear()                                        # local locations never ask for the network
+    from preprocess.uri import check_network
+    check_network([str(tmp_path), None, "memory://x"])
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://localhost:9023")
+    check_network(["gs://some-bucket/ds"])               # an emulator: the name need not resolve
+    assert calls == []
