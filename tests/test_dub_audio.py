@@ -46,7 +46,8 @@ def _cfg(**kw) -> dub.DubConfig:
 
 
 def _streams(path) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,codec_name,sample_rate,channels",
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
+                          "stream=codec_type,codec_name,sample_rate,channels",
                           "-of", "json", f"file:{path}"], capture_output=True, text=True, check=True).stdout
     return {s["codec_type"]: s for s in json.loads(out)["streams"]}
 
@@ -155,7 +156,8 @@ def test_speech_of_a_video_file_starting_after_its_video_is_covered_to_its_end(t
     so the output video ended a frame before its speech (30 frames for 1.217 s here; 41 for 1.68 s)."""
     speech = tmp_path / "speech.mp4"
     ffmpeg("-i", f"file:{DATA_DIR / '00086.mp4'}", "-itsoffset", "0.08",
-           "-i", f"file:{DATA_DIR / 'liveportrait_d12.mp4'}", "-map", "0:v", "-map", "1:a", "-t", "1.2", "-c:v", "copy", "-c:a", "aac", f"file:{speech}")
+           "-i", f"file:{DATA_DIR / 'liveportrait_d12.mp4'}", "-map", "0:v", "-map", "1:a", "-t", "1.2",
+           "-c:v", "copy", "-c:a", "aac", f"file:{speech}")
     info = media.probe(str(speech))
     end = info.audio_start_s + info.audio_duration_s
     assert 0.03 < info.audio_start_s < 0.1
