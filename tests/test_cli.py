@@ -572,6 +572,7 @@ def test_an_environment_failure_is_one_line_exit_1(tmp_path, capsys, monkeypatch
         raise ConnectionError("Cannot connect to host storage.googleapis.com:443 [Temporary failure in name resolution]")
 
     monkeypatch.setattr(checks, "command", offline)
+    monkeypatch.setattr("preprocess.uri.check_network", lambda uris: None)   # (its own test: test_gcs.py)
     rc, out, err = run_cli(["preprocess", "--input", "gs://b/*.mp4", "--output", "gs://b/ds"], capsys)
     lines = err.strip().splitlines()
     assert rc == 1 and len(lines) == 1 and "environment failure: ConnectionError" in lines[0], err
