@@ -64,6 +64,8 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
                 "placebo")
 CRF_RANGE = (0, 51)  # libx264, 8-bit
 COPY_CODECS = frozenset({"aac", "mp3", "alac", "ac3", "eac3", "opus"})  # MP4 holds these as they are
+#: ... at these rates and up: ffmpeg's MP4 muxer refuses MP3 below 16 kHz (MPEG-2.5: 8/11.025/12 kHz telephony)
+COPY_MIN_RATE = {"mp3": 16000}
 #: sample rates ffmpeg's AAC encoder takes (others, e.g. 192 kHz, fail: the nearest of these is used)
 #: how far a decoder's samples may run past the declared stream length (AAC priming/padding: ~2 frames)
 CODEC_PADDING_S = 0.1
@@ -430,13 +432,14 @@ def _looped_frames(path: str, info, n_out: int, chunk: int, fps) -> Iterator[tup
 def audio_plan(speech: media.MediaInfo, cfg: DubConfig, out_seconds: float, speech_seconds: float) -> dict:
     """How the speech goes into the output: ffmpeg output arguments and what the summary says.
 
-    Stream copy when MP4 holds the codec and nothing needs padding; else AAC at the speech's own
-    rate (the nearest rate AAC has when it has not that one: 192 kHz -> 96 kHz) and channels,
+    Stream copy when MP4 holds the codec (MP3 from 16 kHz) and nothing needs padding; else AAC at the
+    speech's own rate (the nearest rate AAC has when it has not that one: 192 kHz -> 96 kHz) and channels,
     ``audio_kbps_per_channel`` each; ``audio_rate`` is the rate the output has. ``length='video'`` cuts the speech to the
     video (``-t``) or pads it with silence (``apad``)."""
     channels, rate = speech.audio_channels or 1, speech.audio_rate
     pad = cfg.length == "video" and speech_seconds < out_seconds
-    if speech.audio_codec in COPY_CODECS and not pad:
+    copyable = speech.audio_codec in COPY_CODECS and (rate or 0) >= COPY_MIN_RATE.get(speech.audio_codec, 0)
+    if copyable and not pad:
         args, how = ["-c:a", "copy"], "copy"
     else:
         kbps = cfg.audio_kbps_per_channel * channels

@@ -163,3 +163,22 @@ def test_speech_of_a_video_file_starting_after_its_video_is_covered_to_its_end(t
     assert 0.03 < info.audio_start_s < 0.1
     stats = dub.dub_clip(short_video, str(speech), str(tmp_path / "out.mp4"), model, backend, _cfg())
     assert stats["frames"] == int(np.ceil(end * 25 - 1e-9)), (stats["frames"], end)
+
+
+def test_low_rate_mp3_speech_is_reencoded_not_refused(tmp_path, short_video, model, backend):
+    """An 8 kHz MP3 (telephony, voicemail) was stream-copied, and ffmpeg's MP4 muxer refuses MP3 below
+    16 kHz ('muxing mp3 at 8000hz is not standard'): a valid speech became a reject 'ffmpeg_failed'.
+    It is now AAC at its own rate and channels."""
+    speech = tmp_path / "phone.mp3"
+    ffmpeg("-i", f"file:{DATA_DIR / 'david4.wav'}", "-t", "0.6", "-c:a", "libmp3lame", f"file:{speech}")
+    assert media.probe(str(speech)).audio_rate == 8000
+    out = tmp_path / "out.mp4"
+    stats = dub.dub_clip(short_video, str(speech), str(out), model, backend, _cfg())
+    assert stats["audio"] == "aac 128k" and stats["audio_rate"] == 8000
+    a = _streams(out)["audio"]
+    assert (a["codec_name"], a["sample_rate"], a["channels"]) == ("aac", "8000", 1)
+    # from 16 kHz MP4 holds MP3: still a stream copy
+    speech16 = tmp_path / "wide.mp3"
+    ffmpeg("-i", f"file:{speech}", "-ar", "16000", "-c:a", "libmp3lame", f"file:{speech16}")
+    plan = dub.audio_plan(media.probe(str(speech16)), _cfg(), 0.6, 0.6)
+    assert plan["audio"] == "copy"
