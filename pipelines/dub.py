@@ -338,10 +338,17 @@ class DubPairFn(beam.DoFn):
 
 
 def pair_line(r: dict) -> dict:
-    """What the summary lists of one pair (``now``: what this run did with it)."""
+    """What the summary lists of one pair (``now``: what this run did with it). A reject's line says which
+    input and why (``stage``, ``message``: 'probe/not_found: no such file [the video]'); ``audio`` is what a
+    dubbed output carries ('copy', 'aac 128k'); a reject's marker holds the speech URI under that key, which
+    read as the file a 'not_found' was about when the video was missing."""
     keys = ("name", "status", "reason", "source_fps", "output_fps", "frames", "video_frames", "width", "height",
             "audio_rate", "audio_channels", "audio", "references", "replaced")
-    return dict({k: r[k] for k in keys if k in r}, now=r["status_now"])
+    line = dict({k: r[k] for k in keys if k in r}, now=r["status_now"])
+    if r.get("status") == "rejected":
+        line.pop("audio", None)
+        line.update(stage=r.get("stage"), message=str(r.get("message") or "")[:300])
+    return line
 
 
 #: pairs listed in summary.json (the first by name); every pair's line is in runs/<run_id>/pairs.jsonl

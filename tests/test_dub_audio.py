@@ -5,6 +5,7 @@ check what the output carries and what is refused, not lip-sync quality).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 
@@ -182,3 +183,27 @@ def test_low_rate_mp3_speech_is_reencoded_not_refused(tmp_path, short_video, mod
     ffmpeg("-i", f"file:{speech}", "-ar", "16000", "-c:a", "libmp3lame", f"file:{speech16}")
     plan = dub.audio_plan(media.probe(str(speech16)), _cfg(), 0.6, 0.6)
     assert plan["audio"] == "copy"
+
+
+def test_a_reject_line_says_which_input_and_why(tmp_path):
+    """pairs.jsonl / summary.json: a pair whose video was missing was listed as
+    {"audio": "<the speech>", "reason": "not_found"} — the speech URI under 'audio' (a dubbed line's
+    'copy' / 'aac 128k'), as if the speech were missing. Now: stage and message, no 'audio'."""
+    from pipelines import dub as dub_job
+    from preprocess.config import to_dict
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "radio.pt"
+    cfg = ModelConfig(resolution=96)
+    torch.save({"model": RADIO(cfg).state_dict(), "model_config": to_dict(cfg)}, ckpt)
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text(json.dumps({"uri": str(tmp_path / "gone.mp4"), "audio_uri": str(DATA_DIR / "david4.wav"),
+                                    "name": "p"}) + "\n")
+    s = dub_job.run(str(manifest), str(ckpt), str(tmp_path / "out"), ["--direct_num_workers=1"],
+                    overrides=[f"checkpoint_sha256={sha}", "device=cpu"], run_id="r1")
+    (line,) = s["pairs_list"]
+    assert line["reason"] == "not_found" and "audio" not in line
+    assert line["stage"] == "probe" and "gone.mp4" in line["message"]
+    (listed,) = [json.loads(x) for x in open(s["pairs_file"])]
+    assert listed == line
