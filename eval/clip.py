@@ -36,7 +36,8 @@
    frame 0 of their 25 fps streams, the longer one's tail cut (step 1). Whether that is the right
    pairing is measured (:class:`OffsetProbe`): on :data:`OFFSET_FRAMES` frames spread over the
    face segments, the PSNR of the crop of reference frame *t* against generated frames *t + k*,
-   k = −2…+2 (each cut with frame *t*'s box). ``best_offset`` (the k of the highest mean PSNR; 0
+   k = −12…+12 (:data:`OFFSET_REACH`, less when the pair is too short; each cut with frame *t*'s
+   box). ``best_offset`` (the k of the highest mean PSNR; 0
    on ties) and ``offset_gain_db`` (its PSNR minus that at 0) are in every row. When a k ≠ 0
    beats 0 by more than ``cfg.frame_offset_db`` (3 dB), the generated video is shifted in time (a
    generated video missing its first frame: k = −1, PSNR 50 dB there against 28 as paired) and
@@ -111,7 +112,10 @@ REJECT_REASONS = ("missing_file", "length_mismatch", "aspect_mismatch", "no_face
                   "undecodable", "unsupported_scheme", "too_large", "scoring_error", "input_changed",
                   "unsupported_name")
 #: frame offsets tried (generated frame t + k against reference frame t) and frames sampled for it
-OFFSET_REACH = 2
+#: 12 frames (0.48 s) either way: a method that drops or adds a few frames at its start (window
+#: padding, a late first output) was scored silently as paired beyond ±2 (3 frames late: reported as
+#: 2; 5 frames: PSNR 25 instead of 44, no flag), and SyncNet itself searches ±15
+OFFSET_REACH = 12
 OFFSET_FRAMES = 8
 #: failures of the machine, not of the pair: never a reject, the runner retries the element
 ENVIRONMENT_ERRORS = (OSError, MemoryError)
@@ -429,12 +433,20 @@ class OffsetProbe:
     """PSNR of the crop at frame offsets −:data:`OFFSET_REACH`…+:data:`OFFSET_REACH` on a few
     frames (module docstring, step 4), fed the second pass's blocks (the generated one resized):
     keeps a per-(frame, offset) PSNR and, until the reference crop of their frame is cut, the
-    generated crops that came before it (at most ``OFFSET_REACH`` per sampled frame)."""
+    generated crops that came before it (at most ``OFFSET_REACH`` per sampled frame). The reach is
+    :data:`OFFSET_REACH`, or the largest that leaves ``k`` face-segment frames *t* with generated
+    frames *t ± reach* inside the pair (a pair of 20 frames: 5), else one."""
 
     def __init__(self, segments: list, plans: list, n: int, k: int = OFFSET_FRAMES, reach: int = OFFSET_REACH):
-        self.reach = reach
-        eligible = [(t, seg, plan) for seg, plan in zip(segments, plans)
-                    for t in range(max(seg.start, reach), min(seg.stop, n - reach))]
+        def eligible_at(r: int) -> list:   # frames t of a face segment with generated t - r … t + r in the pair
+            return [(t, seg, plan) for seg, plan in zip(segments, plans)
+                    for t in range(max(seg.start, r), min(seg.stop, n - r))]
+
+        # the full reach when the pair is long enough; a short pair (max_frames) reaches as far as
+        # still leaves k frames to sample (else any), so that a short pair is not judged on one frame
+        self.reach = next((r for r in range(reach, 0, -1) if len(eligible_at(r)) >= k + 2),  # k distinct below
+                          next((r for r in range(reach, 0, -1) if eligible_at(r)), 0))
+        eligible = eligible_at(self.reach) if self.reach else []
         idx = np.unique(np.round(np.linspace(0, len(eligible) - 1, k + 2)[1:-1]).astype(int)) if eligible else []
         self.samples = [eligible[i] for i in idx]
         self.ref: dict[int, np.ndarray] = {}
@@ -465,11 +477,12 @@ class OffsetProbe:
         and ``psnr`` (mean PSNR per offset)."""
         offsets = range(-self.reach, self.reach + 1)
         full = [v for v in self.psnr.values() if all(d in v for d in offsets)]
-        if not full:
-            return {"best_offset": None, "offset_gain_db": None, "frames": 0, "psnr": {}}
+        if not full or not self.reach:
+            return {"best_offset": None, "offset_gain_db": None, "frames": 0, "psnr": {}, "reach": self.reach}
         mean = {d: float(np.mean([v[d] for v in full])) for d in offsets}
         best = max(offsets, key=lambda d: (mean[d], d == 0, -abs(d)))
-        return {"best_offset": int(best), "offset_gain_db": mean[best] - mean[0], "frames": len(full), "psnr": mean}
+        return {"best_offset": int(best), "offset_gain_db": mean[best] - mean[0], "frames": len(full), "psnr": mean,
+                "reach": self.reach}
 
 
 def _offset_message(o: dict, cfg: EvalConfig) -> str:
@@ -478,7 +491,8 @@ def _offset_message(o: dict, cfg: EvalConfig) -> str:
     what = (f"the generated video runs {frames} ahead (frames missing at its start?)" if k < 0 else
             f"the generated video runs {frames} behind (frames added at its start?)")
     return (f"generated frame t{k:+d} matches reference frame t best: PSNR {o['psnr'][k]:.1f} dB against "
-            f"{o['psnr'][0]:.1f} dB as paired (t against t), mean of {o['frames']} frames of the crop; {what}. "
+            f"{o['psnr'][0]:.1f} dB as paired (t against t), mean of {o['frames']} frames of the crop "
+            f"(offsets -{o['reach']}..+{o['reach']} tried); {what}. "
             f"Scored as paired, every metric would measure the shift (more than frame_offset_db "
             f"{cfg.frame_offset_db:g} dB; --set frame_offset=record scores it as paired and counts it)")
 

@@ -11,7 +11,7 @@ One dataclass tree, loaded with :func:`preprocess.config.load` (unknown keys are
     face_min_iou: 0.6           # face box IoU with itself moved as the generated face is, below: content_mismatch
     face_max_scale: 1.15        # generated / reference face size (either way) above this: content_mismatch
     frame_offset: reject        # a generated video shifted in time (frame t±k matches t better): reject | record
-    frame_offset_db: 3.0        # ... better by more than this PSNR of the crop (offsets -2..+2, 8 frames)
+    frame_offset_db: 3.0        # ... better by more than this PSNR of the crop (offsets -12..+12, 8 frames)
     chunk_frames: 4             # frames decoded at a time (1080p: ~6 MB per frame per video); memory does not grow with length
     sample_frames: 3            # frames per pair shown side by side in the HTML report
     sample_size: 160            # side of each crop in those report images (PNG)
@@ -137,7 +137,7 @@ class EvalConfig:
     face_check_frames: int = 5  # frames the generated face is compared with the reference's on (0: off; eval.clip)
     face_min_iou: float = 0.6   # median IoU of the face box, moved as the generated face is, else content_mismatch
     face_max_scale: float = 1.15  # median face size ratio (either way) above this: a content_mismatch reject
-    frame_offset: str = "reject"  # generated frame t±k (k <= 2) beats t: reject (frame_offset) | record (counted)
+    frame_offset: str = "reject"  # generated frame t±k (k <= 12) beats t: reject (frame_offset) | record (counted)
     frame_offset_db: float = 3.0  # ... by more than this crop PSNR (dB, mean of 8 frames)
     chunk_frames: int = 4       # frames decoded and scored per block (a pair is streamed: memory flat in length)
     sample_frames: int = 3      # frames per pair shown in the HTML report

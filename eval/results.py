@@ -90,7 +90,7 @@ METRICS_SCHEMA = pa.schema(_PAIR_FIELDS + [
     pa.field("face_box_iou", pa.float64()),       # median IoU, generated face box vs reference's (framing check)
     pa.field("face_scale_ratio", pa.float64()),   # median generated / reference face size (sqrt area)
     pa.field("face_check_frames", pa.int32()),    # frames both faces were found on (0: not decided)
-    pa.field("best_offset", pa.int32()),          # generated frame t + k matches reference frame t best (-2..2)
+    pa.field("best_offset", pa.int32()),          # generated frame t + k matches reference frame t best (-12..12)
     pa.field("offset_gain_db", pa.float64()),     # crop PSNR at best_offset minus at 0 (>= 0)
     pa.field("frame_offset_flagged", pa.bool_()),  # best_offset beat 0 by > frame_offset_db (frame_offset=record)
     pa.field("landmark_backend", pa.string()),
