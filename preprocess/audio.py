@@ -105,23 +105,48 @@ class AudioTrack:
     segment's log-mel rows from that segment's samples (plus STFT context), equal to the rows
     of ``log_mel`` over the whole track. Close it (or use it as a context manager)."""
 
-    def __init__(self, file, n_samples: int, sr: int = SAMPLE_RATE):
-        self.file, self.n_samples, self.sr = file, int(n_samples), sr
+    def __init__(self, file, n_samples: int, sr: int = SAMPLE_RATE, offset: int = 0):
+        # the file holds samples [offset, n_samples) of the track (a clip range's window)
+        self.file, self.n_samples, self.sr, self.offset = file, int(n_samples), sr, int(offset)
 
     def __len__(self) -> int:
         return self.n_samples
 
     def read(self, a: int, b: int) -> np.ndarray:
-        """Samples ``[a, b)`` (clamped to the track)."""
+        """Samples ``[a, b)`` (clamped to the track). A track holding a window (``offset`` > 0)
+        refuses reads before it: they would silently start later than asked."""
         a, b = max(0, a), min(self.n_samples, b)
         if b <= a:
             return np.zeros(0, np.float32)
-        data = os.pread(self.file.fileno(), 4 * (b - a), 4 * a)
+        if a < self.offset:
+            raise ValueError(f"samples from {a} asked of a track holding samples {self.offset}..")
+        data = os.pread(self.file.fileno(), 4 * (b - a), 4 * (a - self.offset))
         return np.frombuffer(data, "<f4").astype(np.float32)
 
     def mel_rows(self, r0: int, r1: int) -> np.ndarray:
-        """Rows ``[r0, r1)`` of ``log_mel`` of the whole track, clamped to its rows."""
-        return log_mel_rows(self.read, self.n_samples, r0, r1)
+        """Rows ``[r0, r1)`` of ``log_mel`` of the whole track, clamped to its rows.
+
+        Computed in blocks of ``MEL_GRID_ROWS`` rows on a fixed grid of the track's rows (the last
+        two cached), so a row's float32 value does not depend on which rows were asked for with it:
+        the STFT's batches and the mel product round differently by a few 1e-7 with another block
+        start or length. A clip range's segments (which start elsewhere than the whole video's)
+        get the very rows the whole video's would."""
+        hop = MEL_PARAMS["hop_length"]
+        n_rows = 1 + self.n_samples // hop
+        r0, r1 = max(0, r0), min(n_rows, r1)
+        if r1 <= r0:
+            return np.zeros((0, MEL_PARAMS["n_mels"]), np.float32)
+        g = MEL_GRID_ROWS
+        parts = [self._mel_block(j)[max(r0 - j * g, 0): r1 - j * g] for j in range(r0 // g, (r1 - 1) // g + 1)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _mel_block(self, j: int) -> np.ndarray:
+        cache = self.__dict__.setdefault("_blocks", {})
+        if j not in cache:
+            if len(cache) >= 2:
+                cache.pop(next(iter(cache)))
+            cache[j] = log_mel_rows(self.read, self.n_samples, j * MEL_GRID_ROWS, (j + 1) * MEL_GRID_ROWS)
+        return cache[j]
 
     def close(self) -> None:
         self.file.close()
@@ -133,18 +158,48 @@ class AudioTrack:
         self.close()
 
 
+#: ``AudioTrack.mel_rows`` computes rows in blocks of this many (10 s) on a fixed grid
+MEL_GRID_ROWS = 1000
+#: samples kept on either side of the mel blocks of a clip range's frames (``frames_window``): more
+#: than the rows' STFT context (800) and the end-of-track margin of ``log_mel_rows`` (≈ 1,760)
+WINDOW_MARGIN = SAMPLE_RATE
+
+
+def frames_window(first: int, stop: int, fps: int = 25) -> tuple[int, int]:
+    """The samples ``[a, b)`` of the 16 kHz track that video frames ``[first, stop)`` need: their
+    own (frame k: ``[k·640, (k+1)·640)``, mel rows ``4k..4k+3``), widened to whole blocks of
+    ``AudioTrack.mel_rows``' grid and ``WINDOW_MARGIN`` on either side, so that every mel row and
+    sample of those frames equals the whole track's. A block reaching within 10 rows of the track's
+    end is computed to the end (``log_mel_rows``): the margin puts that end inside the window then."""
+    rows, hop, g = SAMPLE_RATE // fps // MEL_PARAMS["hop_length"], MEL_PARAMS["hop_length"], MEL_GRID_ROWS
+    r0, r1 = rows * first // g * g, ((rows * stop - 1) // g + 1) * g
+    return max(0, r0 * hop - WINDOW_MARGIN), r1 * hop + WINDOW_MARGIN
+
+
 def decode_audio(path, info: Optional[MediaInfo] = None, backend: str = "auto",
-                 max_seconds: Optional[float] = None) -> AudioTrack:
+                 max_seconds: Optional[float] = None,
+                 window: Optional[tuple[int, int]] = None) -> AudioTrack:
     """``load_audio(path, info=info, ...)`` at 16 kHz, streamed to an :class:`AudioTrack` (a
-    temporary file, unlinked from the start so nothing stays behind) instead of memory."""
+    temporary file, unlinked from the start so nothing stays behind) instead of memory.
+
+    ``window``: keep only samples ``[a, b)`` of that track (a clip range, ``frames_window``): the
+    track's sample numbers stay those of the whole track (``AudioTrack.offset`` = a), and its length
+    is where the kept samples end (b, or the stream's end before it). The samples are the whole
+    decode's, bit for bit: the same decode and filter chain runs from the stream's start and what
+    lies before ``a`` is dropped (not seeked: the resampler's gap compensation, ``min_comp``, and
+    the first pts depend on everything before, so a seek would shift or change samples); a mono
+    stream stops decoding at ``b``, one of more channels decodes to its end (whether its channels
+    cancel in the downmix is decided on the whole stream, as without a window)."""
     f = tempfile.TemporaryFile(prefix="radio-audio-")
     try:
-        sink = _decode(path, SAMPLE_RATE, info, True, backend, max_seconds, f)
+        sink = _decode(path, SAMPLE_RATE, info, True, backend, max_seconds, f, window)
         f.flush()  # reads go through the descriptor (os.pread), past Python's buffer
     except BaseException:
         f.close()
         raise
-    return AudioTrack(f, sink.n)
+    if window is None:
+        return AudioTrack(f, sink.n)
+    return AudioTrack(f, window[0] + sink.kept, offset=window[0])
 
 
 class _MonoSink:
@@ -153,13 +208,16 @@ class _MonoSink:
     to ``file``; with more channels nothing is kept but each channel's energy. ``energy``: the sum
     of squares per channel of the samples taken."""
 
-    def __init__(self, channels: int, skip: int, limit: Optional[int], file=None):
-        self.channels, self.skip, self.limit, self.file = channels, skip, limit, file
+    def __init__(self, channels: int, skip: int, limit: Optional[int], file=None,
+                 keep: Optional[tuple[int, int]] = None):
+        # keep: only samples [a, b) (counted from ``skip``) go to the blocks/file; the energy and
+        # ``n`` count all of them
+        self.channels, self.skip, self.limit, self.file, self.keep = channels, skip, limit, file, keep
         self.reset()
 
     def reset(self) -> None:  # a fallback to the CLI starts over
         self.blocks: list = []
-        self.n = self.seen = self.nonfinite = 0
+        self.n = self.seen = self.nonfinite = self.kept = 0
         self.energy = np.zeros(self.channels, np.float64)
         self.rest = np.zeros(0, np.float32)
         if self.file is not None:
@@ -184,15 +242,25 @@ class _MonoSink:
             wav = wav[:max(0, self.limit - self.n)]
         if not len(wav):
             return
+        at = self.n   # the first of these samples' number
         self.n += len(wav)
         if c > 1:
             self.energy += np.einsum("ij,ij->j", wav, wav, dtype=np.float64)
             return
+        if self.keep is not None:
+            lo, hi = max(0, self.keep[0] - at), max(0, min(len(wav), self.keep[1] - at))
+            whole = np.clip(wav[:, 0], -1.0, 1.0)
+            self.energy[0] += float(np.dot(whole, whole))
+            wav = wav[lo:hi]
+            self.kept += len(wav)
+            if not len(wav):
+                return
         bad = int(np.count_nonzero(~np.isfinite(wav)))
         if bad:  # NaN survives the clip (and the mel: NaN rows); a float PCM file can hold them
             self.nonfinite += bad
         wav = np.clip(wav[:, 0], -1.0, 1.0)
-        self.energy[0] += float(np.dot(wav, wav))
+        if self.keep is None:
+            self.energy[0] += float(np.dot(wav, wav))
         if self.file is not None:
             self.file.write(np.ascontiguousarray(wav, "<f4").tobytes())
         else:
@@ -205,7 +273,7 @@ class _MonoSink:
 
 
 def _decode(path, sr: int, info: Optional[MediaInfo], align_to_video: bool, backend: str,
-            max_seconds: Optional[float], file) -> _MonoSink:
+            max_seconds: Optional[float], file, window: Optional[tuple[int, int]] = None) -> _MonoSink:
     if backend not in AUDIO_BACKENDS:
         raise ValueError(f"Expected backend in {AUDIO_BACKENDS}. Got {backend!r}.")
     p = _check_file(path, "probe")
@@ -222,14 +290,17 @@ def _decode(path, sr: int, info: Optional[MediaInfo], align_to_video: bool, back
     def run(sink: _MonoSink, pick: Optional[int] = None) -> _MonoSink:
         def cli():
             sink.reset()
-            _decode_ffmpeg(p, sr, info, sink.channels, sink, None if limit is None else (skip + limit) / sr,
+            _decode_ffmpeg(p, sr, info, sink.channels, sink, None if sink.limit is None else (skip + sink.limit) / sr,
                            pick=pick)
 
         pyav_or_cli(backend, "ffmpeg", "audio", p, lambda: _decode_pyav(p, sr, info, sink.channels, sink, pick),
                     cli)
         return sink
 
-    sink = run(_MonoSink(1, skip, limit, file))           # libswresample's downmix
+    mono_limit = limit
+    if window is not None and channels == 1:   # nothing past the window is needed: stop there
+        mono_limit = window[1] if limit is None else min(limit, window[1])
+    sink = run(_MonoSink(1, skip, mono_limit, file, keep=window))           # libswresample's downmix
     if sink.nonfinite:  # a broken float file (a TTS/vocoder that emitted NaN): its mel would be NaN rows
         raise MediaError("audio", "non_finite_samples",
                          f"{sink.nonfinite} of {sink.n} decoded samples are NaN or infinite", p)

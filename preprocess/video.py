@@ -33,6 +33,19 @@ aspect ratio ``info.sar`` != 1, e.g. 384×512 stored with 4:3 pixels) is resampl
 player shows (512×512), so faces keep their shape; ``square_pixels=False`` keeps the stored grid
 (``square_pixel_map`` maps one to the other).
 
+Clip ranges (``first``/``stop``): frames ``[first, stop)`` of the whole decode, identical to them
+(the same timeline origin, the first decoded frame, and the same emitter), without decoding what
+lies before where the backend can seek exactly:
+
+- ``'pyav'`` decodes the first frame (the origin), seeks to the keyframe before the range, checks
+  that it landed on a keyframe shown at or before frame ``first`` (else seeks further back, and in
+  the end decodes from the start), and runs the emitter from there, dropping slots before
+  ``first`` without converting them;
+- ``'decord'`` asks for the source frames of those output indexes (it seeks by frame index);
+- ``'ffmpeg'`` (the CLI pipe, and the 'auto' fallback) decodes from the start and skips the frames
+  before ``first``: an input seek (``-ss``) restarts ``setpts=PTS-STARTPTS``'s origin and the
+  ``fps`` filter's first slot at the seek point, so its frames would not be the whole decode's.
+
 Frame-count contract: exactly ``frame_count(info, fps)`` frames. A decoder that stops short by at
 most ``PAD_TOLERANCE`` (2) frames — last-frame duration rounding, a damaged final GOP — is padded
 by repeating its last frame; shorter than that raises ``MediaError('decode', 'truncated')``.
@@ -118,7 +131,8 @@ def choose_backend(info: MediaInfo, max_side: Optional[int] = None) -> str:
 
 def iter_frames(path, info: Optional[MediaInfo] = None, fps=25, chunk: int = 64,
                 backend: str = "auto", max_side: Optional[int] = None,
-                square_pixels: bool = True) -> Iterator[np.ndarray]:
+                square_pixels: bool = True, first: int = 0,
+                stop: Optional[int] = None) -> Iterator[np.ndarray]:
     """Yield the video as uint8 RGB chunks ``(n, H, W, 3)``, n ≤ ``chunk``, at ``fps`` CFR.
 
     Args:
@@ -130,6 +144,8 @@ def iter_frames(path, info: Optional[MediaInfo] = None, fps=25, chunk: int = 64,
         max_side: shrink so that max(H, W) ≤ max_side (aspect kept); None keeps the display size.
         square_pixels: resample anamorphic video (``info.sar`` != 1) to square pixels (default);
             False keeps the stored pixel grid (see ``output_size``).
+        first, stop: only output frames ``[first, stop)`` of the whole decode (a clip range; stop
+            None or past the end: to the end), seeking where the backend can (module docstring).
 
     Rotation is applied (H, W are the display size, ``output_size(info, max_side, square_pixels)``).
     Raises MediaError: stage 'probe' (from probing), or stage 'decode' with reason
@@ -143,28 +159,30 @@ def iter_frames(path, info: Optional[MediaInfo] = None, fps=25, chunk: int = 64,
         raise ValueError(f"Expected fps > 0. Got {fps!r}.")
     if max_side is not None and max_side < 1:
         raise ValueError(f"Expected max_side >= 1 or None. Got {max_side!r}.")
+    if first < 0 or stop is not None and stop <= first:
+        raise ValueError(f"Expected 0 <= first < stop. Got first={first!r}, stop={stop!r}.")
     p = _check_file(path, "probe")
     info = info if info is not None else probe(p)
     if not info.has_video:
         raise MediaError("decode", "no_video_stream", "no video stream", p)
     size = output_size(info, max_side, square_pixels)
     if backend == "ffmpeg":
-        yield from _ffmpeg_frames(p, info, fps, chunk, size)
+        yield from _ffmpeg_frames(p, info, fps, chunk, size, skip=first, stop=stop)
         return
     if backend == "decord":
         try:
-            yield from _decord_frames(p, info, fps, chunk, size, strict=True)
+            yield from _decord_frames(p, info, fps, chunk, size, strict=True, first=first, stop=stop)
         except _DecordFailed as e:
             raise MediaError("decode", "undecodable", f"decord: {e}", p) from e
         return
     if backend == "pyav":
         try:
-            yield from _pyav_frames(p, info, fps, chunk, size)
+            yield from _pyav_frames(p, info, fps, chunk, size, first=first, stop=stop)
         except _PyAVFailed as e:
             raise MediaError("decode", "undecodable", f"pyav: {e}", p) from e
         return
-    done = 0
-    gen = _pyav_frames(p, info, fps, chunk, size, strict=False)
+    done = first
+    gen = _pyav_frames(p, info, fps, chunk, size, strict=False, first=first, stop=stop)
     try:
         while True:
             try:
@@ -178,7 +196,7 @@ def iter_frames(path, info: Optional[MediaInfo] = None, fps=25, chunk: int = 64,
             done += len(block)
     finally:
         gen.close()
-    yield from _ffmpeg_frames(p, info, fps, chunk, size, skip=done)
+    yield from _ffmpeg_frames(p, info, fps, chunk, size, skip=done, stop=stop)
 
 
 def read_frames(path, info: Optional[MediaInfo] = None, fps=25, backend: str = "auto",
@@ -208,7 +226,7 @@ def _ts_source_index(k: np.ndarray, rel_ts: np.ndarray, fps: Fraction) -> np.nda
 
 
 def _decord_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int],
-                   strict: bool) -> Iterator[np.ndarray]:
+                   strict: bool, first: int = 0, stop: Optional[int] = None) -> Iterator[np.ndarray]:
     import decord  # lazy: heavy, and optional for the ffmpeg path
 
     errors = (RuntimeError, decord.DECORDError)
@@ -244,8 +262,9 @@ def _decord_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, in
                 raise MediaError("decode", "truncated",
                                  f"Expected {n_out} frames. Got {covered} (decord).", p)
             raise _DecordFailed(f"only {covered} of {n_out} frames")
-        for k0 in range(0, n_out, chunk):
-            k = np.arange(k0, min(k0 + chunk, n_out))
+        end = n_out if stop is None else min(stop, n_out)
+        for k0 in range(first, end, chunk):   # a clip range: decord seeks to those frame indexes
+            k = np.arange(k0, min(k0 + chunk, end))
             idx = _cfr_source_index(k, src_fps, fps) if cfr else _ts_source_index(k, rel, fps)
             idx = np.clip(idx, 0, n_src - 1)
             uniq, inverse = np.unique(idx, return_inverse=True)
@@ -270,8 +289,16 @@ def _last_line(e: Exception) -> str:
 _ROT90 = {0: 0, 90: -1, 180: 2, 270: 1}  # clockwise display rotation -> np.rot90 turns (ccw)
 
 
+#: a clip range starting this many output frames (2 s) or more into the video is reached by a seek
+SEEK_MIN_FRAMES = 50
+#: how far before a clip range's first frame the PyAV seek aims, in seconds, try after try: a
+#: seek that lands after the frame shown at the range's start (a coarse index, an open GOP's
+#: leading pictures) is retried further back, and after the last the file is decoded from its start
+SEEK_BACK_S = (1, 4, 15, 60)
+
+
 def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int],
-                 strict: bool = True) -> Iterator[np.ndarray]:
+                 strict: bool = True, first: int = 0, stop: Optional[int] = None) -> Iterator[np.ndarray]:
     """25 fps CFR chunks decoded in-process. Output frame k shows the last source frame j with
     ``floor((t_j - t_0)·fps + 1/2) ≤ k`` (``t`` exact rational timestamps, ``t_0`` the first
     decoded frame's), i.e. ffmpeg's ``setpts=PTS-STARTPTS,fps=..:round=near``; the last frame
@@ -279,7 +306,14 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
     filter does at end of stream. The count and the end padding follow the same contract as the
     ffmpeg pipe. Raises _PyAVFailed when the file cannot be opened or decoded at all; when it
     stops short, MediaError('decode', 'truncated') if ``strict``, else _PyAVFailed (so 'auto'
-    lets the ffmpeg pipe decide the count)."""
+    lets the ffmpeg pipe decide the count).
+
+    ``first``/``stop``: output frames ``[first, stop)`` only (a clip range). The origin ``t_0`` is
+    still the file's first decoded frame; from ``SEEK_MIN_FRAMES`` on, the decoder then seeks to
+    the keyframe before frame ``first``'s time and the emitter starts at that keyframe's slot,
+    which gives the whole decode's frames provided the keyframe is shown at or before slot
+    ``first`` (checked; frames after a keyframe decode as in a decode from the start). Slots
+    before ``first`` are dropped unconverted."""
     import av  # lazy: only this backend needs it
 
     fps = Fraction(fps)
@@ -287,12 +321,17 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
     turns = _ROT90.get(info.rotation, 0)
     ch, cw = (w, h) if turns % 2 else (h, w)  # coded-orientation size to convert to
     n_out = frame_count(info, fps) if info.duration_s > 0 else None
-    try:
-        container = open_av(p, "decode")
-    except MediaError as e:
-        if e.reason == "unsupported_container":
-            raise
-        raise _PyAVFailed(f"open: {e.message}") from e
+    cap = n_out if stop is None else (stop if n_out is None else min(stop, n_out))  # slots to emit up to
+
+    def opened():
+        try:
+            return open_av(p, "decode")
+        except MediaError as e:
+            if e.reason == "unsupported_container":
+                raise
+            raise _PyAVFailed(f"open: {e.message}") from e
+
+    container = opened()
     try:
         try:
             stream = container.streams[info.video_index or 0]
@@ -345,6 +384,8 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
 
         def show_held(upto: int):  # output slots [emitted, upto) show the held frame
             nonlocal buf, filled, emitted, held_rgb
+            if emitted < first:  # a clip range: the slots before it are dropped, never converted
+                emitted = max(emitted, min(upto, first))
             while emitted < upto:
                 if held_rgb is None:
                     held_rgb = rgb(held)
@@ -355,21 +396,61 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
                     yield buf
                     buf, filled = np.empty((chunk, h, w, 3), np.uint8), 0
 
+        def seeked():
+            """The frames from a keyframe shown at or before slot ``first`` on (the emitter starts at
+            its slot), after the file's first frame has set ``t0``; from the start if no seek lands."""
+            nonlocal t0, t_prev, emitted, container, stream
+            gen = frames()
+            f0 = next(gen, None)
+            if f0 is None:
+                return
+            t0 = start_of(f0)
+            for back in SEEK_BACK_S:
+                target = t0 + first / fps - back
+                if target <= t0:
+                    break
+                try:
+                    container.seek(int(target / stream.time_base), backward=True, stream=stream)
+                except av.FFmpegError:   # a stream that cannot seek (raw H.264, a pipe-like file)
+                    break
+                gen, t_prev = frames(), None
+                f = next(gen, None)
+                if f is None or f.pts is None or not f.key_frame:
+                    continue
+                t = start_of(f)
+                if slot(t) <= first:
+                    log.debug("%s: frame %d from a keyframe at %.3f s", p, first, float(t - t0))
+                    emitted = max(0, slot(t))
+                    yield f
+                    yield from gen
+                    return
+            # no seek landed at or before the range: decode from the start (closed and opened again,
+            # so the decoder starts exactly as a whole decode's)
+            log.debug("%s: no usable seek to frame %d; decoding from the start", p, first)
+            container.close()
+            container = opened()
+            stream = container.streams[info.video_index or 0]
+            stream.thread_type, stream.thread_count = "SLICE", 1
+            t_prev = None
+            yield from frames()
+
         t_held = None
-        for frame in frames():
+        for frame in (seeked() if first >= SEEK_MIN_FRAMES else frames()):
             t = start_of(frame)
             if t0 is None:
                 t0 = t
             r = slot(t)
-            yield from show_held(r if n_out is None else min(r, n_out))
+            yield from show_held(r if cap is None else min(r, cap))
             held, held_rgb, t_held = frame, None, t
-            if n_out is not None and emitted >= n_out:
+            if cap is not None and emitted >= cap:
                 break
         if held is None:
             raise _PyAVFailed(f"no frame decoded ({errors} packet errors)")
         # the last frame shows until it ends (its duration), as ffmpeg's fps filter at EOF
         covered = max(emitted + 1, slot(end_of(held, t_held)))
         target = covered if n_out is None else n_out
+        if stop is not None:
+            target = min(target, stop)
         if covered < target - PAD_TOLERANCE:
             msg = f"Expected {n_out} frames. Got {covered} (pyav)."
             if strict:
@@ -386,10 +467,16 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
 
 # --------------------------------------------------------------------------------------- ffmpeg
 def _ffmpeg_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int],
-                   skip: int = 0) -> Iterator[np.ndarray]:
+                   skip: int = 0, stop: Optional[int] = None) -> Iterator[np.ndarray]:
+    """The pipe's frames from ``skip`` to ``stop``. It decodes from the start and drops the frames
+    before ``skip``: an input seek would restart the timeline's origin (``setpts=PTS-STARTPTS``) and
+    the fps filter's first slot at the seek point, not the whole decode's (module docstring)."""
     fps = Fraction(fps)
     h, w = size
     n_out = frame_count(info, fps) if info.duration_s > 0 else None
+    counted = n_out is not None   # the container's duration fixes the count: short of it is truncated
+    if stop is not None:
+        n_out = stop if n_out is None else min(n_out, stop)
     filters = ["setpts=PTS-STARTPTS", f"fps=fps={fps.numerator}/{fps.denominator}:round=near"]
     if (h, w) != (info.height, info.width):
         filters.append(f"scale={w}:{h}:flags=area")
@@ -425,7 +512,7 @@ def _ffmpeg_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, in
     failures.raise_if_killed(rc, "ffmpeg")   # the OOM killer, not the file: retried, not a reject
     if rc != 0 or produced == 0 and (n_out or 0) > 0:
         raise cli_error("decode", err, p, f"ffmpeg exited with {rc}")
-    if n_out is None or produced >= n_out:
+    if n_out is None or produced >= n_out or not counted:
         return
     if produced < n_out - PAD_TOLERANCE:
         raise MediaError("decode", "truncated",
