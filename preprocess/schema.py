@@ -71,9 +71,14 @@ REJECT_SCHEMA = pa.schema([
 ])
 
 
-def source_id(source_uri: str) -> str:
-    """Stable id of a source video: first 16 hex of sha1 of its URI."""
-    return hashlib.sha1(source_uri.encode("utf-8")).hexdigest()[:16]
+def source_id(source_uri: str, frames: tuple[int, int | None] | None = None) -> str:
+    """Stable id of a source: first 16 hex of sha1 of its URI, or for a clip range of it (a
+    manifest line with ``start_s``/``end_s``) of its URI and the range's 25 fps frames ``(first,
+    stop)`` (``stop`` None: to the video's end). Hashing the snapped frames, not the seconds as
+    written, gives ``2.4`` and ``2.40`` one id; a line without a range keeps the URI-only id."""
+    key = source_uri if frames is None else f"{source_uri}#frames={int(frames[0])}:" + (
+        "" if frames[1] is None else str(int(frames[1])))
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
 
 
 def clip_id(source_uri: str, start_frame: int) -> str:
@@ -157,6 +162,7 @@ class Segment:
     source_audio_rate: int | None = None
     n_faces: int | None = None
     quality: dict[str, float] = field(default_factory=dict)
+    source_id: str | None = None   # a clip range's id (``source_id(uri, frames)``); None: the URI's
 
 
 def segment_to_row(seg: Segment, fmt: str = "jpeg", quality: int = 95) -> dict[str, Any]:
@@ -170,7 +176,7 @@ def segment_to_row(seg: Segment, fmt: str = "jpeg", quality: int = 95) -> dict[s
     row = {
         "clip_id": clip_id(seg.source_uri, seg.start_frame),
         "source_uri": seg.source_uri,
-        "source_id": source_id(seg.source_uri),
+        "source_id": seg.source_id or source_id(seg.source_uri),
         "speaker_id": seg.speaker_id,
         "split": seg.split,
         "segment_index": int(seg.segment_index),
@@ -228,8 +234,9 @@ class Reject:
     error_type: str
     message: str
     segment_index: int | None = None
+    source_id: str | None = None   # a clip range's id; None: the URI's
 
     def to_row(self) -> dict[str, Any]:
-        return {"source_uri": self.source_uri, "source_id": source_id(self.source_uri),
+        return {"source_uri": self.source_uri, "source_id": self.source_id or source_id(self.source_uri),
                 "segment_index": self.segment_index, "stage": self.stage, "reason": self.reason,
                 "error_type": self.error_type, "message": self.message[:2000]}

@@ -161,8 +161,17 @@ class PreprocessConfig:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
 
 
+def range_of(item: dict) -> Optional[tuple[int, Optional[int]]]:
+    """A manifest line's clip range as 25 fps frames ``(first, stop)`` (``stop`` None: to the end),
+    None for the whole video (``sources.frame_range``)."""
+    from preprocess.sources import frame_range
+
+    return frame_range(item.get("start_s"), item.get("end_s"))
+
+
 def source_id_of(item: dict) -> str:
-    return schema.source_id(item["uri"])
+    """The id of a listed item: its URI's, or for a clip range its URI's and range's."""
+    return schema.source_id(item["uri"], range_of(item))
 
 
 def load_backend(cfg: PreprocessConfig):
@@ -263,12 +272,17 @@ def segment_mel(track, start: int, n: int) -> np.ndarray:
     return align_mel_to_frames(rows, n)
 
 
-def aligned_segments(path: str, info, cfg: PreprocessConfig, backend, stages: _Stages) -> Iterator[AlignedSegment]:
+def aligned_segments(path: str, info, cfg: PreprocessConfig, backend, stages: _Stages,
+                     first: int = 0, stop: Optional[int] = None) -> Iterator[AlignedSegment]:
     """Decode at 25 fps in chunks, track the main face, and yield aligned segments as they end.
 
     Only the face regions of frames in open tracks are kept (``RegionCache``), so memory stays
-    flat in video length whatever the resolution.
+    flat in video length whatever the resolution. ``first``/``stop``: only the frames
+    ``[first, stop)`` of the whole decode (a clip range; ``video.iter_frames``), tracked from a fresh
+    start at ``first``; segments' ``start`` are indexes in the whole video either way.
     """
+    import dataclasses
+
     from preprocess import track, video
 
     # every track comes out: short ones become segment rejects here
@@ -280,7 +294,13 @@ def aligned_segments(path: str, info, cfg: PreprocessConfig, backend, stages: _S
     frame_bytes = max(1, hw[0] * hw[1] * 3)
     n_chunk = max(1, min(cfg.decode.chunk, cfg.decode.chunk_mib * 2**20 // frame_bytes))
     chunks = _timed_iter(video.iter_frames(path, info=info, fps=cfg.decode.fps, chunk=n_chunk,
-                                           backend=cfg.decode.backend), stages, "decode")
+                                           backend=cfg.decode.backend, first=first, stop=stop), stages, "decode")
+    for seg in _aligned(chunks, tracker, cache, cfg, stages, hw):
+        yield seg if not first else dataclasses.replace(seg, start=seg.start + first)
+
+
+def _aligned(chunks, tracker, cache, cfg: PreprocessConfig, stages: _Stages, hw) -> Iterator[AlignedSegment]:
+    """``aligned_segments``' loop; frame indexes count from the first decoded frame."""
     t0 = 0
     for chunk in chunks:
         with stages("track"):
@@ -371,13 +391,15 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
     from preprocess import audio, media, video
 
     src = item["uri"]
-    sid = schema.source_id(src)
+    rng = range_of(item)
+    sid = source_id_of(item)
     stages = _Stages()
     rejects: list[schema.Reject] = []
     prefix = shards.temp_prefix(dataset)
     writer = AtomicParquetWriter(shards.rows_uri(dataset, sid), schema.SEGMENT_SCHEMA,
                                  schema.file_metadata({"source_uri": src}), temp_prefix=prefix)
     n_segments = n_frames = seg_index = 0
+    first, stop = 0, None   # the frames to do: a clip range's, or the whole video
     try:
         lim = cfg.limits
         with uri_mod.local_copy(src, max_bytes=lim.max_source_bytes, schemes=cfg.input.schemes) as path, \
@@ -385,16 +407,23 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
             with stages("probe"):
                 info = media.validate(media.probe(path), need_video=True, need_audio=True,
                                       min_side=cfg.decode.min_side)
-                media.check_limits(info, max_pixels=lim.max_pixels, max_duration_s=lim.max_duration_s,
-                                   max_gap_s=lim.max_gap_s)
+                # a clip range's length is checked against max_duration_s below, not the file's: a 3 h
+                # video listed as ranges is processable; the checks protecting the worker all run
+                media.check_limits(info, max_pixels=lim.max_pixels,
+                                   max_duration_s=None if rng else lim.max_duration_s, max_gap_s=lim.max_gap_s)
                 media.check_gaps(path, info, lim.max_gap_s)
-                progress.expect(video.frame_count(info, cfg.decode.fps))
+                total = video.frame_count(info, cfg.decode.fps)
+                if rng:
+                    first, stop = clip_frames(rng, total, cfg.decode.fps, lim.max_duration_s, path)
+                progress.expect((total if stop is None else stop) - first)
             with stages("audio"):  # to a temporary file: each segment's mel is computed from its samples
-                track = stack.enter_context(audio.decode_audio(path, info=info, max_seconds=info.duration_s + 1.0))
+                window = None if not rng else audio.frames_window(first, stop, cfg.decode.fps)
+                track = stack.enter_context(audio.decode_audio(path, info=info, max_seconds=info.duration_s + 1.0,
+                                                               window=window))
                 sound_from, sound_to = audio_frames(info, len(track), cfg.decode.fps)
             # the frames' size: the display size in square pixels (affines are in these pixels)
             height, width = video.output_size(info)
-            for whole in aligned_segments(path, info, cfg, backend, stages):
+            for whole in aligned_segments(path, info, cfg, backend, stages, first, stop):
                 for seg, refused in segment_parts(whole, (sound_from, sound_to), cfg):
                     n = len(seg)
                     level = None if refused else audio_db(track, seg.start, n, cfg.decode.fps)
@@ -409,7 +438,7 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                                    f"{cfg.quality.other_face_ratio:g} x the tracked one's size in the picture; "
                                    "the largest is tracked whoever speaks (quality.multiple_faces=keep keeps them)")
                     if refused:
-                        rejects.append(schema.Reject(src, *refused, segment_index=seg_index))
+                        rejects.append(schema.Reject(src, *refused, segment_index=seg_index, source_id=sid))
                         seg_index += 1
                         continue
                     with stages("encode"):
@@ -419,7 +448,7 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                             detector_score=seg.scores, mel=segment_mel(track, seg.start, n),
                             fps=float(cfg.decode.fps), speaker_id=item.get("speaker_id"), split=item.get("split"),
                             source_width=width, source_height=height, source_audio_rate=info.audio_rate,
-                            n_faces=seg.n_faces,
+                            n_faces=seg.n_faces, source_id=sid,
                             quality={**segment_quality(seg, cfg.align.crop_size), "audio_rms_db": level})
                         writer.write_rows([schema.segment_to_row(s, cfg.output.frame_format, cfg.output.jpeg_quality)])
                     seg_index += 1
@@ -427,7 +456,7 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                     n_frames += n
             if n_segments == 0 and not rejects:
                 rejects.append(schema.Reject(src, "faces", "no_face", "NoFace",
-                                             "no face track found in any frame"))
+                                             "no face track found in any frame", source_id=sid))
     except Exception as e:  # the per-source boundary: a content failure becomes a reject record
         from preprocess.media import MediaError
 
@@ -436,18 +465,18 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
             log.warning("environment failure on %s in %s: %s", src, stages.current, failures.describe(e))
             raise
         if isinstance(e, MediaError):
-            rejects.append(schema.Reject(src, e.stage, e.reason, type(e).__name__, str(e)))
+            rejects.append(schema.Reject(src, e.stage, e.reason, type(e).__name__, str(e), source_id=sid))
         else:
             log.exception("internal error on %s", src)
             tb = traceback.format_exception_only(type(e), e)[-1].strip()
-            rejects.append(schema.Reject(src, stages.current, "internal_error", type(e).__name__, tb))
+            rejects.append(schema.Reject(src, stages.current, "internal_error", type(e).__name__, tb, source_id=sid))
         n_segments = n_frames = 0
         writer = None
     status = "rows" if n_segments else "rejected"
     if status == "rejected" and not any(r.segment_index is None for r in rejects):
         reasons = sorted({r.reason for r in rejects})
         rejects.append(schema.Reject(src, "faces", "no_usable_segment", "NoUsableSegment",
-                                     f"no segment became a row (segment rejects: {', '.join(reasons)})"))
+                                     f"no segment became a row (segment rejects: {', '.join(reasons)})", source_id=sid))
     files = []
     try:
         with stages("write"):
@@ -478,10 +507,32 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
         "reject_reasons": [r.reason for r in rejects],
         "seconds": {k: round(v, 4) for k, v in stages.seconds.items()},
     }
+    if rng:   # which frames of the video this id stands for (stop_frame: clamped to the video once probed)
+        result["range"] = {"start_s": item.get("start_s"), "end_s": item.get("end_s"), "first_frame": rng[0],
+                           "stop_frame": stop if stop is not None else rng[1]}
     marker = {**result, "files": files, "config_fingerprint": shards.config_fingerprint(_config_dict(cfg)),
               "labels": labels_of(item)}
     uri_mod.write_bytes_atomic(shards.done_uri(dataset, sid), json.dumps(marker, sort_keys=True).encode())
     return result
+
+
+def clip_frames(rng: tuple[int, Optional[int]], total: int, fps: int, max_duration_s: float,
+                path: str) -> tuple[int, int]:
+    """A clip range's frames ``[first, stop)`` in a video of ``total`` frames: one that ends past the
+    video ends with it; one that starts past it is a reject ``range_past_end``, one longer than
+    ``limits.max_duration_s`` a reject ``too_long``."""
+    from preprocess.media import MediaError
+
+    first, stop = rng
+    if first >= total:
+        raise MediaError("probe", "range_past_end",
+                         f"the clip range starts at frame {first} ({first / fps:g} s) but the video has "
+                         f"{total} frames ({total / fps:g} s at {fps} fps): nothing of it exists", path)
+    stop = total if stop is None else min(stop, total)
+    if (stop - first) / fps > max_duration_s:
+        raise MediaError("probe", "too_long", f"Expected a clip range of at most {max_duration_s:g} s. Got "
+                         f"{(stop - first) / fps:.1f} s (frames {first}..{stop - 1}).", path)
+    return first, stop
 
 
 def labels_of(item: dict) -> dict:

@@ -1,7 +1,8 @@
 """Inputs of a preprocessing or dubbing job: a glob of media files or a manifest.
 
 A manifest is CSV (header row) or JSONL with at least ``uri``; optional ``speaker_id`` and
-``split`` (preprocess) and any other columns a job needs (``audio_uri`` for dubbing). Relative
+``split`` (preprocess), ``start_s``/``end_s`` (preprocess: a clip range of the video, see
+``frame_range``) and any other columns a job needs (``audio_uri`` for dubbing). Relative
 URIs in a manifest are resolved against the manifest's folder. File names are data: they are
 never interpreted by a shell, and they are kept exactly (spaces, quotes, unicode, leading '-').
 """
@@ -12,8 +13,10 @@ import io
 import json
 import logging
 import os
+import math
 import posixpath
-from typing import Iterator
+from fractions import Fraction
+from typing import Iterator, Optional
 
 import fsspec
 from preprocess import uri as uri_mod
@@ -66,7 +69,7 @@ def list_sources(spec: str, schemes: tuple[str, ...] | None = None) -> Iterator[
     if uri_mod.chain_error(spec):
         raise SourceError(f"--input {uri_mod.chain_error(spec)}.")
     if is_manifest(spec):
-        yield from read_manifest(spec, schemes=schemes)
+        yield from read_manifest(spec, schemes=schemes, ranges=True)
         return
     try:
         check_scheme(spec, schemes)
@@ -110,7 +113,7 @@ _WARNED: set = set()
 
 
 def read_manifest(uri: str, key: tuple[str, ...] = ("uri",),
-                  schemes: tuple[str, ...] | None = None) -> Iterator[dict]:
+                  schemes: tuple[str, ...] | None = None, ranges: bool = False) -> Iterator[dict]:
     """Records of a CSV/JSONL manifest, all checked before the first is yielded.
 
     Every record is validated first (a JSON object / a CSV row with as many fields as the
@@ -122,6 +125,13 @@ def read_manifest(uri: str, key: tuple[str, ...] = ("uri",),
     fields are dropped with a warning naming their lines (they would write the same ids twice);
     a duplicate whose ``speaker_id`` or ``split`` differ is an error, since one of the two lines'
     labels would be lost.
+
+    ``ranges`` (preprocess): the optional ``start_s``/``end_s`` columns are a clip range of the
+    video (``frame_range``), checked here (a number, finite, >= 0, end > start, holding a frame);
+    a record keeps them as floats (None: open) and is keyed by its URI and range's frames, so the
+    same URI with the same range is a duplicate as above, and two lines whose ranges of one URI
+    share a frame (a line without a range covers the whole video) are an error naming both lines:
+    that frame would be in two rows (and in train and eval).
     """
     base = posixpath.dirname(uri)
     errors: list[str] = []
@@ -132,12 +142,15 @@ def read_manifest(uri: str, key: tuple[str, ...] = ("uri",),
     for n, rec in records:
         try:
             out = checked_record(rec, base, schemes)
+            frames = checked_range(out) if ranges else None
         except ValueError as e:
             errors.append(f"{uri}:{n}: {e}")
             continue
         # file:///x and /x are one file (the URI itself is kept as written: source ids hash it)
         k = tuple(uri_mod.canonical(v) if isinstance(v, str) and f.endswith("uri") else v
                   for f, v in ((f, out.get(f)) for f in key))
+        if ranges:
+            k = (*k, frames)
         if k in seen:
             first, kept = seen[k]
             differ = [f for f in ("speaker_id", "split") if f not in key and kept.get(f) != out.get(f)]
@@ -150,6 +163,8 @@ def read_manifest(uri: str, key: tuple[str, ...] = ("uri",),
             continue
         seen[k] = (n, out)
         out_records.append(out)
+    if ranges:
+        errors += _overlaps(uri, [(n, rec) for k, (n, rec) in seen.items()])
     if errors:
         more = f" (+{len(errors) - 1} more bad line(s))" if len(errors) > 1 else ""
         raise SourceError(errors[0] + more)
@@ -248,6 +263,90 @@ def checked_record(rec: dict, base: str, schemes: tuple[str, ...] | None) -> dic
             v = int(v)
         out[f] = None if v is None else str(v).strip() or None
     return out
+
+
+FPS = 25   # the frame grid clip ranges snap to (every source is decoded at 25 fps CFR)
+
+
+def frame_range(start_s, end_s) -> Optional[tuple[int, Optional[int]]]:
+    """The 25 fps frames ``[first, stop)`` of a clip range ``[start_s, end_s)`` (seconds on the
+    video's timeline, 0 = its first frame; None: from the start / to the end, ``stop`` None).
+
+    Frame k covers [k/25, (k+1)/25) and belongs to the range when it starts in it: first =
+    ceil(start_s·25), stop = ceil(end_s·25), in exact decimal arithmetic (2.4 s is frame 60,
+    not 59.99..). Adjacent ranges (a line's end_s = the next one's start_s) share no frame and
+    miss none. None when there is no range or it is the whole video (start 0, no end): such a line
+    is the plain source, with the URI's own id."""
+    if start_s is None and end_s is None:
+        return None
+    first = 0 if start_s is None else math.ceil(_exact(start_s) * FPS)
+    stop = None if end_s is None else math.ceil(_exact(end_s) * FPS)
+    return None if first == 0 and stop is None else (first, stop)
+
+
+def _exact(x: float) -> Fraction:
+    return Fraction(repr(float(x)))   # the shortest decimal that reads back as x: 2.4 -> 12/5
+
+
+def checked_range(out: dict) -> Optional[tuple[int, Optional[int]]]:
+    """``out``'s ``start_s``/``end_s`` as floats (None where empty), and their frames
+    (``frame_range``); ValueError(reason) when they cannot be a range."""
+    for f in ("start_s", "end_s"):
+        v = out.get(f)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            raise ValueError(f"{f!r} must be a number of seconds. Got {v!r}.")
+        try:
+            x = float(v.strip()) if isinstance(v, str) else float(v)
+        except ValueError:
+            raise ValueError(f"{f!r} must be a number of seconds. Got {v!r}.") from None
+        if not math.isfinite(x):
+            raise ValueError(f"{f!r} must be a finite number of seconds. Got {v!r}.")
+        if x < 0:
+            raise ValueError(f"{f!r} must be >= 0 (seconds from the video's first frame). Got {v!r}.")
+        out[f] = x
+    a, b = out.get("start_s"), out.get("end_s")
+    if a is not None and b is not None and b <= a:
+        raise ValueError(f"'end_s' ({b:g}) must be after 'start_s' ({a:g}).")
+    frames = frame_range(a, b)
+    if frames is not None and frames[1] is not None and frames[1] <= frames[0]:
+        raise ValueError(f"the range {a or 0:g}-{b:g} s holds no {FPS} fps frame (a frame k covers "
+                         f"[k/{FPS}, (k+1)/{FPS}) s and belongs to the range where it starts).")
+    return frames
+
+
+def _overlaps(uri: str, records: list[tuple[int, dict]]) -> list[str]:
+    """``file:line: reason`` for every line whose range shares a frame with an earlier line's range
+    of the same video (no range: the whole video)."""
+    by_video: dict[str, list] = {}
+    for n, rec in records:
+        fr = frame_range(rec.get("start_s"), rec.get("end_s")) or (0, None)
+        by_video.setdefault(uri_mod.canonical(rec["uri"]), []).append((n, fr, rec))
+    errors = []
+    for spans in by_video.values():
+        spans.sort(key=lambda x: (x[1][0], x[0]))
+        reach = None   # the span reaching furthest so far
+        for n, (a, b), rec in spans:
+            if reach is not None and (reach[1][1] is None or a < reach[1][1]):
+                m, other = reach[0], reach[2]
+                lo, hi = sorted((n, m))
+                errors.append(f"{uri}:{hi}: {_span(rec if hi == n else other)} overlaps line {lo}'s "
+                              f"{_span(other if hi == n else rec)} of the same video: a frame would be in "
+                              "two rows (and could be in train and eval); make the ranges disjoint.")
+            if reach is None or reach[1][1] is not None and (b is None or b > reach[1][1]):
+                reach = (n, (a, b), rec)
+    errors.sort(key=lambda e: int(e[len(uri) + 1:].split(":", 1)[0]))
+    return errors
+
+
+def _span(rec: dict) -> str:
+    a, b = rec.get("start_s"), rec.get("end_s")
+    if a is None and b is None:
+        return "whole video (no range)"
+    fr = frame_range(a, b) or (0, None)
+    return (f"range {a or 0:g}-{'end' if b is None else f'{b:g}'} s (frames {fr[0]}.."
+            f"{'end' if fr[1] is None else fr[1] - 1})")
 
 
 def scheme_of(uri: str) -> str:
