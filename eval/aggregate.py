@@ -8,7 +8,9 @@ number of pairs: per (dataset, method, metric) the clip count, mean and sum of s
 (Chan et al.'s parallel update, so merging in any order gives the same numbers to float rounding),
 per status and reason a count, per provenance field the distinct values, and two bounded,
 deterministic samples — the :data:`SAMPLE_ROWS` score rows and :data:`SAMPLE_REJECTS` rejects
-with the smallest ``pair_id`` hash — for the report's histograms and reject list.
+with the smallest ``pair_id`` hash — for the report's histograms and reject list — and
+``scored_files_digest``, an order-free sum of one hash per scored pair (its id and both files'
+fingerprints): two runs with the same digest scored the same files.
 
 Table 1's cells from these moments are the same two-sided Student-t intervals as
 ``eval.report.mean_ci`` on the clip scores.
@@ -37,8 +39,19 @@ REPORT_FIELDS = ("pair_id", "key", "dataset", "method", "n_frames", "crop_flagge
                  "lpips_official_weights", "sync_official_weights") + METRICS + PROVENANCE
 
 
+#: an order-free digest of the files scored: the sum, modulo this, of one hash per scored pair
+INPUTS_DIGEST_MOD = 2 ** 128
+
+
+def pair_print(row: dict) -> int:
+    """One scored pair's part of ``scored_files_digest``: its id and both files' fingerprints."""
+    text = "\n".join(str(row.get(k) or "") for k in ("pair_id", "generated_fingerprint", "reference_fingerprint"))
+    return int(hashlib.sha256(text.encode()).hexdigest()[:32], 16)
+
+
 def new() -> dict:
-    return {"scored": 0, "rejected": 0, "unpaired": 0, "frames": 0, "resized": 0, "offset_flagged": 0, "reasons": {},
+    return {"scored": 0, "rejected": 0, "unpaired": 0, "frames": 0, "resized": 0, "offset_flagged": 0,
+            "files_digest": 0, "reasons": {},
             "sync_status": {},
             "groups": {}, "moments": {}, "unofficial": {}, "provenance": {}, "rows": [], "rejects": []}
 
@@ -111,6 +124,7 @@ def add(acc: dict, kind: str, row: dict) -> dict:
         g["sync_missing"] += 1
     acc["resized"] += 1 if row.get("generated_resized") else 0  # same aspect, other frame size
     acc["offset_flagged"] = acc.get("offset_flagged", 0) + (1 if row.get("frame_offset_flagged") else 0)
+    acc["files_digest"] = (acc.get("files_digest", 0) + pair_print(row)) % INPUTS_DIGEST_MOD
     padded = int(row.get("crop_flagged_frames") or 0)     # frames whose crop box left the frame
     g["padded_frames"] += padded
     g["padded_clips"] += 1 if padded else 0
@@ -148,6 +162,7 @@ def merge(accs) -> dict:
     for a in accs:
         for k in ("scored", "rejected", "unpaired", "frames", "resized", "offset_flagged"):
             out[k] += a.get(k, 0)
+        out["files_digest"] = (out["files_digest"] + a.get("files_digest", 0)) % INPUTS_DIGEST_MOD
         for k in ("reasons", "sync_status"):
             for key, v in a[k].items():
                 _bump(out[k], key, v)
@@ -205,6 +220,8 @@ def finish(acc: dict, n_pairs: int) -> dict:
         "frames_scored": int(acc["frames"]),
         "generated_resized": int(acc.get("resized", 0)),
         "frame_offset_flagged": int(acc.get("offset_flagged", 0)),
+        # the same digest: the same pairs scored from the same files (pair ids, file fingerprints)
+        "scored_files_digest": f"{acc.get('files_digest', 0):032x}" if scored else None,
         "groups": [acc["groups"][k] for k in sorted(acc["groups"])],
         "weights": {k: sorted(v) for k, v in sorted(acc["provenance"].items())},
         "table": table(acc),

@@ -633,6 +633,25 @@ class PassProgress:
             self.sent = want
 
 
+def file_fingerprint(uri: str) -> str | None:
+    """Which file was scored, without reading it: JSON ``{"size", "tag"}`` (``tag``: the change tag
+    of ``preprocess.catalog.change_tag``: mtime of a local file, generation / etag / md5 of a remote
+    one; the same fingerprint ``radio dub`` records for its inputs). A video dubbed again at the same
+    path, or a reference replaced, gives another fingerprint, so a rerun's rows can be told from the
+    earlier run's. None when the file is gone (the pair is a ``missing_file`` reject anyway).
+    Network errors propagate (the runner retries the pair)."""
+    import fsspec
+
+    from preprocess.catalog import change_tag
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        info = fs.info(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return json.dumps({"size": str(info.get("size")), "tag": change_tag(info)}, sort_keys=True)
+
+
 def _stamp(path: str) -> tuple[int, int, int] | None:
     """What changes when a local file is rewritten or replaced (inode, size, mtime)."""
     try:
@@ -649,7 +668,8 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
     ``unsupported_scheme`` reject); remote files are copied to a temp file first, at most
     ``cfg.input.max_source_bytes`` (else ``too_large``).
     models: :class:`eval.models.EvalModels` (loaded once per worker).
-    Returns ``(row, frames)``: ``row`` a flat dict of clip scores and provenance (protocol and its
+    Returns ``(row, frames)``: ``row`` a flat dict of clip scores and provenance (each file's
+    fingerprint, :func:`file_fingerprint`; protocol and its
     version, landmark backend and fitting, crop size, Sync box source and status, weight hashes,
     official flags, frame counts, timings); ``frames`` per-frame arrays over the scored frames
     (``frame_index``, ``psnr``, ``ms_ssim``, ``lpips`` or None, ``lmd``) plus ``sample_png``
@@ -665,6 +685,8 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
     chunk = cfg.chunk_frames
     schemes, max_bytes = tuple(cfg.input.schemes), cfg.input.max_source_bytes
     _check_files(gen_path, ref_path, schemes)
+    # before the files are opened: a local file changed after this is an input_changed reject
+    prints = {"generated": file_fingerprint(gen_path), "reference": file_fingerprint(ref_path)}
     with contextlib.ExitStack() as stack:
         local = {}
         for path, side in ((gen_path, "generated"), (ref_path, "reference")):
@@ -755,6 +777,7 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
     fitting = weights["landmark_fitting"]
     crop_h, crop_w = scorer.plans[0]["crop_size"]
     row = {
+        "generated_fingerprint": prints["generated"], "reference_fingerprint": prints["reference"],
         "n_frames": int(n_face), "n_frames_compared": int(n), "n_frames_generated": int(n_gen),
         "n_frames_reference": int(n_ref), "frames_truncated": bool(n_gen != n_ref),
         "face_coverage": float(coverage), "n_face_segments": len(segments),

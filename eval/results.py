@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from preprocess import uri as uri_mod
 from preprocess.errors import UserError
 
-SCHEMA_VERSION = "radio-eval/3"  # 3: framing check, frame offset and resize columns (readers take 2 too)
+SCHEMA_VERSION = "radio-eval/4"  # 4: file fingerprints; 3: framing check, frame offset and resize columns (readers take 2 too)
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _PAIR_FIELDS = [
@@ -57,6 +57,8 @@ _PAIR_FIELDS = [
 ]
 
 METRICS_SCHEMA = pa.schema(_PAIR_FIELDS + [
+    pa.field("generated_fingerprint", pa.string()),   # JSON {size, tag}: which file was scored (eval.clip.file_fingerprint)
+    pa.field("reference_fingerprint", pa.string()),
     pa.field("n_frames", pa.int32()),             # frames scored (reference face tracked)
     pa.field("n_frames_compared", pa.int32()),    # min(lengths), then max_frames
     pa.field("n_frames_generated", pa.int32()),

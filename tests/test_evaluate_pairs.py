@@ -63,3 +63,45 @@ def test_a_generated_video_five_frames_late_is_a_frame_offset_reject(clips, mode
     # a pair too short for the full reach probes as far as leaves 8 frames to sample (20 frames: -5..+5)
     with pytest.raises(clip_mod.PairReject, match=r"t\+5 matches .*mean of 8 frames .*offsets -5\.\.\+5 tried"):
         clip_mod.evaluate_pair(clips["late5"], clips["ref"], _cfg("max_frames=20"), models)
+
+
+# ------------------------------------------------------------------------------- provenance
+def test_rows_and_summary_say_which_files_were_scored(clips, models, tmp_path):
+    """A metrics row named its files by URI only: a generated video dubbed again at the same path
+    (or a reference replaced) gave rows that could not be told from the earlier run's. Each row now
+    carries both files' fingerprints (size + change tag, as `radio dub` records its inputs) and
+    summary.json an order-free digest of them over the scored pairs."""
+    import json
+    import os
+    import shutil
+
+    from eval import aggregate, clip as clip_mod, results
+
+    gen = tmp_path / "gen.mp4"
+    shutil.copyfile(clips["same"], gen)
+    cfg = _cfg("max_frames=6")
+    row1, _ = clip_mod.evaluate_pair(str(gen), clips["ref"], cfg, models)
+    fp = json.loads(row1["generated_fingerprint"])
+    assert fp["size"] == str(gen.stat().st_size) and fp["tag"]
+    assert json.loads(row1["reference_fingerprint"])["size"] == str(os.path.getsize(clips["ref"]))
+    row2, _ = clip_mod.evaluate_pair(str(gen), clips["ref"], cfg, models)
+    assert row2["generated_fingerprint"] == row1["generated_fingerprint"]
+    os.utime(gen, ns=(gen.stat().st_atime_ns, gen.stat().st_mtime_ns + 10**9))   # dubbed again, same bytes
+    row3, _ = clip_mod.evaluate_pair(str(gen), clips["ref"], cfg, models)
+    assert row3["generated_fingerprint"] != row1["generated_fingerprint"]
+    assert row3["reference_fingerprint"] == row1["reference_fingerprint"]
+    # in the table's rows (schema), and the run's digest: order-free, mergeable, another file another digest
+    pair = {"pair_id": "p1", "key": "k", "dataset": "D", "method": "M", "generated": str(gen), "reference": clips["ref"]}
+    rows = [results.metrics_row(pair, r, "run") for r in (row1, row3)]
+    results.write_shard(str(tmp_path / "run"), "metrics", 0, rows[:1], "run")
+    (back,) = results.read_table(str(tmp_path / "run" / "metrics.parquet"))
+    assert back["generated_fingerprint"] == row1["generated_fingerprint"]
+    other = {**rows[0], "pair_id": "p2"}
+    d1 = results.summarise([rows[0], other], [], 2)["scored_files_digest"]
+    assert d1 == results.summarise([other, rows[0]], [], 2)["scored_files_digest"]
+    a, b = aggregate.new(), aggregate.new()
+    aggregate.add(a, "scored", rows[0]), aggregate.add(b, "scored", other)
+    assert aggregate.finish(aggregate.merge([a, b]), 2)["scored_files_digest"] == d1
+    assert results.summarise([rows[1], other], [], 2)["scored_files_digest"] != d1
+    assert results.summarise([], [], 0)["scored_files_digest"] is None
+
