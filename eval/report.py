@@ -178,6 +178,10 @@ def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
         out += [f"Run `{summary.get('run_id')}`: {summary['inputs']} pairs = {summary['scored']} scored + "
                 f"{summary['rejected']} rejected" + _reasons(summary) + unpaired_note(summary)
                 + ("" if summary["counts_add_up"] else " (DOES NOT ADD UP)") + ".", ""]
+    if not methods:   # a header row over nothing read as a table that lost its rows
+        lines = ["**No pair was scored**" + (f" ({summary['rejected']} rejected: reasons above and in "
+                                             "rejects.parquet)" if summary and summary.get("rejected") else "")
+                 + ": no table."]
     out += lines + [""]
     counts = ["| Dataset | Method | clips scored | Sync missing | frames | padded frames |",
               "|---|---|---|---|---|---|"]
@@ -186,6 +190,8 @@ def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
             missing = "disabled" if "sync_c" in off else g["sync_missing"]
             counts.append(f"| {g['dataset']} | {g['method']} | {g['scored']} | {missing} | {g['frames']} | "
                           f"{g.get('padded_frames', 0)} ({_clips(g.get('padded_clips', 0))}) |")
+    if len(counts) == 2:
+        counts = []
     status = {k: v for k, v in ((summary or {}).get("sync_status") or {}).items() if k not in ("scored", "disabled")}
     if status:
         counts += ["", "Scored without Sync: " + ", ".join(f"{k} {v}" for k, v in sorted(status.items()))

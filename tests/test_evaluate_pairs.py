@@ -105,3 +105,17 @@ def test_rows_and_summary_say_which_files_were_scored(clips, models, tmp_path):
     assert results.summarise([rows[1], other], [], 2)["scored_files_digest"] != d1
     assert results.summarise([], [], 0)["scored_files_digest"] is None
 
+
+# ------------------------------------------------------------------------------- reports
+def test_a_run_with_every_pair_rejected_says_so_in_summary_md():
+    """A nightly run whose pairs were all rejected wrote summary.md with the table's header row over
+    nothing ("| Method |" / "|---|"), which reads as a table that lost its rows."""
+    from eval import report, results
+
+    rejects = [{"pair_id": f"p{i}", "key": f"k{i}", "dataset": "HDTF", "method": "nightly", "reason": reason}
+               for i, reason in enumerate(("length_mismatch", "missing_file"))]
+    summary = {**results.summarise([], rejects, 3, [{"dataset": "HDTF", "method": "nightly"}]), "run_id": "r"}
+    md = report.table_markdown([], summary)
+    assert "3 pairs = 0 scored + 2 rejected (length_mismatch 1, missing_file 1) + 1 unpaired" in md
+    assert "**No pair was scored** (2 rejected: reasons above and in rejects.parquet)" in md
+    assert "| Method |" not in md and "| Dataset | Method |" not in md
