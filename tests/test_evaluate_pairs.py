@@ -119,3 +119,34 @@ def test_a_run_with_every_pair_rejected_says_so_in_summary_md():
     assert "3 pairs = 0 scored + 2 rejected (length_mismatch 1, missing_file 1) + 1 unpaired" in md
     assert "**No pair was scored** (2 rejected: reasons above and in rejects.parquet)" in md
     assert "| Method |" not in md and "| Dataset | Method |" not in md
+
+
+# ------------------------------------------------------------------------------- scheduled runs
+def test_the_crontab_line_runs_as_cron_does_and_logs_a_failure(tmp_path):
+    """infra/schedule/crontab's command, run as cron runs it (/bin/sh, another directory, a bare
+    environment) with the bucket a local folder: a failing night left only radio's one error line in
+    the log (no time, no exit status) and a succeeding one filled it with progress-bar redraws."""
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / ".venv" / "bin" / "radio").exists():
+        pytest.skip("the crontab runs <checkout>/.venv/bin/radio (scripts/test.sh makes it)")
+    (line,) = [x for x in (repo / "infra" / "schedule" / "crontab").read_text().splitlines()
+               if x.strip() and not x.startswith("#")]
+    command = line.split(None, 5)[5]
+    assert "%" not in command   # cron turns '%' into a newline
+    bucket, log = tmp_path / "bucket", tmp_path / "radio-eval.log"
+    (bucket / "dubbed" / "latest").mkdir(parents=True)     # the dub wrote nothing tonight: a mistake, exit 2
+    (bucket / "hdtf" / "test").mkdir(parents=True)
+    (bucket / "configs").mkdir()
+    (bucket / "configs" / "eval.yaml").write_text("lpips: {enabled: false}\nsync: {enabled: false}\n")
+    command = (command.replace("/opt/radio", str(repo)).replace("gs://BUCKET", str(bucket))
+               .replace("/var/log/radio-eval.log", str(log)))
+    subprocess.run(["/bin/sh", "-c", command], cwd="/", env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                   check=True, timeout=120)
+    text = log.read_text()
+    assert "UTC" in text.splitlines()[0]                                       # when it ran
+    assert "radio evaluate: error: --generated" in text and "lists no video files" in text
+    assert text.rstrip().endswith("radio evaluate failed: exit 2")
+    assert "\r" not in text and "--no-progress" in command
