@@ -25,6 +25,7 @@ import sys
 import time
 
 import apache_beam as beam
+import fsspec
 from apache_beam.metrics import Metrics
 
 from pipelines import jobrun
@@ -165,6 +166,7 @@ class PartitionFinishedFn(beam.DoFn):
 
     SKIPPED = "skipped"
     UNTRUSTED = "untrusted"
+    UNLISTED = "unlisted"
 
     def __init__(self, resume: bool, retry_rejects: bool):
         self.resume, self.retry_rejects = resume, retry_rejects
@@ -175,6 +177,9 @@ class PartitionFinishedFn(beam.DoFn):
     def process(self, joined):
         _sid, groups = joined
         items, done = list(groups["listed"]), list(groups["done"])
+        if not items and done and done[0].get("source_uri"):   # an earlier run's source this input does not list
+            yield beam.pvalue.TaggedOutput(self.UNLISTED, (uri_mod.canonical(done[0]["source_uri"]),
+                                                           (_sid, done[0]["span"])))
         for item in items[:1]:  # the same URI listed twice is one source
             self.listed.inc()
             item = keep_recorded_labels(item, done[0] if done else None)
@@ -210,22 +215,75 @@ class CheckFinishedFn(beam.DoFn):
         except (json.JSONDecodeError, UnicodeDecodeError):
             marker = {"status": None}
         if marker is not None and not self.check:   # not resuming: only its labels are used
-            yield sid, {"status": marker.get("status"), "why": "not resumed", "labels": marker.get("labels")}
+            yield sid, {"status": marker.get("status"), "why": "not resumed", "labels": marker.get("labels"),
+                        **covers(marker)}
         elif marker is not None:
             why = shards.check_done(self.dataset, marker, self.fingerprint) if marker.get("status") else \
                 "unreadable done marker"
             if why is not None:
                 log.warning("redoing source %s: %s", sid, why)
-            yield sid, {"status": marker.get("status"), "why": why, "labels": marker.get("labels")}
+            yield sid, {"status": marker.get("status"), "why": why, "labels": marker.get("labels"), **covers(marker)}
+
+
+def covers(marker: dict) -> dict:
+    """What video and frames a done marker's source stands for: ``{"source_uri", "span": (first,
+    stop)}`` (``stop`` None: to the end; a marker without ``range``: the whole video)."""
+    rng = marker.get("range") or {}
+    return {"source_uri": marker.get("source_uri"),
+            "span": (int(rng.get("first_frame") or 0),
+                     None if rng.get("stop_frame") is None else int(rng["stop_frame"]))}
+
+
+def spans_overlap(a: tuple, b: tuple) -> bool:
+    """Two frame spans ``(first, stop)`` (``stop`` None: to the end) share a frame."""
+    return (b[1] is None or a[0] < b[1]) and (a[1] is None or b[0] < a[1])
+
+
+def listed_span(item: dict) -> tuple:
+    """A listed item's canonical video and frames ``(first, stop)`` (the whole video: ``(0, None)``)."""
+    return uri_mod.canonical(item["uri"]), source.range_of(item) or (0, None)
+
+
+class ReplaceSupersededFn(beam.DoFn):
+    """Per video (by canonical URI): remove an earlier run's source of it that this input does not
+    list but whose frames a listed line covers (a range changed, a whole-file line split into
+    ranges or back). Kept, its rows would hold those frames a second time beside the new source's
+    (training read them twice; with another ``split``, eval frames in train). Rows and rejects go
+    first, its done marker last, so a killed run leaves the marker for the next run to find."""
+
+    def __init__(self, dataset: str):
+        self.dataset = dataset
+        self.replaced = Metrics.counter(NS, "videos_replaced")
+
+    def process(self, joined):
+        video, groups = joined
+        spans, earlier = list(groups["listed"]), list(groups["earlier"])
+        for sid, span in earlier:
+            over = next((s for s in spans if spans_overlap(tuple(span), tuple(s))), None)
+            if over is None:
+                continue
+            log.warning("removing source %s of %s (frames %s..%s, an earlier run's): this input lists frames "
+                        "%s..%s of that video under another id; kept, those frames would be in two rows",
+                        sid, video, span[0], "end" if span[1] is None else span[1] - 1,
+                        over[0], "end" if over[1] is None else over[1] - 1)
+            for uri in (shards.rows_uri(self.dataset, sid), shards.rejects_uri(self.dataset, sid),
+                        shards.done_uri(self.dataset, sid)):
+                fs, path = fsspec.core.url_to_fs(uri)
+                try:
+                    uri_mod.remove_file(fs, path)
+                except FileNotFoundError:
+                    pass
+            self.replaced.inc()
+            yield 1
 
 
 def write_summary(acc: dict, *, dataset: str, run_id: str, skipped: int, cfg: dict, started: float,
-                  redone: int = 0) -> dict:
+                  redone: int = 0, replaced: int = 0) -> dict:
     summary = dict(acc)
     listed = skipped + acc["processed"]
     summary.update({
         "run_id": run_id, "dataset": dataset, "inputs": listed, "skipped_resume": skipped,
-        "redone_after_check": redone, "config_fingerprint": shards.config_fingerprint(cfg),
+        "redone_after_check": redone, "replaced_earlier": replaced, "config_fingerprint": shards.config_fingerprint(cfg),
         "wall_seconds": round(time.time() - started, 2),
         "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": cfg,
@@ -254,18 +312,27 @@ def build(p: beam.Pipeline, input_spec: str, dataset: str, cfg: dict, *, run_id:
     parts = ({"listed": listed, "done": done}
              | "JoinFinished" >> beam.CoGroupByKey()
              | "SkipFinished" >> beam.ParDo(PartitionFinishedFn(resume, retry_rejects)).with_outputs(
-                 PartitionFinishedFn.SKIPPED, PartitionFinishedFn.UNTRUSTED, main="todo"))
+                 PartitionFinishedFn.SKIPPED, PartitionFinishedFn.UNTRUSTED, PartitionFinishedFn.UNLISTED,
+                 main="todo"))
     skipped = parts[PartitionFinishedFn.SKIPPED] | "CountSkipped" >> beam.combiners.Count.Globally()
     redone = parts[PartitionFinishedFn.UNTRUSTED] | "CountRedone" >> beam.combiners.Count.Globally()
+    # an earlier source of a listed video whose frames a listed line now covers (a changed clip range)
+    replaced = ({"listed": listed | "SpanByVideo" >> beam.Map(lambda kv: listed_span(kv[1])),
+                 "earlier": parts[PartitionFinishedFn.UNLISTED]}
+                | "JoinVideos" >> beam.CoGroupByKey()
+                | "ReplaceSuperseded" >> beam.ParDo(ReplaceSupersededFn(dataset))
+                | "CountReplaced" >> beam.combiners.Count.Globally())
     acc = (parts.todo
            | "Reshuffle" >> beam.Reshuffle()
            | "ProcessSource" >> beam.ParDo(jobrun.Tracked(ProcessSourceFn(cfg, dataset), describe=jobrun.uri_of,
                                                           frames=jobrun.frames_of, progress_dir=progress_dir))
            | "Summarise" >> beam.CombineGlobally(SummaryFn()))
     return acc | "WriteSummary" >> beam.Map(
-        lambda a, n_skipped, n_redone: write_summary(a, dataset=dataset, run_id=run_id, skipped=n_skipped,
-                                                     cfg=cfg, started=started, redone=n_redone),
-        n_skipped=beam.pvalue.AsSingleton(skipped), n_redone=beam.pvalue.AsSingleton(redone))
+        lambda a, n_skipped, n_redone, n_replaced: write_summary(
+            a, dataset=dataset, run_id=run_id, skipped=n_skipped, cfg=cfg, started=started, redone=n_redone,
+            replaced=n_replaced),
+        n_skipped=beam.pvalue.AsSingleton(skipped), n_redone=beam.pvalue.AsSingleton(redone),
+        n_replaced=beam.pvalue.AsSingleton(replaced))
 
 
 def run(input_spec: str, dataset: str, pipeline_args=(), *, config_path: str | None = None,
@@ -359,6 +426,9 @@ def format_summary(s: dict) -> str:
     if s.get("redone_after_check"):
         lines.append(f"  {s['redone_after_check']} earlier source(s) redone: files missing or damaged, labels changed, "
                      "or another config")
+    if s.get("replaced_earlier"):
+        lines.append(f"  {s['replaced_earlier']} earlier source(s) removed: frames of a video this input lists "
+                     "under another clip range (or whole)")
     if s["sources_failed"]:
         lines.append(f"  {s['sources_failed']} failed on environment errors (no space, I/O, network, killed): "
                      "not rejects; rerun with --resume")

@@ -1,0 +1,59 @@
+"""Attacks on today's features that found a fault, one test each (fails on the code before its fix).
+
+Clip ranges: a manifest line whose range changed, a whole-file line split into ranges (or back),
+made a new source id beside the earlier run's; the earlier source's rows stayed in ``rows/`` and
+training read those frames twice (with another ``split``: eval frames in train).
+"""
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+from conftest import CLIP
+from pipelines import preprocess as pipeline
+from preprocess import shards
+
+ONE_WORKER = ["--direct_num_workers=1"]
+
+
+def write_csv(path: Path, rows: list[list], header=("uri", "start_s", "end_s")) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def frames_held(ds: str) -> Counter:
+    """How many rows of the dataset hold each frame of the video."""
+    held: Counter = Counter()
+    for s in shards.list_shards(ds):
+        for r in shards.read_shard(s, ["start_frame", "n_frames"]).to_pylist():
+            held.update(range(r["start_frame"], r["start_frame"] + r["n_frames"]))
+    return held
+
+
+def test_a_changed_range_replaces_the_earlier_runs_source(tmp_path):
+    ds = str(tmp_path / "ds")
+    a = write_csv(tmp_path / "a.csv", [[str(CLIP), "0", "3"], [str(CLIP), "3", ""]])
+    assert pipeline.run(str(a), ds, ONE_WORKER, run_id="r1")["sources_with_rows"] == 2
+    assert max(frames_held(ds).values()) == 1
+    # the first range shortened, its video spelled file://: frames 0..49 must be in one row only
+    b = write_csv(tmp_path / "b.csv", [[f"file://{CLIP}", "0", "2"], [str(CLIP), "3", ""]])
+    s = pipeline.run(str(b), ds, ONE_WORKER, run_id="r2", resume=True)
+    assert (s["skipped_resume"], s["processed"], s["replaced_earlier"]) == (1, 1, 1), s
+    held = frames_held(ds)
+    assert max(held.values()) == 1 and not any(50 <= f < 75 for f in held), sorted(held)
+    assert len(shards.done_source_ids(ds)) == len(shards.list_shards(ds)) == 2
+    # the whole video listed again: both ranges go; and split into ranges again: the whole one goes
+    w = write_csv(tmp_path / "w.csv", [[str(CLIP)]], header=("uri",))
+    assert pipeline.run(str(w), ds, ONE_WORKER, run_id="r3", resume=True)["replaced_earlier"] == 2
+    assert max(frames_held(ds).values()) == 1 and len(shards.done_source_ids(ds)) == 1
+    s = pipeline.run(str(a), ds, ONE_WORKER, run_id="r4", resume=True)
+    assert s["replaced_earlier"] == 1 and max(frames_held(ds).values()) == 1, s
+    assert len(shards.done_source_ids(ds)) == len(shards.list_shards(ds)) == 2
+    # a disjoint range of the same video listed alone keeps the others (a dataset is the union of inputs)
+    c = write_csv(tmp_path / "c.csv", [[str(CLIP), "100", "200"]])
+    assert pipeline.run(str(c), ds, ONE_WORKER, run_id="r5", resume=True)["replaced_earlier"] == 0
+    assert len(shards.done_source_ids(ds)) == 3
