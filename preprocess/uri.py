@@ -80,16 +80,21 @@ def check_network(uris) -> None:
     Without a network every gcsfs call retries for about 30 s, and a command's checks make several:
     82 s passed before "environment failure". Resolving the name fails in well under a second, so a
     machine without a network is told at once (EnvironmentFailure: exit 1, not the user's mistake).
-    Skipped for an emulator or a proxy (STORAGE_EMULATOR_HOST, HTTPS_PROXY: the name may not resolve
-    here and still be reached)."""
+    Skipped for an emulator, another endpoint or a proxy (STORAGE_EMULATOR_HOST, fsspec's config
+    ``FSSPEC_GCS_ENDPOINT_URL`` or a config file giving gcsfs ``endpoint_url``, HTTPS_PROXY: gcsfs
+    then never asks that name, or it may not resolve here and still be reached)."""
     import socket
     import time
+
+    import fsspec.config
 
     from preprocess.failures import EnvironmentFailure
 
     remote = [u for u in uris if isinstance(u, str) and u.split("://", 1)[0].lower() in ("gs", "gcs")]
     if not remote or any(os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "HTTPS_PROXY", "https_proxy",
                                                       "ALL_PROXY", "all_proxy")):
+        return
+    if any((fsspec.config.conf.get(p) or {}).get("endpoint_url") for p in ("gs", "gcs", "gcsfs")):
         return
     for attempt in range(3):
         try:

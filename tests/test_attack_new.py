@@ -57,3 +57,31 @@ def test_a_changed_range_replaces_the_earlier_runs_source(tmp_path):
     c = write_csv(tmp_path / "c.csv", [[str(CLIP), "100", "200"]])
     assert pipeline.run(str(c), ds, ONE_WORKER, run_id="r5", resume=True)["replaced_earlier"] == 0
     assert len(shards.done_source_ids(ds)) == 3
+
+
+def test_a_gcs_endpoint_in_fsspecs_config_is_no_cannot_reach(monkeypatch):
+    """``FSSPEC_GCS_ENDPOINT_URL`` (or an fsspec config file) points gcsfs at another endpoint (a
+    private one, an emulator): storage.googleapis.com not resolving says nothing about reaching it.
+    It was 'cannot reach gs://...: storage.googleapis.com does not resolve', exit 1."""
+    import socket
+
+    import fsspec.config
+
+    from preprocess.failures import EnvironmentFailure
+    from preprocess.uri import check_network
+
+    def no_dns(host, *a, **k):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    for k in ("STORAGE_EMULATOR_HOST", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(fsspec.config, "conf", {})
+    try:
+        check_network(["gs://some-bucket/ds"])
+        raise AssertionError("no network and no endpoint configured: expected EnvironmentFailure")
+    except EnvironmentFailure:
+        pass
+    monkeypatch.setattr(fsspec.config, "conf", {"gcs": {"endpoint_url": "http://127.0.0.1:4443"}})
+    check_network(["gs://some-bucket/ds"])
