@@ -501,6 +501,8 @@ def check_pairs(manifest: str, output: str, references: int = 1, schemes=None) -
     for line, rec in sources.numbered_records(manifest, errors):
         try:
             item = sources.checked_record(rec, base, schemes)  # as read_manifest checks and resolves it
+            if not item.get("audio_uri"):
+                raise ValueError("no 'audio_uri' (the speech to dub the video with)")
             item["name"] = name_of(item.get("name"))
             if any(part.startswith(".") for part in (item["name"] or "").split("/")):
                 raise ValueError(f"output name {item['name']!r}: a part starts with '.' (hidden files and "
@@ -641,7 +643,7 @@ def format_summary(s: dict, max_pairs: int = 20) -> str:
             lines.append(f"  {r['name']}: rejected ({r.get('reason')})")
     shown = min(max_pairs, len(s["pairs_list"]))
     if s["pairs"] > shown:
-        lines.append(f"  … {s['pairs'] - shown} more pairs in {s['pairs_file']}")
+        lines.append(f"  … {s['pairs'] - shown} more pair{'s' if s['pairs'] - shown != 1 else ''} in {s['pairs_file']}")
     lines.append(f"  videos: {uri_mod.join(s['output'], 'videos')}   evaluate: {s['evaluate_manifest']}")
     return "\n".join(lines)
 

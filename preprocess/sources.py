@@ -251,6 +251,9 @@ def checked_record(rec: dict, base: str, schemes: tuple[str, ...] | None) -> dic
         if f == "uri" or f.endswith("_uri") and v is not None:
             if not isinstance(v, str):
                 raise ValueError(f"{f!r} must be a string. Got {v!r}.")
+            if not v.strip():            # blanks: no location (resolved, they named the manifest's folder)
+                out[f] = None
+                continue
             out[f] = _resolve(v.strip(), base)
             check_scheme(out[f], schemes)
             if uri_mod.chain_error(out[f]):

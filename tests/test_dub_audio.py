@@ -207,3 +207,23 @@ def test_a_reject_line_says_which_input_and_why(tmp_path):
     assert line["stage"] == "probe" and "gone.mp4" in line["message"]
     (listed,) = [json.loads(x) for x in open(s["pairs_file"])]
     assert listed == line
+
+
+@pytest.mark.parametrize("missing", [None, "", "   "])
+def test_a_later_line_without_speech_is_refused_up_front_naming_it(tmp_path, missing):
+    """A manifest is checked whole before any work: a missing audio_uri on line 1 was exit 2, on
+    any later line a per-pair reject after the job started; a blank one resolved to the manifest's
+    folder (an 'unsupported_container' reject)."""
+    import json
+
+    from pipelines import dub as dub_job
+    from preprocess.sources import SourceError
+
+    good = {"uri": str(DATA_DIR / "00015.mp4"), "audio_uri": str(DATA_DIR / "david4.wav")}
+    bad = {"uri": str(DATA_DIR / "00086.mp4"), "name": "b"}
+    if missing is not None:
+        bad["audio_uri"] = missing
+    m = tmp_path / "pairs.jsonl"
+    m.write_text("\n".join(json.dumps(r) for r in (good, bad)))
+    with pytest.raises(SourceError, match=r"pairs\.jsonl:2: no 'audio_uri'"):
+        dub_job.check_pairs(str(m), str(tmp_path / "out"))
