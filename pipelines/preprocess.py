@@ -167,6 +167,7 @@ class PartitionFinishedFn(beam.DoFn):
     SKIPPED = "skipped"
     UNTRUSTED = "untrusted"
     UNLISTED = "unlisted"
+    WITH_ROWS = "with_rows"
 
     def __init__(self, resume: bool, retry_rejects: bool):
         self.resume, self.retry_rejects = resume, retry_rejects
@@ -177,7 +178,8 @@ class PartitionFinishedFn(beam.DoFn):
     def process(self, joined):
         _sid, groups = joined
         items, done = list(groups["listed"]), list(groups["done"])
-        if not items and done and done[0].get("source_uri"):   # an earlier run's source this input does not list
+        if not items and done and done[0].get("source_uri") and done[0].get("status") == "rows":
+            # an earlier run's source with rows that this input does not list (ReplaceSupersededFn)
             yield beam.pvalue.TaggedOutput(self.UNLISTED, (uri_mod.canonical(done[0]["source_uri"]),
                                                            (_sid, done[0]["span"])))
         for item in items[:1]:  # the same URI listed twice is one source
@@ -196,6 +198,8 @@ class PartitionFinishedFn(beam.DoFn):
             elif marker is not None and not (self.retry_rejects and marker["status"] != "rows"):
                 self.skipped.inc()
                 yield beam.pvalue.TaggedOutput(self.SKIPPED, 1)
+                if marker["status"] == "rows":   # its rows stand for its frames (ReplaceSupersededFn)
+                    yield beam.pvalue.TaggedOutput(self.WITH_ROWS, listed_span(item))
             else:
                 yield item
 
@@ -244,12 +248,20 @@ def listed_span(item: dict) -> tuple:
     return uri_mod.canonical(item["uri"]), source.range_of(item) or (0, None)
 
 
+def result_span(result: dict) -> tuple:
+    """A processed source's canonical video and frames, from its result (``run_source``)."""
+    rng = result.get("range") or {}
+    return uri_mod.canonical(result["source_uri"]), (int(rng.get("first_frame") or 0), rng.get("stop_frame"))
+
+
 class ReplaceSupersededFn(beam.DoFn):
-    """Per video (by canonical URI): remove an earlier run's source of it that this input does not
-    list but whose frames a listed line covers (a range changed, a whole-file line split into
-    ranges or back). Kept, its rows would hold those frames a second time beside the new source's
-    (training read them twice; with another ``split``, eval frames in train). Rows and rejects go
-    first, its done marker last, so a killed run leaves the marker for the next run to find."""
+    """Per video (by canonical URI): remove an earlier run's source with rows that this input does
+    not list but whose frames a listed source with rows covers (a range changed, a whole-file line
+    split into ranges or back). Kept, its rows would hold those frames a second time beside the new
+    source's (training read them twice; with another ``split``, eval frames in train). Only a listed
+    source that has rows (made now, or finished earlier) replaces: one rejected (a whole 3 h file
+    ``too_long`` where ranges of it have rows) or failed leaves the earlier rows alone. Rows and
+    rejects go first, its done marker last, so a killed run leaves the marker for the next run."""
 
     def __init__(self, dataset: str):
         self.dataset = dataset
@@ -313,20 +325,22 @@ def build(p: beam.Pipeline, input_spec: str, dataset: str, cfg: dict, *, run_id:
              | "JoinFinished" >> beam.CoGroupByKey()
              | "SkipFinished" >> beam.ParDo(PartitionFinishedFn(resume, retry_rejects)).with_outputs(
                  PartitionFinishedFn.SKIPPED, PartitionFinishedFn.UNTRUSTED, PartitionFinishedFn.UNLISTED,
-                 main="todo"))
+                 PartitionFinishedFn.WITH_ROWS, main="todo"))
     skipped = parts[PartitionFinishedFn.SKIPPED] | "CountSkipped" >> beam.combiners.Count.Globally()
     redone = parts[PartitionFinishedFn.UNTRUSTED] | "CountRedone" >> beam.combiners.Count.Globally()
-    # an earlier source of a listed video whose frames a listed line now covers (a changed clip range)
-    replaced = ({"listed": listed | "SpanByVideo" >> beam.Map(lambda kv: listed_span(kv[1])),
-                 "earlier": parts[PartitionFinishedFn.UNLISTED]}
+    results = (parts.todo
+               | "Reshuffle" >> beam.Reshuffle()
+               | "ProcessSource" >> beam.ParDo(jobrun.Tracked(ProcessSourceFn(cfg, dataset), describe=jobrun.uri_of,
+                                                              frames=jobrun.frames_of, progress_dir=progress_dir)))
+    acc = results | "Summarise" >> beam.CombineGlobally(SummaryFn())
+    made = (results | "WithRows" >> beam.Filter(lambda r: r["status"] == "rows")
+                    | "SpanOfResult" >> beam.Map(result_span))
+    # an earlier source of a listed video whose frames a listed source with rows now covers (a changed clip range)
+    with_rows = (made, parts[PartitionFinishedFn.WITH_ROWS]) | "ListedWithRows" >> beam.Flatten()
+    replaced = ({"listed": with_rows, "earlier": parts[PartitionFinishedFn.UNLISTED]}
                 | "JoinVideos" >> beam.CoGroupByKey()
                 | "ReplaceSuperseded" >> beam.ParDo(ReplaceSupersededFn(dataset))
                 | "CountReplaced" >> beam.combiners.Count.Globally())
-    acc = (parts.todo
-           | "Reshuffle" >> beam.Reshuffle()
-           | "ProcessSource" >> beam.ParDo(jobrun.Tracked(ProcessSourceFn(cfg, dataset), describe=jobrun.uri_of,
-                                                          frames=jobrun.frames_of, progress_dir=progress_dir))
-           | "Summarise" >> beam.CombineGlobally(SummaryFn()))
     return acc | "WriteSummary" >> beam.Map(
         lambda a, n_skipped, n_redone, n_replaced: write_summary(
             a, dataset=dataset, run_id=run_id, skipped=n_skipped, cfg=cfg, started=started, redone=n_redone,

@@ -59,6 +59,21 @@ def test_a_changed_range_replaces_the_earlier_runs_source(tmp_path):
     assert len(shards.done_source_ids(ds)) == 3
 
 
+def test_a_rejected_whole_file_leaves_its_ranges_rows(tmp_path):
+    """A 7 s video over ``limits.max_duration_s`` listed as ranges, then whole (a glob over the
+    folder to add new videos): the whole file is a reject ``too_long``; the ranges' rows stay."""
+    ds, short = str(tmp_path / "ds"), ["limits.max_duration_s=5"]
+    a = write_csv(tmp_path / "a.csv", [[str(CLIP), "0", "3"], [str(CLIP), "3", ""]])
+    assert pipeline.run(str(a), ds, ONE_WORKER, overrides=short, run_id="r1")["sources_with_rows"] == 2
+    w = write_csv(tmp_path / "w.csv", [[str(CLIP)]], header=("uri",))
+    s = pipeline.run(str(w), ds, ONE_WORKER, overrides=short, run_id="r2", resume=True)
+    assert s["rejects_by_reason"] == {"too_long": 1} and s["replaced_earlier"] == 0, s
+    assert len(shards.list_shards(ds)) == 2 and max(frames_held(ds).values()) == 1
+    # and a later run that lists the ranges again finds them finished, removing nothing
+    s = pipeline.run(str(a), ds, ONE_WORKER, overrides=short, run_id="r3", resume=True)
+    assert (s["skipped_resume"], s["replaced_earlier"]) == (2, 0), s
+
+
 def test_a_gcs_endpoint_in_fsspecs_config_is_no_cannot_reach(monkeypatch):
     """``FSSPEC_GCS_ENDPOINT_URL`` (or an fsspec config file) points gcsfs at another endpoint (a
     private one, an emulator): storage.googleapis.com not resolving says nothing about reaching it.
