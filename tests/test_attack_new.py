@@ -100,3 +100,29 @@ def test_a_gcs_endpoint_in_fsspecs_config_is_no_cannot_reach(monkeypatch):
         pass
     monkeypatch.setattr(fsspec.config, "conf", {"gcs": {"endpoint_url": "http://127.0.0.1:4443"}})
     check_network(["gs://some-bucket/ds"])
+
+
+def test_tensorboard_upload_from_a_tmpdir_named_with_brackets(tmp_path, monkeypatch):
+    """A remote run's TensorBoard files are written under $TMPDIR and uploaded by ``Board.sync``;
+    fs.put expanded ``[ ] * ?`` in the local name (TMPDIR=/scratch/job[1]): FileNotFoundError at
+    the first sync, the run ended."""
+    import tempfile
+
+    import fsspec
+
+    from radio.train.logger import Board
+
+    tmp = tmp_path / "job[1]"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    board = Board("memory://attack-new-bucket/run")
+    try:
+        assert board.local.startswith(str(tmp))
+        board.scalars({"x": 1.0}, 1)
+        board.sync()
+        fs = fsspec.filesystem("memory")
+        assert any("tfevents" in p for p in fs.find("/attack-new-bucket/run/tb"))
+    finally:
+        board.close()
+        fsspec.filesystem("memory").rm("/attack-new-bucket", recursive=True)

@@ -97,7 +97,7 @@ class Board:
         if self.remote:
             fs, path = fsspec.core.url_to_fs(self.remote)
             for name in os.listdir(self.local):
-                fs.put(os.path.join(self.local, name), f"{path}/{name}")
+                fs.put_file(os.path.join(self.local, name), f"{path}/{name}")   # put() globs [ ] * ? in $TMPDIR
 
     def close(self) -> None:
         if self.writer is not None:
