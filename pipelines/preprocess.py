@@ -295,7 +295,8 @@ def write_summary(acc: dict, *, dataset: str, run_id: str, skipped: int, cfg: di
     listed = skipped + acc["processed"]
     summary.update({
         "run_id": run_id, "dataset": dataset, "inputs": listed, "skipped_resume": skipped,
-        "redone_after_check": redone, "replaced_earlier": replaced, "config_fingerprint": shards.config_fingerprint(cfg),
+        "redone_after_check": redone, "replaced_earlier": replaced,
+        "config_fingerprint": shards.config_fingerprint(cfg),
         "wall_seconds": round(time.time() - started, 2),
         "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": cfg,
