@@ -78,7 +78,7 @@ def test_dub_manifest_without_audio_column(tmp_path, capsys):
     m = tmp_path / "pairs.jsonl"
     m.write_text('{"uri": "%s"}\n' % CLIP)
     assert_mistake(["dub", "--checkpoint", "x.pt", "--input", str(m), "--output", str(tmp_path / "dub")],
-                   capsys, tmp_path, says="no audio_uri")
+                   capsys, tmp_path, says="no 'audio_uri'")
 
 
 @pytest.mark.parametrize("setting, says", [("dub.x264_preset=ultrafst", "dub.x264_preset"), ("dub.crf=60", "dub.crf")])
