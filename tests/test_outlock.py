@@ -156,10 +156,13 @@ FORKING_HOLDER = """
 import os, sys, time
 from preprocess import outlock
 with outlock.hold(sys.argv[1], "train"):
+    r, w = os.pipe()
     child = os.fork()              # a loader worker
     if child == 0:
+        os.write(w, b"1")          # running: its at-fork hook has closed its copy of the lock
         time.sleep(60)
         os._exit(0)
+    os.read(r, 1)                  # (under load the child may not have run yet when the parent is killed)
     print(child, flush=True)
     time.sleep(120)
 """
