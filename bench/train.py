@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from radio.losses import VGG19Features, freeze  # noqa: E402
 from radio.model import RADIO, Discriminator, SyncNet  # noqa: E402
-from radio.train import dist, speed  # noqa: E402
+from radio.train import dist, guard, speed  # noqa: E402
 from radio.train.build import Models, Optimizers  # noqa: E402
 from radio.train.config import load_train_config  # noqa: E402
 from radio.train.trainer import train_step  # noqa: E402
@@ -58,8 +58,8 @@ def build(cfg, device, vgg: bool, sync: bool) -> tuple[Models, Optimizers]:
                     freeze(SyncNet(cfg.model)).to(device) if sync else None)
     speed.apply(models, cfg.speed)
     o = cfg.optim
-    return models, Optimizers(torch.optim.Adam(g.parameters(), lr=o.lr, betas=tuple(o.betas)),
-                              torch.optim.Adam(d.parameters(), lr=o.lr, betas=tuple(o.betas)))
+    return models, Optimizers(guard.adam(g.parameters(), lr=o.lr, betas=o.betas, device=device),   # as training:
+                              guard.adam(d.parameters(), lr=o.lr, betas=o.betas, device=device))  # fused
 
 
 def _sync(device):
