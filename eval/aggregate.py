@@ -33,11 +33,14 @@ SAMPLE_REJECTS = 500
 PROVENANCE = ("landmark_backend", "landmark_weights", "landmark_fitting", "lmd_landmarks", "lpips_label",
               "lpips_backbone_sha256", "lpips_linear_sha256", "lpips_official_weights", "sync_label",
               "syncnet_sha256", "sync_official_weights", "sync_boxes", "sync_box_source", "protocol",
-              "protocol_version", "crop_size", "crop_height", "crop_width")
+              "protocol_version", "crop_size", "crop_height", "crop_width", "identity_sha256")
 #: the score-row fields the report reads from the sampled rows (per-frame arrays never travel here)
 REPORT_FIELDS = ("pair_id", "key", "dataset", "method", "n_frames", "crop_flagged_frames", "sync_missing", "sync_status",
                  "lpips_official_weights", "sync_official_weights") + METRICS + PROVENANCE
 
+
+#: pairs flagged by the identity check (another person's face) named in the summary, worst first
+IDENTITY_NAMED = 5
 
 #: an order-free digest of the files scored: the sum, modulo this, of one hash per scored pair
 INPUTS_DIGEST_MOD = 2 ** 128
@@ -51,7 +54,7 @@ def pair_print(row: dict) -> int:
 
 def new() -> dict:
     return {"scored": 0, "rejected": 0, "unpaired": 0, "frames": 0, "resized": 0, "offset_flagged": 0,
-            "files_digest": 0, "reasons": {},
+            "identity_flagged": 0, "identity_named": [], "files_digest": 0, "reasons": {},
             "sync_status": {},
             "groups": {}, "moments": {}, "unofficial": {}, "provenance": {}, "rows": [], "rejects": []}
 
@@ -124,6 +127,9 @@ def add(acc: dict, kind: str, row: dict) -> dict:
         g["sync_missing"] += 1
     acc["resized"] += 1 if row.get("generated_resized") else 0  # same aspect, other frame size
     acc["offset_flagged"] = acc.get("offset_flagged", 0) + (1 if row.get("frame_offset_flagged") else 0)
+    if row.get("identity_flagged"):   # identity_check=record: scored although another person's face
+        acc["identity_flagged"] = acc.get("identity_flagged", 0) + 1
+        acc["identity_named"] = _worst_named(acc.get("identity_named", []) + [_named(row)])
     acc["files_digest"] = (acc.get("files_digest", 0) + pair_print(row)) % INPUTS_DIGEST_MOD
     padded = int(row.get("crop_flagged_frames") or 0)     # frames whose crop box left the frame
     g["padded_frames"] += padded
@@ -149,6 +155,19 @@ def add(acc: dict, kind: str, row: dict) -> dict:
     return acc
 
 
+def _named(row: dict) -> dict:
+    d = row.get("identity_distance")
+    return {"dataset": row["dataset"], "method": row["method"], "key": row["key"],
+            "identity_distance": None if d is None else round(float(d), 4)}
+
+
+def _worst_named(named: list) -> list:
+    """The :data:`IDENTITY_NAMED` flagged pairs of largest distance (ties by name): the same
+    whatever order rows and accumulators are folded in."""
+    return sorted(named, key=lambda n: (-(n["identity_distance"] or 0.0), n["dataset"], n["method"], n["key"])
+                  )[:IDENTITY_NAMED]
+
+
 def _keep(sample: list, item: tuple, cap: int) -> None:
     """Append ``(priority, row)``; past twice ``cap``, keep the ``cap`` smallest priorities."""
     sample.append(item)
@@ -160,8 +179,9 @@ def _keep(sample: list, item: tuple, cap: int) -> None:
 def merge(accs) -> dict:
     out = new()
     for a in accs:
-        for k in ("scored", "rejected", "unpaired", "frames", "resized", "offset_flagged"):
+        for k in ("scored", "rejected", "unpaired", "frames", "resized", "offset_flagged", "identity_flagged"):
             out[k] += a.get(k, 0)
+        out["identity_named"] = _worst_named(out["identity_named"] + list(a.get("identity_named", [])))
         out["files_digest"] = (out["files_digest"] + a.get("files_digest", 0)) % INPUTS_DIGEST_MOD
         for k in ("reasons", "sync_status"):
             for key, v in a[k].items():
@@ -220,6 +240,9 @@ def finish(acc: dict, n_pairs: int) -> dict:
         "frames_scored": int(acc["frames"]),
         "generated_resized": int(acc.get("resized", 0)),
         "frame_offset_flagged": int(acc.get("offset_flagged", 0)),
+        # identity_check=record: scored pairs whose generated face measured as another person's
+        "identity_flagged": int(acc.get("identity_flagged", 0)),
+        "identity_flagged_pairs": list(acc.get("identity_named", [])),
         # the same digest: the same pairs scored from the same files (pair ids, file fingerprints)
         "scored_files_digest": f"{acc.get('files_digest', 0):032x}" if scored else None,
         "groups": [acc["groups"][k] for k in sorted(acc["groups"])],

@@ -202,6 +202,8 @@ def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
                        f"(frame_offset=record: generated frame t±k matched reference frame t by more than "
                        "frame_offset_db better than t; their scores measure the shift; best_offset per clip in "
                        "metrics.parquet)."]
+    if identity_note(summary):
+        counts += ["", identity_note(summary)]
     if (summary or {}).get("generated_resized"):
         counts += ["", f"Generated videos resized to the reference's frame size (same aspect ratio): "
                        f"{_clips(summary['generated_resized'])}. Resized with OpenCV frame by frame: bilinear "
@@ -219,6 +221,27 @@ def table_markdown(rows: list[dict], summary: dict | None = None) -> str:
 
 def _clips(n: int) -> str:
     return f"{n} clip" + ("" if n == 1 else "s")
+
+
+def identity_note(summary: dict | None) -> str | None:
+    """The warning about scored pairs whose generated face measured as another person's
+    (``identity_check=record``), naming the worst few; None when there is none."""
+    n = int((summary or {}).get("identity_flagged") or 0)
+    if not n:
+        return None
+    named = summary.get("identity_flagged_pairs") or []
+    multi = len({(p["dataset"], p["method"]) for p in named}) > 1
+    names = ", ".join((f"{p['dataset']}/{p['method']}/" if multi else "") + f"{p['key']} "
+                      f"({'–' if p.get('identity_distance') is None else format(p['identity_distance'], '.2f')})"
+                      for p in named)
+    more = f" and {n - len(named)} more" if n > len(named) else ""
+    limit = ((summary.get("config") or {}).get("identity_max_distance")
+             if isinstance(summary.get("config"), dict) else None)
+    above = f"above identity_max_distance {limit:g}" if isinstance(limit, (int, float)) else "above identity_max_distance"
+    return (f"Warning: the generated face looks like another person in {_clips(n)}: {names}{more} (dlib face "
+            f"descriptor distance to the reference's face {above}; a mispaired file — a folder's names off by "
+            "one, a wrong manifest line — drags the means down; identity_distance per clip in metrics.parquet, "
+            "--set identity_check=reject makes them rejects).")
 
 
 def results_groups(rows: list[dict]) -> list[dict]:
@@ -370,10 +393,13 @@ def _counts_html(summary: dict, rows: list[dict]) -> str:
             + (f"<tr><td class=l>scored as paired although shifted in time (frame_offset=record)</td>"
                f"<td class=bad>{summary['frame_offset_flagged']}</td></tr>"
                if summary.get("frame_offset_flagged") else "")
+            + (f"<tr><td class=l>scored although the generated face looks like another person (identity_check=record)"
+               f"</td><td class=bad>{summary['identity_flagged']}</td></tr>" if summary.get("identity_flagged") else "")
             + f"<tr><td class=l>frames scored</td><td>{summary.get('frames_scored', 0)}</td></tr>"
             f"<tr><td class=l>padded frames</td><td>{padded_frames} in {padded_clips} of "
             f"{_clips(summary['scored'])}</td></tr>"
             "</table>"
+            + (f"<p class=warn>{_e(identity_note(summary))}</p>" if identity_note(summary) else "")
             + (f"<table><tr><th class=l>dataset</th><th class=l>method</th><th>scored</th><th>rejected</th>"
                f"<th>Sync missing</th></tr>{groups}</table>" if groups else ""))
 

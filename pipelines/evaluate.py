@@ -282,5 +282,7 @@ def format_summary(s: dict) -> str:
     if s.get("frame_offset_flagged"):
         lines.append(f"  {s['frame_offset_flagged']} scored pairs look shifted in time (frame_offset=record; "
                      "best_offset in metrics.parquet)")
+    if report.identity_note(s):
+        lines.append("  " + report.identity_note(s))
     lines.append(f"  output: {s['output']}  (metrics.parquet, rejects.parquet, summary.md/csv, report.html)")
     return "\n".join(lines)
