@@ -237,3 +237,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def write_csv(path: Path, rows: list[list], header=("uri", "start_s", "end_s")) -> Path:
+    """A CSV manifest (default columns: a clip range's) at ``path``."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path

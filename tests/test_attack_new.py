@@ -6,23 +6,13 @@ training read those frames twice (with another ``split``: eval frames in train).
 """
 from __future__ import annotations
 
-import csv
 from collections import Counter
-from pathlib import Path
 
-from conftest import CLIP
+from conftest import CLIP, write_csv
 from pipelines import preprocess as pipeline
 from preprocess import shards
 
 ONE_WORKER = ["--direct_num_workers=1"]
-
-
-def write_csv(path: Path, rows: list[list], header=("uri", "start_s", "end_s")) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 def frames_held(ds: str) -> Counter:

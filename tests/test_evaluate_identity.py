@@ -182,7 +182,7 @@ def test_missing_or_wrong_identity_weights_are_a_clear_error(tmp_path, monkeypat
     bad.write_bytes(b"not a network")
     with pytest.raises(WeightsError, match="sha256"):
         identity_mod.FaceIdentity(str(bad), "0" * 64)
-    monkeypatch.setattr(identity_mod.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(WeightsError, match="face_recognition_models is not installed"):
         models_mod.check_weights(config_mod.load(EvalConfig, None, OFF))
     models_mod.check_weights(config_mod.load(EvalConfig, None, [*OFF, "identity_check=off"]))  # not needed: fine

@@ -9,7 +9,6 @@ tmp_path with ffmpeg from the committed clip.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -21,20 +20,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import CLIP, ffmpeg
+from conftest import CLIP, ffmpeg, write_csv
 from pipelines import preprocess as pipeline
 from preprocess import audio, media, schema, shards, source, sources, video
 from preprocess.errors import UserError
 
 ONE_WORKER = ["--direct_num_workers=1"]
-
-
-def write_csv(path: Path, rows: list[list], header=("uri", "start_s", "end_s")) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 def listed(path: Path) -> list[dict]:

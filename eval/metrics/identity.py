@@ -19,12 +19,9 @@ faces ≈ 0.6 s per pair.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 
-from preprocess.weights import WeightsError, resolve_weights, sha256_file
+from preprocess.weights import WeightsError
 
 IDENTITY_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 #: sha256 of the file inside face_recognition_models 0.3.0 (the pinned package)
@@ -42,14 +39,9 @@ HOW_TO_GET = (
 def packaged_identity_path() -> str:
     """Path of the face recognition ResNet inside ``face_recognition_models`` (not imported:
     importing it runs ``pkg_resources``)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.origin:
-        raise WeightsError(f"identity check: {IDENTITY_FILE} not available: the package face_recognition_models "
-                           f"is not installed. {HOW_TO_GET}")
-    path = os.path.join(os.path.dirname(spec.origin), "models", IDENTITY_FILE)
-    if not os.path.exists(path):
-        raise WeightsError(f"identity check: {path} missing from face_recognition_models. {HOW_TO_GET}")
-    return path
+    from preprocess.landmarks.dlib_backend import packaged_model_path
+
+    return packaged_model_path(IDENTITY_FILE, "identity check", HOW_TO_GET)
 
 
 def check_identity_weights(uri: str | None, sha256: str | None) -> None:
@@ -74,15 +66,11 @@ class FaceIdentity:
     def __init__(self, uri: str | None = None, sha256: str | None = None):
         import dlib
 
-        if uri:
-            resolved = resolve_weights(uri, sha256, name="identity check (identity_weights_uri)", how_to_get=HOW_TO_GET)
-            path, digest = resolved.path, resolved.sha256
-        else:
-            path = packaged_identity_path()
-            digest = sha256_file(path)
-            if digest != PACKAGED_IDENTITY_SHA256:
-                raise WeightsError(f"identity check: {path} has sha256 {digest}, expected {PACKAGED_IDENTITY_SHA256} "
-                                   f"(face_recognition_models 0.3.0). {HOW_TO_GET}")
+        from preprocess.landmarks.dlib_backend import configured_or_packaged
+
+        path, digest = configured_or_packaged(uri, sha256, name="identity check (identity_weights_uri)",
+                                              what="identity check", file=IDENTITY_FILE,
+                                              packaged_sha256=PACKAGED_IDENTITY_SHA256, how_to_get=HOW_TO_GET)
         self._dlib = dlib
         self._net = dlib.face_recognition_model_v1(path)
         self.sha256 = digest

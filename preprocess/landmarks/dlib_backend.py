@@ -50,13 +50,34 @@ class DlibConfig:
 
 def packaged_predictor_path() -> str:
     """Path of the 68-point predictor inside ``face_recognition_models`` (not imported)."""
+    return packaged_model_path(PREDICTOR_FILE, "dlib landmarks", HOW_TO_GET)
+
+
+def configured_or_packaged(uri: str | None, sha256: str | None, *, name: str, what: str, file: str,
+                           packaged_sha256: str, how_to_get: str) -> tuple[str, str]:
+    """(local path, sha256) of a dlib model: the configured ``uri`` checked against ``sha256``, or
+    ``file`` inside face_recognition_models checked against the pinned package's ``packaged_sha256``."""
+    if uri:
+        resolved = resolve_weights(uri, sha256, name=name, how_to_get=how_to_get)
+        return resolved.path, resolved.sha256
+    path = packaged_model_path(file, what, how_to_get)
+    digest = sha256_file(path)
+    if digest != packaged_sha256:
+        raise WeightsError(f"{what}: {path} has sha256 {digest}, expected {packaged_sha256} "
+                           f"(face_recognition_models 0.3.0). {how_to_get}")
+    return path, digest
+
+
+def packaged_model_path(file: str, what: str, how_to_get: str) -> str:
+    """Path of ``file`` inside ``face_recognition_models``, located without importing the package
+    (importing it runs ``pkg_resources``, which new setuptools no longer provides)."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.origin:
-        raise WeightsError(f"dlib landmarks: {PREDICTOR_FILE} not available: the package "
-                           f"face_recognition_models is not installed. {HOW_TO_GET}")
-    path = os.path.join(os.path.dirname(spec.origin), "models", PREDICTOR_FILE)
+        raise WeightsError(f"{what}: {file} not available: the package face_recognition_models is not "
+                           f"installed. {how_to_get}")
+    path = os.path.join(os.path.dirname(spec.origin), "models", file)
     if not os.path.exists(path):
-        raise WeightsError(f"dlib landmarks: {path} missing from face_recognition_models. {HOW_TO_GET}")
+        raise WeightsError(f"{what}: {path} missing from face_recognition_models. {how_to_get}")
     return path
 
 
@@ -75,17 +96,9 @@ class DlibBackend(LandmarkBackend):
             raise LandmarkError(f"dlib fit_boxes must be 1 or 5. Got {fit_boxes}.")
         if upsample < 0:
             raise LandmarkError(f"dlib upsample must be >= 0. Got {upsample}.")
-        if predictor_uri:
-            resolved = resolve_weights(predictor_uri, predictor_sha256, name="dlib 68-point predictor",
-                                       how_to_get=HOW_TO_GET)
-            path, digest = resolved.path, resolved.sha256
-        else:
-            path = packaged_predictor_path()
-            digest = sha256_file(path)
-            if digest != PACKAGED_PREDICTOR_SHA256:
-                raise WeightsError(f"dlib landmarks: {path} has sha256 {digest}, expected "
-                                   f"{PACKAGED_PREDICTOR_SHA256} (face_recognition_models 0.3.0). "
-                                   f"{HOW_TO_GET}")
+        path, digest = configured_or_packaged(predictor_uri, predictor_sha256, name="dlib 68-point predictor",
+                                              what="dlib landmarks", file=PREDICTOR_FILE,
+                                              packaged_sha256=PACKAGED_PREDICTOR_SHA256, how_to_get=HOW_TO_GET)
         self._dlib = dlib
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(path)
