@@ -24,10 +24,14 @@ def is_local(uri: str) -> bool:
 
 def canonical(uri: str) -> str:
     """One spelling of a location: a local path (``file://`` or not, relative, through symlinks)
-    resolved, a remote URI without its trailing '/'. For comparing locations, never for opening."""
+    resolved, a remote URI without its trailing '/' and with gcsfs's two schemes as one (``gcs://b/x``
+    is ``gs://b/x``). For comparing locations, never for opening."""
     if uri.startswith("file://"):
         uri = uri[len("file://"):]
-    return os.path.realpath(uri) if "://" not in uri else uri.rstrip("/")
+    if "://" not in uri:
+        return os.path.realpath(uri)
+    scheme, rest = uri.split("://", 1)
+    return ("gs" if scheme.lower() in ("gs", "gcs") else scheme) + "://" + rest.rstrip("/")
 
 
 def within(uri: str, folder: str) -> bool:

@@ -312,3 +312,17 @@ def test_removals_in_an_output_named_like_a_glob_never_touch_another_output(tmp_
     assert not uri_mod.exists(uri_mod.join(odd, "runs", "r", "summary.json"))
     assert uri_mod.exists(uri_mod.join(plain, "rows", ".tmp-deadbeef-part.parquet"))
     assert uri_mod.exists(uri_mod.join(plain, "runs", "r", "summary.json"))
+
+
+def test_gs_and_gcs_spellings_are_one_location():
+    """gcsfs answers both schemes: the same object spelled gs:// and gcs:// was two videos to the
+    duplicate-frames and replaced-range checks, and an --output inside a dataset spelled the other way
+    was not seen as inside it."""
+    assert uri_mod.canonical("gcs://b/v/a.mp4") == uri_mod.canonical("gs://b/v/a.mp4") == "gs://b/v/a.mp4"
+    assert uri_mod.canonical("GCS://b/ds/") == "gs://b/ds"
+    assert uri_mod.within("gcs://b/ds/run", "gs://b/ds") and not uri_mod.within("gs://b/ds2", "gcs://b/ds")
+    assert uri_mod.canonical("memory://b/x/") == "memory://b/x"
+    ranges = [(2, {"uri": "gs://b/v.mp4", "start_s": 0.0, "end_s": 3.0}),
+              (3, {"uri": "gcs://b/v.mp4", "start_s": 2.0, "end_s": 5.0})]
+    (err,) = sources._overlaps("m.csv", ranges)
+    assert err.startswith("m.csv:3: ") and "overlaps line 2" in err
