@@ -42,11 +42,11 @@ from typing import Iterator, Sequence
 import fsspec
 
 from preprocess import uri as uri_mod
-from preprocess.sources import VIDEO_SUFFIXES, scheme_of
+from preprocess.sources import VIDEO_SUFFIXES, full_uri as _full_uri, glob_root, hidden, scheme_of
+from preprocess.sources import is_glob as _is_glob
 from preprocess.errors import UserError
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
-GLOB_CHARS = "*?["
 
 
 class PairsError(UserError, ValueError):
@@ -63,22 +63,8 @@ def make_pair(key: str, generated: str | None, reference: str | None, dataset: s
             "reference": reference, "dataset": dataset, "method": method}
 
 
-def _is_glob(spec: str) -> bool:
-    """A spec with glob characters that names no existing path: an existing folder or file whose
-    name holds '[', ']', '?' or '*' is used literally."""
-    if not any(c in spec for c in GLOB_CHARS):
-        return False
-    fs, path = fsspec.core.url_to_fs(spec)
-    return not fs.exists(path)
-
-
 def is_manifest(spec: str) -> bool:
     return spec.lower().endswith(MANIFEST_SUFFIXES) and not _is_glob(spec)
-
-
-def _full_uri(fs, path: str) -> str:
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return path if proto in ("file", "local") else fs.unstrip_protocol(path)
 
 
 def _stem(rel: str) -> str:
@@ -161,8 +147,7 @@ def _videos(spec: str, flag: str = "--generated") -> dict[str, str]:
     fs, path = fsspec.core.url_to_fs(spec)
     glob = _is_glob(spec)
     if glob:
-        root = path[: min(path.index(c) for c in GLOB_CHARS if c in path)]
-        root = root if root.endswith("/") else posixpath.dirname(root)
+        root = glob_root(path)
         found = [p for p in fs.glob(path) if fs.isfile(p)]
     elif fs.isdir(path):
         root = path
@@ -176,8 +161,8 @@ def _videos(spec: str, flag: str = "--generated") -> dict[str, str]:
     out = {}
     for p in found:
         rel = p[len(root) + 1:] if root and p.startswith(root + "/") else posixpath.basename(p)
-        if any(part.startswith(".") for part in rel.split("/")):
-            continue  # hidden: .tmp-<uuid>-x.mp4 of a killed write, macOS ._x.mp4, .cache/
+        if hidden(rel):
+            continue  # .tmp-<uuid>-x.mp4 of a killed write, macOS ._x.mp4, .cache/
         out[rel] = _full_uri(fs, p)
     if not out:
         what = "glob" if glob else "folder"
@@ -224,8 +209,7 @@ def is_unpaired(pair: dict) -> bool:
 def _folder_name(spec: str) -> str:
     _, path = fsspec.core.url_to_fs(spec)
     if _is_glob(spec):
-        path = path[: min(path.index(c) for c in GLOB_CHARS if c in path)]
-        path = path if path.endswith("/") else posixpath.dirname(path)
+        path = glob_root(path)
     return posixpath.basename(path.rstrip("/")) or "root"
 
 

@@ -32,7 +32,7 @@ class SourceError(UserError, ValueError):
     pass
 
 
-def _full_uri(fs, path: str) -> str:
+def full_uri(fs, path: str) -> str:
     proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if proto in ("file", "local"):
         return os.path.abspath(path)  # ids hash the URI: the same file gets the same id from any cwd
@@ -78,9 +78,8 @@ def list_sources(spec: str, schemes: tuple[str, ...] | None = None) -> Iterator[
     fs, path = fsspec.core.url_to_fs(spec)
     if is_glob(spec):
         paths = fs.glob(path)
-        root = path[: min(path.index(c) for c in GLOB_CHARS if c in path)]
-        root = root if root.endswith("/") else posixpath.dirname(root)
-        if _hidden(path[len(root):]):     # the pattern asks for hidden names itself ('.*.mp4')
+        root = glob_root(path)
+        if hidden(path[len(root):]):     # the pattern asks for hidden names itself ('.*.mp4')
             root = None
     elif fs.isdir(path):
         paths = [p for p in fs.find(path) if p.lower().endswith(VIDEO_SUFFIXES)]
@@ -91,19 +90,26 @@ def list_sources(spec: str, schemes: tuple[str, ...] | None = None) -> Iterator[
         raise SourceError(f"No input matches {spec!r}.")
     if root is not None:   # what a folder or glob lists below its root: never hidden names
         root = root.rstrip("/")
-        hidden = [p for p in paths if _hidden(p[len(root):] if p.startswith(root + "/") else p)]
-        if hidden and (spec, len(hidden)) not in _WARNED:     # once per process, not per listing
-            _WARNED.add((spec, len(hidden)))
+        hid = [p for p in paths if hidden(p[len(root):] if p.startswith(root + "/") else p)]
+        if hid and (spec, len(hid)) not in _WARNED:     # once per process, not per listing
+            _WARNED.add((spec, len(hid)))
             log.info("%s: left out %d hidden file(s) (%s): uploads in progress, macOS ._ files", spec,
-                     len(hidden), ", ".join(posixpath.basename(p) for p in sorted(hidden)[:3]))
-        left_out = set(hidden)
+                     len(hid), ", ".join(posixpath.basename(p) for p in sorted(hid)[:3]))
+        left_out = set(hid)
         paths = [p for p in paths if p not in left_out]
     for p in sorted(paths):
         if fs.isfile(p):
-            yield {"uri": _full_uri(fs, p), "speaker_id": None, "split": None}
+            yield {"uri": full_uri(fs, p), "speaker_id": None, "split": None}
 
 
-def _hidden(rel: str) -> bool:
+def glob_root(path: str) -> str:
+    """The folder a glob pattern lists below: its path up to the last '/' before the first of
+    ``* ? [`` (``/data/*/a.mp4`` -> ``/data``)."""
+    root = path[: min(path.index(c) for c in GLOB_CHARS if c in path)]
+    return root if root.endswith("/") else posixpath.dirname(root)
+
+
+def hidden(rel: str) -> bool:
     """A path (below a listing's root) with a part that starts with '.': ``.tmp-<uuid>-x.mp4`` (a write
     in progress or killed), macOS's ``._x.mp4`` (AppleDouble metadata, not a video), ``.cache/``."""
     return any(part.startswith(".") for part in rel.split("/"))
