@@ -25,7 +25,6 @@ import sys
 import time
 
 import apache_beam as beam
-import fsspec
 from apache_beam.metrics import Metrics
 
 from pipelines import jobrun
@@ -278,13 +277,7 @@ class ReplaceSupersededFn(beam.DoFn):
                         "%s..%s of that video under another id; kept, those frames would be in two rows",
                         sid, video, span[0], "end" if span[1] is None else span[1] - 1,
                         over[0], "end" if over[1] is None else over[1] - 1)
-            for uri in (shards.rows_uri(self.dataset, sid), shards.rejects_uri(self.dataset, sid),
-                        shards.done_uri(self.dataset, sid)):
-                fs, path = fsspec.core.url_to_fs(uri)
-                try:
-                    uri_mod.remove_file(fs, path)
-                except FileNotFoundError:
-                    pass
+            shards.remove_source(self.dataset, sid)
             self.replaced.inc()
             yield 1
 

@@ -59,6 +59,13 @@ def done_uri(dataset: str, source_id: str) -> str:
     return f"{dataset.rstrip('/')}/{DONE}/{source_id}.json"
 
 
+def remove_source(dataset: str, source_id: str) -> None:
+    """Remove what a source wrote: its rows, its rejects, then its done marker (last, so that a
+    run killed halfway leaves the marker for the next run to find)."""
+    for uri in (rows_uri(dataset, source_id), rejects_uri(dataset, source_id), done_uri(dataset, source_id)):
+        uri_mod.remove_if_exists(uri)
+
+
 def _list(dataset: str, sub: str, suffix: str) -> list[str]:
     fs, path = fsspec.core.url_to_fs(dataset)
     folder = f"{path.rstrip('/')}/{sub}"

@@ -372,14 +372,6 @@ def segment_parts(whole: AlignedSegment, sound: tuple[int, int], cfg: Preprocess
                     f"{len(seg)} frames (> quality.max_face_outside {limit:g}), leaving no {least} frames in it")
 
 
-def _remove(uri: str) -> None:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(uri)
-    if fs.exists(path):
-        uri_mod.remove_file(fs, path)
-
-
 def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict[str, Any]:
     """Process one source; write its rows, rejects and done marker; return its counts.
 
@@ -482,9 +474,9 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
         with stages("write"):
             # a re-run replaces what an earlier run of this source wrote, never leaves a stale file
             if not rejects:
-                _remove(shards.rejects_uri(dataset, sid))
+                uri_mod.remove_if_exists(shards.rejects_uri(dataset, sid))
             if not n_segments:
-                _remove(shards.rows_uri(dataset, sid))
+                uri_mod.remove_if_exists(shards.rows_uri(dataset, sid))
             if rejects:
                 rw = AtomicParquetWriter(shards.rejects_uri(dataset, sid), schema.REJECT_SCHEMA,
                                          schema.file_metadata({"kind": "rejects"}), temp_prefix=prefix)

@@ -209,6 +209,15 @@ def remove_file(fs, path: str) -> None:
     fs.rm_file(path)
 
 
+def remove_if_exists(uri: str) -> None:
+    """Remove the file ``uri`` names (as written) when it is there."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        remove_file(fs, path)
+    except FileNotFoundError:
+        pass
+
+
 def remove_tree(fs, path: str) -> None:
     """Remove a file or a folder with everything in it, the name taken as written."""
     if not fs.isdir(path):
