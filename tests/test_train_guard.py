@@ -241,3 +241,14 @@ def test_rows_whose_mel_holds_nan_are_skipped_by_the_reader(sample_dataset, tmp_
     assert stats == Counter({"kept": 1, "non_finite_mel": 1})
     assert "nan-row" in caplog.text
     assert {s["clip_id"] for s in stream.iter_consumer(0, 1, epochs=1)} == {rows[1]["clip_id"]}
+
+
+def test_weights_with_nan_are_never_saved(tmp_path):
+    from radio.train import trainer
+
+    good, bad = torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)
+    bad.running_var[0] = float("inf")                      # a buffer counts too
+    trainer.refuse_non_finite({"generator": good}, 3, str(tmp_path))
+    with pytest.raises(guard.Diverged, match=r"not saving step 3: inf/NaN weights in disc; the newest checkpoint "
+                                             r"is none"):
+        trainer.refuse_non_finite({"generator": good, "disc": bad}, 3, str(tmp_path))

@@ -128,22 +128,16 @@ def restore_stats(saved: list[tuple[torch.Tensor, torch.Tensor]], found: torch.T
             b.copy_(torch.where(skip, old, b))
 
 
-def all_finite(modules: dict[str, torch.nn.Module]) -> list[str]:
-    """Names of the modules with a non-finite parameter or buffer (one sync)."""
-    names = [n for n, m in modules.items() if m is not None]
-    flags = []
-    for n in names:
-        tensors = [t for t in list(modules[n].parameters()) + list(modules[n].buffers()) if t.is_floating_point()]
-        flags.append(torch.stack([torch.isfinite(t).all() for t in tensors]).all() if tensors
-                     else torch.ones((), dtype=torch.bool))
-    return [n for n, ok in zip(names, torch.stack(flags).tolist()) if not ok] if flags else []
-
-
 def state_dict_non_finite(state: dict) -> list[str]:
-    """Keys ('models.generator.w', ...) of floating tensors with inf/NaN in a checkpoint's models."""
-    bad = []
+    """Keys ('models.generator.w', ...) of floating tensors with inf/NaN in a checkpoint's models
+    (state dicts of live modules too: one sync, whatever their number)."""
+    keys, flags = [], []
     for name, sd in (state.get("models") or {}).items():
         for k, t in (sd or {}).items():
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                bad.append(f"models.{name}.{k}")
-    return bad
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                keys.append(f"models.{name}.{k}")
+                flags.append(torch.isfinite(t).all())
+    if not flags:
+        return []
+    ok = torch.stack([f.to(flags[0].device) for f in flags]).tolist()
+    return [k for k, good in zip(keys, ok) if not good]

@@ -150,9 +150,10 @@ def save_checkpoint(output: str, cfg: TrainConfig, step: int, models: Models, op
 
 
 def refuse_non_finite(modules: dict, step: int, output: str, lr: str = "optim.lr") -> None:
-    bad = guard.all_finite(modules)
+    bad = guard.state_dict_non_finite({"models": {n: m.state_dict() for n, m in modules.items()}})
     if bad:
-        raise guard.Diverged(f"not saving step {step}: inf/NaN weights in {', '.join(bad)}; the newest checkpoint "
+        names = sorted({k.split(".")[1] for k in bad})
+        raise guard.Diverged(f"not saving step {step}: inf/NaN weights in {', '.join(names)}; the newest checkpoint "
                              f"is {newest_checkpoint(output)}. Lower {lr} or set optim.grad_clip, and run the "
                              "same command to resume from it.")
 
