@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 from preprocess import uri as uri_mod
 from preprocess.errors import UserError
+from preprocess.schema import read_parquet
 
 SCHEMA_VERSION = "radio-eval/5"  # 5: identity check; 4: file fingerprints; 3: framing check, frame offset and resize columns (readers take 2 too)
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -302,7 +303,7 @@ def read_table(uri: str) -> list[dict]:
         parts = sorted(p for p in fs.ls(path, detail=False) if posixpath.basename(p).startswith("part-"))
         return [r for p in parts for r in read_table(uri_mod.join(uri, posixpath.basename(p)))]
     with uri_mod.local_copy(uri, ".parquet") as local:
-        return pq.read_table(local).to_pylist()
+        return read_parquet(local).to_pylist()
 
 
 def summarise(rows: list[dict], rejects: list[dict], n_pairs: int, unpaired: list[dict] = ()) -> dict:

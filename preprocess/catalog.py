@@ -209,22 +209,20 @@ def pieces(infos: list[ShardInfo], piece_bytes: int = PIECE_BYTES) -> list[Piece
 def read_piece(uri: str, piece: Piece, columns: list[str]):
     """The rows of one piece as a pyarrow Table (a whole small file in one request). A column of
     ``schema.ADDED_COLUMNS`` that a shard from before it lacks comes back as nulls."""
-    import pyarrow as pa
-
     added = [c for c in columns if c in schema.ADDED_COLUMNS]
+
+    def read(source):
+        pf = schema.parquet_file(source)          # not pq.read_table: an abort at exit
+        names = set(pf.schema_arrow.names) if added else set(columns)
+        wanted = [c for c in columns if c in names or c not in added]
+        table = (pf.read(columns=wanted) if piece.whole else
+                 pf.read_row_groups(list(range(piece.first, piece.first + piece.count)), columns=wanted))
+        return schema.conform(table, columns) if added else table
+
     if piece.whole:
         fs, path = fsspec.core.url_to_fs(uri)
-        buf = pa.BufferReader(fs.cat_file(path))
-        if not added:
-            return pq.read_table(buf, columns=columns)
-        names = set(pq.read_schema(buf).names)
-        return schema.conform(pq.read_table(buf, columns=[c for c in columns if c in names or c not in added]),
-                              columns)
+        return read(fs.cat_file(path))
     with fsspec.open(uri, "rb") as f:
-        pf = pq.ParquetFile(f)
-        names = set(pf.schema_arrow.names) if added else set(columns)
-        table = pf.read_row_groups(list(range(piece.first, piece.first + piece.count)),
-                                   columns=[c for c in columns if c in names or c not in added])
-    return schema.conform(table, columns) if added else table
+        return read(f)
 
 

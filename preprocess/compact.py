@@ -163,7 +163,7 @@ class _TableWriter(AtomicParquetWriter):
 
 def _read(uri: str) -> pa.Table:
     with fsspec.open(uri, "rb") as f:
-        return pq.read_table(f)
+        return schema.read_parquet(f)
 
 
 def write_group(dst: str, group: Group, cfg: CompactConfig) -> dict:

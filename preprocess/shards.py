@@ -93,7 +93,7 @@ def done_source_ids(dataset: str) -> set[str]:
 def read_shard(uri: str, columns: list[str] | None = None):
     """One shard as a pyarrow Table, schema version checked."""
     with fsspec.open(uri, "rb") as f:
-        table = pq.read_table(f, columns=columns)
+        table = schema.read_parquet(f, columns)
     schema.read_file_metadata(table.schema)
     return table
 
