@@ -25,7 +25,8 @@ from eval.config import EvalConfig
 from preprocess.weights import WeightsError
 
 _OFF_HINT = {"lpips": "or switch LPIPS off with --set lpips.enabled=false",
-             "sync": "or switch Sync-C/D off with --set sync.enabled=false"}
+             "sync": "or switch Sync-C/D off with --set sync.enabled=false",
+             "identity": "or switch the identity check off with --set identity_check=off"}
 
 
 @dataclass
@@ -147,13 +148,10 @@ def load_models(cfg: EvalConfig) -> EvalModels:
         from eval.metrics.s3fd import S3FD
 
         detector = S3FD(s3fd_uri, s3fd_sha, device=cfg.device, conf_th=cfg.sync.s3fd_conf, scale=cfg.sync.s3fd_scale)
-    identity = None
-    if identity_wanted(cfg):
-        from eval.metrics.identity import FaceIdentity
-
-        identity = FaceIdentity(cfg.identity_weights_uri, cfg.identity_weights_sha256)
-    return EvalModels(landmarks=backend, lpips=lpips_model, syncnet=syncnet, lpips_label=lpips_label,
-                      sync_detector=detector, identity=identity)
+    models = EvalModels(landmarks=backend, lpips=lpips_model, syncnet=syncnet, lpips_label=lpips_label,
+                        sync_detector=detector)
+    identity_model(cfg, models)              # dlib's face recognition ResNet, when the check runs
+    return models
 
 
 def _check_workers_have(uri_mod, name: str, uri: str, metric: str, workers_see_local_files: bool) -> None:
@@ -194,14 +192,13 @@ def check_weights(cfg: EvalConfig, *, workers_see_local_files: bool = True) -> N
                                f"{S3FD_HOW_TO_GET}")
         _check_workers_have(uri_mod, "S3FD weights (sync.s3fd_uri)", s3fd_uri, "sync", workers_see_local_files)
     if identity_wanted(cfg):
-        from eval.metrics.identity import check_identity_weights
+        from eval.metrics.identity import HOW_TO_GET as IDENTITY_HOW_TO_GET, packaged_identity_path
 
-        check_identity_weights(cfg.identity_weights_uri, cfg.identity_weights_sha256)
-        if cfg.identity_weights_uri and not workers_see_local_files and uri_mod.is_local(cfg.identity_weights_uri):
-            raise WeightsError(f"identity check (identity_weights_uri): {cfg.identity_weights_uri!r} is a file on "
-                               "this machine, which Dataflow workers do not have: copy it to a bucket and set its "
-                               "gs:// URI, or leave it unset (the file inside face_recognition_models) "
-                               "(or switch the check off with --set identity_check=off).")
+        if cfg.identity_weights_uri:
+            wanted.append(("identity", "identity check (identity_weights_uri)", cfg.identity_weights_uri,
+                           cfg.identity_weights_sha256, IDENTITY_HOW_TO_GET))
+        else:
+            packaged_identity_path()      # the file inside face_recognition_models (workers install it too)
     for metric, name, uri, sha, how in wanted:
         if not uri:
             raise WeightsError(f"{name}: no weight file configured. {how} ({_OFF_HINT[metric]}.)")

