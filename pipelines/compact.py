@@ -83,11 +83,7 @@ def run(src: str, dst: str, pipeline_args=(), *, config_path: str | None = None,
     with outlock.hold(dst, "compact"):   # one run per output: its clean-up would delete a live run's files
         compact.check_earlier(src, dst, allow_fewer_inputs=cfg.allow_fewer_inputs)   # the first write: the run record
         fs_marker = uri_mod.join(dst, compact.MARKER)
-        if uri_mod.exists(fs_marker):          # the output is in flux until the new marker
-            import fsspec
-
-            fs, path = fsspec.core.url_to_fs(fs_marker)
-            uri_mod.remove_file(fs, path)
+        uri_mod.remove_if_exists(fs_marker)   # the output is in flux until the new marker
         shards.remove_stale_temporaries(dst)   # what killed runs left: $TMPDIR folders, .tmp-* uploads
         build(p, src, dst, config_mod.to_dict(cfg))
         jobrun.run(p, log_uri=uri_mod.join(dst, "runs", "compact", "job.log"), is_local=is_local, namespace=NS)

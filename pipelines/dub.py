@@ -324,9 +324,7 @@ class DubPairFn(beam.DoFn):
             for stale in stale_outputs(earlier_outs, outs, self.output):
                 if self._owned_by_another_pair(stale):   # a.ref1.mp4 of an earlier 'a' is now pair 'a.ref1''s
                     continue
-                fs, path = fsspec.core.url_to_fs(stale)
-                if fs.exists(path):
-                    fs.rm_file(path)     # one file, as named: rm() expands 'a[1].ref1.mp4' to a1.ref1.mp4
+                uri_mod.remove_if_exists(stale)   # as named: rm() expanded 'a[1].ref1.mp4' to a1.ref1.mp4
         else:
             # a reject removes nothing: earlier outputs stay until a successful dub replaces them, and
             # the marker keeps naming them (so that dub can remove the ones it does not overwrite)
@@ -467,7 +465,7 @@ def remove_stale_temporaries(output: str) -> list[str]:
     if fs.isdir(f"{root}/videos"):   # names may hold folders (a/b.mp4)
         for p in sorted(fs.find(f"{root}/videos", withdirs=False)):
             if posixpath.basename(p.rstrip("/")).startswith(".tmp-"):
-                fs.rm_file(p)
+                uri_mod.remove_file(fs, p)
                 removed.append(p)
     if removed:
         log.info("removed %d temporaries of killed runs (%s)", len(removed), ", ".join(removed[:5]))
@@ -504,7 +502,7 @@ def check_pairs(manifest: str, output: str, references: int = 1, schemes=None) -
             if not item.get("audio_uri"):
                 raise ValueError("no 'audio_uri' (the speech to dub the video with)")
             item["name"] = name_of(item.get("name"))
-            if any(part.startswith(".") for part in (item["name"] or "").split("/")):
+            if sources.hidden(item["name"] or ""):
                 raise ValueError(f"output name {item['name']!r}: a part starts with '.' (hidden files and "
                                  "'.tmp-*' are temporaries a later run removes); name it without")
             if item["name"] and item["name"].endswith("/"):

@@ -33,7 +33,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from preprocess import catalog, schema, shards
+from preprocess import catalog, schema, shards, sources
 from preprocess import uri as uri_mod
 from preprocess.errors import UserError
 from preprocess.writer import AtomicParquetWriter, write_table_atomic
@@ -231,7 +231,7 @@ def metadata_files(src: str) -> dict[str, list[tuple[str, str]]]:
             continue
         files = fs.find(entry["name"]) if entry["type"] == "directory" else [entry["name"]]
         rels = [(f, posixpath.relpath(f, path)) for f in files]
-        out[name] = [(f, rel) for f, rel in rels if not any(part.startswith(".") for part in rel.split("/"))]
+        out[name] = [(f, rel) for f, rel in rels if not sources.hidden(rel)]
     return out
 
 

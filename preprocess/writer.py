@@ -202,7 +202,7 @@ def _copy_rename(fs, local: str, path: str) -> None:
     except BaseException:
         try:
             if fs.exists(tmp):
-                fs.rm_file(tmp)
+                uri_mod.remove_file(fs, tmp)
         except Exception:  # the store may be the thing that is failing
             log.warning("could not remove the temporary %s", tmp)
         raise
