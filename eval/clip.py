@@ -675,22 +675,14 @@ class PassProgress:
 
 
 def file_fingerprint(uri: str) -> str | None:
-    """Which file was scored, without reading it: JSON ``{"size", "tag"}`` (``tag``: the change tag
-    of ``preprocess.catalog.change_tag``: mtime of a local file, generation / etag / md5 of a remote
-    one; the same fingerprint ``radio dub`` records for its inputs). A video dubbed again at the same
-    path, or a reference replaced, gives another fingerprint, so a rerun's rows can be told from the
-    earlier run's. None when the file is gone (the pair is a ``missing_file`` reject anyway).
-    Network errors propagate (the runner retries the pair)."""
-    import fsspec
+    """Which file was scored, without reading it: ``preprocess.catalog.fingerprint`` (size and change
+    tag, as ``radio dub`` records for its inputs) as JSON. A video dubbed again at the same path, or a
+    reference replaced, gives another fingerprint, so a rerun's rows can be told from the earlier
+    run's. None when the file is gone (the pair is a ``missing_file`` reject anyway)."""
+    from preprocess.catalog import fingerprint
 
-    from preprocess.catalog import change_tag
-
-    fs, path = fsspec.core.url_to_fs(uri)
-    try:
-        info = fs.info(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return json.dumps({"size": str(info.get("size")), "tag": change_tag(info)}, sort_keys=True)
+    found = fingerprint(uri)
+    return None if found is None else json.dumps(found, sort_keys=True)
 
 
 def _stamp(path: str) -> tuple[int, int, int] | None:

@@ -124,26 +124,12 @@ def done_uri(output: str, item: dict) -> str:
     return uri_mod.join(output, "done", f"{pair_key(item)}.json")
 
 
-def fingerprint(uri: str | None) -> dict | None:
-    """A cheap fingerprint of an input's content, without reading it: its size and change tag
-    (``preprocess.catalog.change_tag``: mtime of a local file, etag / generation / md5 of a remote
-    one). None when there is no such file (the dub rejects it). Network errors propagate (retried)."""
-    if not uri:
-        return None
-    fs, path = fsspec.core.url_to_fs(uri)
-    try:
-        info = fs.info(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return {"size": str(info.get("size")), "tag": catalog.change_tag(info)}
-
-
 def identity(item: dict, checkpoint_sha256: str, cfg: DubConfig) -> dict:
     """What makes a pair's outputs: inputs (URIs and content fingerprints), checkpoint and the
     output-affecting dub settings (a marker from before fingerprints: :func:`legacy_stands`)."""
     ident = {"video": item["uri"], "audio": item.get("audio_uri"), "checkpoint_sha256": checkpoint_sha256,
-             "dub": output_config(cfg), "video_fingerprint": fingerprint(item["uri"]),
-             "audio_fingerprint": fingerprint(item.get("audio_uri"))}
+             "dub": output_config(cfg), "video_fingerprint": catalog.fingerprint(item["uri"]),
+             "audio_fingerprint": catalog.fingerprint(item.get("audio_uri"))}
     ident["made_by"] = _made_by(ident)
     return ident
 

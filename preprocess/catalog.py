@@ -67,6 +67,21 @@ def change_tag(entry: dict) -> str:
     return ""
 
 
+def fingerprint(uri: str | None) -> dict | None:
+    """Which file is at ``uri``, without reading it: ``{"size", "tag"}`` (``change_tag``: mtime of a
+    local file, etag / generation / md5 of a remote one), for telling a rewritten or replaced input
+    from the one an earlier run used (dub's markers, evaluate's rows). None when there is no such
+    file. Network errors propagate (retried)."""
+    if not uri:
+        return None
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        info = fs.info(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return {"size": str(info.get("size")), "tag": change_tag(info)}
+
+
 def list_detail(dataset: str, sub: str = shards.ROWS, suffix: str = ".parquet") -> list[tuple[str, int, str]]:
     """(uri, size, tag) of the files ``sub/*suffix`` of a dataset, sorted by name (or the dataset
     itself when it is one .parquet file)."""

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import DATA_DIR, ffmpeg, make_testsrc
-from preprocess import align, media, video
+from preprocess import align, catalog, media, video
 from preprocess import config as config_mod
 from radio import dub
 from radio.model.config import ModelConfig
@@ -661,8 +661,8 @@ def test_a_changed_input_at_the_same_uri_is_dubbed_again(tmp_path, monkeypatch):
     import fsspec
 
     fsspec.filesystem("memory").pipe("/radio-test-fp/v.mp4", b"x")
-    fp = dub_job.fingerprint("memory://radio-test-fp/v.mp4")
-    assert fp["size"] == "1" and dub_job.fingerprint("memory://radio-test-fp/none.mp4") is None
+    fp = catalog.fingerprint("memory://radio-test-fp/v.mp4")
+    assert fp["size"] == "1" and catalog.fingerprint("memory://radio-test-fp/none.mp4") is None
 
 
 def _manifest(tmp_path, rows, name="pairs.jsonl"):
