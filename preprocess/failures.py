@@ -26,6 +26,9 @@ ENV_ERRNOS = frozenset(getattr(errno, n) for n in (
 #: HTTP statuses worth retrying (server errors, request timeout, too many requests)
 RETRIABLE_HTTP = frozenset({408, 429, 500, 502, 503, 504})
 _ERRNO_IN_TEXT = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)
+#: torch's DataLoader on a worker process killed under it: SIGKILL (the kernel's OOM killer) or a bus
+#: error (its shared memory, /dev/shm, full). Not "exited unexpectedly": a segfault reads so (a bug).
+_LOADER_WORKER_DIED = re.compile(r"^DataLoader worker \(pid.*killed by signal: (Killed|Bus error)")
 
 
 class EnvironmentFailure(Exception):
@@ -83,6 +86,8 @@ def _is_env(e: BaseException) -> bool:
     if module.startswith("google.auth") and type(e).__name__ == "TransportError":
         return True
     if type(e).__name__ == "FSTimeoutError":  # fsspec's async timeout
+        return True
+    if isinstance(e, RuntimeError) and _LOADER_WORKER_DIED.match(str(e)):
         return True
     if isinstance(e, OSError):
         return _errno_of(e) in ENV_ERRNOS

@@ -133,6 +133,41 @@ def test_a_killed_ffmpeg_is_an_environment_failure():
         failures.raise_if_killed(rc, "ffmpeg")
 
 
+class _DiesInWorker:
+    """A map-style dataset whose item ``k`` kills its own DataLoader worker with ``sig``."""
+
+    def __init__(self, sig: int):
+        self.sig = sig
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, k: int) -> int:
+        if k == 1:
+            os.kill(os.getpid(), self.sig)
+        return k
+
+
+@pytest.mark.parametrize("sig, env", [(signal.SIGKILL, True), (signal.SIGBUS, True), (signal.SIGSEGV, False)])
+def test_a_dead_loader_worker_is_an_environment_failure_in_one_line(sig, env):
+    """A training job whose loader worker the OOM killer took ended in torch's 37-line traceback:
+    now one line, exit 1, run again to resume. A segfault stays a bug (its traceback kept)."""
+    import argparse
+
+    import torch
+
+    import radio.cli
+
+    loader = torch.utils.data.DataLoader(_DiesInWorker(sig), batch_size=1, num_workers=1,
+                                         multiprocessing_context="fork")
+    with pytest.raises(RuntimeError, match="DataLoader worker") as got:
+        list(loader)
+    assert failures.is_environment_error(got.value) is env, got.value
+    if env:
+        args = argparse.Namespace(command="train", verbose=False)
+        assert radio.cli.report(got.value, args) == 1
+
+
 def test_call_with_retries_retries_only_environment_errors():
     calls, waits = [], []
 
