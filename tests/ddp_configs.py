@@ -65,6 +65,7 @@ def main(selected: list[int]) -> None:
         if info.main:
             print("ok", " ".join(CONFIGS[i]), f"({moved}/{len(before)} G tensors changed)", flush=True)
     dist.shutdown()
+    dist.leave(0)                   # as radio train's ranks end: a normal exit can abort in gloo's threads
 
 
 if __name__ == "__main__":

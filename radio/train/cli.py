@@ -219,16 +219,16 @@ def main(args) -> int:
         raise
     if dist.env_info().main:
         _report_export(args.output, "sync.pt" if args.command == "train-sync" else "radio.pt")
+    if dist.env_info().world > 1:
+        dist.leave(rc)                        # a normal exit can abort in gloo's threads (dist.leave)
     return rc
 
 
 def _exit_rank(e: BaseException, args) -> None:
     """A failed rank under torchrun: its error (one line for a user's mistake, else the traceback),
-    then ``os._exit`` at once. A normal exit could wait on the other ranks (the gloo group's
+    then ``dist.leave`` at once. A normal exit could wait on the other ranks (the gloo group's
     teardown, exit handlers), which wait inside a collective for this one; gone, it lets torchrun
     stop them and the job end non-zero instead of hanging until the backend's timeout."""
-    import os
-    import sys
     import traceback
 
     from radio.cli import report
@@ -239,11 +239,8 @@ def _exit_rank(e: BaseException, args) -> None:
         if rc is None:
             traceback.print_exception(e)
             rc = 1
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
     finally:
-        os._exit(rc)
+        dist.leave(rc)
 
 
 def _report_export(output: str, name: str) -> None:

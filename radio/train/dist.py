@@ -13,8 +13,11 @@ it; DDP's reducer supports none of that cleanly, so D's gradients are averaged e
 """
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -64,7 +67,7 @@ def shutdown(clean: bool = True) -> None:
     (``clean=False``) no collective at all: the other ranks may be inside another one (a DDP
     all-reduce, a checkpoint's barrier) that a barrier here would never match, and every rank would
     wait for the backend's timeout (a stuck, billed machine). NCCL's communicators are aborted;
-    gloo's are left to the process's exit, which ``cli.main`` makes at once (``os._exit``): the
+    gloo's are left to the process's exit, which ``cli.main`` makes at once (``leave``): the
     other ranks then see their peer gone, or torchrun stops them."""
     global _FLAGS
     if dist.is_available() and dist.is_initialized():
@@ -76,6 +79,26 @@ def shutdown(clean: bool = True) -> None:
         else:
             _abort()
     _FLAGS = None
+
+
+def leave(rc: int) -> NoReturn:
+    """End this rank's process now with ``rc``, without the interpreter's finalization (``os._exit``),
+    once everything it wrote is closed: the last use of a multi-rank run, finished, preempted or failed.
+
+    Why not a normal exit: gloo's worker threads drop their finished collectives when they next run,
+    and ``destroy_process_group`` neither joins them nor frees the group (DDP keeps it). A worker that
+    drops one after the interpreter began finalizing needs the GIL to release the collective's tensors,
+    is ended by Python inside that C++ destructor, and the rank aborts (``terminate called without an
+    active exception``, SIGABRT): torchrun then reports a finished run as failed and a supervisor would
+    start it again (core dump: ``ProcessGroupGloo::runLoop`` -> ``~AsyncWork`` -> ``take_gil`` ->
+    ``pthread_exit``; 1 run in 30 of a two-rank test under load; pytorch/pytorch#179291). A failed rank
+    also must not wait in a teardown for ranks that wait inside a collective for it."""
+    try:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(rc)
 
 
 def _abort() -> None:
