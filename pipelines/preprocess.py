@@ -177,10 +177,15 @@ class PartitionFinishedFn(beam.DoFn):
     def process(self, joined):
         _sid, groups = joined
         items, done = list(groups["listed"]), list(groups["done"])
+        unmarked = list(groups.get("unmarked", ()))
         if not items and done and done[0].get("source_uri") and done[0].get("status") == "rows":
             # an earlier run's source with rows that this input does not list (ReplaceSupersededFn)
             yield beam.pvalue.TaggedOutput(self.UNLISTED, (uri_mod.canonical(done[0]["source_uri"]),
                                                            (_sid, done[0]["span"])))
+        elif not items and not done and unmarked:
+            # the same, killed before its done marker: training reads its rows all the same
+            yield beam.pvalue.TaggedOutput(self.UNLISTED, (uri_mod.canonical(unmarked[0]["source_uri"]),
+                                                           (_sid, unmarked[0]["span"])))
         for item in items[:1]:  # the same URI listed twice is one source
             self.listed.inc()
             item = keep_recorded_labels(item, done[0] if done else None)
@@ -260,7 +265,9 @@ class ReplaceSupersededFn(beam.DoFn):
     source's (training read them twice; with another ``split``, eval frames in train). Only a listed
     source that has rows (made now, or finished earlier) replaces: one rejected (a whole 3 h file
     ``too_long`` where ranges of it have rows) or failed leaves the earlier rows alone. Rows and
-    rejects go first, its done marker last, so a killed run leaves the marker for the next run."""
+    rejects go first, its done marker last, so a killed run leaves the marker for the next run. An
+    earlier source is known by its done marker, or, for rows whose run was killed before it wrote
+    the marker, by the frames its rows hold (``shards.rows_cover``)."""
 
     def __init__(self, dataset: str):
         self.dataset = dataset
@@ -315,7 +322,13 @@ def build(p: beam.Pipeline, input_spec: str, dataset: str, cfg: dict, *, run_id:
               | "ListFinished" >> beam.FlatMap(lambda d: sorted(shards.done_source_ids(d)))
               | "SpreadFinished" >> beam.Reshuffle()
               | "CheckFinished" >> beam.ParDo(CheckFinishedFn(dataset, shards.config_fingerprint(cfg), check=resume)))
-    parts = ({"listed": listed, "done": done}
+    # rows without a done marker (a run killed between the two writes), with the frames they hold
+    unmarked = (p | "DatasetRows" >> beam.Create([dataset])
+                  | "ListUnmarked" >> beam.FlatMap(shards.unmarked_source_ids)
+                  | "SpreadUnmarked" >> beam.Reshuffle()
+                  | "CoverOfUnmarked" >> beam.FlatMap(lambda sid: [(sid, c)] if (c := shards.rows_cover(dataset, sid))
+                                                      else []))
+    parts = ({"listed": listed, "done": done, "unmarked": unmarked}
              | "JoinFinished" >> beam.CoGroupByKey()
              | "SkipFinished" >> beam.ParDo(PartitionFinishedFn(resume, retry_rejects)).with_outputs(
                  PartitionFinishedFn.SKIPPED, PartitionFinishedFn.UNTRUSTED, PartitionFinishedFn.UNLISTED,

@@ -90,6 +90,30 @@ def done_source_ids(dataset: str) -> set[str]:
     return {u.rsplit("/", 1)[-1][: -len(".json")] for u in _list(dataset, DONE, ".json")}
 
 
+def unmarked_source_ids(dataset: str) -> list[str]:
+    """Sources with a rows file and no done marker: a run killed between the two writes (a rows
+    file is whole: it is written atomically), or a run in progress (none: one run per dataset)."""
+    done = done_source_ids(dataset)
+    ids = (u.rsplit("/", 1)[-1][: -len(".parquet")] for u in list_shards(dataset))
+    return sorted(sid for sid in ids if sid not in done)
+
+
+def rows_cover(dataset: str, source_id: str) -> dict | None:
+    """What video and frames a source's rows file holds, as ``covers`` gives them for a done marker:
+    ``{"source_uri", "span": (first, stop)}``, the frames of its rows; None when unreadable or empty."""
+    try:
+        rows = read_shard(rows_uri(dataset, source_id), ["source_uri", "start_frame", "n_frames"]).to_pylist()
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # noqa: BLE001  (a damaged file says nothing of its frames: left as it is)
+        log.warning("cannot read rows of source %s: %s", source_id, e)
+        return None
+    if not rows:
+        return None
+    return {"source_uri": rows[0]["source_uri"],
+            "span": (min(r["start_frame"] for r in rows), max(r["start_frame"] + r["n_frames"] for r in rows))}
+
+
 def read_shard(uri: str, columns: list[str] | None = None):
     """One shard as a pyarrow Table, schema version checked."""
     with fsspec.open(uri, "rb") as f:

@@ -6,6 +6,7 @@ training read those frames twice (with another ``split``: eval frames in train).
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 from conftest import CLIP, write_csv
@@ -47,6 +48,35 @@ def test_a_changed_range_replaces_the_earlier_runs_source(tmp_path):
     c = write_csv(tmp_path / "c.csv", [[str(CLIP), "100", "200"]])
     assert pipeline.run(str(c), ds, ONE_WORKER, run_id="r5", resume=True)["replaced_earlier"] == 0
     assert len(shards.done_source_ids(ds)) == 3
+
+
+def test_rows_left_without_a_done_marker_are_replaced_too(tmp_path):
+    """A worker killed between a source's rows and its done marker, then the range changed: the
+    earlier source was known only by its marker, so its rows stayed beside the new source's and
+    training read frames 0..49 twice."""
+    ds = str(tmp_path / "ds")
+    a = write_csv(tmp_path / "a.csv", [[str(CLIP), "0", "3"]])
+    assert pipeline.run(str(a), ds, ONE_WORKER, run_id="r1")["sources_with_rows"] == 1
+    (first,) = shards.done_source_ids(ds)
+    os.remove(shards.done_uri(ds, first))                      # killed between the two writes
+    assert shards.unmarked_source_ids(ds) == [first]
+    b = write_csv(tmp_path / "b.csv", [[str(CLIP), "0", "2"]])
+    s = pipeline.run(str(b), ds, ONE_WORKER, run_id="r2", resume=True)
+    assert (s["processed"], s["replaced_earlier"]) == (1, 1), s
+    held = frames_held(ds)
+    assert max(held.values()) == 1 and not any(50 <= f < 75 for f in held), sorted(held)
+    assert shards.unmarked_source_ids(ds) == [] and len(shards.list_shards(ds)) == 1
+    # unmarked rows of frames no listed source holds stay (another input's source, redone by its run)
+    (second,) = shards.done_source_ids(ds)
+    os.remove(shards.done_uri(ds, second))
+    c = write_csv(tmp_path / "c.csv", [[str(CLIP), "5", "6"]])
+    s = pipeline.run(str(c), ds, ONE_WORKER, run_id="r3", resume=True)
+    assert (s["sources_with_rows"], s["replaced_earlier"]) == (1, 0), s
+    assert shards.unmarked_source_ids(ds) == [second] and len(shards.list_shards(ds)) == 2
+    # listed again, the unmarked source is simply redone under its own name
+    s = pipeline.run(str(b), ds, ONE_WORKER, run_id="r4", resume=True)
+    assert (s["processed"], s["skipped_resume"], s["replaced_earlier"]) == (1, 0, 0), s
+    assert shards.unmarked_source_ids(ds) == [] and max(frames_held(ds).values()) == 1
 
 
 def test_a_rejected_whole_file_leaves_its_ranges_rows(tmp_path):
