@@ -160,12 +160,15 @@ def keep_recorded_labels(item: dict, marker: dict | None) -> dict:
 
 
 class PartitionFinishedFn(beam.DoFn):
-    """After joining listed sources with checked done markers by source id: pass on what is left
-    to do. A source whose marker failed its check (``CheckFinishedFn``) is redone and counted."""
+    """After joining listed sources with checked done markers and rows files by source id: pass on
+    what is left to do. A source whose marker failed its check (``CheckFinishedFn``) is redone and
+    counted; an unlisted one with rows goes to ``ReplaceSupersededFn`` (by its marker, or by its id
+    when it has none)."""
 
     SKIPPED = "skipped"
     UNTRUSTED = "untrusted"
     UNLISTED = "unlisted"
+    UNMARKED = "unmarked"
     WITH_ROWS = "with_rows"
 
     def __init__(self, resume: bool, retry_rejects: bool):
@@ -177,15 +180,13 @@ class PartitionFinishedFn(beam.DoFn):
     def process(self, joined):
         _sid, groups = joined
         items, done = list(groups["listed"]), list(groups["done"])
-        unmarked = list(groups.get("unmarked", ()))
         if not items and done and done[0].get("source_uri") and done[0].get("status") == "rows":
             # an earlier run's source with rows that this input does not list (ReplaceSupersededFn)
             yield beam.pvalue.TaggedOutput(self.UNLISTED, (uri_mod.canonical(done[0]["source_uri"]),
                                                            (_sid, done[0]["span"])))
-        elif not items and not done and unmarked:
+        elif not items and not done and list(groups.get("rows", ())):
             # the same, killed before its done marker: training reads its rows all the same
-            yield beam.pvalue.TaggedOutput(self.UNLISTED, (uri_mod.canonical(unmarked[0]["source_uri"]),
-                                                           (_sid, unmarked[0]["span"])))
+            yield beam.pvalue.TaggedOutput(self.UNMARKED, _sid)
         for item in items[:1]:  # the same URI listed twice is one source
             self.listed.inc()
             item = keep_recorded_labels(item, done[0] if done else None)
@@ -318,20 +319,19 @@ def build(p: beam.Pipeline, input_spec: str, dataset: str, cfg: dict, *, run_id:
                 | "ListSources" >> beam.FlatMap(sources.list_sources, schemes=tuple(cfg["input"]["schemes"]))
                 | "KeyBySource" >> beam.Map(lambda it: (source.source_id_of(it), it)))
     # without --resume the markers are read too (not checked): for the labels a label-less input keeps
-    done = (p | "Dataset" >> beam.Create([dataset])
-              | "ListFinished" >> beam.FlatMap(lambda d: sorted(shards.done_source_ids(d)))
-              | "SpreadFinished" >> beam.Reshuffle()
-              | "CheckFinished" >> beam.ParDo(CheckFinishedFn(dataset, shards.config_fingerprint(cfg), check=resume)))
-    # rows without a done marker (a run killed between the two writes), with the frames they hold
-    unmarked = (p | "DatasetRows" >> beam.Create([dataset])
-                  | "ListUnmarked" >> beam.FlatMap(shards.unmarked_source_ids)
-                  | "SpreadUnmarked" >> beam.Reshuffle()
-                  | "CoverOfUnmarked" >> beam.FlatMap(lambda sid: [(sid, c)] if (c := shards.rows_cover(dataset, sid))
-                                                      else []))
-    parts = ({"listed": listed, "done": done, "unmarked": unmarked}
+    folder = p | "Dataset" >> beam.Create([dataset])
+    done = (folder
+            | "ListFinished" >> beam.FlatMap(lambda d: sorted(shards.done_source_ids(d)))
+            | "SpreadFinished" >> beam.Reshuffle()
+            | "CheckFinished" >> beam.ParDo(CheckFinishedFn(dataset, shards.config_fingerprint(cfg), check=resume)))
+    # every source with rows: those without a done marker (a run killed between the two writes) are
+    # earlier sources too, known by the frames their rows hold
+    rows = folder | "ListRows" >> beam.FlatMap(lambda d: [(sid, True) for sid in shards.row_source_ids(d)])
+    parts = ({"listed": listed, "done": done, "rows": rows}
              | "JoinFinished" >> beam.CoGroupByKey()
              | "SkipFinished" >> beam.ParDo(PartitionFinishedFn(resume, retry_rejects)).with_outputs(
                  PartitionFinishedFn.SKIPPED, PartitionFinishedFn.UNTRUSTED, PartitionFinishedFn.UNLISTED,
+                 PartitionFinishedFn.UNMARKED,
                  PartitionFinishedFn.WITH_ROWS, main="todo"))
     skipped = parts[PartitionFinishedFn.SKIPPED] | "CountSkipped" >> beam.combiners.Count.Globally()
     redone = parts[PartitionFinishedFn.UNTRUSTED] | "CountRedone" >> beam.combiners.Count.Globally()
@@ -344,7 +344,11 @@ def build(p: beam.Pipeline, input_spec: str, dataset: str, cfg: dict, *, run_id:
                     | "SpanOfResult" >> beam.Map(result_span))
     # an earlier source of a listed video whose frames a listed source with rows now covers (a changed clip range)
     with_rows = (made, parts[PartitionFinishedFn.WITH_ROWS]) | "ListedWithRows" >> beam.Flatten()
-    replaced = ({"listed": with_rows, "earlier": parts[PartitionFinishedFn.UNLISTED]}
+    unmarked = parts[PartitionFinishedFn.UNMARKED] | "CoverOfUnmarked" >> beam.FlatMap(
+        lambda sid: [(uri_mod.canonical(c["source_uri"]), (sid, c["span"]))] if (c := shards.rows_cover(dataset, sid))
+        else [])
+    earlier = (parts[PartitionFinishedFn.UNLISTED], unmarked) | "EarlierSources" >> beam.Flatten()
+    replaced = ({"listed": with_rows, "earlier": earlier}
                 | "JoinVideos" >> beam.CoGroupByKey()
                 | "ReplaceSuperseded" >> beam.ParDo(ReplaceSupersededFn(dataset))
                 | "CountReplaced" >> beam.combiners.Count.Globally())

@@ -86,16 +86,18 @@ def list_rejects(dataset: str) -> list[str]:
     return _list(dataset, REJECTS, ".parquet")
 
 
+def _ids(dataset: str, sub: str, suffix: str) -> list[str]:
+    return [u.rsplit("/", 1)[-1][: -len(suffix)] for u in _list(dataset, sub, suffix)]
+
+
 def done_source_ids(dataset: str) -> set[str]:
-    return {u.rsplit("/", 1)[-1][: -len(".json")] for u in _list(dataset, DONE, ".json")}
+    return set(_ids(dataset, DONE, ".json"))
 
 
-def unmarked_source_ids(dataset: str) -> list[str]:
-    """Sources with a rows file and no done marker: a run killed between the two writes (a rows
-    file is whole: it is written atomically), or a run in progress (none: one run per dataset)."""
-    done = done_source_ids(dataset)
-    ids = (u.rsplit("/", 1)[-1][: -len(".parquet")] for u in list_shards(dataset))
-    return sorted(sid for sid in ids if sid not in done)
+def row_source_ids(dataset: str) -> list[str]:
+    """Sources with a rows file (one with no done marker: a run killed between the two writes; a
+    rows file is whole, written atomically)."""
+    return _ids(dataset, ROWS, ".parquet")
 
 
 def rows_cover(dataset: str, source_id: str) -> dict | None:

@@ -25,6 +25,11 @@ def frames_held(ds: str) -> Counter:
     return held
 
 
+def unmarked(ds: str) -> list[str]:
+    """Sources with rows and no done marker."""
+    return sorted(set(shards.row_source_ids(ds)) - shards.done_source_ids(ds))
+
+
 def test_a_changed_range_replaces_the_earlier_runs_source(tmp_path):
     ds = str(tmp_path / "ds")
     a = write_csv(tmp_path / "a.csv", [[str(CLIP), "0", "3"], [str(CLIP), "3", ""]])
@@ -59,24 +64,24 @@ def test_rows_left_without_a_done_marker_are_replaced_too(tmp_path):
     assert pipeline.run(str(a), ds, ONE_WORKER, run_id="r1")["sources_with_rows"] == 1
     (first,) = shards.done_source_ids(ds)
     os.remove(shards.done_uri(ds, first))                      # killed between the two writes
-    assert shards.unmarked_source_ids(ds) == [first]
+    assert unmarked(ds) == [first]
     b = write_csv(tmp_path / "b.csv", [[str(CLIP), "0", "2"]])
     s = pipeline.run(str(b), ds, ONE_WORKER, run_id="r2", resume=True)
     assert (s["processed"], s["replaced_earlier"]) == (1, 1), s
     held = frames_held(ds)
     assert max(held.values()) == 1 and not any(50 <= f < 75 for f in held), sorted(held)
-    assert shards.unmarked_source_ids(ds) == [] and len(shards.list_shards(ds)) == 1
+    assert unmarked(ds) == [] and len(shards.list_shards(ds)) == 1
     # unmarked rows of frames no listed source holds stay (another input's source, redone by its run)
     (second,) = shards.done_source_ids(ds)
     os.remove(shards.done_uri(ds, second))
     c = write_csv(tmp_path / "c.csv", [[str(CLIP), "5", "6"]])
     s = pipeline.run(str(c), ds, ONE_WORKER, run_id="r3", resume=True)
     assert (s["sources_with_rows"], s["replaced_earlier"]) == (1, 0), s
-    assert shards.unmarked_source_ids(ds) == [second] and len(shards.list_shards(ds)) == 2
+    assert unmarked(ds) == [second] and len(shards.list_shards(ds)) == 2
     # listed again, the unmarked source is simply redone under its own name
     s = pipeline.run(str(b), ds, ONE_WORKER, run_id="r4", resume=True)
     assert (s["processed"], s["skipped_resume"], s["replaced_earlier"]) == (1, 0, 0), s
-    assert shards.unmarked_source_ids(ds) == [] and max(frames_held(ds).values()) == 1
+    assert unmarked(ds) == [] and max(frames_held(ds).values()) == 1
 
 
 def test_a_rejected_whole_file_leaves_its_ranges_rows(tmp_path):

@@ -18,7 +18,7 @@ from pipelines import preprocess as pipeline
 REPO = Path(__file__).resolve().parents[1]
 DATAFLOW = ["--runner", "DataflowRunner", "--project", "radio-test-project", "--region", "europe-west4",
             "--temp_location", "gs://radio-test-bucket/tmp", "--setup_file", str(REPO / "setup.py")]
-STEPS = ["Spec", "ListSources", "KeyBySource", "Dataset", "ListFinished", "ListUnmarked", "JoinFinished", "SkipFinished",
+STEPS = ["Spec", "ListSources", "KeyBySource", "Dataset", "ListFinished", "ListRows", "JoinFinished", "SkipFinished",
          "CountSkipped", "Reshuffle", "ProcessSource", "Summarise", "WriteSummary"]
 
 
