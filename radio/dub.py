@@ -472,7 +472,9 @@ class _Encoder:
 
     def __init__(self, dst: str, w: int, h: int, audio_path: str, audio_index: int, crf: int, preset: str,
                  fps: Fraction, audio_args: list[str], comment: str = "", sar: Fraction | None = None):
-        vf = ["-vf", f"setsar={sar.numerator}/{sar.denominator}"] if sar else []
+        # setsar reduces the ratio to terms of at most ``max`` (default 100: 221:223 became 99:100)
+        vf = ["-vf", f"setsar={sar.numerator}/{sar.denominator}:max={max(sar.numerator, sar.denominator)}"] \
+            if sar else []
         cmd = [media.ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
                *media.cli_input(audio_path), "-map", "0:v:0", "-map", f"1:{audio_index}",

@@ -932,6 +932,23 @@ def test_anamorphic_source_is_tracked_as_displayed_and_keeps_its_pixels(tmp_path
     assert abs(xs.mean() - mouth_x) < 5 and abs(ys.mean() + 100 - mouth[1]) < 25, (xs.mean(), ys.mean(), mouth)
 
 
+@pytest.mark.parametrize("sar", [(221, 223), (4, 3), (1001, 1000)])
+def test_the_encoder_keeps_a_pixel_aspect_with_large_terms(tmp_path, sar):
+    """ffmpeg's setsar reduces the ratio to terms of at most 100 unless told otherwise: a 221:223
+    source was written 99:100 (display 22077:22100 instead of 1:1)."""
+    from fractions import Fraction
+
+    speech = tmp_path / "s.wav"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=0.2", f"file:{speech}")
+    out = tmp_path / "o.mp4"
+    enc = dub._Encoder(str(out), 32, 24, str(speech), 0, 23, "ultrafast", Fraction(25), ["-c:a", "aac"],
+                       sar=Fraction(*sar))
+    for _ in range(5):
+        enc.write(np.zeros((24, 32, 3), np.uint8))
+    enc.close()
+    assert Fraction(media.probe(str(out)).sar).limit_denominator(10000) == Fraction(*sar)
+
+
 def test_an_odd_sized_source_keeps_its_size_and_its_edge_pixels(tmp_path, backend):
     """A 225x223 video came out 226x224 with a black column and row (yuv420p needs even sizes), and
     its pair line said 225x223: evaluation against the source compared other pictures."""
