@@ -57,6 +57,7 @@ import apache_beam as beam
 import fsspec
 from apache_beam.metrics import Metrics
 
+from eval import pairs as pairs_mod
 from pipelines import jobrun
 from preprocess import config as config_mod
 from preprocess import catalog, outlock, shards, sources
@@ -70,7 +71,7 @@ from radio.dub import DubConfig, DubError, output_config
 log = logging.getLogger(__name__)
 NS = "radio.dub"
 MANIFEST_KEY = ("uri", "audio_uri", "name")
-EVAL_MANIFEST = "evaluate_pairs.jsonl"
+EVAL_MANIFEST = pairs_mod.DUB_MANIFEST   # each output against its source video, for radio evaluate
 
 
 class DubInputError(UserError, ValueError):

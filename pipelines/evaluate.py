@@ -255,8 +255,10 @@ def run(generated: str, output: str, pipeline_args=(), *, reference: str | None 
 
 
 def main(args, beam_args) -> int:
-    """``radio evaluate``: 0 when every pair was scored, rejected or unpaired, 1 when counts do not
-    add up or a pair failed with a ``scoring_error``, 2 on bad input (pairs, config, weights, run id)."""
+    """``radio evaluate``: 0 when every pair was scored, rejected or unpaired and at least one was
+    scored; 1 when counts do not add up, a pair failed with a ``scoring_error``, or no pair was scored
+    (the report holds no number: a nightly run whose every pair was rejected is a failed run to its
+    scheduler, not a success with an empty table); 2 on bad input (pairs, config, weights, run id)."""
     try:
         summary = run(args.generated, args.output, beam_args, reference=args.reference, run_id=args.run_id,
                       dataset=args.dataset, method=args.method, config_path=args.config, overrides=args.overrides,
@@ -268,6 +270,10 @@ def main(args, beam_args) -> int:
     print(format_summary(summary))
     for line in reference_spread.format_lines(reference_spread.read(summary["output"])):  # --references K
         print(line)
+    if not summary["scored"]:
+        print(f"radio evaluate: no pair was scored ({summary['rejected']} rejected, {summary.get('unpaired') or 0} unpaired): "
+              "the report holds no number; the reasons are in rejects.parquet", file=sys.stderr)
+        return 1
     return 0 if summary["counts_add_up"] and not summary["rejects_by_reason"].get("scoring_error") else 1
 
 

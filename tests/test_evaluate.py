@@ -189,6 +189,27 @@ def test_rerun_same_run_id_overwrites_through_the_cli(first_run, inputs):
     assert sorted(p.name for p in (Path(inputs["out"]) / "runs").iterdir()) == ["r1"]
 
 
+def test_a_run_that_scores_no_pair_exits_1_with_one_line(inputs, capsys):
+    """Every pair rejected: the run, its rejects and its (empty) report are written, but the exit
+    status is 1 with one line saying so (it was 0: a nightly run that scored nothing looked like
+    a success to cron)."""
+    from radio import cli
+
+    manifest = Path(inputs["root"]) / "all_rejected.csv"
+    lines = Path(inputs["manifest"]).read_text().splitlines()
+    manifest.write_text("\n".join([lines[0]] + [x for x in lines if "_short" in x or "absent" in x]) + "\n")
+    out = Path(inputs["root"]) / "out_none"
+    rc = cli.main(["evaluate", "--generated", str(manifest), "--output", str(out), "--run-id", "none",
+                   "--dataset", "testset", "--set", "lpips.enabled=false", "--set", "sync.enabled=false",
+                   "--set", "max_frames=8", "--direct_num_workers=1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "radio evaluate: no pair was scored (2 rejected, 0 unpaired)" in err, err
+    run = _read_run(out / "runs" / "none")
+    assert run["summary"]["scored"] == 0 and len(run["rejects"]) == 2 and run["summary"]["counts_add_up"]
+    assert "No pair was scored" in run["md"]
+
+
 def test_a_killed_rerun_never_looks_complete(tmp_path, monkeypatch):
     """Rerunning a run id used to keep the earlier run's summary.json and reports until the last
     step: a rerun killed halfway left the new shards next to a summary claiming a complete run.
@@ -381,6 +402,10 @@ def test_existing_names_with_glob_characters_are_literal(tmp_path):
     m = tmp_path / "m[2].jsonl"
     m.write_text('{"generated": "gen[1]/a.mp4", "reference": "ref [a]?/a.mp4"}\n')
     assert pairs_mod.is_manifest(str(m)) and pairs_mod.default_names(str(m), None)[1] == "m[2]"
+    # ... and so is its evaluate_pairs.jsonl (it was dataset "wav2lip_dub", method "evaluate_pairs")
+    dub_manifest = tmp_path / "wav2lip_dub" / "evaluate_pairs.jsonl"
+    assert pairs_mod.default_names(str(dub_manifest), None) == ("dataset", "wav2lip_dub")
+    assert pairs_mod.default_names(str(dub_manifest), str(ref)) == ("ref [a]?", "wav2lip_dub")
     assert [p["generated"] for p in pairs_mod.list_pairs(str(m))] == [str(gen / "a.mp4")]
     assert {p["key"] for p in pairs_mod.list_pairs(str(tmp_path / "gen?" / "*.mp4"), str(ref)) if p["generated"]} == {"gen1/other"}
 
