@@ -25,7 +25,15 @@ from preprocess.errors import UserError
 log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv")
+#: the names a folder lists as videos (any case: ``.MTS``): the usual extensions of every video
+#: container ``media.ALLOWED_FORMATS`` opens. mov: mp4 mov m4v 3gp 3g2 f4v; matroska: mkv webm;
+#: avi: avi divx; mpegts: ts mts m2ts m2t (AVCHD camcorders, broadcast); mpeg (program stream):
+#: mpg mpeg mpe vob; flv; asf: wmv asf; ogg: ogv; mxf. Not listed: audio files (.wav .mp3 .m4a
+#: .mka .wma, and .ogg, mostly Vorbis audio: Ogg video is .ogv) and raw video streams with no
+#: sound (.h264 .hevc .ivf), which could only be rejects; a glob lists any name.
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv",
+                  ".mts", ".m2ts", ".m2t", ".3gp", ".3g2", ".f4v", ".divx", ".mpe", ".vob", ".wmv",
+                  ".asf", ".ogv", ".mxf")
 
 
 class SourceError(UserError, ValueError):
@@ -82,8 +90,10 @@ def list_sources(spec: str, schemes: tuple[str, ...] | None = None) -> Iterator[
         if hidden(path[len(root):]):     # the pattern asks for hidden names itself ('.*.mp4')
             root = None
     elif fs.isdir(path):
-        paths = [p for p in fs.find(path) if p.lower().endswith(VIDEO_SUFFIXES)]
+        paths = fs.find(path)
         root = path
+        _log_not_videos(spec, path, paths)
+        paths = [p for p in paths if p.lower().endswith(VIDEO_SUFFIXES)]
     elif fs.exists(path):
         paths, root = [path], None
     else:
@@ -116,6 +126,26 @@ def hidden(rel: str) -> bool:
 
 
 _WARNED: set = set()
+
+
+def _log_not_videos(spec: str, root: str, paths: list[str]) -> None:
+    """One line (once per process) on the files a folder listing leaves out by their suffix, counted
+    by suffix (hidden names are left out silently: ``.DS_Store``), so that a video in a container
+    named otherwise is not dropped without a word."""
+    root = root.rstrip("/")
+    others = [p for p in paths if not p.lower().endswith(VIDEO_SUFFIXES)
+              and not hidden(p[len(root) + 1:] if p.startswith(root + "/") else posixpath.basename(p))]
+    if not others or (spec, "not videos", len(others)) in _WARNED:
+        return
+    _WARNED.add((spec, "not videos", len(others)))
+    by_suffix: dict[str, int] = {}
+    for p in others:
+        suffix = posixpath.splitext(posixpath.basename(p))[1].lower() or "(no suffix)"
+        by_suffix[suffix] = by_suffix.get(suffix, 0) + 1
+    kinds = sorted(by_suffix.items(), key=lambda kv: (-kv[1], kv[0]))
+    log.info("%s: left out %d file(s) not named as videos (%s%s; videos: %s, ...; a glob lists any name)",
+             spec, len(others), ", ".join(f"{n} {k}" for k, n in kinds[:5]), ", ..." if len(kinds) > 5 else "",
+             ", ".join(VIDEO_SUFFIXES[:4]))
 
 
 def read_manifest(uri: str, key: tuple[str, ...] = ("uri",),

@@ -236,6 +236,49 @@ def test_a_folder_or_glob_lists_no_hidden_files_unless_the_glob_asks(tmp_path, c
     assert names(tmp_path / "._a.mp4") == ["._a.mp4"]
 
 
+# ---------------------------------------------------------------- containers named otherwise than .mp4
+#: a clip in every container a folder lists (ffmpeg arguments after '-i CLIP -t 0.5')
+_COPY = ["-c", "copy"]
+_PS = ["-c:v", "mpeg2video", "-c:a", "mp2"]
+_ASF = ["-c:v", "wmv2", "-c:a", "wmav2"]
+CONTAINER_CLIPS = {
+    ".mp4": _COPY, ".mov": _COPY, ".m4v": _COPY, ".3gp": _COPY, ".3g2": _COPY, ".f4v": _COPY, ".mkv": _COPY,
+    ".webm": ["-c:v", "libvpx", "-c:a", "libopus", "-b:v", "200k"], ".flv": _COPY,
+    ".avi": ["-c:v", "mpeg4", "-c:a", "mp3"], ".divx": ["-f", "avi", "-c:v", "mpeg4", "-c:a", "mp3"],
+    ".ts": _COPY, ".mts": _COPY, ".m2ts": _COPY, ".m2t": _COPY,
+    ".mpg": _PS, ".mpeg": _PS, ".mpe": ["-f", "mpeg", *_PS], ".vob": ["-f", "vob", *_PS],
+    ".wmv": _ASF, ".asf": _ASF, ".ogv": ["-c:v", "libtheora", "-c:a", "libvorbis"],
+    ".mxf": ["-c:v", "mpeg2video", "-c:a", "pcm_s16le", "-ar", "48000"],
+}
+
+
+def test_a_folder_lists_every_container_the_allow_list_opens(tmp_path, caplog):
+    """A folder of camcorder .MTS/.m2ts, phone .3gp, .wmv, .ogv, .mxf and DVD .vob files gave
+    '1 inputs' (only ref.mp4): the folder listing knew ten suffixes, the allow-list opens more, and
+    the rest were dropped without a word, while a glob of the same folder read them all."""
+    from preprocess import media
+
+    caplog.set_level("INFO", logger="preprocess.sources")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, (suffix, args) in enumerate(sorted(CONTAINER_CLIPS.items())):
+        name = f"c{i:02d}{suffix.upper() if i % 2 else suffix}"        # camcorders write CAM.MTS
+        ffmpeg("-i", f"file:{DATA_DIR / '00015.mp4'}", "-t", 0.5, *args, f"file:{corpus / name}")
+    for name in ("notes.txt", "speech.wav", "speech.ogg", "frame.jpg", "frame2.jpg", ".DS_Store"):
+        (corpus / name).write_bytes(b"x")
+    listed = [Path(r["uri"]) for r in sources.list_sources(str(corpus))]
+    assert [p.suffix.lower() for p in listed] == sorted(CONTAINER_CLIPS), listed
+    assert listed == [Path(r["uri"]) for r in sources.list_sources(str(corpus / "c*"))]   # as a glob does
+    for p in listed:     # each opens through the allow-list: a listed suffix is never a sure reject
+        info = media.probe(p, backend="pyav")
+        assert info.has_video and info.has_audio, p.name
+    # what the suffixes leave out is said once, counted by suffix (hidden names: silently)
+    assert caplog.text.count("left out 5 file(s) not named as videos (2 .jpg, 1 .ogg, 1 .txt, 1 .wav;") == 1
+    list(sources.list_sources(str(corpus)))
+    assert caplog.text.count("not named as videos") == 1         # a job lists its input several times
+    assert sorted(CONTAINER_CLIPS) == sorted(sources.VIDEO_SUFFIXES)   # a suffix added here gets a clip above
+
+
 # ---------------------------------------------------------------- [ ] * ? on object stores
 def _pair_fn(monkeypatch, output: str, references: int, checkpoint_sha256: str):
     """A DubPairFn without its model: dubbing writes 'video of <uri>' to each output (as test_dub)."""
