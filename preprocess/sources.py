@@ -41,10 +41,14 @@ class SourceError(UserError, ValueError):
 
 
 def full_uri(fs, path: str) -> str:
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if proto in ("file", "local"):
+    if _is_local(fs):
         return os.path.abspath(path)  # ids hash the URI: the same file gets the same id from any cwd
     return fs.unstrip_protocol(path)
+
+
+def _is_local(fs) -> bool:
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return proto in ("file", "local")
 
 
 GLOB_CHARS = "*?["
@@ -71,6 +75,8 @@ def list_sources(spec: str, schemes: tuple[str, ...] | None = None) -> Iterator[
 
     A folder or glob lists no hidden names below it (``.tmp-*`` uploads, macOS ``._x.mp4``; as
     ``radio evaluate``), unless the glob asks for them (``.*.mp4``); a manifest lists what it names.
+    A folder or glob lists a file once: a symlink to a file listed already is left out, and so is one
+    that names no file (warnings), as a folder's link to a folder (not followed) is.
 
     ``schemes``: the URI schemes sources may have (``'file'`` for local paths); None allows any.
     """
@@ -84,20 +90,29 @@ def list_sources(spec: str, schemes: tuple[str, ...] | None = None) -> Iterator[
     except ValueError as e:
         raise SourceError(f"{spec}: {e}") from e
     fs, path = fsspec.core.url_to_fs(spec)
+    folder = False
     if is_glob(spec):
-        paths = fs.glob(path)
-        root = glob_root(path)
+        found = fs.glob(path, detail=True)
+        root = name_root = glob_root(path)
         if hidden(path[len(root):]):     # the pattern asks for hidden names itself ('.*.mp4')
             root = None
     elif fs.isdir(path):
-        paths = fs.find(path)
-        root = path
-        _log_not_videos(spec, path, paths)
-        paths = [p for p in paths if p.lower().endswith(VIDEO_SUFFIXES)]
+        found = fs.find(path, detail=True)
+        root = name_root = path
+        folder = True
     elif fs.exists(path):
-        paths, root = [path], None
+        found, root, name_root = {path: {}}, None, None
     else:
         raise SourceError(f"No input matches {spec!r}.")
+    paths = list(found)
+    # symlinks (local disks), which fsspec lists as they are: a link to a folder is not followed
+    links = {p for p, info in found.items() if info.get("islink")} if _is_local(fs) else set()
+    del found
+    if links:
+        paths = _drop_unreadable_links(spec, name_root, paths, links, folder, hide=root is not None)
+    if folder:
+        _log_not_videos(spec, path, paths)
+        paths = [p for p in paths if p.lower().endswith(VIDEO_SUFFIXES)]
     if root is not None:   # what a folder or glob lists below its root: never hidden names
         root = root.rstrip("/")
         hid = [p for p in paths if hidden(p[len(root):] if p.startswith(root + "/") else p)]
@@ -107,9 +122,87 @@ def list_sources(spec: str, schemes: tuple[str, ...] | None = None) -> Iterator[
                      len(hid), ", ".join(posixpath.basename(p) for p in sorted(hid)[:3]))
         left_out = set(hid)
         paths = [p for p in paths if p not in left_out]
+    if links:
+        paths = _one_path_per_file(spec, name_root, paths, links)
     for p in sorted(paths):
         if fs.isfile(p):
             yield {"uri": full_uri(fs, p), "speaker_id": None, "split": None}
+
+
+def _below(root: Optional[str], p: str) -> str:
+    """``p`` relative to a listing's ``root`` (its name when it is not below it)."""
+    root = (root or "").rstrip("/")
+    return p[len(root) + 1:] if root and p.startswith(root + "/") else posixpath.basename(p)
+
+
+def _drop_unreadable_links(spec: str, root: str, paths: list[str], links: set[str], folder: bool,
+                           hide: bool) -> list[str]:
+    """``paths`` less the symlinks of a folder or glob listing that name no file, each said in a
+    warning (once per process) instead of being dropped silently as a non-file: a dangling link to a
+    video (a manifest line naming it is a reject ``not_found``) and, in a folder, a link to a folder,
+    which the listing does not follow. Links with a name the listing leaves out (a hidden one where
+    ``hide``, in a folder one not named as a video) are kept here, for the steps that leave them out."""
+    dangling, folders = [], []
+    for p in sorted(links):
+        if hide and hidden(_below(root, p)) or (
+                folder and not p.lower().endswith(VIDEO_SUFFIXES) and not os.path.isdir(p)):
+            continue
+        if not os.path.exists(p):
+            dangling.append(p)
+        elif folder and os.path.isdir(p):
+            folders.append(p)
+    for left, what in ((dangling, "broken symlink(s) (no file at their target)"),
+                       (folders, "symlinked folder(s), which a folder listing does not follow "
+                                 "(a glob below the link, or a manifest, lists their videos)")):
+        if left and (spec, what, tuple(left)) not in _WARNED:     # once per process, not per listing
+            _WARNED.add((spec, what, tuple(left)))
+            log.warning("%s: left out %d %s: %s", spec, len(left), what, ", ".join(
+                f"{_below(root, p)} -> {_readlink(p)}" for p in left[:5]) + (", ..." if len(left) > 5 else ""))
+    gone = set(dangling) | set(folders)
+    return [p for p in paths if p not in gone] if gone else paths
+
+
+def _readlink(p: str) -> str:
+    try:
+        return os.readlink(p)
+    except OSError:
+        return "?"
+
+
+def _one_path_per_file(spec: str, root: str, paths: list[str], links: set[str]) -> list[str]:
+    """One of ``paths`` per real file: a symlink to a file listed already (or another link to the same
+    file) is left out with a warning (once per process), since its rows would repeat the file's
+    frames under another id (in train and in eval). Kept: the path that is no symlink itself, else
+    the first in sorted order, so the file keeps the id (URI) it has without the links."""
+    real_dirs: dict[str, str] = {}
+
+    def real(p: str) -> str:
+        if p in links:
+            return os.path.realpath(p)
+        d = posixpath.dirname(p)      # not a link itself: only its folder may be (one realpath a folder)
+        if d not in real_dirs:
+            real_dirs[d] = os.path.realpath(d)
+        return posixpath.join(real_dirs[d], posixpath.basename(p))
+
+    by_file: dict[str, list[str]] = {}
+    for p in paths:
+        by_file.setdefault(real(p), []).append(p)
+    dropped: list[tuple[str, str]] = []
+    for same in by_file.values():
+        if len(same) > 1:
+            same.sort(key=lambda p: (p in links, p))
+            dropped += [(q, same[0]) for q in same[1:]]
+    if not dropped:
+        return paths
+    dropped.sort()
+    if (spec, "same file", tuple(dropped)) not in _WARNED:     # once per process, not per listing
+        _WARNED.add((spec, "same file", tuple(dropped)))
+        log.warning("%s: left out %d symlink(s) to a file listed already (its frames would be in two "
+                    "sources' rows): %s", spec, len(dropped), ", ".join(
+                        f"{_below(root, q)} (= {_below(root, k)})" for q, k in dropped[:5])
+                    + (", ..." if len(dropped) > 5 else ""))
+    gone = {q for q, _ in dropped}
+    return [p for p in paths if p not in gone]
 
 
 def glob_root(path: str) -> str:

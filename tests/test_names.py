@@ -236,6 +236,51 @@ def test_a_folder_or_glob_lists_no_hidden_files_unless_the_glob_asks(tmp_path, c
     assert names(tmp_path / "._a.mp4") == ["._a.mp4"]
 
 
+# ---------------------------------------------------------------- symlinks in a corpus folder
+def test_a_folder_or_glob_lists_a_file_once_whatever_links_to_it(tmp_path, clips, caplog):
+    """A folder holding a.mp4 and link_in.mp4 -> a.mp4 gave rows for both: two ids, the same frames
+    twice in the dataset (in train and in eval), where a manifest naming both is refused. A dangling
+    link, or a link to a folder (not followed), vanished without a word."""
+    from preprocess import source
+
+    corp, elsewhere = tmp_path / "corp", tmp_path / "elsewhere"
+    (corp / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(clips["a"], corp / "a.mp4")
+    shutil.copy(clips["b"], corp / "b.mp4")
+    shutil.copy(clips["b"], elsewhere / "c.mp4")
+
+    def names(spec):
+        return [str(Path(r["uri"]).relative_to(corp)) for r in sources.list_sources(str(spec))]
+
+    plain = {spec: [source.source_id_of(r) for r in sources.list_sources(str(spec))]
+             for spec in (corp, corp / "*.mp4")}
+    (corp / "link_in.mp4").symlink_to("a.mp4")
+    (corp / "sub" / "z.mp4").symlink_to("../a.mp4")
+    (corp / "0first.mp4").symlink_to("b.mp4")              # sorts first: the file itself is kept
+    (corp / "x.mp4").symlink_to(elsewhere / "c.mp4")       # two links to a file not listed: the first
+    (corp / "y.mp4").symlink_to(elsewhere / "c.mp4")
+    (corp / "gone.mp4").symlink_to("missing.mp4")
+    (corp / "speakers").symlink_to(elsewhere)
+    caplog.set_level("WARNING", logger="preprocess.sources")
+    assert names(corp) == ["a.mp4", "b.mp4", "x.mp4"]
+    assert ("left out 4 symlink(s) to a file listed already (its frames would be in two sources' rows): "
+            "0first.mp4 (= b.mp4), link_in.mp4 (= a.mp4), sub/z.mp4 (= a.mp4), y.mp4 (= x.mp4)") in caplog.text
+    assert "left out 1 broken symlink(s) (no file at their target): gone.mp4 -> missing.mp4" in caplog.text
+    assert "left out 1 symlinked folder(s)" in caplog.text and f"speakers -> {elsewhere}" in caplog.text
+    assert names(corp / "*.mp4") == ["a.mp4", "b.mp4", "x.mp4"]
+    assert names(corp / "**" / "*.mp4") == ["a.mp4", "b.mp4", "x.mp4"]
+    assert names(corp / "speakers" / "*.mp4") == ["speakers/c.mp4"]      # as the warning says
+    # the files keep the ids they have without the links (reruns, done markers)
+    assert [source.source_id_of(r) for r in sources.list_sources(str(corp))][:2] == plain[corp]
+    assert [source.source_id_of(r) for r in sources.list_sources(str(corp / "*.mp4"))][:2] == plain[corp / "*.mp4"]
+    caplog.clear()
+    names(corp)
+    assert "symlink" not in caplog.text                    # a job lists its input several times: said once
+    (link,) = sources.list_sources(str(corp / "link_in.mp4"))   # named itself, a link is read as named
+    assert link["uri"] == str(corp / "link_in.mp4")
+
+
 # ---------------------------------------------------------------- containers named otherwise than .mp4
 #: a clip in every container a folder lists (ffmpeg arguments after '-i CLIP -t 0.5')
 _COPY = ["-c", "copy"]
