@@ -58,7 +58,7 @@ import re
 import shutil
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Optional
 
@@ -275,17 +275,27 @@ def _int(x) -> Optional[int]:
         return None
 
 
-def _tag_duration(stream: dict) -> Optional[float]:
-    """Matroska/WebM keep the stream duration in a ``DURATION`` tag, 'HH:MM:SS.fffffffff'."""
-    tags = {k.upper(): v for k, v in (stream.get("tags") or {}).items()}
-    value = tags.get("DURATION")
+def _tags(d: dict) -> dict:
+    return {k.upper(): v for k, v in (d.get("tags") or {}).items()}
+
+
+def _tag_duration(stream: dict, fmt: dict) -> Optional[float]:
+    """Matroska/WebM keep a stream's length in a ``DURATION`` tag, 'HH:MM:SS.fffffffff'. mkvmerge
+    writes the stream's duration there, but FFmpeg's muxer (``ENCODER`` tag 'Lavf…': ffmpeg, OBS,
+    most tools) the time its last frame ends, its start included: a video starting 0.5 s into the
+    file read 0.5 s long (12 frames that never came: a `truncated` reject), and every x264 MKV's
+    B-frame delay (0.064 s) read as two frames more (padded with frozen copies)."""
+    value = _tags(stream).get("DURATION")
     if not value:
         return None
     try:
         h, m, s = value.split(":")
-        return int(h) * 3600 + int(m) * 60 + float(s)
+        d = int(h) * 3600 + int(m) * 60 + float(s)
     except ValueError:
         return None
+    if str(_tags(fmt).get("ENCODER", "")).startswith("Lavf"):
+        d -= _float(stream.get("start_time")) or 0.0
+    return d
 
 
 def _rotation(stream: dict) -> int:
@@ -331,7 +341,7 @@ def probe(path, backend: str = "auto") -> MediaInfo:
         raise ValueError(f"Expected backend in {PROBE_BACKENDS}. Got {backend!r}.")
     p = _check_file(path, "probe")
     data = pyav_or_cli(backend, "ffprobe", "probe", p, lambda: _probe_pyav(p), lambda: _probe_ffprobe(p))
-    return _info_from_probe(p, data)
+    return _from_packets(p, _info_from_probe(p, data), data)
 
 
 def pyav_or_cli(backend: str, cli: str, stage: str, path: str, pyav_fn, cli_fn):
@@ -506,7 +516,7 @@ def _pyav_fields(av, container) -> dict:
     if need_dump:
         for index, ccw in _dump_rotations(container).items():
             streams[index]["side_data_list"] = [{"rotation": int(ccw)}]  # ffprobe's print_int
-    fmt: dict = {"format_name": container.format.name}
+    fmt: dict = {"format_name": container.format.name, "tags": dict(container.metadata)}
     for key, value in (("start_time", _ff_time(container.start_time, _AV_TIME_BASE)),
                        ("duration", _ff_time(container.duration, _AV_TIME_BASE))):
         if value is not None:
@@ -536,7 +546,7 @@ def _info_from_probe(path: str, data: dict) -> MediaInfo:
     def duration_of(s: dict) -> Optional[float]:
         d = _float(s.get("duration"))
         if d is None:
-            d = _tag_duration(s)
+            d = _tag_duration(s, fmt)
         if d is None and fmt_duration is not None:
             d = fmt_duration - start_of(s)
         return d if d is not None and d > 0 else None
@@ -572,6 +582,99 @@ def _info_from_probe(path: str, data: dict) -> MediaInfo:
     else:
         kw.update(duration_s=kw.get("audio_duration_s") or fmt_duration or 0.0)
     return MediaInfo(**kw)
+
+
+#: the video packets the probe decodes at most looking for the first frame that decodes (12 s at 25 fps)
+FIRST_FRAME_PACKETS = 300
+
+
+def _from_packets(p: str, info: MediaInfo, data: dict) -> MediaInfo:
+    """What the headers cannot tell, from the packets (PyAV; ``info`` as it is without PyAV or
+    when PyAV cannot read the file: the decoders decide then):
+
+    - the video starts at its first frame that *decodes*, which the decoders take as frame 0 (the
+      timeline's origin) and ``load_audio`` as audio sample 0: a capture cut mid-GOP (an MPEG-TS
+      recording, a stream dump) starts with frames that cannot be decoded, so the header's start
+      put the audio that many frames late against the video (80 ms for 2 frames) and counted
+      frames that never came (padded at the end, or a `truncated` reject past 2). Costs one
+      frame's decode.
+    - a video stream that states no length of its own (Matroska/WebM written to a pipe, a
+      browser's MediaRecorder, a live capture, FLV) has its streams' spans measured from their
+      packets' timestamps (read, not decoded): without any duration it read as 0 s (a `too_short`
+      reject), and the format's duration, which libavformat estimates when the file states none,
+      is not the video's (a piped 3 s MKV: 2.936 s, two frames short)."""
+    if not info.has_video or info.video_index is None:
+        return info
+    try:
+        import av
+    except ImportError:
+        return info
+    stated = {s.get("index"): _float(s.get("duration")) is not None or bool(_tags(s).get("DURATION"))
+              for s in data.get("streams") or []}
+    # no length of its own: the format's (libavformat estimates one, from the bitrate or the last
+    # packets: 2.936 s for a piped 3 s MKV), or none
+    unknown = info.duration_s <= 0 or not stated.get(info.video_index)
+    fmt_start = _float((data.get("format") or {}).get("start_time")) or 0.0
+    try:
+        container = open_av(p, "probe", PROBE_TIMEOUT_S)
+    except MediaError as e:
+        if e.reason == "unsupported_container":
+            raise
+        return info
+    first: Optional[Fraction] = None
+    span: dict[int, list] = {}   # stream index -> [first packet time, end of the last packet]
+    with container:
+        wanted = {info.video_index} | ({info.audio_index} if unknown and info.audio_index is not None else set())
+        try:
+            streams = [container.streams[i] for i in sorted(wanted)]
+        except IndexError:
+            return info
+        for st in container.streams:
+            if st.index not in wanted:
+                st.discard = av.stream.Discard.all
+        video = container.streams[info.video_index]
+        video.thread_type, video.thread_count = "SLICE", 1
+        tried = 0
+
+        def first_of(frames) -> Optional[Fraction]:
+            for f in frames:
+                if f.pts is not None and f.time_base is not None:
+                    return f.pts * f.time_base
+            return None
+
+        try:
+            for packet in container.demux(streams):
+                if packet.stream_index == info.video_index and first is None and tried < FIRST_FRAME_PACKETS:
+                    tried += 1
+                    try:
+                        first = first_of(packet.decode())
+                    except av.error.FFmpegError:   # a packet that cannot be decoded: the next one
+                        pass
+                if unknown:
+                    if packet.pts is not None and packet.time_base is not None:
+                        t = packet.pts * packet.time_base
+                        end = t + (packet.duration or 0) * packet.time_base
+                        s = span.setdefault(packet.stream_index, [t, end])
+                        s[0], s[1] = min(s[0], t), max(s[1], end)
+                elif first is not None or tried >= FIRST_FRAME_PACKETS:
+                    break
+        except av.error.FFmpegError:
+            pass   # a damaged file: what was read so far
+    changes: dict = {}
+    start = info.video_start_s
+    if first is not None and float(first) - fmt_start > start + 1e-3:
+        start = float(first) - fmt_start
+        changes["video_start_s"] = start
+        if not unknown:
+            changes["duration_s"] = max(0.0, info.duration_s - (start - info.video_start_s))
+    if unknown and info.video_index in span:
+        changes["duration_s"] = max(0.0, float(span[info.video_index][1]) - fmt_start - start)
+        a = span.get(info.audio_index)
+        if a is not None and not stated.get(info.audio_index):
+            changes["audio_duration_s"] = float(a[1] - a[0])
+    if "duration_s" in changes:
+        changes["n_frames_25"] = frames_at(changes["duration_s"], 25)
+    return replace(info, **changes) if changes else info
 
 
 def validate(info: MediaInfo, *, need_video: bool = True, need_audio: bool = False,
