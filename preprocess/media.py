@@ -32,12 +32,13 @@ Conventions (see SPEC "Media conventions"):
   variable frame rate streams (dropped frames, phone recordings). Header-only, so cheap; it misses
   VFR streams whose average happens to equal the base rate. Both decoders in ``preprocess.video``
   map timestamps to 25 fps themselves, so a missed VFR flag costs speed, never correctness.
-- ``duration_s`` is the video stream's duration (first frame to the end of the last frame), and
+- ``duration_s`` is the video stream's duration (its first frame that decodes to the end of the
+  last frame; measured from the packets when the stream states no length: ``_from_packets``), and
   ``n_frames_25`` = round(duration_s × 25) (ties up), the count ffmpeg's ``fps`` filter produces.
   Without video, ``duration_s`` is the audio duration and ``n_frames_25`` is 0.
 - ``video_start_s``/``audio_start_s`` are the streams' start times on the container timeline
-  (which starts at 0); ``preprocess.audio.load_audio`` uses them to put audio sample 0 at the
-  first video frame.
+  (which starts at 0), the video's that of its first frame that decodes (what the decoders show
+  as frame 0); ``preprocess.audio.load_audio`` uses them to put audio sample 0 at that frame.
 
 File names are handed to ffmpeg and PyAV as ``file:<absolute path>``, so no name (leading '-',
 quotes, ``$(...)``, unicode, ':') is ever read as an option or a protocol.

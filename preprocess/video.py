@@ -49,7 +49,8 @@ lies before where the backend can seek exactly:
 Frame-count contract: exactly ``frame_count(info, fps)`` frames. A decoder that stops short by at
 most ``PAD_TOLERANCE`` (2) frames — last-frame duration rounding, a damaged final GOP — is padded
 by repeating its last frame; shorter than that raises ``MediaError('decode', 'truncated')``.
-When the container gives no duration the count is whatever ffmpeg produces.
+The probe measures a stream that states no length from its packets; only without PyAV (no
+measure) is the count of a file without any duration whatever the decoder produces.
 """
 from __future__ import annotations
 
