@@ -29,7 +29,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines import jobrun
 from preprocess import config as config_mod
-from preprocess import failures, outlock, shards, source, sources
+from preprocess import catalog, failures, outlock, shards, source, sources
 from preprocess import uri as uri_mod
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,15 @@ class PartitionFinishedFn(beam.DoFn):
             if relabelled:
                 log.warning("redoing source %s: the manifest changed its labels from %s to %s", _sid,
                             marker["labels"], source.labels_of(item))
-            if marker is not None and (marker["why"] is not None or relabelled):
+            # a file rewritten under the same name (a re-download, a fixed copy): redone, its old rows
+            # replaced (a missing file keeps what was made of it; a marker from before fingerprints stands)
+            now = catalog.fingerprint(item["uri"]) if marker is not None and marker.get("input") else None
+            replaced = (marker is not None and marker["why"] is None and not relabelled
+                        and now is not None and now != marker["input"])
+            if replaced:
+                log.warning("redoing source %s: %s changed since it was processed (size and change tag %s -> %s)",
+                            _sid, item["uri"], marker["input"], now)
+            if marker is not None and (marker["why"] is not None or relabelled or replaced):
                 self.untrusted.inc()
                 yield beam.pvalue.TaggedOutput(self.UNTRUSTED, 1)
                 yield item
@@ -231,7 +239,8 @@ class CheckFinishedFn(beam.DoFn):
                 "unreadable done marker"
             if why is not None:
                 log.warning("redoing source %s: %s", sid, why)
-            yield sid, {"status": marker.get("status"), "why": why, "labels": marker.get("labels"), **covers(marker)}
+            yield sid, {"status": marker.get("status"), "why": why, "labels": marker.get("labels"),
+                        "input": marker.get("input"), **covers(marker)}
 
 
 def covers(marker: dict) -> dict:

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from preprocess import align, failures, progress, schema, shards
+from preprocess import align, catalog, failures, progress, schema, shards
 from preprocess import uri as uri_mod
 from preprocess.assemble import AlignedSegment, RegionCache, align_segment
 from preprocess.config import check_choice, check_min
@@ -392,10 +392,12 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
                                  schema.file_metadata({"source_uri": src}), temp_prefix=prefix)
     n_segments = n_frames = seg_index = 0
     first, stop = 0, None   # the frames to do: a clip range's, or the whole video
+    made_from = None        # which file the source was (``catalog.fingerprint``): --resume redoes it when replaced
     try:
         lim = cfg.limits
         with uri_mod.local_copy(src, max_bytes=lim.max_source_bytes, schemes=cfg.input.schemes) as path, \
                 ExitStack() as stack:
+            made_from = catalog.fingerprint(src)
             with stages("probe"):
                 info = media.validate(media.probe(path), need_video=True, need_audio=True,
                                       min_side=cfg.decode.min_side)
@@ -503,7 +505,7 @@ def run_source(item: dict, cfg: PreprocessConfig, backend, dataset: str) -> dict
         result["range"] = {"start_s": item.get("start_s"), "end_s": item.get("end_s"), "first_frame": rng[0],
                            "stop_frame": stop if stop is not None else rng[1]}
     marker = {**result, "files": files, "config_fingerprint": shards.config_fingerprint(_config_dict(cfg)),
-              "labels": labels_of(item)}
+              "labels": labels_of(item), "input": made_from}
     uri_mod.write_bytes_atomic(shards.done_uri(dataset, sid), json.dumps(marker, sort_keys=True).encode())
     return result
 

@@ -113,6 +113,40 @@ def test_resume_redoes_a_source_whose_manifest_labels_changed(made, tmp_path):
     assert {m["labels"]["speaker_id"] for m in markers(ds).values()} == {"s1", "s2"}
 
 
+def test_resume_redoes_a_source_whose_file_was_replaced_under_its_name(made, tmp_path):
+    """A corpus file re-downloaded or fixed under the same name: `--resume` kept the old file's rows
+    (its marker recorded what was written, not what was read). Markers record the input's size and
+    change tag (mtime / generation / etag); a changed one is redone and its rows replaced."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    inputs, _ = made
+    corpus = tmp_path / "corpus"
+    shutil.copytree(inputs, corpus)
+    ds = str(tmp_path / "ds")
+    pipeline.run(str(corpus), ds, ONE_WORKER, overrides=IN_PROCESS, run_id="first")
+    assert all(m["input"]["size"] == str((corpus / "face.mp4").stat().st_size)
+               for m in markers(ds).values() if m["status"] == "rows")
+    (rows,) = Path(ds, shards.ROWS).glob("*.parquet")
+    before = pq.read_table(rows, columns=["n_frames"]).column("n_frames").to_pylist()
+    # the same name, another (longer) cut of the clip
+    ffmpeg("-i", f"file:{DATA_DIR / '00015.mp4'}", "-t", 3, "-c", "copy", f"file:{tmp_path / 'new.mp4'}")
+    os.replace(tmp_path / "new.mp4", corpus / "face.mp4")
+    s = pipeline.run(str(corpus), ds, ONE_WORKER, overrides=IN_PROCESS, resume=True, run_id="replaced")
+    assert (s["redone_after_check"], s["skipped_resume"], s["processed"]) == (1, 1, 1) and s["counts_add_up"]
+    after = pq.read_table(rows, columns=["n_frames"]).column("n_frames").to_pylist()
+    assert sum(after) > sum(before), (before, after)
+    s = pipeline.run(str(corpus), ds, ONE_WORKER, overrides=IN_PROCESS, resume=True, run_id="again")
+    assert (s["redone_after_check"], s["skipped_resume"]) == (0, 2)
+    # a marker from before fingerprints (no "input") stands, and so does one whose file is gone
+    for sid, m in markers(ds).items():
+        Path(shards.done_uri(ds, sid)).write_text(json.dumps({k: v for k, v in m.items() if k != "input"}))
+    os.utime(corpus / "face.mp4", (1, 1))
+    s = pipeline.run(str(corpus), ds, ONE_WORKER, overrides=IN_PROCESS, resume=True, run_id="old-markers")
+    assert (s["redone_after_check"], s["skipped_resume"]) == (0, 2)
+
+
 def test_other_config_is_refused_in_one_line_unless_new_version(made, tmp_path, capsys):
     from radio import cli
 
