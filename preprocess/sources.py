@@ -91,13 +91,15 @@ def list_sources(spec: str, schemes: tuple[str, ...] | None = None) -> Iterator[
         raise SourceError(f"{spec}: {e}") from e
     fs, path = fsspec.core.url_to_fs(spec)
     folder = False
+    # details (``islink``) only where there are symlinks: a bucket of 10⁶ objects lists names only
+    listed = (lambda paths: paths) if _is_local(fs) else (lambda names: dict.fromkeys(names, {}))
     if is_glob(spec):
-        found = fs.glob(path, detail=True)
+        found = listed(fs.glob(path, detail=_is_local(fs)))
         root = name_root = glob_root(path)
         if hidden(path[len(root):]):     # the pattern asks for hidden names itself ('.*.mp4')
             root = None
     elif fs.isdir(path):
-        found = fs.find(path, detail=True)
+        found = listed(fs.find(path, detail=_is_local(fs)))
         root = name_root = path
         folder = True
     elif fs.exists(path):
