@@ -156,6 +156,9 @@ class MediaInfo:
     container: str = ""
     size_bytes: int = 0
     sar: float = 1.0  # a displayed pixel's width / height, after rotation (anamorphic video: not 1)
+    #: the first video frame that decodes, in the file's own timestamps (s), when frames before it do
+    #: not (a cut mid-GOP; None otherwise): an older decoder (the ffmpeg CLI's) may output those grey
+    decodable_from_s: Optional[float] = None
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -294,8 +297,8 @@ def _tag_duration(stream: dict, fmt: dict) -> Optional[float]:
         d = int(h) * 3600 + int(m) * 60 + float(s)
     except ValueError:
         return None
-    if str(_tags(fmt).get("ENCODER", "")).startswith("Lavf"):
-        d -= _float(stream.get("start_time")) or 0.0
+    if str(_tags(fmt).get("ENCODER", "")).startswith("Lavf") and "_STATISTICS_TAGS" not in _tags(stream):
+        d -= _float(stream.get("start_time")) or 0.0   # (mkvpropedit's statistics tags are durations)
     return d
 
 
@@ -585,8 +588,9 @@ def _info_from_probe(path: str, data: dict) -> MediaInfo:
     return MediaInfo(**kw)
 
 
-#: the video packets the probe decodes at most looking for the first frame that decodes (12 s at 25 fps)
-FIRST_FRAME_PACKETS = 300
+#: the video packets the probe decodes at most looking for the first frame that decodes (a 10 s GOP
+#: at 60 fps; past it the header's start stands and the decoders decide)
+FIRST_FRAME_PACKETS = 600
 
 
 def _from_packets(p: str, info: MediaInfo, data: dict) -> MediaInfo:
@@ -665,7 +669,7 @@ def _from_packets(p: str, info: MediaInfo, data: dict) -> MediaInfo:
     start = info.video_start_s
     if first is not None and float(first) - fmt_start > start + 1e-3:
         start = float(first) - fmt_start
-        changes["video_start_s"] = start
+        changes.update(video_start_s=start, decodable_from_s=float(first))
         if not unknown:
             changes["duration_s"] = max(0.0, info.duration_s - (start - info.video_start_s))
     if unknown and info.video_index in span:

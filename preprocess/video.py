@@ -126,7 +126,7 @@ def choose_backend(info: MediaInfo, max_side: Optional[int] = None) -> str:
     CFR, one stream), else 'ffmpeg'. (``iter_frames(backend='auto')`` no longer uses decord.)"""
     plain = (info.video_codec in DECORD_CODECS and info.pix_fmt in DECORD_PIX_FMTS
              and info.rotation == 0 and not info.is_vfr and info.video_streams == 1
-             and _rate(info.r_frame_rate) > 0 and info.duration_s > 0)
+             and _rate(info.r_frame_rate) > 0 and info.duration_s > 0 and info.decodable_from_s is None)
     return "decord" if plain else "ffmpeg"
 
 
@@ -235,6 +235,8 @@ def _decord_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, in
     h, w = size
     if info.rotation and (h, w) != (info.height, info.width):
         raise _DecordFailed("decord resizes rotated video wrongly")
+    if info.decodable_from_s is not None:   # decord indexes frames from the first packet, not the first decoded
+        raise _DecordFailed("frames before the first that decodes (a cut mid-GOP)")
     resize = (h, w) != (info.height, info.width)
     try:
         vr = decord.VideoReader(p, ctx=decord.cpu(0), width=w if resize else -1,
@@ -481,7 +483,15 @@ def _ffmpeg_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, in
     filters = ["setpts=PTS-STARTPTS", f"fps=fps={fps.numerator}/{fps.denominator}:round=near"]
     if (h, w) != (info.height, info.width):
         filters.append(f"scale={w}:{h}:flags=area")
-    cmd = [ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
+    keep_ts = []
+    if info.decodable_from_s is not None:
+        # a cut mid-GOP: frame 0 is the first frame that decodes (as PyAV and the probe have it); this
+        # ffmpeg may output the frames before it, decoded without their references (grey HEVC frames:
+        # 240 ms against the audio). Dropped by their own timestamps (-copyts), half a frame's margin.
+        margin = 0.5 / info.fps if info.fps > 0 else 0.02
+        filters.insert(0, f"select=gte(t\\,{info.decodable_from_s - margin:.6f})")
+        keep_ts = ["-copyts"]
+    cmd = [ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", *keep_ts,
            *cli_input(p), "-map", f"0:{info.video_index}", "-an", "-sn", "-dn",
            "-vf", ",".join(filters), "-vsync", "passthrough"]
     if n_out is not None:
