@@ -27,7 +27,7 @@ from typing import Callable
 import fsspec
 import pyarrow.parquet as pq
 
-from preprocess import schema, shards
+from preprocess import failures, schema, shards
 
 log = logging.getLogger("preprocess.catalog")
 
@@ -137,8 +137,16 @@ def inspect_footer(uri: str, size: int, tag: str, columns: list[str]) -> ShardIn
 
 def is_content_error(e: OSError) -> bool:
     """Whether pyarrow's OSError is about the file's bytes ("Corrupt snappy compressed data",
-    "Couldn't deserialize thrift", ...), not the storage (a network or disk error)."""
-    text = str(e).lower()
+    "Couldn't deserialize thrift", ...), not the storage (a network or disk error). An environment
+    error (EIO, a timeout, also when only the text has its errno) never is; a shard gone since the
+    listing is (skipped like a damaged one). The words are looked for in the message less its paths:
+    every message names the shard (``…/x.parquet``), so a disk's EIO once read as a damaged shard,
+    skipped for the run and cached as bad until the file changed."""
+    if failures.is_environment_error(e):
+        return False
+    if isinstance(e, FileNotFoundError):
+        return True
+    text = " ".join(w for w in str(e).lower().split() if "/" not in w and ".parquet" not in w)
     return any(s in text for s in ("magic bytes", "parquet", "thrift", "footer", "file size", "corrupt",
                                    "decompress"))
 
@@ -179,6 +187,17 @@ def _save_cache(path: str, infos: list[ShardInfo]) -> None:
     os.replace(tmp, path)
 
 
+#: a read of a shard that fails on the storage (EIO, a timeout, a 503) is tried this often in all, the
+#: waits doubling from READ_BACKOFF_S; then it fails the job (one line, exit 1), never a bad shard
+READ_ATTEMPTS = 4
+READ_BACKOFF_S = 2.0
+
+
+def retried(fn: Callable[[], object], what: str):
+    """``fn()`` with a storage failure retried (``READ_ATTEMPTS``); content errors are not retried."""
+    return failures.call_with_retries(fn, attempts=READ_ATTEMPTS, backoff_s=READ_BACKOFF_S, what=what)
+
+
 def check(dataset: str, columns: list[str], *, threads: int = 64,
           share: Callable[[list, Callable[[list], list]], list] | None = None) -> list[ShardInfo]:
     """Every shard of ``dataset`` with its footer checked (see the module docstring).
@@ -194,7 +213,7 @@ def check(dataset: str, columns: list[str], *, threads: int = 64,
         if not items:
             return []
         with ThreadPoolExecutor(min(threads, len(items))) as pool:
-            return list(pool.map(lambda e: inspect_footer(*e, columns), items))
+            return list(pool.map(lambda e: retried(lambda: inspect_footer(*e, columns), f"footer of {e[0]}"), items))
 
     fresh = {i.uri: i for i in (share(todo, run) if share else run(todo))}
     infos = [fresh.get(uri) or cached[uri] for uri, _, _ in listing]

@@ -157,6 +157,60 @@ def test_a_shard_damaged_past_its_footer_is_named_and_skipped(sample_dataset, tm
         list(ShardStream(str(tmp_path), _cfg(strict=True), resolution=96).iter_consumer(0, 1, epochs=1))
 
 
+def test_a_storage_failure_on_a_shard_is_retried_never_a_bad_shard(sample_dataset, tmp_path, monkeypatch, caplog):
+    """Every error message names its shard (``…/x.parquet``), and 'parquet' in it made a disk's EIO
+    (or a timeout) a damaged shard: skipped for the run, cached as bad until the file changed, and
+    mid-run its rows silently lost. A storage failure is now retried, and one that lasts fails the
+    run; the shard is never recorded as bad."""
+    import errno
+
+    real = _real_rows(sample_dataset)[0]
+    for s in range(2):
+        _write(tmp_path, f"s{s}", [_cut(real, 16 * s, 16, clip_id=f"c{s}")])
+    shard = f"{tmp_path}/rows/s0.parquet"
+    eio = OSError(f"Error reading bytes from file. Detail: [errno {errno.EIO}] Input/output error: {shard}")
+    assert not catalog.is_content_error(eio) and not catalog.is_content_error(
+        OSError(errno.EIO, "Input/output error", shard)) and not catalog.is_content_error(
+        OSError(errno.ETIMEDOUT, "timed out", "gs://b/d/rows/part-00001.parquet"))
+    assert catalog.is_content_error(OSError("Couldn't deserialize thrift: TProtocolException: Invalid data"))
+    assert catalog.is_content_error(OSError(f"Parquet magic bytes not found in footer: {shard}"))
+    assert catalog.is_content_error(FileNotFoundError(errno.ENOENT, "No such file or directory", shard))
+
+    monkeypatch.setattr(catalog, "READ_BACKOFF_S", 0.0)
+    monkeypatch.setenv("RADIO_CACHE_DIR", str(tmp_path / "cache"))
+    real_read, fails = catalog.pq.read_metadata, {"n": 1}
+
+    def flaky(f, *a, **k):
+        if fails["n"] > 0 and str(getattr(f, "path", f)).endswith("s0.parquet"):
+            fails["n"] -= 1
+            raise eio
+        return real_read(f, *a, **k)
+
+    monkeypatch.setattr(catalog.pq, "read_metadata", flaky)
+    stream = ShardStream(str(tmp_path), _cfg(), resolution=96)       # one EIO at the footer check: retried
+    assert len(stream.shards) == 2 and fails["n"] == 0
+    monkeypatch.setattr(catalog, "_cache_path", lambda *a: str(tmp_path / "cache2.json.gz"))
+    fails["n"] = 99                                                  # a disk that stays broken: the run fails
+    with pytest.raises(OSError, match="Input/output error"):
+        ShardStream(str(tmp_path), _cfg(), resolution=96)
+    fails["n"] = 0
+    assert len(ShardStream(str(tmp_path), _cfg(), resolution=96).shards) == 2   # nothing cached as bad
+
+    # mid-run: a piece read that fails once is read again, not skipped
+    real_piece, piece_fails = catalog.read_piece, {"n": 1}
+
+    def flaky_piece(uri, *a, **k):
+        if piece_fails["n"] > 0:
+            piece_fails["n"] -= 1
+            raise eio
+        return real_piece(uri, *a, **k)
+
+    monkeypatch.setattr(catalog, "read_piece", flaky_piece)
+    caplog.set_level(logging.WARNING)
+    assert {s["clip_id"] for s in stream.iter_consumer(0, 1, epochs=1)} == {"c0", "c1"}
+    assert "skipping unreadable piece" not in caplog.text and piece_fails["n"] == 0
+
+
 # ---- item 6: background chunk loading ------------------------------------------------------------------
 def test_next_chunk_loads_while_the_current_one_is_consumed(shard_set, monkeypatch):
     """Reads take 0.5 s; the 4 pieces of a chunk are read in parallel, and the next chunk is ready

@@ -292,7 +292,8 @@ class ShardStream(IterableDataset):
         piece = self.pieces[p]
         uri = self.shards[piece.shard]
         try:
-            table = catalog.read_piece(uri, piece, META_COLUMNS + DATA_COLUMNS)
+            table = catalog.retried(lambda: catalog.read_piece(uri, piece, META_COLUMNS + DATA_COLUMNS),
+                                    f"piece {piece} of shard {uri}")
         except (ValueError, OSError) as e:   # damaged past its footer (ArrowInvalid, corrupt pages)
             if isinstance(e, OSError) and not catalog.is_content_error(e):
                 e.add_note(f"while reading shard {uri}")
