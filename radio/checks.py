@@ -265,9 +265,15 @@ def landmark_backend(name: str, settings: dict, key: str, args_key: str) -> None
 
 
 def train(cfg, command: str) -> None:
-    """Weights the training run will load, configured and present (their sha256 is checked when
-    they load, still before any step)."""
+    """The batch splits over the ranks (torchrun's WORLD_SIZE) and accumulation steps; weights the
+    training run will load, configured and present (their sha256 is checked when they load, still
+    before any step)."""
     from preprocess.weights import WeightsError
+    from radio.train.config import micro_batch
+    from radio.train.dist import env_info
+
+    micro_batch(cfg.sync_pretrain.batch if command == "train-sync" else cfg.run.batch, env_info().world,
+                cfg.run.accumulate)
 
     needs = []
     if command == "train" and cfg.loss.perceptual > 0:

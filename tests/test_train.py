@@ -24,7 +24,7 @@ from torch.utils.data import default_collate
 import radio.cli
 from preprocess import schema, shards
 from preprocess.audio import mel_windows, model_input
-from preprocess.weights import WeightsError
+from preprocess.weights import WeightsError, sha256_file
 from preprocess.writer import write_table_atomic
 from radio import losses
 from radio.model import RADIO, SyncNet
@@ -439,6 +439,33 @@ def test_a_bad_override_on_resume_is_one_line(sample_dataset, tmp_path, capsys):
         assert radio.cli.main([*resume, "--set", bad]) == 2, bad
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and says in err, err
+
+
+@pytest.mark.parametrize("bad", ["optim.lr=nan", "optim.betas=[2,3]", "optim.d_lr=0", "data.workers=-1",
+                                 "data.prefetch=0", "run.checkpoint_every=0", "run.log_every=0", "run.ema_decay=2",
+                                 "run.accumulate=3", "loss.adv=-1", "sync_pretrain.lr=inf"])
+def test_a_bad_value_is_one_line_before_any_work(sample_dataset, tmp_path, capsys, bad):
+    """Values torch or the loop refused later: after the models were built and config.yaml written,
+    with a traceback and exit 1 (Adam's 'Invalid learning rate: nan', the DataLoader's negative workers,
+    a ZeroDivisionError after step 1 for checkpoint_every=0, a batch of 2 in 3 accumulation steps)."""
+    out = tmp_path / "run"
+    rc = radio.cli.main(["train", "--config", SMOKE, "--data", str(sample_dataset), "--output", str(out),
+                         "--set", "run.steps=1", "--set", bad])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and bad.split("=")[0].rsplit(".", 1)[-1] in err, err
+    assert not out.exists() or not any(p.name != ".radio.lock" for p in out.iterdir())
+
+
+def test_a_radio_pt_as_the_sync_discriminator_is_one_line(sample_dataset, tmp_path, capsys):
+    base = ["train", "--config", SMOKE, "--data", str(sample_dataset)]
+    assert radio.cli.main([*base, "--output", str(tmp_path / "g"), "--set", "run.steps=1",
+                           "--set", "run.image_every=0"]) == 0
+    pt = tmp_path / "g" / "radio.pt"
+    capsys.readouterr()
+    rc = radio.cli.main([*base, "--output", str(tmp_path / "s"), "--set", "run.steps=1", "--set", "loss.sync=0.03",
+                         "--set", f"loss.sync_uri={pt}", "--set", f"loss.sync_sha256={sha256_file(str(pt))}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "holds a RADIO generator (radio.pt), not S" in err, err
 
 
 def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(sample_dataset, tmp_path, caplog, capsys):

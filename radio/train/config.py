@@ -12,12 +12,32 @@ divide). The checkpoint stores the whole config as a plain dict (``to_dict``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from preprocess import config as _cfg
 from radio.model.config import ModelConfig
 
 VGG_WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+
+
+def _finite(obj, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name}: expected a finite number. Got {value!r}.")
+
+
+def _adam(obj, *rates: str) -> None:
+    """Adam's learning rates (> 0, finite; None where allowed) and ``betas`` (each in [0, 1)), checked
+    here: torch's own check came after the models were built, with a traceback."""
+    _finite(obj, *rates)
+    for name in rates:
+        value = getattr(obj, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"{name}: expected a learning rate > 0. Got {value!r}.")
+    if len(obj.betas) != 2 or not all(0 <= b < 1 for b in obj.betas):
+        raise ValueError(f"betas: expected two values in [0, 1). Got {obj.betas!r}.")
 
 
 @dataclass
@@ -69,6 +89,7 @@ class DataConfig:
             raise ValueError("data.unsplit must be auto, error or a split name; data.piece_mib > 0.")
         if self.frames < 1 or self.shuffle_shards < 1 or self.samples_per_row < 0 or self.read_threads < 1:
             raise ValueError("data.frames, data.shuffle_shards and data.read_threads must be >= 1, samples_per_row >= 0.")
+        _cfg.check_min(self, workers=0, prefetch=1, sync_min_offset=1)
 
 
 @dataclass
@@ -91,6 +112,10 @@ class LossConfig:
         if len(self.vgg_layer_weights) != 5:
             raise ValueError(f"loss.vgg_layer_weights needs 5 values (relu1_1..relu5_1). "
                              f"Got {self.vgg_layer_weights}.")
+        _finite(self, "l1", "perceptual", "adv", "sync", "r1_gamma")
+        _cfg.check_min(self, l1=0, perceptual=0, adv=0, sync=0, r1_gamma=0, r1_every=0)
+        if min(self.vgg_layer_weights) < 0 or not all(math.isfinite(w) for w in self.vgg_layer_weights):
+            raise ValueError(f"vgg_layer_weights: expected finite values >= 0. Got {self.vgg_layer_weights}.")
 
 
 @dataclass
@@ -99,6 +124,11 @@ class OptimConfig:
     betas: tuple[float, float] = (0.5, 0.999)  # Adam betas
     d_lr: float | None = None         # None: same as lr
     grad_clip: float = 0.0            # 0: off
+
+    def __post_init__(self):
+        _adam(self, "lr", "d_lr")
+        _finite(self, "grad_clip")
+        _cfg.check_min(self, grad_clip=0)
 
 
 @dataclass
@@ -124,6 +154,10 @@ class RunConfig:
             raise ValueError(f"run.amp must be auto, bf16 or off (fp16 is not supported). Got {self.amp!r}.")
         if self.batch < 1 or self.accumulate < 1 or self.steps < 0:
             raise ValueError("run.batch and run.accumulate must be >= 1, run.steps >= 0.")
+        _cfg.check_min(self, log_every=1, checkpoint_every=1, image_every=0, keep_checkpoints=0,
+                       max_skipped_steps=0)
+        if not 0 <= self.ema_decay <= 1:
+            raise ValueError(f"ema_decay: expected a value in [0, 1]. Got {self.ema_decay!r}.")
 
 
 @dataclass
@@ -157,6 +191,10 @@ class SyncPretrainConfig:
     batch: int = 64       # global samples per step
     lr: float = 1e-4      # Adam learning rate
     betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
+
+    def __post_init__(self):
+        _adam(self, "lr")
+        _cfg.check_min(self, steps=0, batch=1)
 
 
 @dataclass
@@ -196,6 +234,6 @@ def micro_batch(batch: int, world: int, accumulate: int) -> int:
     """Samples per rank per micro-step; raises when ``batch`` does not split evenly."""
     n = world * accumulate
     if batch % n:
-        raise ValueError(f"run.batch {batch} must be divisible by world_size x accumulate = "
-                         f"{world} x {accumulate} = {n}.")
+        raise _cfg.ConfigError(f"run.batch {batch} must be divisible by world_size x accumulate = "
+                               f"{world} x {accumulate} = {n}.")
     return batch // n
