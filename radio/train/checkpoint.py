@@ -279,6 +279,16 @@ def load_sync(uri: str | None, sha256: str | None):
 
     found = resolve_weights(uri, sha256, name="sync discriminator S (loss.sync_uri)", how_to_get=SYNC_HOW_TO_GET)
     ckpt = torch.load(found.path, map_location="cpu", weights_only=True)
+    state = None
+    if isinstance(ckpt, dict):
+        state = ckpt.get("sync") if "sync" in ckpt else (ckpt.get("models") or {}).get("sync")
+    if state is None:   # a radio.pt or a RADIO training checkpoint given by mistake: one line, not a KeyError
+        from preprocess.weights import WeightsError
+
+        kind = "a RADIO generator (radio.pt)" if isinstance(ckpt, dict) and ("model" in ckpt or "models" in ckpt) \
+            else "no sync discriminator"
+        raise WeightsError(f"loss.sync_uri {uri!r} holds {kind}, not S: give a `radio train-sync` output's "
+                           f"sync.pt or checkpoints/step-N.pt. {SYNC_HOW_TO_GET}")
     net = SyncNet(model_config_of(ckpt))
-    net.load_state_dict(ckpt["sync"] if "sync" in ckpt else ckpt["models"]["sync"])
+    net.load_state_dict(state)
     return freeze(net)
