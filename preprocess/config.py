@@ -168,8 +168,9 @@ def resolve_config(value: str) -> str:
 
     from fsspec.utils import get_protocol
 
-    if get_protocol(value) != "file" or os.path.exists(os.path.expanduser(value)):
-        return value
+    local = os.path.expanduser(value)
+    if get_protocol(value) != "file" or os.path.exists(local) and not os.path.isdir(local):
+        return value     # (a folder is no config: `--config eval` in the checkout named its eval/ package)
     parts = os.path.normpath(value).split(os.sep)
     name = parts[-1].removesuffix(".yaml").removesuffix(".yml")
     bundled = bundled_configs()

@@ -120,6 +120,13 @@ def test_a_file_that_exists_wins_over_a_bundled_name(tmp_path, monkeypatch):
     assert config_mod.resolve_config("gs://b/smoke-cpu") == "gs://b/smoke-cpu"      # remote: never a name
 
 
+def test_a_folder_is_no_config_file(tmp_path, monkeypatch):
+    """`--config eval` run in the checkout named its eval/ package: 'not a config file (IsADirectoryError)'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "eval").mkdir()
+    assert config_mod.resolve_config("eval") == config_mod.bundled_configs()["eval"]
+
+
 @pytest.mark.parametrize("value", ["smoke", "configs/nope.yaml", "/no/such/dir/smoke-cpu.yaml"])
 def test_an_unknown_config_lists_the_bundled_names_in_one_line(value, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
