@@ -29,6 +29,9 @@ _ERRNO_IN_TEXT = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)
 #: torch's DataLoader on a worker process killed under it: SIGKILL (the kernel's OOM killer) or a bus
 #: error (its shared memory, /dev/shm, full). Not "exited unexpectedly": a segfault reads so (a bug).
 _LOADER_WORKER_DIED = re.compile(r"^DataLoader worker \(pid.*killed by signal: (Killed|Bus error)")
+#: a rank's collective whose peer is gone (killed by the OOM killer, its machine lost): gloo's transport
+#: says so in a plain RuntimeError; torch's own types are DistBackendError / DistNetworkError
+_PEER_GONE = re.compile(r"gloo/transport/.*(Connection reset by peer|Connection closed by peer|Broken pipe)")
 
 
 class EnvironmentFailure(Exception):
@@ -87,7 +90,9 @@ def _is_env(e: BaseException) -> bool:
         return True
     if type(e).__name__ == "FSTimeoutError":  # fsspec's async timeout
         return True
-    if isinstance(e, RuntimeError) and _LOADER_WORKER_DIED.match(str(e)):
+    if isinstance(e, RuntimeError) and (_LOADER_WORKER_DIED.match(str(e)) or _PEER_GONE.search(str(e))):
+        return True
+    if module.startswith("torch") and type(e).__name__ in ("DistBackendError", "DistNetworkError"):
         return True
     if isinstance(e, OSError):
         return _errno_of(e) in ENV_ERRNOS

@@ -104,7 +104,12 @@ def test_environment_errors_are_told_from_content_errors():
            HttpError({"code": 503, "message": "backend"}), failures.EnvironmentFailure("worker killed"),
            aiohttp.ClientConnectorError(aiohttp.client_reqrep.ConnectionKey("h", 1, False, True, None, None, None),
                                         OSError(errno.ECONNREFUSED, "refused")),
-           av.error.MemoryError(errno.ENOMEM, "ENOMEM")]
+           av.error.MemoryError(errno.ENOMEM, "ENOMEM"),
+           # a DDP rank whose peer was SIGKILLed (the OOM killer): 25 lines of traceback before
+           RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
+                        "[127.0.0.1]:9894: Connection reset by peer. This is typically caused by a remote worker "
+                        "hanging or bugs in the application."),
+           __import__("torch").distributed.DistBackendError("NCCL communicator was aborted")]
     content = [FileNotFoundError(errno.ENOENT, "gone"), PermissionError(errno.EACCES, "denied"),
                MediaError("decode", "undecodable", "bad data", "x.mp4"), RuntimeError("detector exploded"),
                HttpError({"code": 404, "message": "no such object"}), ValueError("bad"),
