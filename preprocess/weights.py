@@ -115,7 +115,8 @@ def resolve_weights(uri: str | None, sha256: str | None, *, name: str, how_to_ge
     if sha256:
         if digest.lower() != sha256.lower():
             raise WeightsError(f"{name}: sha256 of {uri!r} is {digest}, expected {sha256}. "
-                               f"The file is corrupt or not the expected release. {how_to_get}")
+                               f"The file changed since its sha256 was pinned, is corrupt or is not the expected "
+                               f"release. {how_to_get}")
     elif not allow_unverified:
         raise WeightsError(f"{name}: no sha256 configured for {uri!r} (its sha256 is {digest}); "
                            "set it in the config to use this file.")

@@ -83,3 +83,19 @@ def test_a_digest_that_is_not_hex_is_not_spliced_into_a_path(cache):
     with pytest.raises(weights.WeightsError, match="expected ../../x"):
         _resolve(uri, "../../x")
     assert os.listdir(cache) == []
+
+
+def test_a_checkpoint_is_loaded_from_the_bytes_whose_sha256_was_checked(tmp_path, monkeypatch):
+    """resolve_weights hashed the file, torch.load opened it again: a training run renaming a new
+    radio.pt over it in between made dub run unpinned weights. The bytes are read once now."""
+    import torch
+
+    from radio.train import checkpoint
+
+    pt = tmp_path / "radio.pt"
+    torch.save({"x": torch.zeros(2)}, pt)
+    found = weights.resolve_weights(str(pt), hashlib.sha256(pt.read_bytes()).hexdigest(), name="t", how_to_get="")
+    assert checkpoint._load_verified(found, str(pt))["x"].shape == (2,)
+    torch.save({"x": torch.ones(3)}, pt)            # rewritten after the check
+    with pytest.raises(weights.WeightsError, match="changed while it was read"):
+        checkpoint._load_verified(found, str(pt))

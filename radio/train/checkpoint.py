@@ -205,13 +205,28 @@ def model_config_of(ckpt: dict) -> ModelConfig:
     return _from_dict(ModelConfig, cfg, where="checkpoint model_config")
 
 
+def _load_verified(found, uri: str) -> dict:
+    """The checkpoint whose sha256 ``resolve_weights`` checked, from the bytes that hash to it: read
+    once, hashed, loaded from memory (opened again, the file could have been rewritten in between: a
+    running training renames a new radio.pt over it at every checkpoint)."""
+    from preprocess.weights import WeightsError
+
+    data = uri_lib.read_bytes(found.path)
+    if hashlib.sha256(data).hexdigest() != found.sha256:
+        raise WeightsError(f"{uri} changed while it was read (a running training rewrites RUN/radio.pt at every "
+                           "checkpoint): give and pin one of RUN/checkpoints/step-N.pt.")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
 def load_generator(uri: str, sha256: str | None = None, *, ema: bool = True, allow_unverified: bool = False):
     """RADIO in eval mode from ``radio.pt`` or a training checkpoint (its EMA weights unless ``ema=False``)."""
     from radio.model import RADIO
 
     found = resolve_weights(uri, sha256, name="RADIO checkpoint", allow_unverified=allow_unverified,
-                            how_to_get="Train one with `radio train` (RUN/radio.pt) and pin its sha256.")
-    ckpt = torch.load(found.path, map_location="cpu", weights_only=True)
+                            how_to_get="Train one with `radio train` (RUN/radio.pt) and pin its sha256; a running "
+                                       "training rewrites RUN/radio.pt at every checkpoint: to dub while it trains, "
+                                       "give and pin one of RUN/checkpoints/step-N.pt.")
+    ckpt = _load_verified(found, uri)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{uri} is not a RADIO checkpoint (it holds a {type(ckpt).__name__}).")
     if ckpt.get("kind") == "sync":
