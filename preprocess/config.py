@@ -170,12 +170,14 @@ def resolve_config(value: str) -> str:
 
     local = os.path.expanduser(value)
     if get_protocol(value) != "file" or os.path.exists(local) and not os.path.isdir(local):
-        return value     # (a folder is no config: `--config eval` in the checkout named its eval/ package)
+        return value
     parts = os.path.normpath(value).split(os.sep)
     name = parts[-1].removesuffix(".yaml").removesuffix(".yml")
     bundled = bundled_configs()
     if name in bundled and (len(parts) == 1 or parts[:-1] == ["configs"]):
-        return bundled[name]
+        return bundled[name]     # (a folder is no config: `--config eval` in the checkout named its eval/ package)
+    if os.path.isdir(local):
+        return value             # read_yaml says: not a config file (IsADirectoryError)
     raise ConfigError(f"--config {value!r}: no such config file, nor a bundled config "
                       f"(bundled: {', '.join(bundled) or 'none'}).")
 
