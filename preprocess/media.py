@@ -159,6 +159,10 @@ class MediaInfo:
     #: the first video frame that decodes, in the file's own timestamps (s), when frames before it do
     #: not (a cut mid-GOP; None otherwise): an older decoder (the ffmpeg CLI's) may output those grey
     decodable_from_s: Optional[float] = None
+    #: the first frame that decodes is interlaced (field-coded: AVCHD camcorders, DVD, broadcast
+    #: 1080i/576i): the decoders deinterlace (yadif, frames flagged interlaced only), else every
+    #: moving edge (a mouth) is combed
+    interlaced: bool = False
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -602,7 +606,7 @@ def _from_packets(p: str, info: MediaInfo, data: dict) -> MediaInfo:
       recording, a stream dump) starts with frames that cannot be decoded, so the header's start
       put the audio that many frames late against the video (80 ms for 2 frames) and counted
       frames that never came (padded at the end, or a `truncated` reject past 2). Costs one
-      frame's decode.
+      frame's decode, which also tells whether the video is interlaced (``interlaced``).
     - a video stream that states no length of its own (Matroska/WebM written to a pipe, a
       browser's MediaRecorder, a live capture, FLV) has its streams' spans measured from their
       packets' timestamps (read, not decoded): without any duration it read as 0 s (a `too_short`
@@ -641,9 +645,13 @@ def _from_packets(p: str, info: MediaInfo, data: dict) -> MediaInfo:
         video.thread_type, video.thread_count = "SLICE", 1
         tried = 0
 
+        interlaced = False
+
         def first_of(frames) -> Optional[Fraction]:
+            nonlocal interlaced
             for f in frames:
                 if f.pts is not None and f.time_base is not None:
+                    interlaced = bool(f.interlaced_frame)
                     return f.pts * f.time_base
             return None
 
@@ -665,7 +673,7 @@ def _from_packets(p: str, info: MediaInfo, data: dict) -> MediaInfo:
                     break
         except av.error.FFmpegError:
             pass   # a damaged file: what was read so far
-    changes: dict = {}
+    changes: dict = {"interlaced": True} if interlaced else {}
     start = info.video_start_s
     if first is not None and float(first) - fmt_start > start + 1e-3:
         start = float(first) - fmt_start

@@ -126,7 +126,8 @@ def choose_backend(info: MediaInfo, max_side: Optional[int] = None) -> str:
     CFR, one stream), else 'ffmpeg'. (``iter_frames(backend='auto')`` no longer uses decord.)"""
     plain = (info.video_codec in DECORD_CODECS and info.pix_fmt in DECORD_PIX_FMTS
              and info.rotation == 0 and not info.is_vfr and info.video_streams == 1
-             and _rate(info.r_frame_rate) > 0 and info.duration_s > 0 and info.decodable_from_s is None)
+             and _rate(info.r_frame_rate) > 0 and info.duration_s > 0 and info.decodable_from_s is None
+             and not info.interlaced)
     return "decord" if plain else "ffmpeg"
 
 
@@ -237,6 +238,8 @@ def _decord_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, in
         raise _DecordFailed("decord resizes rotated video wrongly")
     if info.decodable_from_s is not None:   # decord indexes frames from the first packet, not the first decoded
         raise _DecordFailed("frames before the first that decodes (a cut mid-GOP)")
+    if info.interlaced:   # decord has no deinterlacer: combed frames
+        raise _DecordFailed("interlaced video")
     resize = (h, w) != (info.height, info.width)
     try:
         vr = decord.VideoReader(p, ctx=decord.cpu(0), width=w if resize else -1,
@@ -298,6 +301,39 @@ SEEK_MIN_FRAMES = 50
 #: seek that lands after the frame shown at the range's start (a coarse index, an open GOP's
 #: leading pictures) is retried further back, and after the last the file is decoded from its start
 SEEK_BACK_S = (1, 4, 15, 60)
+
+#: interlaced video (``MediaInfo.interlaced``): one frame per frame (25i gives 25 frames, as the
+#: fps filter wants), the field order each frame states, frames flagged interlaced only (a
+#: progressive frame passes unchanged); the same filter in both the pipe and PyAV's graph
+DEINTERLACE_ARGS = "mode=send_frame:parity=auto:deint=interlaced"
+DEINTERLACE = f"yadif={DEINTERLACE_ARGS}"
+
+
+def _deinterlaced(frames: Iterator, stream) -> Iterator:
+    """``frames`` through FFmpeg's yadif (``DEINTERLACE``), timestamps kept: each frame is made
+    from its own fields and its neighbours' (one frame of delay, flushed at the end)."""
+    import av
+
+    graph = av.filter.Graph()
+    src = graph.add_buffer(template=stream)
+    yadif = graph.add("yadif", DEINTERLACE_ARGS)
+    sink = graph.add("buffersink")
+    src.link_to(yadif)
+    yadif.link_to(sink)
+    graph.configure()
+
+    def ready():
+        while True:
+            try:
+                yield graph.pull()
+            except (av.error.BlockingIOError, av.error.EOFError):
+                return
+
+    for frame in frames:
+        graph.push(frame)
+        yield from ready()
+    graph.push(None)
+    yield from ready()
 
 
 def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int],
@@ -421,7 +457,9 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
                 if f is None or f.pts is None or not f.key_frame:
                     continue
                 t = start_of(f)
-                if slot(t) <= first:
+                # interlaced: yadif makes the keyframe's frame without the one before it, so that
+                # frame must lie before the range (dropped), not be its first
+                if slot(t) <= first - info.interlaced:
                     log.debug("%s: frame %d from a keyframe at %.3f s", p, first, float(t - t0))
                     emitted = max(0, slot(t))
                     yield f
@@ -438,7 +476,8 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
             yield from frames()
 
         t_held = None
-        for frame in (seeked() if first >= SEEK_MIN_FRAMES else frames()):
+        source = seeked() if first >= SEEK_MIN_FRAMES else frames()
+        for frame in (_deinterlaced(source, stream) if info.interlaced else source):
             t = start_of(frame)
             if t0 is None:
                 t0 = t
@@ -483,6 +522,8 @@ def _ffmpeg_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, in
     filters = ["setpts=PTS-STARTPTS", f"fps=fps={fps.numerator}/{fps.denominator}:round=near"]
     if (h, w) != (info.height, info.width):
         filters.append(f"scale={w}:{h}:flags=area")
+    if info.interlaced:
+        filters.insert(0, DEINTERLACE)
     keep_ts = []
     if info.decodable_from_s is not None:
         # a cut mid-GOP: frame 0 is the first frame that decodes (as PyAV and the probe have it); this
