@@ -28,12 +28,16 @@ Output rules (SPEC "Dubbing output"):
 - **Speech.** The model sees the 16 kHz mono mel; the output carries the given speech at its own
   sample rate and channels: stream-copied when MP4 holds its codec (AAC, MP3, ALAC, AC-3, Opus)
   and no padding is needed, else AAC at ``audio_kbps_per_channel`` (default 128 kb/s a channel,
-  transparent for speech).
+  transparent for speech). Speech from another file starts at that file's start; the video's own
+  speech (the same file: a re-dub, scored against the original) starts at the video's frame 0, as
+  preprocess pairs them: a video starting after its audio (an MPEG-TS cut mid-GOP, an MKV whose video
+  starts late) has the audio before its first frame cut, sample-exact (so re-encoded, not copied).
 
 Frames without a tracked face pass through unchanged.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -429,16 +433,19 @@ def _looped_frames(path: str, info, n_out: int, chunk: int, fps) -> Iterator[tup
             raise DubError("decode", "no_frames", "the video decoded to no frames")
 
 
-def audio_plan(speech: media.MediaInfo, cfg: DubConfig, out_seconds: float, speech_seconds: float) -> dict:
+def audio_plan(speech: media.MediaInfo, cfg: DubConfig, out_seconds: float, speech_seconds: float,
+               seek_s: float = 0.0) -> dict:
     """How the speech goes into the output: ffmpeg output arguments and what the summary says.
 
     Stream copy when MP4 holds the codec (MP3 from 16 kHz) and nothing needs padding; else AAC at the
     speech's own rate (the nearest rate AAC has when it has not that one: 192 kHz -> 96 kHz) and channels,
     ``audio_kbps_per_channel`` each; ``audio_rate`` is the rate the output has. ``length='video'`` cuts the speech to the
-    video (``-t``) or pads it with silence (``apad``)."""
+    video (``-t``) or pads it with silence (``apad``). ``seek_s`` > 0: the speech starts that far into its
+    file (ffmpeg's input ``-ss``: sample-exact when decoded, so never a stream copy, which starts at a packet)."""
     channels, rate = speech.audio_channels or 1, speech.audio_rate
     pad = cfg.length == "video" and speech_seconds < out_seconds
-    copyable = speech.audio_codec in COPY_CODECS and (rate or 0) >= COPY_MIN_RATE.get(speech.audio_codec, 0)
+    copyable = speech.audio_codec in COPY_CODECS and (rate or 0) >= COPY_MIN_RATE.get(speech.audio_codec, 0) \
+        and seek_s <= 0
     if copyable and not pad:
         args, how = ["-c:a", "copy"], "copy"
     else:
@@ -452,7 +459,7 @@ def audio_plan(speech: media.MediaInfo, cfg: DubConfig, out_seconds: float, spee
     if cfg.length == "video":
         args += ["-t", f"{float(out_seconds):.6f}"]
     return {"args": args, "audio": how, "audio_rate": rate, "audio_channels": channels,
-            "audio_codec": speech.audio_codec}
+            "audio_codec": speech.audio_codec, "audio_seek_s": max(0.0, seek_s)}
 
 
 def aac_rate(rate: int) -> int:
@@ -471,12 +478,14 @@ class _Encoder:
     """ffmpeg: raw RGB frames on stdin + the speech file -> H.264 + speech mp4 (list args, no shell)."""
 
     def __init__(self, dst: str, w: int, h: int, audio_path: str, audio_index: int, crf: int, preset: str,
-                 fps: Fraction, audio_args: list[str], comment: str = "", sar: Fraction | None = None):
+                 fps: Fraction, audio_args: list[str], comment: str = "", sar: Fraction | None = None,
+                 audio_seek_s: float = 0.0):
         # setsar reduces the ratio to terms of at most ``max`` (default 100: 221:223 became 99:100)
         vf = ["-vf", f"setsar={sar.numerator}/{sar.denominator}:max={max(sar.numerator, sar.denominator)}"] \
             if sar else []
         cmd = [media.ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
+               *(["-ss", f"{audio_seek_s:.6f}"] if audio_seek_s > 0 else []),
                *media.cli_input(audio_path), "-map", "0:v:0", "-map", f"1:{audio_index}",
                "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", output_pix_fmt(w, h),
                *vf, *audio_args, "-metadata", f"comment={comment}",
@@ -571,8 +580,10 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
             media.check_limits(info, max_pixels=limits.max_pixels, **lim)
     except media.MediaError as e:
         raise DubError(e.stage, e.reason, str(e)) from e
+    # the video's own speech is on the video's timeline (sample 0 at frame 0); another file's at its start
+    own = os.path.realpath(video_path) == os.path.realpath(audio_path)
     try:
-        speech = media.probe(audio_path)
+        speech = info if own else media.probe(audio_path)
         # the speech's own length: duration_s is its video stream's when the file has one (an mp4), and
         # the decoder puts the audio at its start on the file's timeline (silence before it): a 1 s stream
         # starting at 3 h decodes to 3 h of samples (4 GB) and as many frames to dub
@@ -582,7 +593,7 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
         # and a header that understates the length (an MP3 whose Xing frame count is off) is caught by
         # decoding no more than the limit allows
         most = None if limits is None else limits.max_duration_s
-        wav = audio.load_audio(audio_path, info=speech, align_to_video=False,
+        wav = audio.load_audio(audio_path, info=speech, align_to_video=own,
                                max_seconds=None if most is None else most + 1.0)
         if most is not None and len(wav) > most * audio.SAMPLE_RATE:
             raise media.MediaError("probe", "too_long", f"Expected at most {most:g} s. Got more "
@@ -590,9 +601,11 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
     except media.MediaError as e:
         raise DubError("audio", e.reason, str(e)) from e
     fps = output_rate(info, cfg.fps)
-    # the decoded speech starts at its file's start: a stream starting 56 ms in ends 56 ms past its length
+    # the decoded speech starts at its file's start (own speech: at the first frame): a stream starting
+    # 56 ms in ends 56 ms past its length
+    seek_s = info.video_start_s if own else 0.0
     speech_s = speech_length(len(wav) / audio.SAMPLE_RATE,
-                             speech.audio_duration_s and speech.audio_start_s + speech.audio_duration_s)
+                             speech.audio_duration_s and speech.audio_start_s + speech.audio_duration_s - seek_s)
     n_video = video.frame_count(info, fps)
     n_out = n_video if cfg.length == "video" else int(math.ceil(speech_s * fps - 1e-9))
     progress.expect(n_out)
@@ -622,11 +635,11 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
         K = len(refs)
         ref_t = _to_model(ref_crops, res, device)                     # (K,3,r,r)
         starts = mel_window_starts(n_out, fps)
-        plan = audio_plan(speech, cfg, n_out / fps, speech_s)
+        plan = audio_plan(speech, cfg, n_out / fps, speech_s, seek_s)
         anamorphic = abs(info.sar - 1.0) > 1e-6
         sar = Fraction(info.sar).limit_denominator(10000) if anamorphic else None
         encs = [_Encoder(p, info.width, info.height, audio_path, speech.audio_index, cfg.crf, cfg.x264_preset, fps,
-                         plan["args"], comment, sar=sar) for p in out_paths]
+                         plan["args"], comment, sar=sar, audio_seek_s=plan["audio_seek_s"]) for p in out_paths]
         threads = cfg.threads or _worker_cores()
         pool = ThreadPoolExecutor(threads, thread_name_prefix="radio-paste")
         masks_cache: dict = {}
@@ -712,7 +725,8 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
         return {"frames": n_out, "frames_dubbed": n_dubbed, "video_frames": n_video, "references": refs,
                 "source_fps": round(float(info.fps), 3), "source_vfr": bool(info.is_vfr),
                 "output_fps": str(fps), "width": info.width, "height": info.height,
-                "speech_seconds": round(speech_s, 3), **{k: v for k, v in plan.items() if k != "args"},
+                "speech_seconds": round(speech_s, 3),
+                **{k: v for k, v in plan.items() if k not in ("args", "audio_seek_s")},
                 "seconds": round(secs, 3), "fps": round(n_out / max(secs, 1e-9), 2),
                 "seconds_by_stage": {k: round(v, 3) for k, v in sorted(timer.seconds.items())}}
     finally:
@@ -726,9 +740,12 @@ def dub_uris(video_uri: str, audio_uri: str, out_uris: str | list[str], model, b
     checked before anything is copied (``MediaError`` 'unsupported_scheme' / 'too_large')."""
     out_uris = [out_uris] if isinstance(out_uris, str) else list(out_uris)
     max_bytes = None if limits is None else limits.max_source_bytes
-    with uri_mod.local_copy(video_uri, max_bytes=max_bytes, schemes=schemes) as v, \
-            uri_mod.local_copy(audio_uri, max_bytes=max_bytes, schemes=schemes) as a, \
-            writer.locked_temp_dir(TEMP_PREFIX) as tmp_dir:
+    with contextlib.ExitStack() as stack:
+        v = stack.enter_context(uri_mod.local_copy(video_uri, max_bytes=max_bytes, schemes=schemes))
+        # the video's own speech: one copy, which dub_clip knows for the video's (its timeline, not its start)
+        a = v if audio_uri == video_uri else \
+            stack.enter_context(uri_mod.local_copy(audio_uri, max_bytes=max_bytes, schemes=schemes))
+        tmp_dir = stack.enter_context(writer.locked_temp_dir(TEMP_PREFIX))
         local = [os.path.join(tmp_dir, f"out{i}.mp4") for i in range(len(out_uris))]
         stats = dub_clip(v, a, local, model, backend, cfg, device, comment, limits)
         for src, dst in zip(local, out_uris):

@@ -227,3 +227,45 @@ def test_a_later_line_without_speech_is_refused_up_front_naming_it(tmp_path, mis
     m.write_text("\n".join(json.dumps(r) for r in (good, bad)))
     with pytest.raises(SourceError, match=r"pairs\.jsonl:2: no 'audio_uri'"):
         dub_job.check_pairs(str(m), str(tmp_path / "out"))
+
+
+def _lag(a: np.ndarray, b: np.ndarray, reach: int = 6400) -> int:
+    """The shift k (samples) for which b[i] best matches a[i + k], over 0.5 s of b."""
+    w = b[reach:reach + 8000]
+    errs = [np.abs(a[reach + k:reach + k + len(w)] - w).mean() for k in range(-reach, reach + 1)]
+    return int(np.argmin(errs)) - reach
+
+
+def test_a_video_dubbed_with_its_own_speech_keeps_its_sync_from_its_first_frame(tmp_path, model, backend):
+    """A video dubbed with its own speech (a re-dub, to be scored against the original) whose video starts
+    after its audio: a TS capture cut mid-GOP (its first frames do not decode: frame 0 is 0.168 s past
+    the audio's start here) and an MKV whose video starts 0.564 s late. The speech was taken from its
+    file's start: the output played the audio 4 and 14 frames early against the picture (the model
+    heard it so too), and lasted that much longer than the video (55 frames for 50, 64 for 49). Now the
+    video's own speech starts at its frame 0 (sample-exact, re-encoded), as preprocess pairs them;
+    another file's speech still starts at that file's start."""
+    full, cut, late = tmp_path / "full.ts", tmp_path / "cut.ts", tmp_path / "late.mkv"
+    ffmpeg("-i", f"file:{DATA_DIR / '00015.mp4'}", "-t", "3", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25",
+           "-bf", "0", "-c:a", "aac", "-f", "mpegts", f"file:{full}")
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "packet=pos,flags",
+                          "-of", "json", f"file:{full}"], capture_output=True, text=True, check=True).stdout
+    packets = json.loads(out)["packets"]
+    key = next(i for i, p in enumerate(packets) if i >= 20 and "K" in p["flags"])
+    cut.write_bytes(full.read_bytes()[int(packets[key - 2]["pos"]) // 188 * 188:])   # 2 frames before a keyframe
+    ffmpeg("-itsoffset", "0.5", "-i", f"file:{full}", "-i", f"file:{full}", "-map", "0:v", "-map", "1:a", "-t", "2.5",
+           "-c", "copy", f"file:{late}")
+    for src in (cut, late):
+        info = media.probe(str(src))
+        assert info.video_start_s > 0.1, (src.name, info.video_start_s)
+        dubbed = tmp_path / f"{src.stem}.mp4"
+        stats = dub.dub_clip(str(src), str(src), str(dubbed), model, backend, _cfg())
+        # as long as the video (its audio ends with it), not its audio's head start longer
+        assert abs(stats["frames"] - info.n_frames_25) <= 1, (src.name, stats["frames"], info.n_frames_25)
+        assert stats["audio"] == "aac 128k"
+        # the output's audio is the source's from its first frame on
+        want = audio.load_audio(str(src), info=info)                  # sample 0 at frame 0 (preprocess's)
+        assert abs(_lag(want, audio.load_audio(str(dubbed)))) <= 16, src.name
+    # another file's speech still starts at that file's start (a late video there is not the dub's)
+    stats = dub.dub_clip(str(cut), str(late), str(tmp_path / "other.mp4"), model, backend, _cfg())
+    assert stats["audio"] == "copy"
+    assert abs(_lag(audio.load_audio(str(late), align_to_video=False), audio.load_audio(str(tmp_path / "other.mp4")))) <= 16
