@@ -28,6 +28,10 @@ Three backends give the same frames (tested to be pixel-identical on H.264/HEVC 
   frames already yielded, and the pipe's count is final. decord is only
   used when asked for: it decodes ahead of its reader without bound (dmlc/decord#208).
 
+Interlaced video (``info.interlaced``: AVCHD, DVD, broadcast 1080i/576i) goes through FFmpeg's yadif
+(``DEINTERLACE``: one frame per frame, frames flagged interlaced only) in PyAV's filter graph and in
+the pipe's ``-vf`` alike; decord, which has no deinterlacer, refuses it.
+
 Frame size: the display size (rotation applied), in square pixels: an anamorphic video (sample
 aspect ratio ``info.sar`` != 1, e.g. 384×512 stored with 4:3 pixels) is resampled to the picture a
 player shows (512×512), so faces keep their shape; ``square_pixels=False`` keeps the stored grid
