@@ -315,29 +315,41 @@ DEINTERLACE = f"yadif={DEINTERLACE_ARGS}"
 
 def _deinterlaced(frames: Iterator, stream) -> Iterator:
     """``frames`` through FFmpeg's yadif (``DEINTERLACE``), timestamps kept: each frame is made
-    from its own fields and its neighbours' (one frame of delay, flushed at the end)."""
+    from its own fields and its neighbours' (one frame of delay, flushed at the end). A frame of
+    another size or pixel format (a broadcast recording switching programmes) ends the graph and
+    starts a new one for it, as the ffmpeg CLI reconfigures its filters."""
     import av
 
-    graph = av.filter.Graph()
-    src = graph.add_buffer(template=stream)
-    yadif = graph.add("yadif", DEINTERLACE_ARGS)
-    sink = graph.add("buffersink")
-    src.link_to(yadif)
-    yadif.link_to(sink)
-    graph.configure()
+    def built(frame):
+        graph = av.filter.Graph()
+        src = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format,
+                               time_base=frame.time_base or stream.time_base)
+        yadif = graph.add("yadif", DEINTERLACE_ARGS)
+        sink = graph.add("buffersink")
+        src.link_to(yadif)
+        yadif.link_to(sink)
+        graph.configure()
+        return graph
 
-    def ready():
+    def ready(graph):
         while True:
             try:
                 yield graph.pull()
             except (av.error.BlockingIOError, av.error.EOFError):
                 return
 
+    graph, shape = None, None
     for frame in frames:
+        if (frame.width, frame.height, frame.format.name) != shape:
+            if graph is not None:
+                graph.push(None)
+                yield from ready(graph)
+            graph, shape = built(frame), (frame.width, frame.height, frame.format.name)
         graph.push(frame)
-        yield from ready()
-    graph.push(None)
-    yield from ready()
+        yield from ready(graph)
+    if graph is not None:
+        graph.push(None)
+        yield from ready(graph)
 
 
 def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int],

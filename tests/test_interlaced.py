@@ -66,3 +66,25 @@ def test_deinterlaced_frames_lose_their_comb(clips):
     excess_woven, excess = comb(woven) - comb(ref), comb(deinterlaced) - comb(ref)
     assert excess_woven > 0.6, excess_woven                      # measured 0.82 grey levels
     assert excess < excess_woven / 2, (excess, excess_woven)     # measured 0.13
+
+
+def test_a_recording_that_changes_size_midway_is_deinterlaced_throughout(tmp_path):
+    """A broadcast capture switching programmes changes its frame size: PyAV's yadif graph was
+    built for the first size and failed at the switch ('Operation not permitted'), and the whole
+    file went to the slower pipe. The graph is built again for the new size, as the CLI does."""
+    parts = []
+    for i, (size, start) in enumerate([("448:448", 0), ("320:240", 2)]):
+        parts.append(tmp_path / f"{i}.ts")
+        ffmpeg("-ss", str(start), "-i", f"file:{CLIP}", "-t", "2", "-vf",
+               f"scale={size},fps=50,interlace=scan=tff:lowpass=0", *ENCODERS["h264.ts"], "-c:a", "aac",
+               "-output_ts_offset", str(start), "-f", "mpegts", f"file:{parts[-1]}")
+    switch = tmp_path / "switch.ts"
+    switch.write_bytes(b"".join(p.read_bytes() for p in parts))
+    info = media.probe(switch)
+    assert info.interlaced and (info.height, info.width) == (448, 448)
+    frames = video.read_frames(switch, backend="pyav")         # raised _PyAVFailed at the switch
+    piped = video.read_frames(switch, backend="ffmpeg")
+    assert len(frames) == len(piped) == info.n_frames_25
+    assert np.abs(frames[:45].astype(int) - piped[:45]).mean() < 0.5
+    woven = video.read_frames(switch, info=media.replace(info, interlaced=False), backend="pyav")
+    assert comb(frames[55:]) < 0.8 * comb(woven[55:])      # the part after the switch is deinterlaced too
