@@ -213,8 +213,8 @@ def _load_verified(found, uri: str) -> dict:
 
     data = uri_lib.read_bytes(found.path)
     if hashlib.sha256(data).hexdigest() != found.sha256:
-        raise WeightsError(f"{uri} changed while it was read (a running training rewrites RUN/radio.pt at every "
-                           "checkpoint): give and pin one of RUN/checkpoints/step-N.pt.")
+        raise WeightsError(f"{uri} changed while it was read (a running training rewrites RUN/radio.pt, a "
+                           "train-sync RUN/sync.pt, at every checkpoint): give and pin one of RUN/checkpoints/step-N.pt.")
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
@@ -293,7 +293,7 @@ def load_sync(uri: str | None, sha256: str | None):
     from radio.model import SyncNet
 
     found = resolve_weights(uri, sha256, name="sync discriminator S (loss.sync_uri)", how_to_get=SYNC_HOW_TO_GET)
-    ckpt = torch.load(found.path, map_location="cpu", weights_only=True)
+    ckpt = _load_verified(found, uri)
     state = None
     if isinstance(ckpt, dict):
         state = ckpt.get("sync") if "sync" in ckpt else (ckpt.get("models") or {}).get("sync")
