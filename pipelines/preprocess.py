@@ -198,9 +198,10 @@ class PartitionFinishedFn(beam.DoFn):
                             marker["labels"], source.labels_of(item))
             # a file rewritten under the same name (a re-download, a fixed copy): redone, its old rows
             # replaced (a missing file keeps what was made of it; a marker from before fingerprints stands)
-            now = catalog.fingerprint(item["uri"]) if marker is not None and marker.get("input") else None
-            replaced = (marker is not None and marker["why"] is None and not relabelled
-                        and now is not None and now != marker["input"])
+            replaced = False
+            if marker is not None and marker["why"] is None and not relabelled and marker.get("input"):
+                now = catalog.fingerprint(item["uri"])     # (one metadata request; only where it decides)
+                replaced = now is not None and now != marker["input"]
             if replaced:
                 log.warning("redoing source %s: %s changed since it was processed (size and change tag %s -> %s)",
                             _sid, item["uri"], marker["input"], now)
