@@ -221,14 +221,13 @@ def default_names(generated: str, reference: str | None) -> tuple[str, str]:
     name and the generated folder's (for ``DUB/videos``, a `radio dub` output, ``DUB``'s); for a
     manifest, its folder's name (or ``--reference``'s) and its file stem; for ``DUB/evaluate_pairs.jsonl``
     (a `radio dub` output's), ``DUB``'s name is the method, as for ``DUB/videos``."""
+    spelled = generated if "://" in generated else os.path.abspath(generated)   # 'videos' and './videos' alike
     if is_manifest(generated):
         stem = posixpath.splitext(posixpath.basename(generated))[0]
         if posixpath.basename(generated) == DUB_MANIFEST:
-            spelled = generated if "://" in generated else os.path.abspath(generated)
             return (_folder_name(reference) if reference else "dataset"), _folder_name(posixpath.dirname(spelled))
         return (_folder_name(reference) if reference else _folder_name(posixpath.dirname(generated) or ".")), stem
     method = _folder_name(generated)
-    spelled = generated if "://" in generated else os.path.abspath(generated)   # 'videos' and './videos' alike
     parent = posixpath.dirname(spelled.rstrip("/"))
     if method == "videos" and parent and not _is_glob(generated):   # a `radio dub` output: its folder's name
         method = _folder_name(parent)

@@ -227,9 +227,7 @@ def _log_not_videos(spec: str, root: str, paths: list[str]) -> None:
     """One line (once per process) on the files a folder listing leaves out by their suffix, counted
     by suffix (hidden names are left out silently: ``.DS_Store``), so that a video in a container
     named otherwise is not dropped without a word."""
-    root = root.rstrip("/")
-    others = [p for p in paths if not p.lower().endswith(VIDEO_SUFFIXES)
-              and not hidden(p[len(root) + 1:] if p.startswith(root + "/") else posixpath.basename(p))]
+    others = [p for p in paths if not p.lower().endswith(VIDEO_SUFFIXES) and not hidden(_below(root, p))]
     if not others or (spec, "not videos", len(others)) in _WARNED:
         return
     _WARNED.add((spec, "not videos", len(others)))
