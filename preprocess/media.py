@@ -163,6 +163,23 @@ class MediaInfo:
     #: 1080i/576i): the decoders deinterlace (yadif, frames flagged interlaced only), else every
     #: moving edge (a mouth) is combed
     interlaced: bool = False
+    #: colour as the stream states it (ffprobe's names; None: not stated): HDR (``color_transfer`` in
+    #: ``HDR_TRANSFERS``: phones' HLG, HDR10's PQ) and BT.2020 colour are turned into the SDR BT.709
+    #: pictures the rest of radio assumes (``video.sdr_filters``), else faces come out dark and grey
+    color_transfer: Optional[str] = None
+    color_primaries: Optional[str] = None
+    color_space: Optional[str] = None   # the YUV matrix
+    color_range: Optional[str] = None   # tv (limited) | pc (full)
+
+    @property
+    def hdr(self) -> bool:
+        """HDR video (PQ or HLG transfer)."""
+        return self.color_transfer in HDR_TRANSFERS
+
+    @property
+    def wide_colour(self) -> bool:
+        """HDR, or BT.2020 primaries: colour that a plain YUV -> RGB conversion gets wrong."""
+        return self.hdr or self.color_primaries == "bt2020"
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -175,6 +192,19 @@ class MediaInfo:
         elif sar < 1.0 - 1e-6:
             h = max(1, int(round(h / sar)))
         return h, w
+
+
+#: the transfer functions of HDR video: PQ (HDR10, Dolby Vision 8.x) and HLG (phones since 2020,
+#: broadcast)
+HDR_TRANSFERS = ("smpte2084", "arib-std-b67")
+#: PyAV's colour enums (FFmpeg's AVColor* values) by ffprobe's names, for the ones radio acts on or shows
+_AV_TRC = {1: "bt709", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m", 8: "linear", 13: "iec61966-2-1",
+           14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084", 18: "arib-std-b67"}
+_AV_PRIMARIES = {1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 9: "bt2020",
+                 11: "smpte431", 12: "smpte432"}
+_AV_SPACE = {0: "gbr", 1: "bt709", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 9: "bt2020nc",
+             10: "bt2020c"}
+_AV_RANGE = {1: "tv", 2: "pc"}
 
 
 def ffmpeg_bin(name: str) -> str:
@@ -515,6 +545,12 @@ def _pyav_fields(av, container) -> dict:
                 d["sample_aspect_ratio"] = f"{sar.numerator}:{sar.denominator}"
             if cc.pix_fmt:
                 d["pix_fmt"] = cc.pix_fmt
+            for key, names, value in (("color_transfer", _AV_TRC, cc.color_trc),
+                                      ("color_primaries", _AV_PRIMARIES, cc.color_primaries),
+                                      ("color_space", _AV_SPACE, cc.colorspace),
+                                      ("color_range", _AV_RANGE, cc.color_range)):
+                if int(value or 0) in names:           # ffprobe prints what is stated
+                    d[key] = names[int(value)]
             need_dump = need_dump or not d["disposition"]["attached_pic"]
         elif kind == "audio":
             if not (cc.sample_rate and cc.channels):
@@ -586,7 +622,9 @@ def _info_from_probe(path: str, data: dict) -> MediaInfo:
                   r_frame_rate=str(v.get("r_frame_rate", "0/0")),
                   avg_frame_rate=str(v.get("avg_frame_rate", "0/0")),
                   nb_frames=_int(v.get("nb_frames")), video_start_s=start_of(v),
-                  video_index=_int(v.get("index")))
+                  video_index=_int(v.get("index")),
+                  **{k: v[k] for k in ("color_transfer", "color_primaries", "color_space", "color_range")
+                     if v.get(k) and v[k] != "unknown"})
     else:
         kw.update(duration_s=kw.get("audio_duration_s") or fmt_duration or 0.0)
     return MediaInfo(**kw)

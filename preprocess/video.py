@@ -32,6 +32,10 @@ Interlaced video (``info.interlaced``: AVCHD, DVD, broadcast 1080i/576i) goes th
 (``DEINTERLACE``: one frame per frame, frames flagged interlaced only) in PyAV's filter graph and in
 the pipe's ``-vf`` alike; decord, which has no deinterlacer, refuses it.
 
+HDR (PQ, HLG) and BT.2020 video (``info.wide_colour``) is turned into the SDR BT.709 picture it shows
+(``sdr_filters``: FFmpeg's zscale, which only the pipe's ffmpeg has): 'auto' decodes it with the pipe,
+PyAV and decord refuse it, and an ffmpeg without zscale is an environment failure.
+
 Frame size: the display size (rotation applied), in square pixels: an anamorphic video (sample
 aspect ratio ``info.sar`` != 1, e.g. 384×512 stored with 4:3 pixels) is resampled to the picture a
 player shows (512×512), so faces keep their shape; ``square_pixels=False`` keeps the stored grid
@@ -131,7 +135,7 @@ def choose_backend(info: MediaInfo, max_side: Optional[int] = None) -> str:
     plain = (info.video_codec in DECORD_CODECS and info.pix_fmt in DECORD_PIX_FMTS
              and info.rotation == 0 and not info.is_vfr and info.video_streams == 1
              and _rate(info.r_frame_rate) > 0 and info.duration_s > 0 and info.decodable_from_s is None
-             and not info.interlaced)
+             and not info.interlaced and not info.wide_colour)
     return "decord" if plain else "ffmpeg"
 
 
@@ -181,11 +185,17 @@ def iter_frames(path, info: Optional[MediaInfo] = None, fps=25, chunk: int = 64,
         except _DecordFailed as e:
             raise MediaError("decode", "undecodable", f"decord: {e}", p) from e
         return
+    if backend == "pyav" and info.wide_colour:
+        raise MediaError("decode", "undecodable", f"pyav: {info.color_transfer or info.color_primaries} colour "
+                         "needs zscale, which the wheel's FFmpeg lacks (backend 'ffmpeg' has it)", p)
     if backend == "pyav":
         try:
             yield from _pyav_frames(p, info, fps, chunk, size, first=first, stop=stop)
         except _PyAVFailed as e:
             raise MediaError("decode", "undecodable", f"pyav: {e}", p) from e
+        return
+    if info.wide_colour:   # HDR/BT.2020: zscale, which only the pipe's ffmpeg has (sdr_filters)
+        yield from _ffmpeg_frames(p, info, fps, chunk, size, skip=first, stop=stop)
         return
     done = first
     gen = _pyav_frames(p, info, fps, chunk, size, strict=False, first=first, stop=stop)
@@ -244,6 +254,8 @@ def _decord_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, in
         raise _DecordFailed("frames before the first that decodes (a cut mid-GOP)")
     if info.interlaced:   # decord has no deinterlacer: combed frames
         raise _DecordFailed("interlaced video")
+    if info.wide_colour:  # nor zscale: dark, grey faces
+        raise _DecordFailed(f"{info.color_transfer or info.color_primaries} colour")
     resize = (h, w) != (info.height, info.width)
     try:
         vr = decord.VideoReader(p, ctx=decord.cpu(0), width=w if resize else -1,
@@ -311,6 +323,59 @@ SEEK_BACK_S = (1, 4, 15, 60)
 #: progressive frame passes unchanged); the same filter in both the pipe and PyAV's graph
 DEINTERLACE_ARGS = "mode=send_frame:parity=auto:deint=interlaced"
 DEINTERLACE = f"yadif={DEINTERLACE_ARGS}"
+
+
+#: ffprobe's colour names as FFmpeg's zscale (libzimg) spells them
+_Z_TRANSFER = {"smpte2084": "smpte2084", "arib-std-b67": "arib-std-b67", "bt709": "709", "smpte170m": "601",
+               "bt2020-10": "2020_10", "bt2020-12": "2020_12", "iec61966-2-1": "iec61966-2-1", "linear": "linear"}
+_Z_PRIMARIES = {"bt2020": "2020", "bt709": "709", "smpte170m": "170m", "smpte240m": "240m", "smpte432": "smpte432"}
+_Z_MATRIX = {"bt2020nc": "2020_ncl", "bt2020c": "2020_cl", "bt709": "709", "smpte170m": "170m", "bt470bg": "470bg"}
+
+
+def sdr_filters(info: MediaInfo) -> list[str]:
+    """FFmpeg filters that turn HDR or BT.2020 frames (``info.wide_colour``) into the SDR BT.709
+    picture radio works in (full-range planar RGB); [] for everything else.
+
+    Read as plain YUV, phones' HLG video and HDR10's PQ gave faces 40 grey levels too dark with half
+    their saturation. Here the picture goes to linear light (100 cd/m² = SDR white), from BT.2020's
+    gamut to BT.709's, and back to the BT.709 curve. HLG is shown as an SDR display shows it (the
+    backward compatibility HLG is built for, ITU-R BT.2408); PQ states absolute light up to 10,000
+    cd/m², so what lies above SDR white is rolled off (mobius: linear below its knee) rather than
+    clipped. Needs zscale (libzimg): Debian's ffmpeg has it, PyAV's wheel has not, so such video is
+    decoded by the ffmpeg pipe. The stream's own statements are passed in (a container's colour tags
+    that its frames do not repeat); what it leaves unstated is BT.2020's."""
+    if not info.wide_colour:
+        return []
+    tin = _Z_TRANSFER.get(info.color_transfer or "", "709")    # BT.2020 SDR: the BT.709 curve
+    pin = _Z_PRIMARIES.get(info.color_primaries or "", "2020")
+    stated = [f"tin={tin}", f"pin={pin}", "rin=" + ("full" if info.color_range == "pc" else "limited")]
+    if info.color_space != "gbr":
+        stated.append("min=" + _Z_MATRIX.get(info.color_space or "", "2020_ncl"))
+    out = [f"zscale={':'.join(stated)}:t=linear:npl=100", "format=gbrpf32le", "zscale=p=709"]
+    if info.color_transfer == "smpte2084":
+        out.append("tonemap=tonemap=mobius:desat=0")
+    return out + ["zscale=t=709:m=709:r=full", "format=gbrp"]
+
+
+def check_sdr_filters(info: MediaInfo, path: str) -> None:
+    """An ffmpeg without zscale cannot decode HDR/BT.2020 video right: an environment failure (the
+    worker's ffmpeg, not the file; never a reject), said in one line."""
+    if info.wide_colour and not _has_zscale():
+        raise failures.EnvironmentFailure(
+            f"{path}: {info.color_transfer or info.color_primaries} colour needs ffmpeg's zscale filter "
+            f"(libzimg), which {ffmpeg_bin('ffmpeg')} lacks: install one that has it (Debian's ffmpeg)")
+
+
+_ZSCALE: dict = {}
+
+
+def _has_zscale() -> bool:
+    exe = ffmpeg_bin("ffmpeg")
+    if exe not in _ZSCALE:
+        out = subprocess.run([exe, "-hide_banner", "-filters"], stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=60).stdout
+        _ZSCALE[exe] = any(line.split()[1:2] == ["zscale"] for line in out.splitlines())
+    return _ZSCALE[exe]
 
 
 def _deinterlaced(frames: Iterator, stream) -> Iterator:
@@ -535,7 +600,9 @@ def _ffmpeg_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, in
     counted = n_out is not None   # the container's duration fixes the count: short of it is truncated
     if stop is not None:
         n_out = stop if n_out is None else min(n_out, stop)
-    filters = ["setpts=PTS-STARTPTS", f"fps=fps={fps.numerator}/{fps.denominator}:round=near"]
+    check_sdr_filters(info, p)
+    filters = ["setpts=PTS-STARTPTS", f"fps=fps={fps.numerator}/{fps.denominator}:round=near",
+               *sdr_filters(info)]
     if (h, w) != (info.height, info.width):
         filters.append(f"scale={w}:{h}:flags=area")
     if info.interlaced:
