@@ -474,21 +474,50 @@ def output_pix_fmt(w: int, h: int) -> str:
     return "yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p"
 
 
+#: ffmpeg's RGB -> YUV matrices by a stream's stated ``color_space``
+_OUT_MATRIX = {"bt709": "bt709", "smpte170m": "bt601", "bt470bg": "bt601", "smpte240m": "smpte240m", "fcc": "fcc"}
+
+
+def output_colour(info: media.MediaInfo) -> tuple[str, list[str]]:
+    """The encoder's RGB -> YUV matrix (ffmpeg's ``scale`` name) and the colour the output states,
+    so that a player shows the output's untouched pixels as it shows the source's.
+
+    The frames are RGB as the decoder read them: through the source's stated matrix, BT.601 where it
+    states none (swscale's default), and SDR BT.709 for HDR/BT.2020 sources (``video.sdr_filters``).
+    The output was written through BT.601 and stated nothing; a player takes an unstated HD picture
+    for BT.709, so a BT.709 source's dub showed shifted colours (2.4 grey levels on the bundled face,
+    more on saturated ones). Now a source that states its colour is written through its own matrix and
+    states the same; HDR/BT.2020 is written and stated as BT.709; an unstated one stays as it was."""
+    if info.wide_colour:
+        return "bt709", ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
+                         "-color_range", "tv"]
+    matrix = _OUT_MATRIX.get(info.color_space or "")
+    if matrix is None:
+        return "bt601", []
+    tags = ["-colorspace", info.color_space, "-color_range", "tv"]
+    if info.color_primaries:
+        tags += ["-color_primaries", info.color_primaries]
+    if info.color_transfer:
+        tags += ["-color_trc", info.color_transfer]
+    return matrix, tags
+
+
 class _Encoder:
     """ffmpeg: raw RGB frames on stdin + the speech file -> H.264 + speech mp4 (list args, no shell)."""
 
     def __init__(self, dst: str, w: int, h: int, audio_path: str, audio_index: int, crf: int, preset: str,
                  fps: Fraction, audio_args: list[str], comment: str = "", sar: Fraction | None = None,
-                 audio_seek_s: float = 0.0):
-        # setsar reduces the ratio to terms of at most ``max`` (default 100: 221:223 became 99:100)
-        vf = ["-vf", f"setsar={sar.numerator}/{sar.denominator}:max={max(sar.numerator, sar.denominator)}"] \
-            if sar else []
+                 audio_seek_s: float = 0.0, colour: tuple[str, list[str]] = ("bt601", [])):
+        matrix, tags = colour   # output_colour(info)
+        vf = [f"scale=out_color_matrix={matrix}:out_range=tv"]
+        if sar:  # setsar reduces the ratio to terms of at most ``max`` (default 100: 221:223 became 99:100)
+            vf.append(f"setsar={sar.numerator}/{sar.denominator}:max={max(sar.numerator, sar.denominator)}")
         cmd = [media.ffmpeg_bin("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
                *(["-ss", f"{audio_seek_s:.6f}"] if audio_seek_s > 0 else []),
                *media.cli_input(audio_path), "-map", "0:v:0", "-map", f"1:{audio_index}",
                "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", output_pix_fmt(w, h),
-               *vf, *audio_args, "-metadata", f"comment={comment}",
+               "-vf", ",".join(vf), *tags, *audio_args, "-metadata", f"comment={comment}",
                "-movflags", "+faststart", "file:" + os.path.abspath(dst)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         self._err: list[bytes] = []
@@ -639,7 +668,8 @@ def dub_clip(video_path: str, audio_path: str, out_paths: str | list[str], model
         anamorphic = abs(info.sar - 1.0) > 1e-6
         sar = Fraction(info.sar).limit_denominator(10000) if anamorphic else None
         encs = [_Encoder(p, info.width, info.height, audio_path, speech.audio_index, cfg.crf, cfg.x264_preset, fps,
-                         plan["args"], comment, sar=sar, audio_seek_s=plan["audio_seek_s"]) for p in out_paths]
+                         plan["args"], comment, sar=sar, audio_seek_s=plan["audio_seek_s"],
+                         colour=output_colour(info)) for p in out_paths]
         threads = cfg.threads or _worker_cores()
         pool = ThreadPoolExecutor(threads, thread_name_prefix="radio-paste")
         masks_cache: dict = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -980,3 +981,39 @@ def test_a_checkpoint_the_network_cannot_reach_is_not_called_a_bad_file(monkeypa
     monkeypatch.setattr(weights, "resolve_weights", offline)
     with pytest.raises(ConnectionError):
         dub_job.check_checkpoint("gs://bucket/radio.pt", dub_job.DubJobConfig(checkpoint_sha256="a" * 64))
+
+
+@pytest.mark.parametrize("stated", ["bt709", "hlg", None])
+def test_a_dub_states_the_colour_it_was_written_in(tmp_path, backend, stated):
+    """The output was written through BT.601 and stated no colour; a player takes an unstated HD
+    picture for BT.709, so a BT.709 source's dub showed shifted colours. It is now written through the
+    source's stated matrix and states it (HDR/BT.2020 sources, decoded to SDR, as BT.709); an unstated
+    source stays unstated and BT.601, as every decoder reads it."""
+    src = tmp_path / "src.mp4"
+    box = "drawbox=x=0:y=0:w=48:h=48:color=0x10E040:t=fill"   # a saturated green: matrices differ most there
+    colour = {"bt709": ["-vf", f"{box},scale=out_color_matrix=bt709:out_range=tv,format=yuv420p", "-colorspace",
+                        "bt709", "-color_primaries", "bt709", "-color_trc", "bt709"],
+              "hlg": ["-vf", f"{box},zscale=tin=bt709:min=bt709:pin=bt709:rin=tv:t=arib-std-b67:m=bt2020nc:p=bt2020:"
+                             "r=tv,format=yuv420p10le", "-colorspace", "bt2020nc", "-color_primaries", "bt2020",
+                      "-color_trc", "arib-std-b67"],
+              None: ["-vf", box]}[stated]
+    codec = ["-c:v", "libx265", "-x265-params", "log-level=error"] if stated == "hlg" else ["-c:v", "libx264"]
+    ffmpeg("-i", f"file:{DATA_DIR / '00015.mp4'}", "-t", "0.6", *colour, *codec, "-preset", "ultrafast", "-crf", "12",
+           "-an", f"file:{src}")
+    speech = tmp_path / "speech.wav"
+    ffmpeg("-i", f"file:{DATA_DIR / 'david4.wav'}", "-t", "0.6", f"file:{speech}")
+    out = tmp_path / "out.mp4"
+    dub.dub_clip(str(src), str(speech), str(out), _Identity(), backend, dub.DubConfig(batch_size=8, length="video"))
+    res = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries",
+                          "stream=color_space,color_primaries,color_transfer", "-of", "json", str(out)],
+                         capture_output=True, text=True, check=True)
+    said = json.loads(res.stdout)["streams"][0]
+    if stated is None:
+        assert not {k: v for k, v in said.items() if v != "unknown"}, said
+    else:
+        assert said == {"color_space": "bt709", "color_primaries": "bt709", "color_transfer": "bt709"}, said
+    # read through what it states, the output is the picture the source showed (the identity model)
+    got, want = video.read_frames(str(out)).astype(int), video.read_frames(str(src)).astype(int)
+    assert np.abs(got - want).mean() < 2.5
+    # the green box: 1.0-2.1 here; written through BT.601 while stating BT.709, it was 16
+    assert np.abs(got[:, 4:44, 4:44] - want[:, 4:44, 4:44]).mean() < 4
