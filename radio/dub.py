@@ -475,7 +475,8 @@ def output_pix_fmt(w: int, h: int) -> str:
 
 
 #: ffmpeg's RGB -> YUV matrices by a stream's stated ``color_space``
-_OUT_MATRIX = {"bt709": "bt709", "smpte170m": "bt601", "bt470bg": "bt601", "smpte240m": "smpte240m", "fcc": "fcc"}
+_OUT_MATRIX = {"bt709": "bt709", "smpte170m": "bt601", "bt470bg": "bt601", "smpte240m": "smpte240m", "fcc": "fcc",
+               "bt2020nc": "bt2020"}
 
 
 def output_colour(info: media.MediaInfo) -> tuple[str, list[str]]:
