@@ -19,7 +19,8 @@ def bench(path: Path, max_side, chunk: int, repeat: int) -> None:
     info = probe(path)
     print(f"{path.name}: {info.width}x{info.height} {info.video_codec}/{info.pix_fmt} "
           f"{info.fps:.3f} fps vfr={info.is_vfr} rot={info.rotation} -> {info.n_frames_25} frames, "
-          f"decord {'can' if video.choose_backend(info, max_side) == 'decord' else 'cannot'} read it; auto = pyav")
+          f"decord {'can' if video.choose_backend(info, max_side) == 'decord' else 'cannot'} read it; auto = "
+          f"{'ffmpeg (' + str(info.color_transfer or info.color_primaries) + ': zscale)' if info.wide_colour else 'pyav'}")
     for backend in ("pyav", "decord", "ffmpeg", "auto"):
         best, n = float("inf"), 0
         try:
