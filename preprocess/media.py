@@ -172,6 +172,13 @@ class MediaInfo:
     color_range: Optional[str] = None   # tv (limited) | pc (full)
 
     @property
+    def deinterlace(self) -> bool:
+        """Whether the decoders run yadif (on the frames flagged interlaced): an interlaced first
+        frame, or a broadcast, camcorder or DVD container, whose recordings can turn interlaced
+        after a progressive start (a film or an advert before a live 1080i/576i programme)."""
+        return self.interlaced or bool(set(self.container.split(",")) & set(INTERLACING_FORMATS))
+
+    @property
     def hdr(self) -> bool:
         """HDR video (PQ or HLG transfer)."""
         return self.color_transfer in HDR_TRANSFERS
@@ -194,6 +201,9 @@ class MediaInfo:
         return h, w
 
 
+#: containers of broadcast, camcorder and DVD video (FFmpeg's names), which can hold interlaced frames
+#: after progressive ones: their decode deinterlaced whatever their first frame (``MediaInfo.deinterlace``)
+INTERLACING_FORMATS = ("mpegts", "mpeg", "mxf", "dv")
 #: the transfer functions of HDR video: PQ (HDR10, Dolby Vision 8.x) and HLG (phones since 2020,
 #: broadcast)
 HDR_TRANSFERS = ("smpte2084", "arib-std-b67")

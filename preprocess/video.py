@@ -30,7 +30,9 @@ Three backends give the same frames (tested to be pixel-identical on H.264/HEVC 
 
 Interlaced video (``info.interlaced``: AVCHD, DVD, broadcast 1080i/576i) goes through FFmpeg's yadif
 (``DEINTERLACE``: one frame per frame, frames flagged interlaced only) in PyAV's filter graph and in
-the pipe's ``-vf`` alike; decord, which has no deinterlacer, refuses it.
+the pipe's ``-vf`` alike; decord, which has no deinterlacer, refuses it. So does every file in a
+broadcast, camcorder or DVD container (``info.deinterlace``): a recording can start progressive and
+turn interlaced, and progressive frames pass yadif unchanged.
 
 HDR (PQ, HLG) and BT.2020 video (``info.wide_colour``) is turned into the SDR BT.709 picture it shows
 (``sdr_filters``: FFmpeg's zscale, which only the pipe's ffmpeg has): 'auto' decodes it with the pipe,
@@ -135,7 +137,7 @@ def choose_backend(info: MediaInfo, max_side: Optional[int] = None) -> str:
     plain = (info.video_codec in DECORD_CODECS and info.pix_fmt in DECORD_PIX_FMTS
              and info.rotation == 0 and not info.is_vfr and info.video_streams == 1
              and _rate(info.r_frame_rate) > 0 and info.duration_s > 0 and info.decodable_from_s is None
-             and not info.interlaced and not info.wide_colour)
+             and not info.deinterlace and not info.wide_colour)
     return "decord" if plain else "ffmpeg"
 
 
@@ -252,7 +254,7 @@ def _decord_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, in
         raise _DecordFailed("decord resizes rotated video wrongly")
     if info.decodable_from_s is not None:   # decord indexes frames from the first packet, not the first decoded
         raise _DecordFailed("frames before the first that decodes (a cut mid-GOP)")
-    if info.interlaced:   # decord has no deinterlacer: combed frames
+    if info.deinterlace:   # decord has no deinterlacer: combed frames
         raise _DecordFailed("interlaced video")
     if info.wide_colour:  # nor zscale: dark, grey faces
         raise _DecordFailed(f"{info.color_transfer or info.color_primaries} colour")
@@ -540,7 +542,7 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
                 t = start_of(f)
                 # interlaced: yadif makes the keyframe's frame without the one before it, so that
                 # frame must lie before the range (dropped), not be its first
-                if slot(t) <= first - info.interlaced:
+                if slot(t) <= first - info.deinterlace:
                     log.debug("%s: frame %d from a keyframe at %.3f s", p, first, float(t - t0))
                     emitted = max(0, slot(t))
                     yield f
@@ -558,7 +560,7 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
 
         t_held = None
         source = seeked() if first >= SEEK_MIN_FRAMES else frames()
-        for frame in (_deinterlaced(source, stream) if info.interlaced else source):
+        for frame in (_deinterlaced(source, stream) if info.deinterlace else source):
             t = start_of(frame)
             if t0 is None:
                 t0 = t
@@ -605,7 +607,7 @@ def _ffmpeg_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, in
                *sdr_filters(info)]
     if (h, w) != (info.height, info.width):
         filters.append(f"scale={w}:{h}:flags=area")
-    if info.interlaced:
+    if info.deinterlace:
         filters.insert(0, DEINTERLACE)
     keep_ts = []
     if info.decodable_from_s is not None:

@@ -19,6 +19,11 @@ def comb(frames: np.ndarray) -> float:
     return float(np.abs(g[:, 1:-1] - (g[:, :-2] + g[:, 2:]) / 2).mean())
 
 
+def woven_info(info: media.MediaInfo) -> media.MediaInfo:
+    """``info`` as the decoders took it before they deinterlaced: no yadif."""
+    return media.replace(info, interlaced=False, container="")
+
+
 ENCODERS = {   # the real clip at 50 fps woven into 25 interlaced frames a second, top field first
     "h264.ts": ["-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-flags", "+ildct+ilme",
                 "-x264-params", "tff=1"],
@@ -60,7 +65,7 @@ def test_interlaced_video_is_deinterlaced_alike_by_every_decoder(clips, name):
 def test_deinterlaced_frames_lose_their_comb(clips):
     ref = video.read_frames(clips["progressive"])
     deinterlaced = video.read_frames(clips["h264.ts"])
-    woven = video.read_frames(clips["h264.ts"], info=media.replace(media.probe(clips["h264.ts"]), interlaced=False),
+    woven = video.read_frames(clips["h264.ts"], info=woven_info(media.probe(clips["h264.ts"])),
                               backend="pyav")                   # as it was decoded before
     assert len(ref) == len(deinterlaced) == len(woven) == 100
     excess_woven, excess = comb(woven) - comb(ref), comb(deinterlaced) - comb(ref)
@@ -86,5 +91,29 @@ def test_a_recording_that_changes_size_midway_is_deinterlaced_throughout(tmp_pat
     piped = video.read_frames(switch, backend="ffmpeg")
     assert len(frames) == len(piped) == info.n_frames_25
     assert np.abs(frames[:45].astype(int) - piped[:45]).mean() < 0.5
-    woven = video.read_frames(switch, info=media.replace(info, interlaced=False), backend="pyav")
+    woven = video.read_frames(switch, info=woven_info(info), backend="pyav")
     assert comb(frames[55:]) < 0.8 * comb(woven[55:])      # the part after the switch is deinterlaced too
+
+
+def test_a_recording_that_turns_interlaced_after_a_progressive_start_is_deinterlaced(tmp_path):
+    """Interlacing was read from the first decoded frame only: a broadcast recording starting with
+    progressive frames (a film, an advert) before a live 1080i/576i programme kept its comb. Broadcast,
+    camcorder and DVD containers are now always decoded through yadif, which passes progressive
+    frames unchanged (frames flagged interlaced only)."""
+    parts = [tmp_path / "0.ts", tmp_path / "1.ts"]
+    ffmpeg("-i", f"file:{CLIP}", "-t", "2", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-an",
+           "-f", "mpegts", f"file:{parts[0]}")
+    ffmpeg("-ss", "2", "-i", f"file:{CLIP}", "-t", "4", "-vf", "fps=50,interlace=scan=tff:lowpass=0",
+           *ENCODERS["h264.ts"], "-an", "-output_ts_offset", "2", "-f", "mpegts", f"file:{parts[1]}")
+    recording = tmp_path / "recording.ts"
+    recording.write_bytes(b"".join(p.read_bytes() for p in parts))
+    info = media.probe(recording)
+    assert not info.interlaced and info.deinterlace              # a progressive first frame, a TS
+    assert not media.probe(CLIP).deinterlace                     # an MP4 is decoded as before
+    frames = video.read_frames(recording, info=info, backend="pyav")
+    piped = video.read_frames(recording, info=info, backend="ffmpeg")
+    woven = video.read_frames(recording, info=woven_info(info), backend="pyav")
+    assert len(frames) == len(piped) == len(woven) == info.n_frames_25 == 150
+    assert np.array_equal(frames[:50], woven[:50])               # progressive frames pass unchanged
+    assert np.abs(frames.astype(int) - piped).mean() < 0.5
+    assert comb(frames[55:]) < 0.85 * comb(woven[55:]), (comb(frames[55:]), comb(woven[55:]))   # 1.93 vs 2.61
