@@ -35,8 +35,8 @@ broadcast, camcorder or DVD container (``info.deinterlace``): a recording can st
 turn interlaced, and progressive frames pass yadif unchanged.
 
 HDR (PQ, HLG) and BT.2020 video (``info.wide_colour``) is turned into the SDR BT.709 picture it shows
-(``sdr_filters``: FFmpeg's zscale, which only the pipe's ffmpeg has): 'auto' decodes it with the pipe,
-PyAV and decord refuse it, and an ffmpeg without zscale is an environment failure.
+(``sdr_filters``: FFmpeg's zscale, which only the pipe's ffmpeg has): PyAV and decord refuse it, so
+'auto' falls back to the pipe at once, and an ffmpeg without zscale is an environment failure.
 
 Frame size: the display size (rotation applied), in square pixels: an anamorphic video (sample
 aspect ratio ``info.sar`` != 1, e.g. 384×512 stored with 4:3 pixels) is resampled to the picture a
@@ -187,17 +187,11 @@ def iter_frames(path, info: Optional[MediaInfo] = None, fps=25, chunk: int = 64,
         except _DecordFailed as e:
             raise MediaError("decode", "undecodable", f"decord: {e}", p) from e
         return
-    if backend == "pyav" and info.wide_colour:
-        raise MediaError("decode", "undecodable", f"pyav: {info.color_transfer or info.color_primaries} colour "
-                         "needs zscale, which the wheel's FFmpeg lacks (backend 'ffmpeg' has it)", p)
     if backend == "pyav":
         try:
             yield from _pyav_frames(p, info, fps, chunk, size, first=first, stop=stop)
         except _PyAVFailed as e:
             raise MediaError("decode", "undecodable", f"pyav: {e}", p) from e
-        return
-    if info.wide_colour:   # HDR/BT.2020: zscale, which only the pipe's ffmpeg has (sdr_filters)
-        yield from _ffmpeg_frames(p, info, fps, chunk, size, skip=first, stop=stop)
         return
     done = first
     gen = _pyav_frames(p, info, fps, chunk, size, strict=False, first=first, stop=stop)
@@ -320,7 +314,7 @@ SEEK_MIN_FRAMES = 50
 #: leading pictures) is retried further back, and after the last the file is decoded from its start
 SEEK_BACK_S = (1, 4, 15, 60)
 
-#: interlaced video (``MediaInfo.interlaced``): one frame per frame (25i gives 25 frames, as the
+#: interlaced video (``MediaInfo.deinterlace``): one frame per frame (25i gives 25 frames, as the
 #: fps filter wants), the field order each frame states, frames flagged interlaced only (a
 #: progressive frame passes unchanged); the same filter in both the pipe and PyAV's graph
 DEINTERLACE_ARGS = "mode=send_frame:parity=auto:deint=interlaced"
@@ -438,6 +432,9 @@ def _pyav_frames(p: str, info: MediaInfo, fps, chunk: int, size: tuple[int, int]
     before ``first`` are dropped unconverted."""
     import av  # lazy: only this backend needs it
 
+    if info.wide_colour:   # HDR/BT.2020 needs zscale (sdr_filters), which only the pipe's ffmpeg has
+        raise _PyAVFailed(f"{info.color_transfer or info.color_primaries} colour needs zscale, which the "
+                          "wheel's FFmpeg lacks (backend 'ffmpeg' has it)")
     fps = Fraction(fps)
     h, w = size
     turns = _ROT90.get(info.rotation, 0)
